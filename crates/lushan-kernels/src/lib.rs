@@ -1,0 +1,31 @@
+//! Pure `f32` kernels for a GPT: each module owns one operation with a `forward` and a `backward`.
+//!
+//! Conventions shared by every kernel:
+//! - Arguments come in the order outputs, caches, inputs, weights, dimensions.
+//! - Per-position operations take flat rows (`N = B·T`) and a channel count `C`; only attention and the
+//!   encoder need `B` and `T`.
+//! - `backward` takes the input gradients first and **accumulates** into them (`+=`), so a caller must zero
+//!   a gradient buffer before the first contribution of a step.
+//! - Kernels never allocate per element, never do I/O, and know nothing about model configurations.
+//!   Wrong shapes are caller bugs and are caught by `debug_assert!`.
+//! - Only loops whose outputs are disjoint per thread are parallel, so a result is bit-identical for a given
+//!   thread count; reductions use fixed-size chunks so they are bit-identical for any thread count.
+
+pub mod adamw;
+pub mod attention;
+pub mod crossentropy;
+pub mod dropout;
+pub mod encoder;
+pub mod gelu;
+pub mod layernorm;
+pub mod matmul;
+pub mod reduce;
+pub mod residual;
+pub mod rng;
+pub mod softmax;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
+
+/// Rows handed to one parallel task: big enough to amortise scheduling, small enough to balance two cores.
+pub(crate) const PAR_ROWS: usize = 16;

@@ -1,0 +1,226 @@
+//! Fully connected layer: `out = inp · Wᵀ + bias`, with `W` stored `(OC, C)` as in `torch.nn.Linear`.
+//!
+//! The heavy lifting is `matrixmultiply::sgemm` (with its `threading` feature). On this project's
+//! 2-core machine it beat the `gemm` crate at our small shapes (see `benches/matmul.rs` and
+//! `bench/BASELINES.md`), builds five times faster, and accepts arbitrary strides, so every transpose below
+//! is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
+
+use rayon::prelude::*;
+
+/// `C = alpha·A·B + beta·C` on row/column strides; the one place that names the GEMM library.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    debug_assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
+    debug_assert!(k == 0 || n == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
+    debug_assert!((m - 1) * rsc + n <= c.len());
+    // SAFETY: the debug assertions above state the extents sgemm reads and writes; every caller derives
+    // them from slices whose lengths match (M, K, N) with the strides given, so all accesses are in bounds.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            rsc as isize,
+            1,
+        );
+    }
+}
+
+/// Forward.
+///
+/// # Shapes
+/// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC).
+pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
+    let n = inp.len() / c;
+    debug_assert_eq!(inp.len(), n * c);
+    debug_assert_eq!(out.len(), n * oc);
+    debug_assert_eq!(weight.len(), oc * c);
+    let beta = match bias {
+        Some(bias) => {
+            out.par_chunks_mut(oc).for_each(|row| row.copy_from_slice(bias));
+            1.0
+        }
+        None => 0.0,
+    };
+    // out (N×OC) = inp (N×C) · Wᵀ (C×OC); Wᵀ[k][j] = W[j·C + k] → strides (1, C).
+    sgemm(n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
+}
+
+/// Backward, **accumulating** into `dinp`, `dweight` and `dbias`.
+///
+/// Forward was `out = inp·Wᵀ + b`, so `dinp += dout·W`, `dW += doutᵀ·inp` and `db += Σ_rows dout`.
+/// `dinp` may be `None` when the input needs no gradient (the token embedding is a parameter, not an input).
+///
+/// # Shapes
+/// `dinp`, `inp`: (N, C); `dweight`, `weight`: (OC, C); `dbias`: (OC); `dout`: (N, OC).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dinp: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    c: usize,
+    oc: usize,
+) {
+    let n = inp.len() / c;
+    debug_assert_eq!(dout.len(), n * oc);
+    debug_assert_eq!(dweight.len(), oc * c);
+    if let Some(dinp) = dinp {
+        debug_assert_eq!(dinp.len(), n * c);
+        // dinp (N×C) += dout (N×OC) · W (OC×C).
+        sgemm(n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
+    }
+    // dW (OC×C) += doutᵀ (OC×N) · inp (N×C); doutᵀ[j][i] = dout[i·OC + j] → strides (1, OC).
+    sgemm(oc, n, c, dout, (1, oc), inp, (c, 1), 1.0, dweight, c);
+    if let Some(dbias) = dbias {
+        bias_backward(dbias, dout, oc);
+    }
+}
+
+/// `dbias += Σ_rows dout`, split by output channel so each task owns its outputs.
+fn bias_backward(dbias: &mut [f32], dout: &[f32], oc: usize) {
+    const PAR_CHANNELS: usize = 64;
+    dbias.par_chunks_mut(PAR_CHANNELS).enumerate().for_each(|(chunk, db)| {
+        let j0 = chunk * PAR_CHANNELS;
+        let width = db.len();
+        for row in dout.chunks_exact(oc) {
+            for (d, &g) in db.iter_mut().zip(&row[j0..j0 + width]) {
+                *d += g;
+            }
+        }
+    });
+}
+
+/// The plain triple loop [`forward`] must agree with.
+pub fn forward_naive(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
+    for (o_row, x_row) in out.chunks_exact_mut(oc).zip(inp.chunks_exact(c)) {
+        for (j, o) in o_row.iter_mut().enumerate() {
+            let w_row = &weight[j * c..][..c];
+            let dot: f32 = x_row.iter().zip(w_row).map(|(a, b)| a * b).sum();
+            *o = dot + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+}
+
+/// The plain loops [`backward`] must agree with (accumulating, like it).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_naive(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    c: usize,
+    oc: usize,
+) {
+    for ((d_row, x_row), g_row) in dinp.chunks_exact_mut(c).zip(inp.chunks_exact(c)).zip(dout.chunks_exact(oc)) {
+        for (j, &g) in g_row.iter().enumerate() {
+            let w_row = &weight[j * c..][..c];
+            let dw_row = &mut dweight[j * c..][..c];
+            for k in 0..c {
+                d_row[k] += g * w_row[k];
+                dw_row[k] += g * x_row[k];
+            }
+            dbias[j] += g;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::*;
+    use crate::rng::Rng;
+
+    fn reference(x: &[f64], w: &[f64], b: &[f64], c: usize, oc: usize) -> Vec<f64> {
+        let mut out = Vec::new();
+        for row in x.chunks_exact(c) {
+            for j in 0..oc {
+                out.push(row.iter().zip(&w[j * c..(j + 1) * c]).map(|(a, b)| a * b).sum::<f64>() + b[j]);
+            }
+        }
+        out
+    }
+
+    fn check(n: usize, c: usize, oc: usize) {
+        let mut rng = Rng::new((n * 1000 + c * 10 + oc) as u64);
+        let x = random_f32(&mut rng, n * c, 1.0);
+        let w = random_f32(&mut rng, oc * c, 1.0);
+        let b = random_f32(&mut rng, oc, 1.0);
+        let dout = random_f32(&mut rng, n * oc, 1.0);
+        let mut out = vec![0.0; n * oc];
+        forward(&mut out, &x, &w, Some(&b), c, oc);
+        let (x64, w64, b64) = (to_f64(&x), to_f64(&w), to_f64(&b));
+        assert_close("matmul out", &out, &reference(&x64, &w64, &b64, c, oc), 1e-5, 1e-4);
+        let mut naive = vec![0.0; n * oc];
+        forward_naive(&mut naive, &x, &w, Some(&b), c, oc);
+        assert_close("matmul out vs naive", &out, &to_f64(&naive), 1e-5, 1e-4);
+
+        let (mut dx, mut dw, mut db) = (vec![0.5; n * c], vec![0.5; oc * c], vec![0.5; oc]);
+        backward(Some(&mut dx), &mut dw, Some(&mut db), &dout, &x, &w, c, oc);
+        let (mut ndx, mut ndw, mut ndb) = (vec![0.5; n * c], vec![0.5; oc * c], vec![0.5; oc]);
+        backward_naive(&mut ndx, &mut ndw, &mut ndb, &dout, &x, &w, c, oc);
+        assert_close("matmul dinp vs naive", &dx, &to_f64(&ndx), 1e-4, 1e-4);
+        assert_close("matmul dweight vs naive", &dw, &to_f64(&ndw), 1e-4, 1e-4);
+        assert_close("matmul dbias vs naive", &db, &to_f64(&ndb), 1e-4, 1e-4);
+
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| weighted_sum(&reference(x, w, b, c, oc), &dout);
+        let plus = |g: Vec<f64>| g.into_iter().map(|v| v + 0.5).collect::<Vec<_>>();
+        assert_close("matmul dinp", &dx, &plus(numeric_grad(|p| loss(p, &w64, &b64), &x64, 1e-6)), 1e-4, 1e-4);
+        assert_close("matmul dweight", &dw, &plus(numeric_grad(|p| loss(&x64, p, &b64), &w64, 1e-6)), 1e-4, 1e-4);
+        assert_close("matmul dbias", &db, &plus(numeric_grad(|p| loss(&x64, &w64, p), &b64, 1e-6)), 1e-4, 1e-4);
+    }
+
+    #[test]
+    fn matches_reference_naive_twin_and_finite_differences_on_ragged_shapes() {
+        check(1, 1, 1);
+        check(3, 5, 7);
+        check(17, 13, 70);
+        check(9, 33, 3);
+    }
+
+    #[test]
+    fn optimised_agrees_with_naive_on_larger_shapes_without_bias() {
+        let (n, c, oc) = (67, 129, 95);
+        let mut rng = Rng::new(3);
+        let x = random_f32(&mut rng, n * c, 1.0);
+        let w = random_f32(&mut rng, oc * c, 1.0);
+        let mut fast = vec![9.0; n * oc];
+        let mut slow = vec![0.0; n * oc];
+        forward(&mut fast, &x, &w, None, c, oc);
+        forward_naive(&mut slow, &x, &w, None, c, oc);
+        assert_close("matmul (no bias) vs naive", &fast, &to_f64(&slow), 1e-4, 1e-4);
+        let dout = random_f32(&mut rng, n * oc, 1.0);
+        let mut dw = vec![0.0; oc * c];
+        backward(None, &mut dw, None, &dout, &x, &w, c, oc);
+        let (mut ndx, mut ndw, mut ndb) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
+        backward_naive(&mut ndx, &mut ndw, &mut ndb, &dout, &x, &w, c, oc);
+        assert_close("matmul dweight (no dinp) vs naive", &dw, &to_f64(&ndw), 1e-3, 1e-4);
+    }
+}
