@@ -1,0 +1,45 @@
+//! The model crate's one error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model configuration: `{field}` {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+
+    #[error("token id {token} at position {position} is out of range: the model's vocabulary has {vocab_size} tokens")]
+    TokenOutOfRange { token: u32, position: usize, vocab_size: usize },
+
+    #[error(
+        "sequence of {len} tokens is longer than the model's context of {block_size} (`block_size` / `n_positions`)"
+    )]
+    SequenceTooLong { len: usize, block_size: usize },
+
+    #[error("empty input: at least one token is needed")]
+    EmptyInput,
+
+    #[error("batch shape mismatch: buffers were allocated for (B={allocated_b}, T={allocated_t}), got (B={b}, T={t})")]
+    BatchMismatch { allocated_b: usize, allocated_t: usize, b: usize, t: usize },
+
+    #[error("invalid sampling setting `{field}`: {reason}")]
+    InvalidSampling { field: &'static str, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
