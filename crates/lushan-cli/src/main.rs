@@ -1,1 +1,48 @@
-fn main() {}
+//! `lushan`: train, evaluate, sample from and inspect GPT models on the CPU. This file only dispatches.
+
+mod commands;
+mod model_dir;
+mod plot;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "lushan", version, about = "Train, evaluate and sample from GPT models on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize text into train.bin / val.bin shards and a tokenizer file.
+    Prepare(commands::prepare::Args),
+    /// Train a GPT (defaults: nanoGPT's CPU run on the bundled tiny Shakespeare).
+    Train(commands::train::Args),
+    /// Sample text from a checkpoint, streamed as it is generated.
+    Generate(commands::generate::Args),
+    /// Loss, perplexity and bits per character/byte of a checkpoint on a shard or text file.
+    Eval(commands::eval::Args),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(commands::bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Prepare(args) => commands::prepare::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Bench(bench) => commands::bench::run(bench),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -15,6 +15,18 @@ pub fn softmax_row(probs: &mut [f32], logits: &[f32]) {
     probs.iter_mut().for_each(|p| *p *= inv);
 }
 
+/// Softmax of one row, overwriting it.
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// Forward.
 ///
 /// # Shapes
@@ -81,5 +93,8 @@ mod tests {
         let mut p = vec![0.0; 3];
         softmax_row(&mut p, &[1000.0, 1000.0, -1000.0]);
         assert_eq!(p, vec![0.5, 0.5, 0.0]);
+        let mut row = vec![1000.0, 1000.0, -1000.0];
+        softmax_in_place(&mut row);
+        assert_eq!(row, p);
     }
 }

@@ -14,6 +14,18 @@ pub enum PositionEncoding {
     Sinusoidal,
 }
 
+impl std::str::FromStr for PositionEncoding {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "learned" => Ok(Self::Learned),
+            "sinusoidal" => Ok(Self::Sinusoidal),
+            other => Err(format!("expected `learned` or `sinusoidal`, got `{other}`")),
+        }
+    }
+}
+
 /// The shape of a GPT-2 model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,6 +40,16 @@ pub enum ModelError {
 
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+
+    /// A Hugging Face `config.json` field that is missing, mistyped or names an option lushan does not
+    /// implement; `field` is the JSON key, so the user knows which line to fix.
+    #[error("{path}: config field `{field}` {reason}")]
+    ConfigField { path: PathBuf, field: &'static str, reason: String },
+
+    /// Every missing, unexpected, mis-shaped or mistyped tensor of a weights file, listed together so one
+    /// run shows the whole mismatch instead of one problem per attempt.
+    #[error("{path}: the tensors do not match config.json ({} problem(s)):\n  - {}", .problems.len(), .problems.join("\n  - "))]
+    TensorMismatch { path: PathBuf, problems: Vec<String> },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

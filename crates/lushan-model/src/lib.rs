@@ -1,10 +1,21 @@
 //! The GPT-2 model: configuration, one parameter layout, forward and backward over preallocated buffers,
 //! cached decoding, sampling, generation and Hugging Face compatible checkpoints.
 
+pub mod activations;
+pub mod checkpoint;
 pub mod config;
+pub mod decode;
 pub mod error;
+pub mod generate;
+pub mod gpt;
 pub mod params;
+pub mod sampling;
 
+pub use activations::Activations;
 pub use config::{ModelConfig, PositionEncoding};
 pub use error::{ModelError, Result};
+pub use decode::DecodeState;
+pub use generate::{FinishReason, Generator};
+pub use gpt::{Gpt, Mode};
+pub use sampling::{Sampler, Sampling};
 pub use params::{ParamKind, ParamLayout};

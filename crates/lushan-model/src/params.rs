@@ -54,6 +54,28 @@ impl ParamKind {
         self as usize
     }
 
+    /// lushan's short name, as used in fixtures and the `Tensors` fields.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamKind::Wte => "wte",
+            ParamKind::Wpe => "wpe",
+            ParamKind::Ln1W => "ln1_w",
+            ParamKind::Ln1B => "ln1_b",
+            ParamKind::QkvW => "qkv_w",
+            ParamKind::QkvB => "qkv_b",
+            ParamKind::AttnProjW => "attn_proj_w",
+            ParamKind::AttnProjB => "attn_proj_b",
+            ParamKind::Ln2W => "ln2_w",
+            ParamKind::Ln2B => "ln2_b",
+            ParamKind::FcW => "fc_w",
+            ParamKind::FcB => "fc_b",
+            ParamKind::FcProjW => "fc_proj_w",
+            ParamKind::FcProjB => "fc_proj_b",
+            ParamKind::LnfW => "lnf_w",
+            ParamKind::LnfB => "lnf_b",
+        }
+    }
+
     /// Stacked once per layer (leading dimension `n_layer`).
     pub fn per_layer(self) -> bool {
         !matches!(self, ParamKind::Wte | ParamKind::Wpe | ParamKind::LnfW | ParamKind::LnfB)

@@ -1,6 +1,15 @@
 //! Training: token shards and the batch loader, the optimiser, schedules, the training loop, resume state and
 //! evaluation.
 
+pub mod config;
+pub mod data;
 pub mod error;
+pub mod metrics;
+pub mod optim;
+pub mod resume;
+pub mod schedule;
+pub mod trainer;
 
+pub use config::{Preset, TrainConfig, TrainOverrides};
 pub use error::{Result, TrainError};
+pub use trainer::{EvalReport, Observer, RunEnd, StepReport, TrainData, Trainer};

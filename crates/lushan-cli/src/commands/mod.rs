@@ -1,0 +1,7 @@
+//! One file per subcommand, each with its `Args` and `run`.
+
+pub mod bench;
+pub mod eval;
+pub mod generate;
+pub mod prepare;
+pub mod train;

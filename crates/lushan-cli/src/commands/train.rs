@@ -1,0 +1,212 @@
+//! `lushan train`: the training loop with a progress bar, metrics, a loss curve and a closing sample.
+
+use crate::plot::{LossCurves, render_loss_curve_png};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lushan_model::checkpoint::atomic_write;
+use lushan_model::{Generator, Sampling};
+use lushan_train::{EvalReport, Observer, Preset, RunEnd, StepReport, TrainConfig, TrainOverrides, Trainer};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A TOML file of settings (the flag names with underscores); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Starting settings.
+    #[arg(long, value_enum, default_value_t = Preset::ShakespeareChar)]
+    preset: Preset,
+    /// Continue the run whose checkpoint directory is DIR, bit-identically (flags may change e.g. --max-iters).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    #[command(flatten)]
+    settings: TrainOverrides,
+}
+
+pub const LOSS_CURVE_FILE: &str = "loss.png";
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let started = Instant::now();
+    let config = resolve(&args)?;
+    println!("# resolved training configuration\n{}", toml::to_string(&config).unwrap_or_default());
+    let data = lushan_train::TrainData::load(&config).context("loading training data")?;
+    println!(
+        "data: {} train / {} val tokens, tokenizer {}",
+        data.train.len(),
+        data.val.len(),
+        data.tokenizer.describe()
+    );
+    let mut trainer = match &args.resume {
+        Some(_) => Trainer::resume(config.clone(), data)?,
+        None => Trainer::new(config.clone(), data, None)?,
+    };
+    let out_dir = config.out_dir.clone();
+    let settings_path = out_dir.join("train_config.toml");
+    atomic_write(&settings_path, toml::to_string(&config).unwrap_or_default().as_bytes())
+        .with_context(|| format!("writing {}", settings_path.display()))?;
+    println!(
+        "model: {} parameters ({} layers, {} heads, {} channels, context {}); starting at step {}",
+        trainer.model.num_params(),
+        config.n_layer,
+        config.n_head,
+        config.n_embd,
+        config.block_size,
+        trainer.step_count()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting without saving");
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let mut progress = Progress::new(&config, trainer.step_count(), &out_dir)?;
+    let end = trainer.run(&mut progress, &stop);
+    progress.bar.finish_and_clear();
+    let end = end?;
+    progress.draw_curve();
+    let best = trainer.best_val_loss;
+    match end {
+        RunEnd::Interrupted => {
+            println!(
+                "interrupted at step {}: resume state saved to {}/resume (continue with `lushan train --resume {}`)",
+                trainer.step_count(),
+                out_dir.display(),
+                out_dir.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        RunEnd::EarlyStopped => println!(
+            "early stopping at step {}: validation loss did not improve for {} evaluations",
+            trainer.step_count(),
+            config.early_stopping_patience
+        ),
+        RunEnd::Finished => {}
+    }
+    println!(
+        "done: {} steps in {:.1} s; best validation loss {best:.4}; checkpoint in {}",
+        trainer.step_count(),
+        started.elapsed().as_secs_f64(),
+        out_dir.display()
+    );
+    if config.sample_tokens > 0 {
+        sample(&trainer, config.sample_tokens, config.seed)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve(args: &Args) -> Result<TrainConfig> {
+    match &args.resume {
+        Some(dir) => {
+            let mut config = lushan_train::resume::saved_config(dir)?;
+            if let Some(file) = &args.config {
+                config.apply(&lushan_train::config::read_overrides(file)?);
+            }
+            config.apply(&args.settings);
+            config.out_dir = dir.clone();
+            config.validate()?;
+            Ok(config)
+        }
+        None => Ok(TrainConfig::resolve(args.preset, args.config.as_deref(), &args.settings)?),
+    }
+}
+
+/// A closing sample from the trained model (nanoGPT's `sample.py` defaults: temperature 0.8, top-k 200).
+fn sample(trainer: &Trainer, tokens: usize, seed: u64) -> Result<()> {
+    let tokenizer = &trainer.data.tokenizer;
+    let prompt = tokenizer.encode("\n").or_else(|_| tokenizer.encode(" ")).unwrap_or_else(|_| vec![0]);
+    let sampling = Sampling { temperature: 0.8, top_k: Some(200), ..Sampling::default() };
+    let mut generator = Generator::new(&trainer.model, &prompt, sampling, seed, tokens)?;
+    println!("--- sample ({tokens} tokens, temperature 0.8, top-k 200) ---");
+    let mut out = Vec::new();
+    while let Some(token) = generator.next_token()? {
+        out.push(token);
+    }
+    println!("{}", tokenizer.decode(&out)?);
+    Ok(())
+}
+
+/// Progress bar, evaluation lines and the loss curve.
+struct Progress {
+    bar: ProgressBar,
+    out_dir: PathBuf,
+    train_curve: Vec<(u64, f32)>,
+    val_curve: Vec<(u64, f32)>,
+    tokens_per_second: f64,
+}
+
+impl Progress {
+    fn new(config: &TrainConfig, start: u64, out_dir: &Path) -> Result<Self> {
+        let bar = ProgressBar::new(config.max_iters);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+                .context("progress bar template")?,
+        );
+        bar.set_position(start);
+        let mut p = Self {
+            bar,
+            out_dir: out_dir.to_path_buf(),
+            train_curve: Vec::new(),
+            val_curve: Vec::new(),
+            tokens_per_second: 0.0,
+        };
+        // A resumed run continues the curve it had.
+        for line in lushan_train::metrics::read_metrics(out_dir).unwrap_or_default() {
+            match line {
+                lushan_train::metrics::MetricsLine::Step { step, loss, .. } if step <= start => p.train_curve.push((step, loss)),
+                lushan_train::metrics::MetricsLine::Eval { step, val_loss, .. } if step <= start => p.val_curve.push((step, val_loss)),
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+
+    fn draw_curve(&self) {
+        let curves = LossCurves { train: &self.train_curve, val: &self.val_curve, title: "lushan training loss" };
+        let path = self.out_dir.join(LOSS_CURVE_FILE);
+        let result = render_loss_curve_png(&curves, 900, 540).and_then(|png| Ok(atomic_write(&path, &png)?));
+        if let Err(e) = result {
+            self.bar.println(format!("warning: could not draw {}: {e:#}", path.display()));
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_step(&mut self, r: &StepReport) {
+        // Smoothed throughput so the ETA and tokens/s do not jitter.
+        self.tokens_per_second = if self.tokens_per_second == 0.0 {
+            r.tokens_per_second
+        } else {
+            0.9 * self.tokens_per_second + 0.1 * r.tokens_per_second
+        };
+        self.train_curve.push((r.step, r.loss));
+        self.bar.set_position(r.step);
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s {:.1} ms/step",
+            r.loss,
+            r.lr,
+            self.tokens_per_second,
+            r.seconds * 1e3
+        ));
+    }
+
+    fn on_eval(&mut self, r: &EvalReport) {
+        self.val_curve.push((r.step, r.val_loss));
+        let saved = if r.saved_model { " (saved)" } else { "" };
+        self.bar.println(format!(
+            "step {}: train loss {:.4}, val loss {:.4}{saved}",
+            r.step, r.train_loss, r.val_loss
+        ));
+        if r.step > 0 {
+            self.draw_curve();
+        }
+    }
+}

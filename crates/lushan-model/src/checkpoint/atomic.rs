@@ -1,0 +1,133 @@
+//! Crash-safe file replacement (DESIGN.md §6): a reader sees either the old file or the complete new one,
+//! never a half-written checkpoint, even if the process dies or the machine loses power mid-save.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Distinguishes temporary files of concurrent saves from the same process (threads, or several
+/// checkpoints written at once); the pid distinguishes processes.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `bytes` atomically.
+///
+/// The bytes go to a hidden temporary file in the same directory (a rename is only atomic within one
+/// file system), which is fsynced, renamed over `path`, and then the directory is fsynced so the rename
+/// itself survives a power cut. On any error the temporary file is removed and `path` is untouched.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    atomic_write_with(path, |file| file.write_all(bytes))
+}
+
+/// Like [`atomic_write`], but `write` fills the temporary file itself — for streaming large outputs, and
+/// so tests can make the write fail and check that the old file survives.
+pub fn atomic_write_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let temp = temp_path(path)?;
+    let result = write_and_rename(path, &temp, write);
+    if result.is_err() {
+        // Best effort: the original error is the one worth reporting; after a successful rename the
+        // temporary name no longer exists and this is a harmless `NotFound`.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_and_rename(
+    path: &Path,
+    temp: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    // `create_new` so that a stale temp file from a crashed run with a recycled pid is never reused.
+    let mut file = OpenOptions::new().write(true).create_new(true).open(temp)?;
+    write(&mut file)?;
+    file.flush()?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(temp, path)?;
+    sync_dir(parent_dir(path))
+}
+
+/// `.<name>.tmp-<pid>-<counter>` beside `path`.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", path.display()),
+        )
+    })?;
+    let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp_name = format!(
+        ".{}.tmp-{}-{counter}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(parent_dir(path).join(temp_name))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes a rename in `dir` durable. Directories cannot be opened for syncing on Windows; there the
+/// rename is as durable as the file system makes it.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        atomic_write(&path, b"first").unwrap();
+        atomic_write(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(entries(dir.path()), vec!["a.bin"]);
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        atomic_write(&path, b"old").unwrap();
+        let err = atomic_write_with(&path, |f| {
+            f.write_all(b"partial")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(entries(dir.path()), vec!["a.bin"]);
+    }
+
+    #[test]
+    fn missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(atomic_write(&dir.path().join("no/such/dir/a.bin"), b"x").is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! `model.safetensors` with Hugging Face GPT-2 names (DESIGN.md §6).
+//!
+//! Saving writes exactly what `GPT2LMHeadModel.save_pretrained` writes: `transformer.`-prefixed names,
+//! F32, Conv1D weights as `(in, out)`, the tied `lm_head.weight` omitted, metadata `{"format": "pt"}`.
+//! Loading is strict: every tensor in the file is consumed or on the named ignore list, shapes must match
+//! `config.json`, and all problems are reported together. The header is validated before anything large
+//! is allocated, and a truncated or corrupted file is an error, never a panic.
+
+use super::atomic::atomic_write;
+use super::hf_config::check_size;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::params::{ParamKind, ParamLayout};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::ops::Range;
+use std::path::Path;
+
+/// Prefix `GPT2LMHeadModel` puts before `GPT2Model`'s names; files from a bare `GPT2Model` lack it.
+pub const HF_PREFIX: &str = "transformer.";
+
+/// The output layer's name; GPT-2 ties it to `wte`, so it is stored only by tools that don't dedupe.
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// Per-layer non-parameter buffers (the causal mask and its fill value) that older `transformers`
+/// versions saved; they carry no learned values, so they are skipped by name.
+pub const IGNORED_LAYER_BUFFERS: [&str; 2] = ["attn.bias", "attn.masked_bias"];
+
+/// safetensors' own header limit; checked first so a hostile length never reaches the parser.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Layers a kind is stored for: one tensor per layer for per-layer kinds, a single tensor otherwise.
+pub fn hf_layers(kind: ParamKind, cfg: &ModelConfig) -> Range<usize> {
+    0..if kind.per_layer() { cfg.n_layer } else { 1 }
+}
+
+/// Shape of one stored tensor in Hugging Face's layout (Conv1D weights transposed to `(in, out)`).
+pub fn hf_shape(kind: ParamKind, cfg: &ModelConfig) -> Vec<usize> {
+    let mut shape = kind.shape(cfg);
+    if kind.hf_transposed() {
+        shape.reverse();
+    }
+    shape
+}
+
+/// Writes `params` (in [`ParamLayout`] order) to `path` atomically, as `GPT2LMHeadModel` would.
+pub fn save_safetensors(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()> {
+    let layout = checked_layout(path, cfg)?;
+    if params.len() != layout.total() {
+        return Err(checkpoint_error(
+            path,
+            format!(
+                "parameter buffer holds {} floats but the config needs {}",
+                params.len(),
+                layout.total()
+            ),
+        ));
+    }
+    let mut tensors = Vec::new();
+    for kind in ParamKind::ALL {
+        for layer in hf_layers(kind, cfg) {
+            let shape = hf_shape(kind, cfg);
+            let src = &params[layout.layer_range(kind, layer)];
+            tensors.push((
+                format!("{HF_PREFIX}{}", kind.hf_name(layer)),
+                HfTensor { src, shape, kind },
+            ));
+        }
+    }
+    // `transformers` refuses safetensors files whose metadata lacks format "pt".
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(tensors, Some(metadata))
+        .map_err(|e| checkpoint_error(path, format!("cannot serialize safetensors: {e}")))?;
+    atomic_write(path, &bytes).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One tensor as it will be stored; bytes are produced lazily so serialization holds at most one
+/// tensor's copy beyond the output buffer.
+struct HfTensor<'a> {
+    src: &'a [f32],
+    shape: Vec<usize>,
+    kind: ParamKind,
+}
+
+impl View for HfTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let mut out = Vec::with_capacity(self.data_len());
+        if self.kind.hf_transposed() {
+            // Ours is (out, in) row-major; Hugging Face's Conv1D is (in, out).
+            let (rows, cols) = (self.shape[1], self.shape[0]);
+            for i in 0..cols {
+                for o in 0..rows {
+                    out.extend_from_slice(&self.src[o * cols + i].to_le_bytes());
+                }
+            }
+        } else {
+            self.src
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+        }
+        Cow::Owned(out)
+    }
+
+    fn data_len(&self) -> usize {
+        size_of_val(self.src)
+    }
+}
+
+/// Reads `path` into a flat buffer in [`ParamLayout`] order for `cfg` (normally from `config.json`).
+///
+/// Accepts names with or without the `transformer.` prefix, F32/F16/BF16 data, a `lm_head.weight`
+/// equal to `wte`, and the per-layer buffers in [`IGNORED_LAYER_BUFFERS`].
+pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
+    let layout = checked_layout(path, cfg)?;
+    let io_err = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len();
+    check_header_length(path, &mut file, file_len)?;
+    // SAFETY: the map is read-only and dropped before returning. Mapped memory can change under us only
+    // if another process rewrites this file in place while we read it; lushan never does (every save
+    // writes a new file and renames it over the old one, so an open map keeps the old inode's bytes).
+    // Every read below goes through slices bounds-checked against the header.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
+    let found = match_tensors(&st, cfg).map_err(|problems| ModelError::TensorMismatch {
+        path: path.to_path_buf(),
+        problems,
+    })?;
+
+    // Shapes now match the config and the data lies in the file, so this allocation is at most twice
+    // the file's size (F16 → F32).
+    let mut params = vec![0.0f32; layout.total()];
+    for ((kind, layer), view) in &found.params {
+        let dst = &mut params[layout.layer_range(*kind, *layer)];
+        if kind.hf_transposed() {
+            let hf = decode(view);
+            let (cols, rows) = (view.shape()[0], view.shape()[1]); // HF (in, out) → ours (out, in)
+            for o in 0..rows {
+                for i in 0..cols {
+                    dst[o * cols + i] = hf[i * rows + o];
+                }
+            }
+        } else {
+            decode_into(view, dst);
+        }
+    }
+    if let Some((name, view)) = found.lm_head {
+        let wte = &params[layout.range(ParamKind::Wte)];
+        let tied = decode(&view)
+            .iter()
+            .zip(wte)
+            .all(|(a, b)| a == b || a.to_bits() == b.to_bits());
+        if !tied {
+            return Err(checkpoint_error(
+                path,
+                format!(
+                    "`{name}` differs from `{HF_PREFIX}{}`: untied output layers are unsupported \
+                     (lushan ties the output layer to the token embedding, as GPT-2 does)",
+                    ParamKind::Wte.hf_name(0)
+                ),
+            ));
+        }
+    }
+    Ok(params)
+}
+
+/// Rejects files too short for a header, or whose header length is absurd or beyond the file, before
+/// the file is mapped and parsed.
+fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<()> {
+    let not_safetensors =
+        |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
+    if file_len < 8 {
+        return Err(not_safetensors(format!(
+            "it is {file_len} bytes long, too short for the 8-byte header length (empty or truncated)"
+        )));
+    }
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > file_len - 8 {
+        return Err(not_safetensors(format!(
+            "the header claims {header_len} bytes but only {} follow the length prefix (truncated or not safetensors)",
+            file_len - 8
+        )));
+    }
+    if header_len > MAX_HEADER_BYTES {
+        return Err(not_safetensors(format!(
+            "the header is {header_len} bytes, over the {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+/// The file's tensors, matched against the config.
+struct Found<'data> {
+    params: Vec<((ParamKind, usize), TensorView<'data>)>,
+    lm_head: Option<(String, TensorView<'data>)>,
+}
+
+/// Matches every tensor in the file to a parameter, the ignore list or `lm_head`; any missing,
+/// unexpected, duplicated, mis-shaped or mistyped tensor becomes one line of the returned problem list.
+fn match_tensors<'data>(
+    st: &SafeTensors<'data>,
+    cfg: &ModelConfig,
+) -> std::result::Result<Found<'data>, Vec<String>> {
+    let mut expected: HashMap<String, (ParamKind, usize)> = HashMap::new();
+    for kind in ParamKind::ALL {
+        for layer in hf_layers(kind, cfg) {
+            expected.insert(kind.hf_name(layer), (kind, layer));
+        }
+    }
+    let ignored: Vec<String> = (0..cfg.n_layer)
+        .flat_map(|l| {
+            IGNORED_LAYER_BUFFERS
+                .iter()
+                .map(move |b| format!("h.{l}.{b}"))
+        })
+        .collect();
+
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut unexpected, mut misshaped, mut duplicated) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut params = Vec::new();
+    let mut lm_head = None;
+    for (name, view) in tensors {
+        let short = name.strip_prefix(HF_PREFIX).unwrap_or(&name).to_string();
+        if let Some(first) = seen.insert(short.clone(), name.clone()) {
+            duplicated.push(format!(
+                "`{name}` and `{first}` are the same tensor, stored twice"
+            ));
+            continue;
+        }
+        let expected_shape = if name == LM_HEAD {
+            ParamKind::Wte.shape(cfg)
+        } else if let Some(&(kind, _)) = expected.get(&short) {
+            hf_shape(kind, cfg)
+        } else if ignored.contains(&short) {
+            continue;
+        } else {
+            unexpected.push(format!(
+                "unexpected tensor `{name}` (shape {:?})",
+                view.shape()
+            ));
+            continue;
+        };
+        if view.shape() != expected_shape.as_slice() {
+            misshaped.push(format!(
+                "`{name}` has shape {:?}, expected {expected_shape:?}",
+                view.shape()
+            ));
+        } else if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            misshaped.push(format!(
+                "`{name}` has dtype {:?}; only F32, F16 and BF16 are supported",
+                view.dtype()
+            ));
+        } else if name == LM_HEAD {
+            lm_head = Some((name, view));
+        } else if let Some(&key) = expected.get(&short) {
+            params.push((key, view));
+        }
+    }
+    let mut missing: Vec<String> = expected
+        .iter()
+        .filter(|(short, _)| !seen.contains_key(*short))
+        .map(|(short, &(kind, _))| {
+            format!(
+                "missing tensor `{HF_PREFIX}{short}` (shape {:?})",
+                hf_shape(kind, cfg)
+            )
+        })
+        .collect();
+    missing.sort();
+    let problems: Vec<String> = missing
+        .into_iter()
+        .chain(unexpected)
+        .chain(misshaped)
+        .chain(duplicated)
+        .collect();
+    if problems.is_empty() {
+        Ok(Found { params, lm_head })
+    } else {
+        Err(problems)
+    }
+}
+
+fn decode(view: &TensorView<'_>) -> Vec<f32> {
+    let n = view.data().len() / (view.dtype().bitsize() / 8);
+    let mut out = vec![0.0; n];
+    decode_into(view, &mut out);
+    out
+}
+
+/// Converts F32/F16/BF16 little-endian bytes to `f32` (`match_tensors` admits no other dtype).
+fn decode_into(view: &TensorView<'_>, dst: &mut [f32]) {
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => {
+            for (d, b) in dst.iter_mut().zip(data.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::F16 => {
+            for (d, b) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+        Dtype::BF16 => {
+            for (d, b) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                *d = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// IEEE half → single, exactly (every f16 value is representable as f32).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let bits = match exp {
+        0 if man == 0 => sign,
+        0 => {
+            // Subnormal: man · 2⁻²⁴, exact in f32.
+            let v = man as f32 * f32::from_bits(0x3380_0000);
+            return if sign != 0 { -v } else { v };
+        }
+        0x1f => sign | 0x7f80_0000 | (man << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// bfloat16 is the top half of an f32.
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+fn checked_layout(path: &Path, cfg: &ModelConfig) -> Result<ParamLayout> {
+    cfg.validate()?;
+    check_size(cfg).map_err(|reason| checkpoint_error(path, format!("config {reason}")))?;
+    Ok(ParamLayout::new(cfg))
+}
+
+/// safetensors' errors in words a user can act on.
+fn describe(e: &SafeTensorError) -> String {
+    let what = match e {
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the data section does not match the header's offsets (truncated or padded file)"
+                .to_string()
+        }
+        SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
+            format!("the header is not valid JSON metadata ({e})")
+        }
+        other => other.to_string(),
+    };
+    format!("not a valid safetensors file: {what}")
+}
+
+fn checkpoint_error(path: &Path, message: String) -> ModelError {
+    ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_matches_the_ieee_formula_for_every_value() {
+        for h in 0..=u16::MAX {
+            let (sign, exp, man) = (h >> 15, i32::from((h >> 10) & 0x1f), f64::from(h & 0x3ff));
+            let got = f16_to_f32(h);
+            if exp == 0x1f {
+                assert!(
+                    if man == 0.0 {
+                        got.is_infinite()
+                    } else {
+                        got.is_nan()
+                    },
+                    "{h:#06x}"
+                );
+                continue;
+            }
+            let magnitude = if exp == 0 {
+                man * 2f64.powi(-24)
+            } else {
+                (1.0 + man / 1024.0) * 2f64.powi(exp - 15)
+            };
+            let want = if sign == 1 { -magnitude } else { magnitude };
+            assert_eq!(f64::from(got), want, "{h:#06x}");
+            assert_eq!(got.is_sign_negative(), sign == 1, "{h:#06x}");
+        }
+    }
+
+    #[test]
+    fn bf16_is_the_top_half() {
+        assert_eq!(bf16_to_f32(0x3f80), 1.0);
+        assert_eq!(bf16_to_f32(0xc040), -3.0);
+        assert_eq!(bf16_to_f32(0x3e80), 0.25);
+    }
+}

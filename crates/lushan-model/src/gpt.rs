@@ -1,0 +1,217 @@
+//! The GPT-2 forward and backward passes over preallocated [`Activations`].
+//!
+//! `forward` is a list of kernel calls per layer; `backward` is that list reversed, each step naming the
+//! forward line it undoes.
+
+use crate::activations::Activations;
+use crate::config::{ModelConfig, PositionEncoding};
+use crate::error::{ModelError, Result};
+use crate::params::{ParamKind, ParamLayout, init_gpt2};
+use lushan_kernels::crossentropy::IGNORE_INDEX;
+use lushan_kernels::{attention, crossentropy, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
+
+/// Whether dropout is active. Training mode carries the seed its masks are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    Train { dropout_seed: u64 },
+}
+
+/// A GPT-2 model: its configuration and its parameters in one flat buffer.
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    pub config: ModelConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+}
+
+impl Gpt {
+    /// A freshly initialised model (GPT-2 init, seeded).
+    pub fn new(config: ModelConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let layout = ParamLayout::new(&config);
+        let params = init_gpt2(&config, &layout, seed);
+        Ok(Self { config, layout, params })
+    }
+
+    /// A model from existing parameters (a checkpoint); the buffer must match the layout.
+    pub fn from_params(config: ModelConfig, params: Vec<f32>) -> Result<Self> {
+        config.validate()?;
+        let layout = ParamLayout::new(&config);
+        if params.len() != layout.total() {
+            return Err(ModelError::InvalidConfig {
+                field: "parameters",
+                reason: format!("expected {} values for this configuration, got {}", layout.total(), params.len()),
+            });
+        }
+        Ok(Self { config, layout, params })
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.layout.total()
+    }
+
+    /// Rejects token ids outside the vocabulary (targets may also be [`IGNORE_INDEX`]).
+    pub fn check_tokens(&self, tokens: &[u32], allow_ignore: bool) -> Result<()> {
+        let vocab_size = self.config.vocab_size;
+        match tokens.iter().position(|&tok| tok as usize >= vocab_size && !(allow_ignore && tok == IGNORE_INDEX)) {
+            Some(position) => Err(ModelError::TokenOutOfRange { token: tokens[position], position, vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    /// Forward over a (B, T) batch. With targets, also computes per-position losses and returns the mean
+    /// over non-ignored positions.
+    ///
+    /// # Shapes
+    /// `inputs`, `targets`: (B, T) as allocated in `acts`.
+    pub fn forward(&self, acts: &mut Activations, inputs: &[u32], targets: Option<&[u32]>, mode: Mode) -> Result<Option<f32>> {
+        let (b, t) = (acts.b, acts.t);
+        if inputs.len() != b * t || targets.is_some_and(|tg| tg.len() != b * t) {
+            let got = inputs.len();
+            return Err(ModelError::BatchMismatch { allocated_b: b, allocated_t: t, b: got / t.max(1), t });
+        }
+        self.check_tokens(inputs, false)?;
+        if let Some(targets) = targets {
+            self.check_tokens(targets, true)?;
+        }
+        let cfg = &self.config;
+        let (c, v, nh, eps) = (cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.layer_norm_epsilon);
+        let p = self.layout.split(&self.params);
+        let mut seeds = match mode {
+            Mode::Train { dropout_seed } if cfg.dropout > 0.0 => Some(Rng::new(dropout_seed)),
+            _ => None,
+        };
+        acts.inputs.copy_from_slice(inputs);
+        let Activations { encoded, emb_mask, layers, lnf, lnf_mean, lnf_rstd, logits, probs, losses, scratch, .. } =
+            acts;
+
+        encoder::forward(encoded, inputs, p.wte, p.wpe, t, 0, c);
+        if let Some(rng) = seeds.as_mut() {
+            scratch.branch.copy_from_slice(encoded);
+            dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+        }
+        for l in 0..cfg.n_layer {
+            let w = p.layer(l);
+            let (before, rest) = layers.split_at_mut(l);
+            let a = &mut rest[0];
+            let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
+            layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
+            matmul::forward(&mut a.qkv, &a.ln1, w.qkv_w, Some(w.qkv_b), c, 3 * c);
+            attention::forward(&mut a.atty, &mut a.att, &a.qkv, t, c, nh);
+            matmul::forward(&mut scratch.branch, &a.atty, w.attn_proj_w, Some(w.attn_proj_b), c, c);
+            if let Some(rng) = seeds.as_mut() {
+                dropout::forward(&mut scratch.branch2, &mut a.attn_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+                std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
+            }
+            residual::forward(&mut a.residual2, x, &scratch.branch);
+            layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
+            matmul::forward(&mut a.fch, &a.ln2, w.fc_w, Some(w.fc_b), c, 4 * c);
+            gelu::forward(&mut a.fch_gelu, &a.fch);
+            matmul::forward(&mut scratch.branch, &a.fch_gelu, w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+            if let Some(rng) = seeds.as_mut() {
+                dropout::forward(&mut scratch.branch2, &mut a.mlp_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+                std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
+            }
+            residual::forward(&mut a.residual3, &a.residual2, &scratch.branch);
+        }
+        let last = layers.last().map_or(&*encoded, |a| &a.residual3);
+        layernorm::forward(lnf, lnf_mean, lnf_rstd, last, p.lnf_w, p.lnf_b, c, eps);
+        matmul::forward(logits, lnf, p.wte, None, c, v);
+
+        let Some(targets) = targets else { return Ok(None) };
+        acts.targets.copy_from_slice(targets);
+        crossentropy::forward(losses, probs, logits, targets, v);
+        let counted = targets.iter().filter(|&&tg| tg != IGNORE_INDEX).count();
+        let total: f64 = losses.iter().map(|&x| x as f64).sum();
+        Ok(Some(if counted == 0 { 0.0 } else { (total / counted as f64) as f32 }))
+    }
+
+    /// Backward of the mean loss of the last `forward` (which must have had targets), **accumulating**
+    /// `loss_scale ×` its gradient into `grads` (same layout as the parameters). Gradient accumulation over
+    /// k micro-batches passes `loss_scale = 1/k`.
+    pub fn backward(&self, acts: &mut Activations, grads: &mut [f32], loss_scale: f32, mode: Mode) {
+        let cfg = &self.config;
+        let (t, c, v, nh) = (acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
+        let p = self.layout.split(&self.params);
+        let mut g = self.layout.split_mut(grads);
+        let Activations { encoded, emb_mask, layers, lnf, lnf_mean, lnf_rstd, probs, targets, inputs, scratch, .. } =
+            acts;
+        let s = scratch;
+        let counted = targets.iter().filter(|&&tg| tg != IGNORE_INDEX).count().max(1);
+        s.dlosses.fill(loss_scale / counted as f32);
+
+        // loss = crossentropy(logits, targets)
+        s.dlogits.fill(0.0);
+        crossentropy::backward(&mut s.dlogits, &s.dlosses, probs, targets, v);
+        // logits = lnf · wteᵀ
+        s.dln.fill(0.0);
+        matmul::backward(Some(&mut s.dln), g.wte, None, &s.dlogits, lnf, p.wte, c, v);
+        // lnf = layernorm(last residual)
+        let last = layers.last().map_or(&*encoded, |a| &a.residual3);
+        s.dresidual.fill(0.0);
+        layernorm::backward(&mut s.dresidual, g.lnf_w, g.lnf_b, &s.dln, last, p.lnf_w, lnf_mean, lnf_rstd, c);
+
+        for l in (0..cfg.n_layer).rev() {
+            let w = p.layer(l);
+            let dw = g.layer_mut(l);
+            let (before, rest) = layers.split_at(l);
+            let a = &rest[0];
+            let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
+            // residual3 = residual2 + drop(fcproj): both inputs receive dresidual (see residual::backward).
+            let dfcproj: &[f32] = if dropout_on {
+                s.dbranch.fill(0.0);
+                dropout::backward(&mut s.dbranch, &s.dresidual, &a.mlp_mask, cfg.dropout);
+                &s.dbranch
+            } else {
+                &s.dresidual
+            };
+            // fcproj = fch_gelu · fc_projᵀ + b
+            s.dfch_gelu.fill(0.0);
+            matmul::backward(Some(&mut s.dfch_gelu), dw.fc_proj_w, Some(dw.fc_proj_b), dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
+            // fch_gelu = gelu(fch)
+            s.dfch.fill(0.0);
+            gelu::backward(&mut s.dfch, &a.fch, &s.dfch_gelu);
+            // fch = ln2 · fcᵀ + b
+            s.dln.fill(0.0);
+            matmul::backward(Some(&mut s.dln), dw.fc_w, Some(dw.fc_b), &s.dfch, &a.ln2, w.fc_w, c, 4 * c);
+            // ln2 = layernorm(residual2)
+            layernorm::backward(&mut s.dresidual, dw.ln2_w, dw.ln2_b, &s.dln, &a.residual2, w.ln2_w, &a.ln2_mean, &a.ln2_rstd, c);
+            // residual2 = x + drop(attproj)
+            let dattproj: &[f32] = if dropout_on {
+                s.dbranch.fill(0.0);
+                dropout::backward(&mut s.dbranch, &s.dresidual, &a.attn_mask, cfg.dropout);
+                &s.dbranch
+            } else {
+                &s.dresidual
+            };
+            // attproj = atty · attn_projᵀ + b
+            s.datty.fill(0.0);
+            matmul::backward(Some(&mut s.datty), dw.attn_proj_w, Some(dw.attn_proj_b), dattproj, &a.atty, w.attn_proj_w, c, c);
+            // atty = attention(qkv)
+            s.dqkv.fill(0.0);
+            attention::backward(&mut s.dqkv, &mut s.att_row, &s.datty, &a.qkv, &a.att, t, c, nh);
+            // qkv = ln1 · qkvᵀ + b
+            s.dln.fill(0.0);
+            matmul::backward(Some(&mut s.dln), dw.qkv_w, Some(dw.qkv_b), &s.dqkv, &a.ln1, w.qkv_w, c, 3 * c);
+            // ln1 = layernorm(x)
+            layernorm::backward(&mut s.dresidual, dw.ln1_w, dw.ln1_b, &s.dln, x, w.ln1_w, &a.ln1_mean, &a.ln1_rstd, c);
+        }
+        // encoded = drop(wte[inputs] + wpe)
+        let dencoded: &[f32] = if dropout_on {
+            s.dbranch.fill(0.0);
+            dropout::backward(&mut s.dbranch, &s.dresidual, emb_mask, cfg.dropout);
+            &s.dbranch
+        } else {
+            &s.dresidual
+        };
+        let dwpe = (cfg.position_encoding == PositionEncoding::Learned).then_some(&mut *g.wpe);
+        encoder::backward(g.wte, dwpe, dencoded, inputs, t, c);
+    }
+
+    /// Trainable flag per kind, for optimisers (the sinusoidal table is fixed).
+    pub fn trainable(&self, kind: ParamKind) -> bool {
+        kind.trainable(&self.config)
+    }
+}

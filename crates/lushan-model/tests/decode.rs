@@ -1,0 +1,98 @@
+//! Cached decoding must give the same logits as a full forward pass (DESIGN.md §5).
+
+use lushan_model::{Activations, DecodeState, Generator, Gpt, ModelConfig, Mode, PositionEncoding, Sampling};
+
+fn tiny(position_encoding: PositionEncoding) -> Gpt {
+    let mut cfg = ModelConfig::new(37, 12, 2, 2, 16);
+    cfg.position_encoding = position_encoding;
+    let mut model = Gpt::new(cfg, 5).unwrap();
+    // Larger weights than GPT-2 init so positions and attention matter to the logits.
+    model.params.iter_mut().for_each(|p| *p *= 8.0);
+    model
+}
+
+fn full_forward_logits(model: &Gpt, tokens: &[u32]) -> Vec<f32> {
+    let mut acts = Activations::new(&model.config, 1, tokens.len()).unwrap();
+    model.forward(&mut acts, tokens, None, Mode::Eval).unwrap();
+    acts.logits
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: index {i}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn cached_decode_equals_full_forward_at_every_position() {
+    for pe in [PositionEncoding::Learned, PositionEncoding::Sinusoidal] {
+        let model = tiny(pe);
+        let v = model.config.vocab_size;
+        let tokens: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % 37).collect();
+        let full = full_forward_logits(&model, &tokens);
+        // Prefill 5, then one at a time.
+        let mut state = DecodeState::new(&model, 4); // chunking below the prompt length is exercised too
+        let logits = model.decode(&mut state, &tokens[..5]).unwrap().to_vec();
+        assert_close(&logits, &full[4 * v..5 * v], 1e-5, "prefill");
+        for pos in 5..12 {
+            let logits = model.decode(&mut state, &tokens[pos..pos + 1]).unwrap();
+            assert_close(logits, &full[pos * v..(pos + 1) * v], 1e-5, &format!("{pe:?} step {pos}"));
+        }
+        assert_eq!(state.cache.len(), 12);
+        let err = model.decode(&mut state, &[1]).unwrap_err().to_string();
+        assert!(err.contains("longer than the model's context"), "{err}");
+    }
+}
+
+#[test]
+fn generation_is_greedy_consistent_and_slides_when_the_context_fills() {
+    let model = tiny(PositionEncoding::Learned);
+    let prompt = [1u32, 2, 3];
+    let mut g = Generator::new(&model, &prompt, Sampling::greedy(), 0, 30).unwrap();
+    let mut out = Vec::new();
+    while let Some(t) = g.next_token().unwrap() {
+        out.push(t);
+    }
+    assert_eq!(out.len(), 30);
+    // Greedy token k must be the argmax of a full forward over the window the model saw.
+    let mut context: Vec<u32> = prompt.to_vec();
+    for (k, &tok) in out.iter().enumerate() {
+        let full = full_forward_logits(&model, &context);
+        let v = model.config.vocab_size;
+        let last = &full[(context.len() - 1) * v..];
+        let best = lushan_model::sampling::argmax(last) as u32;
+        assert_eq!(tok, best, "step {k}");
+        context.push(tok);
+        if context.len() > model.config.block_size {
+            // The generator slides to the last block_size/2 tokens.
+            let keep = model.config.block_size / 2;
+            context.drain(..context.len() - keep);
+        }
+    }
+}
+
+#[test]
+fn seeds_reproduce_and_max_tokens_is_respected() {
+    let model = tiny(PositionEncoding::Learned);
+    let run = |seed| {
+        let mut g = Generator::new(&model, &[4, 5], Sampling { top_k: Some(5), ..Sampling::default() }, seed, 20).unwrap();
+        std::iter::from_fn(|| g.next_token().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(3), run(3));
+    assert_eq!(run(3).len(), 20);
+    assert_ne!(run(3), run(4));
+    let mut g = Generator::new(&model, &[4], Sampling::greedy(), 0, 0).unwrap();
+    assert_eq!(g.next_token().unwrap(), None);
+}
+
+#[test]
+fn bad_prompts_are_errors() {
+    let model = tiny(PositionEncoding::Learned);
+    assert!(Generator::new(&model, &[], Sampling::greedy(), 0, 5).is_err());
+    let e = Generator::new(&model, &[99], Sampling::greedy(), 0, 5).unwrap_err().to_string();
+    assert!(e.contains("99") && e.contains("37"), "{e}");
+    let long: Vec<u32> = (0..40).map(|i| i % 37).collect();
+    let g = Generator::new(&model, &long, Sampling::greedy(), 0, 5).unwrap();
+    assert!(g.prompt_cropped());
+}

@@ -1,0 +1,226 @@
+//! The training configuration: one list of settings, from which both the resolved [`TrainConfig`] and the
+//! [`TrainOverrides`] (every setting optional; read from a TOML file or from command-line flags) are made.
+//! Precedence: preset < config file < flags.
+
+use crate::error::{Result, TrainError};
+use lushan_model::{ModelConfig, PositionEncoding};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A named starting point for the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// nanoGPT's CPU run on tiny Shakespeare: 4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 iters.
+    #[default]
+    ShakespeareChar,
+    /// nanoGPT's baby GPT: 6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2.
+    BabyGpt,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ),* $(,)?) => {
+        /// Every training setting, resolved.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct TrainConfig {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        /// Settings to override; `None` keeps the value below it. Also the schema of `--config FILE`.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct TrainOverrides {
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        impl TrainConfig {
+            fn base() -> Self {
+                Self { $( $name: $default, )* }
+            }
+
+            /// Applies every setting present in `overrides`.
+            pub fn apply(&mut self, overrides: &TrainOverrides) {
+                $( if let Some(v) = &overrides.$name { self.$name = v.clone(); } )*
+            }
+        }
+    };
+}
+
+settings! {
+    /// Training data: a text file (or directory of text files) to tokenize per character, or a directory
+    /// made by `lushan prepare` (train.bin, val.bin, lushan-tokenizer.json).
+    data: PathBuf = PathBuf::from("data/tinyshakespeare.txt"),
+    /// Checkpoint directory: the best model (Hugging Face layout), `resume/`, metrics.jsonl and loss.png.
+    out_dir: PathBuf = PathBuf::from("out/shakespeare-char"),
+    /// Evaluate (and maybe checkpoint) every N updates.
+    eval_interval: u64 = 250,
+    /// Batches per split in each evaluation.
+    eval_iters: usize = 20,
+    /// Write a metrics line every N updates.
+    log_interval: u64 = 10,
+    /// Save the model at every evaluation, not only when validation loss improves.
+    always_save_checkpoint: bool = false,
+    /// Stop after this many evaluations without improvement (0 = never).
+    early_stopping_patience: u64 = 0,
+    /// Micro-batches per update.
+    gradient_accumulation_steps: usize = 1,
+    batch_size: usize = 12,
+    block_size: usize = 64,
+    n_layer: usize = 4,
+    n_head: usize = 4,
+    n_embd: usize = 128,
+    dropout: f32 = 0.0,
+    /// `learned` (GPT-2) or `sinusoidal` (fixed, as in the original Transformer).
+    position_encoding: PositionEncoding = PositionEncoding::Learned,
+    learning_rate: f32 = 1e-3,
+    max_iters: u64 = 2000,
+    weight_decay: f32 = 0.1,
+    beta1: f32 = 0.9,
+    beta2: f32 = 0.99,
+    /// Clip the global gradient norm to this (0 = off).
+    grad_clip: f32 = 1.0,
+    /// Warm up then cosine-decay the learning rate (false = constant).
+    decay_lr: bool = true,
+    warmup_iters: u64 = 100,
+    lr_decay_iters: u64 = 2000,
+    min_lr: f32 = 1e-4,
+    seed: u64 = 1337,
+    /// Fraction of a text corpus held out for validation when `data` is text.
+    val_fraction: f64 = 0.1,
+    /// Characters/tokens sampled from the model when training ends (0 = none).
+    sample_tokens: usize = 300,
+}
+
+impl TrainConfig {
+    pub fn preset(preset: Preset) -> Self {
+        let mut c = Self::base();
+        if preset == Preset::BabyGpt {
+            c.out_dir = PathBuf::from("out/baby-gpt");
+            c.batch_size = 64;
+            c.block_size = 256;
+            c.n_layer = 6;
+            c.n_head = 6;
+            c.n_embd = 384;
+            c.dropout = 0.2;
+            c.max_iters = 5000;
+            c.lr_decay_iters = 5000;
+            c.eval_iters = 200;
+        }
+        c
+    }
+
+    /// Preset, then the TOML file, then the flags.
+    pub fn resolve(preset: Preset, file: Option<&Path>, flags: &TrainOverrides) -> Result<Self> {
+        let mut c = Self::preset(preset);
+        if let Some(path) = file {
+            c.apply(&read_overrides(path)?);
+        }
+        c.apply(flags);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+        let mut m = ModelConfig::new(vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd);
+        m.dropout = self.dropout;
+        m.position_encoding = self.position_encoding;
+        m
+    }
+
+    /// Checks every setting that the model config does not check, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, reason: String| Err(TrainError::InvalidSetting { name: format!("--{}", name.replace('_', "-")), reason });
+        for (name, v) in [
+            ("batch_size", self.batch_size),
+            ("block_size", self.block_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("eval_iters", self.eval_iters),
+        ] {
+            if v == 0 {
+                return bad(name, "must be at least 1".into());
+            }
+        }
+        if self.eval_interval == 0 || self.log_interval == 0 {
+            let name = if self.eval_interval == 0 { "eval_interval" } else { "log_interval" };
+            return bad(name, "must be at least 1".into());
+        }
+        for (name, v) in [("learning_rate", self.learning_rate), ("min_lr", self.min_lr)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, format!("must be a finite number ≥ 0, got {v}"));
+            }
+        }
+        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(name, format!("must be in [0, 1), got {v}"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("must be ≥ 0, got {}", self.weight_decay));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return bad("grad_clip", format!("must be ≥ 0 (0 = off), got {}", self.grad_clip));
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return bad("val_fraction", format!("must be in (0, 1), got {}", self.val_fraction));
+        }
+        self.model_config(2).validate().map_err(|e| TrainError::InvalidSetting {
+            name: "model".into(),
+            reason: e.to_string().replace('`', "").replace("invalid model configuration: ", "--"),
+        })?;
+        Ok(())
+    }
+
+    /// Tokens processed per update.
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.block_size * self.gradient_accumulation_steps
+    }
+}
+
+/// Reads a TOML file of settings (the same names as the flags, with underscores).
+pub fn read_overrides(path: &Path) -> Result<TrainOverrides> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_preset_then_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cfg.toml");
+        std::fs::write(&file, "max_iters = 50\nn_layer = 2\nposition_encoding = \"sinusoidal\"\n").unwrap();
+        let flags = TrainOverrides { n_layer: Some(3), ..Default::default() };
+        let c = TrainConfig::resolve(Preset::BabyGpt, Some(&file), &flags).unwrap();
+        assert_eq!((c.max_iters, c.n_layer, c.n_embd), (50, 3, 384));
+        assert_eq!(c.position_encoding, PositionEncoding::Sinusoidal);
+    }
+
+    #[test]
+    fn errors_name_the_setting_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "max_itters = 5\n").unwrap();
+        let e = TrainConfig::resolve(Preset::ShakespeareChar, Some(&file), &TrainOverrides::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("bad.toml") && msg.contains("max_itters"), "{msg}");
+        let flags = TrainOverrides { n_embd: Some(130), ..Default::default() };
+        let msg = TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string();
+        assert!(msg.contains("n_embd") && msg.contains("n_head"), "{msg}");
+        let flags = TrainOverrides { batch_size: Some(0), ..Default::default() };
+        let msg = TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string();
+        assert!(msg.contains("--batch-size"), "{msg}");
+        let flags = TrainOverrides { beta2: Some(1.0), ..Default::default() };
+        assert!(TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string().contains("--beta2"));
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let c = TrainConfig::preset(Preset::ShakespeareChar);
+        let text = toml::to_string(&c).unwrap();
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(c, back);
+    }
+}

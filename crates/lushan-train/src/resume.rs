@@ -1,0 +1,207 @@
+//! Resume state beside the checkpoint: `out_dir/resume/` holds the latest model, both AdamW moments and a
+//! `state.json` (step, RNG states, data cursor, full training config, format version).
+//!
+//! A save writes a complete new directory `resume.tmp`, then swaps it in with renames, so a crash at any
+//! moment leaves either the old or the new state complete (`resume.old` is picked up if the crash fell
+//! between the two renames).
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::optim::AdamWState;
+use lushan_model::checkpoint::{self, atomic_write};
+use lushan_model::{Gpt, ModelConfig};
+use lushan_tokenizer::{TOKENIZER_FILE, Tokenizer};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const RESUME_DIR: &str = "resume";
+pub const STATE_FILE: &str = "state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything needed to continue a run bit-identically.
+#[derive(Debug, Clone)]
+pub struct ResumeState {
+    pub model: Gpt,
+    pub optimizer: AdamWState,
+    pub loader_state: u64,
+    pub dropout_rng_state: u64,
+    pub best_val_loss: f32,
+    pub evals_without_improvement: u64,
+    pub data_description: String,
+    pub train_config: TrainConfig,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    format_version: u32,
+    step: u64,
+    loader_state: u64,
+    dropout_rng_state: u64,
+    /// `None` before the first evaluation (JSON has no infinity).
+    best_val_loss: Option<f32>,
+    evals_without_improvement: u64,
+    data_description: String,
+    train_config: TrainConfig,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+fn resume_error(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Resume { path: path.to_path_buf(), message: message.into() }
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Writes the resume state for `out_dir` atomically (see the module docs).
+pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
+    let tmp = out_dir.join(format!("{RESUME_DIR}.tmp"));
+    let live = out_dir.join(RESUME_DIR);
+    let old = out_dir.join(format!("{RESUME_DIR}.old"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    checkpoint::save_model_dir(&tmp, &s.model.config, &s.model.params)?;
+    let (m, v) = (f32_bytes(&s.optimizer.m), f32_bytes(&s.optimizer.v));
+    let shape = vec![s.optimizer.m.len()];
+    let views = [
+        ("adamw.m", TensorView::new(Dtype::F32, shape.clone(), &m)),
+        ("adamw.v", TensorView::new(Dtype::F32, shape, &v)),
+    ];
+    let views: Vec<(&str, TensorView)> = views
+        .into_iter()
+        .map(|(n, r)| r.map(|t| (n, t)).map_err(|e| resume_error(&tmp, e.to_string())))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| resume_error(&tmp, e.to_string()))?;
+    let opt_path = tmp.join(OPTIMIZER_FILE);
+    atomic_write(&opt_path, &bytes).map_err(io(&opt_path))?;
+    let state = StateFile {
+        format_version: FORMAT_VERSION,
+        step: s.optimizer.step,
+        loader_state: s.loader_state,
+        dropout_rng_state: s.dropout_rng_state,
+        best_val_loss: s.best_val_loss.is_finite().then_some(s.best_val_loss),
+        evals_without_improvement: s.evals_without_improvement,
+        data_description: s.data_description.clone(),
+        train_config: s.train_config.clone(),
+    };
+    let json = serde_json::to_string_pretty(&state).map_err(|e| resume_error(&tmp, e.to_string()))?;
+    let state_path = tmp.join(STATE_FILE);
+    atomic_write(&state_path, json.as_bytes()).map_err(io(&state_path))?;
+    sync_dir(&tmp)?;
+    if live.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(&live, &old).map_err(io(&live))?;
+    }
+    std::fs::rename(&tmp, &live).map_err(io(&tmp))?;
+    sync_dir(out_dir)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// The directory holding the latest complete resume state.
+pub fn locate(out_dir: &Path) -> Result<PathBuf> {
+    let live = out_dir.join(RESUME_DIR);
+    if live.join(STATE_FILE).is_file() {
+        return Ok(live);
+    }
+    let old = out_dir.join(format!("{RESUME_DIR}.old"));
+    if old.join(STATE_FILE).is_file() {
+        return Ok(old);
+    }
+    Err(resume_error(out_dir, format!("no resume state found (expected {}/{STATE_FILE})", live.display())))
+}
+
+/// Reads the resume state written by [`save`].
+pub fn load(out_dir: &Path) -> Result<ResumeState> {
+    let dir = locate(out_dir)?;
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state: StateFile =
+        serde_json::from_str(&text).map_err(|e| resume_error(&state_path, format!("invalid state file: {e}")))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(resume_error(
+            &state_path,
+            format!("format version {} is not supported (expected {FORMAT_VERSION})", state.format_version),
+        ));
+    }
+    let (config, params) = checkpoint::load_model_dir(&dir)?;
+    let model = Gpt::from_params(config, params)?;
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| resume_error(&opt_path, e.to_string()))?;
+    let read = |name: &str| -> Result<Vec<f32>> {
+        let t = tensors.tensor(name).map_err(|e| resume_error(&opt_path, format!("tensor `{name}`: {e}")))?;
+        if t.dtype() != Dtype::F32 || t.shape() != [model.num_params()] {
+            return Err(resume_error(
+                &opt_path,
+                format!("tensor `{name}` must be F32 [{}], got {:?} {:?}", model.num_params(), t.dtype(), t.shape()),
+            ));
+        }
+        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    };
+    let m = read("adamw.m")?;
+    let v = read("adamw.v")?;
+    Ok(ResumeState {
+        model,
+        optimizer: AdamWState { m, v, step: state.step },
+        loader_state: state.loader_state,
+        dropout_rng_state: state.dropout_rng_state,
+        best_val_loss: state.best_val_loss.unwrap_or(f32::INFINITY),
+        evals_without_improvement: state.evals_without_improvement,
+        data_description: state.data_description,
+        train_config: state.train_config,
+    })
+}
+
+/// The saved training config, for `--resume DIR` to start from.
+pub fn saved_config(out_dir: &Path) -> Result<TrainConfig> {
+    let dir = locate(out_dir)?;
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state: StateFile =
+        serde_json::from_str(&text).map_err(|e| resume_error(&state_path, format!("invalid state file: {e}")))?;
+    Ok(state.train_config)
+}
+
+/// Resuming must not change the model's shape: names every field that differs.
+pub fn check_same_model(path: &Path, saved: &ModelConfig, wanted: &ModelConfig) -> Result<()> {
+    let mut diffs = Vec::new();
+    let mut cmp = |name: &str, a: String, b: String| {
+        if a != b {
+            diffs.push(format!("{name}: checkpoint has {a}, requested {b}"));
+        }
+    };
+    cmp("vocab_size", saved.vocab_size.to_string(), wanted.vocab_size.to_string());
+    cmp("block_size", saved.block_size.to_string(), wanted.block_size.to_string());
+    cmp("n_layer", saved.n_layer.to_string(), wanted.n_layer.to_string());
+    cmp("n_head", saved.n_head.to_string(), wanted.n_head.to_string());
+    cmp("n_embd", saved.n_embd.to_string(), wanted.n_embd.to_string());
+    cmp("position_encoding", format!("{:?}", saved.position_encoding), format!("{:?}", wanted.position_encoding));
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(resume_error(path, format!("the model configuration differs from the checkpoint's: {}", diffs.join("; "))))
+    }
+}
+
+/// Writes the best model so far as a Hugging Face style directory, with the tokenizer file.
+pub fn save_best(out_dir: &Path, model: &Gpt, tokenizer: &Tokenizer) -> Result<()> {
+    checkpoint::save_model_dir(out_dir, &model.config, &model.params)?;
+    let path = out_dir.join(TOKENIZER_FILE);
+    atomic_write(&path, tokenizer.to_json().as_bytes()).map_err(io(&path))
+}
