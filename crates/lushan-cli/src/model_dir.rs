@@ -7,9 +7,11 @@ use std::path::Path;
 
 /// Loads `config.json` + `model.safetensors` and the tokenizer file from `dir`.
 pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
-    let (config, params) = checkpoint::load_model_dir(dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    let (config, params) =
+        checkpoint::load_model_dir(dir).with_context(|| format!("loading model from {}", dir.display()))?;
     let model = Gpt::from_params(config, params)?;
-    let tokenizer = lushan_train::data::load_tokenizer(dir).with_context(|| format!("loading tokenizer from {}", dir.display()))?;
+    let tokenizer =
+        lushan_train::data::load_tokenizer(dir).with_context(|| format!("loading tokenizer from {}", dir.display()))?;
     anyhow::ensure!(
         tokenizer.vocab_size() == model.config.vocab_size,
         "{}: the tokenizer has {} tokens but the model's vocab_size is {}",

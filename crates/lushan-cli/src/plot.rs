@@ -39,22 +39,14 @@ pub struct LossCurves<'a> {
 
 fn ensure_font() -> anyhow::Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        bail!("the embedded DejaVu Sans font could not be loaded")
-    }
+    let ok = *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok());
+    if ok { Ok(()) } else { bail!("the embedded DejaVu Sans font could not be loaded") }
 }
 
 /// Finite points sorted by step.
 fn clean(points: &[(u64, f32)]) -> Vec<(u64, f64)> {
-    let mut out: Vec<(u64, f64)> = points
-        .iter()
-        .filter(|(_, v)| v.is_finite())
-        .map(|&(s, v)| (s, f64::from(v)))
-        .collect();
+    let mut out: Vec<(u64, f64)> =
+        points.iter().filter(|(_, v)| v.is_finite()).map(|&(s, v)| (s, f64::from(v))).collect();
     out.sort_by_key(|&(s, _)| s);
     out
 }
@@ -63,24 +55,14 @@ fn clean(points: &[(u64, f32)]) -> Vec<(u64, f64)> {
 fn ranges(series: &[&[(u64, f64)]]) -> (std::ops::Range<u64>, std::ops::Range<f64>) {
     let all = || series.iter().flat_map(|s| s.iter());
     let (x_lo, x_hi) = all().fold((u64::MAX, 0u64), |(lo, hi), &(s, _)| (lo.min(s), hi.max(s)));
-    let (y_lo, y_hi) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, v)| {
-        (lo.min(v), hi.max(v))
-    });
+    let (y_lo, y_hi) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, v)| (lo.min(v), hi.max(v)));
     if x_lo > x_hi {
         // No points at all.
         return (0..1, 0.0..1.0);
     }
-    let (x_lo, x_hi) = if x_lo == x_hi {
-        (x_lo.saturating_sub(1), x_hi.saturating_add(1))
-    } else {
-        (x_lo, x_hi)
-    };
+    let (x_lo, x_hi) = if x_lo == x_hi { (x_lo.saturating_sub(1), x_hi.saturating_add(1)) } else { (x_lo, x_hi) };
     let span = y_hi - y_lo;
-    let pad = if span > 0.0 {
-        span * 0.05
-    } else {
-        (y_hi.abs() * 0.05).max(0.05)
-    };
+    let pad = if span > 0.0 { span * 0.05 } else { (y_hi.abs() * 0.05).max(0.05) };
     (x_lo..x_hi, (y_lo - pad)..(y_hi + pad))
 }
 
@@ -115,11 +97,7 @@ impl YFormat {
             // Avoid "-0.00" for ticks that are zero up to rounding.
             YFormat::Fixed(d) => {
                 let s = format!("{y:.d$}");
-                if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
-                    s[1..].to_string()
-                } else {
-                    s
-                }
+                if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') { s[1..].to_string() } else { s }
             }
             YFormat::Sci(d) => format!("{y:.d$e}"),
         }
@@ -155,17 +133,9 @@ fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 /// Train loss is a thin blue line, validation loss an orange line with point
 /// markers; x is "step", y is "loss" (range from the finite data). Empty series
 /// are left out; with no data at all an empty chart is drawn.
-pub fn render_loss_curve_png(
-    curves: &LossCurves,
-    width: u32,
-    height: u32,
-) -> anyhow::Result<Vec<u8>> {
+pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
     if width < MIN_SIZE.0 || height < MIN_SIZE.1 || width > MAX_SIDE || height > MAX_SIDE {
-        bail!(
-            "plot size {width}x{height} out of range ({}x{} to {MAX_SIDE}x{MAX_SIDE})",
-            MIN_SIZE.0,
-            MIN_SIZE.1
-        );
+        bail!("plot size {width}x{height} out of range ({}x{} to {MAX_SIDE}x{MAX_SIDE})", MIN_SIZE.0, MIN_SIZE.1);
     }
     ensure_font()?;
 
@@ -175,11 +145,8 @@ pub fn render_loss_curve_png(
     let y_format = YFormat::for_range(&y_range);
     // Ticks at zero can come out as tiny rounding residues (e.g. -1.4e14 on a 1e30 scale).
     let y_zero = (y_range.end - y_range.start) * 1e-9;
-    let y_label_chars = [y_range.start, y_range.end]
-        .iter()
-        .map(|&y| y_format.format(y).chars().count())
-        .max()
-        .unwrap_or(4);
+    let y_label_chars =
+        [y_range.start, y_range.end].iter().map(|&y| y_format.format(y).chars().count()).max().unwrap_or(4);
 
     // Sizes scale with the image; `base` is the smaller side.
     let base = f64::from(width.min(height));
@@ -230,39 +197,24 @@ pub fn render_loss_curve_png(
         if !train.is_empty() {
             any = true;
             chart
-                .draw_series(LineSeries::new(
-                    train.iter().copied(),
-                    TRAIN_COLOR.stroke_width(train_width),
-                ))
+                .draw_series(LineSeries::new(train.iter().copied(), TRAIN_COLOR.stroke_width(train_width)))
                 .map_err(draw_err)?
                 .label("train")
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], TRAIN_COLOR.stroke_width(train_width))
-                });
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], TRAIN_COLOR.stroke_width(train_width)));
             if let [only] = train[..] {
                 // A one-point line is invisible; mark the point.
                 chart
-                    .draw_series(std::iter::once(Circle::new(
-                        only,
-                        marker.div_ceil(2).max(2),
-                        TRAIN_COLOR.filled(),
-                    )))
+                    .draw_series(std::iter::once(Circle::new(only, marker.div_ceil(2).max(2), TRAIN_COLOR.filled())))
                     .map_err(draw_err)?;
             }
         }
         if !val.is_empty() {
             any = true;
             chart
-                .draw_series(LineSeries::new(
-                    val.iter().copied(),
-                    VAL_COLOR.stroke_width(val_width),
-                ))
+                .draw_series(LineSeries::new(val.iter().copied(), VAL_COLOR.stroke_width(val_width)))
                 .map_err(draw_err)?;
             chart
-                .draw_series(
-                    val.iter()
-                        .map(|&p| Circle::new(p, marker, VAL_COLOR.filled())),
-                )
+                .draw_series(val.iter().map(|&p| Circle::new(p, marker, VAL_COLOR.filled())))
                 .map_err(draw_err)?
                 .label("validation")
                 .legend(move |(x, y)| {
@@ -290,9 +242,7 @@ pub fn render_loss_curve_png(
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer = encoder.write_header().context("encoding the PNG header")?;
-        writer
-            .write_image_data(&buf)
-            .context("encoding the PNG data")?;
+        writer.write_image_data(&buf).context("encoding the PNG data")?;
         writer.finish().context("finishing the PNG")?;
     }
     Ok(png_bytes)
@@ -317,10 +267,7 @@ mod tests {
     }
 
     fn count(pixels: &[u8], pred: impl Fn(u8, u8, u8) -> bool) -> usize {
-        pixels
-            .chunks_exact(3)
-            .filter(|p| pred(p[0], p[1], p[2]))
-            .count()
+        pixels.chunks_exact(3).filter(|p| pred(p[0], p[1], p[2])).count()
     }
 
     fn is_train_blue(r: u8, g: u8, b: u8) -> bool {
@@ -333,22 +280,10 @@ mod tests {
 
     #[test]
     fn plot_renders_train_and_val() -> anyhow::Result<()> {
-        let train: Vec<(u64, f32)> = (0..100)
-            .map(|i| {
-                (
-                    i * 10,
-                    8.0 * (-(i as f32) / 30.0).exp() + 2.5 + 0.1 * (i as f32).sin(),
-                )
-            })
-            .collect();
-        let val: Vec<(u64, f32)> = (0..5)
-            .map(|i| (i * 250, 8.0 * (-(i as f32) * 25.0 / 30.0).exp() + 2.7))
-            .collect();
-        let curves = LossCurves {
-            train: &train,
-            val: &val,
-            title: "lushan loss (test run)",
-        };
+        let train: Vec<(u64, f32)> =
+            (0..100).map(|i| (i * 10, 8.0 * (-(i as f32) / 30.0).exp() + 2.5 + 0.1 * (i as f32).sin())).collect();
+        let val: Vec<(u64, f32)> = (0..5).map(|i| (i * 250, 8.0 * (-(i as f32) * 25.0 / 30.0).exp() + 2.7)).collect();
+        let curves = LossCurves { train: &train, val: &val, title: "lushan loss (test run)" };
         let (w, h) = (900, 540);
         let bytes = render_loss_curve_png(&curves, w, h)?;
         assert!(bytes.starts_with(&PNG_SIGNATURE));
@@ -357,10 +292,7 @@ mod tests {
         let (dw, dh, pixels) = decode(&bytes)?;
         assert_eq!((dw, dh), (w, h));
         let first = &pixels[..3];
-        assert!(
-            pixels.chunks_exact(3).any(|p| p != first),
-            "image is a single colour"
-        );
+        assert!(pixels.chunks_exact(3).any(|p| p != first), "image is a single colour");
         assert!(count(&pixels, is_train_blue) > 200, "no blue train line");
         assert!(count(&pixels, is_val_orange) > 100, "no orange val line");
 
@@ -380,22 +312,12 @@ mod tests {
             (vec![], vec![(0, 4.0)]),
             (vec![(0, 0.0)], vec![(0, 0.0)]),
             (vec![(1, 2.0), (2, 2.0), (3, 2.0)], vec![(2, 2.0)]),
-            (
-                vec![(1, f32::NAN), (2, f32::INFINITY)],
-                vec![(3, f32::NEG_INFINITY)],
-            ),
-            (
-                vec![(9, 1.0), (3, 5.0), (6, f32::NAN), (u64::MAX, 1e30)],
-                vec![(u64::MAX, -1e30)],
-            ),
+            (vec![(1, f32::NAN), (2, f32::INFINITY)], vec![(3, f32::NEG_INFINITY)]),
+            (vec![(9, 1.0), (3, 5.0), (6, f32::NAN), (u64::MAX, 1e30)], vec![(u64::MAX, -1e30)]),
             (vec![(0, f32::MAX), (1, f32::MIN)], vec![]),
         ];
         for (train, val) in &cases {
-            let curves = LossCurves {
-                train,
-                val,
-                title: "",
-            };
+            let curves = LossCurves { train, val, title: "" };
             let bytes = render_loss_curve_png(&curves, 320, 240)?;
             if std::env::var_os("LUSHAN_PLOT_DEBUG").is_some() {
                 let n = train.len() * 10 + val.len();
@@ -418,20 +340,13 @@ mod tests {
         assert_eq!(YFormat::for_range(&(1.9..2.1)), YFormat::Fixed(2));
         assert_eq!(YFormat::Fixed(2).format(-0.001), "0.00");
         assert_eq!(YFormat::Fixed(1).format(3.25), "3.2");
-        assert!(matches!(
-            YFormat::for_range(&(-1e30..1e30)),
-            YFormat::Sci(_)
-        ));
+        assert!(matches!(YFormat::for_range(&(-1e30..1e30)), YFormat::Sci(_)));
         assert_eq!(YFormat::Sci(2).format(1.5e30), "1.50e30");
     }
 
     #[test]
     fn plot_rejects_bad_sizes() {
-        let curves = LossCurves {
-            train: &[(0, 1.0)],
-            val: &[],
-            title: "t",
-        };
+        let curves = LossCurves { train: &[(0, 1.0)], val: &[], title: "t" };
         assert!(render_loss_curve_png(&curves, 0, 0).is_err());
         assert!(render_loss_curve_png(&curves, 10, 600).is_err());
         assert!(render_loss_curve_png(&curves, 100_000, 600).is_err());

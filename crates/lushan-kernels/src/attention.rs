@@ -4,11 +4,8 @@
 //! `att[b,h,t,:] = softmax_{s ≤ t}(q_t · k_s / √hs)` and `out[b,t,h] = Σ_s att[b,h,t,s] · v_s`.
 //! The probabilities are kept (entries above the diagonal are zero) for the backward pass and for inspection.
 
+use crate::vector::{axpy, dot};
 use rayon::prelude::*;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
 
 /// Forward.
 ///
@@ -43,10 +40,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], t: usize, c: usize
                     let o = &mut out[tq * c + h * hs..][..hs];
                     o.fill(0.0);
                     for (s, &a) in row[..=tq].iter().enumerate() {
-                        let v = &qkv[s * 3 * c + 2 * c + h * hs..][..hs];
-                        for (o, &v) in o.iter_mut().zip(v) {
-                            *o += a * v;
-                        }
+                        axpy(o, a, &qkv[s * 3 * c + 2 * c + h * hs..][..hs]);
                     }
                 }
             }
@@ -91,25 +85,16 @@ pub fn backward(
                     for (s, (d, &a)) in datt[..=tq].iter_mut().zip(a).enumerate() {
                         *d = dot(g, &qkv[s * 3 * c + 2 * c + h * hs..][..hs]);
                         weighted += a * *d;
-                        let dv = &mut dqkv[s * 3 * c + 2 * c + h * hs..][..hs];
-                        for (dv, &g) in dv.iter_mut().zip(g) {
-                            *dv += a * g;
-                        }
+                        axpy(&mut dqkv[s * 3 * c + 2 * c + h * hs..][..hs], a, g);
                     }
                     let q = &qkv[tq * 3 * c + h * hs..][..hs];
                     for (s, (d, &a)) in datt[..=tq].iter_mut().zip(a).enumerate() {
                         *d = a * (*d - weighted) * scale; // now dp_ts (pre-softmax score gradient · scale)
-                        let dk = &mut dqkv[s * 3 * c + c + h * hs..][..hs];
-                        for (dk, &q) in dk.iter_mut().zip(q) {
-                            *dk += *d * q;
-                        }
+                        axpy(&mut dqkv[s * 3 * c + c + h * hs..][..hs], *d, q);
                     }
                     let dq = &mut dqkv[tq * 3 * c + h * hs..][..hs];
                     for (s, &dp) in datt[..=tq].iter().enumerate() {
-                        let k = &qkv[s * 3 * c + c + h * hs..][..hs];
-                        for (dq, &k) in dq.iter_mut().zip(k) {
-                            *dq += dp * k;
-                        }
+                        axpy(dq, dp, &qkv[s * 3 * c + c + h * hs..][..hs]);
                     }
                 }
             }

@@ -49,7 +49,8 @@ pub fn backward(dlogits: &mut [f32], dlosses: &[f32], probs: &[f32], targets: &[
         .zip(probs.par_chunks(v * PAR_ROWS))
         .zip(dlosses.par_chunks(PAR_ROWS).zip(targets.par_chunks(PAR_ROWS)))
         .for_each(|((dz, probs), (dlosses, targets))| {
-            for ((dz, p), (&dl, &target)) in dz.chunks_exact_mut(v).zip(probs.chunks_exact(v)).zip(dlosses.iter().zip(targets))
+            for ((dz, p), (&dl, &target)) in
+                dz.chunks_exact_mut(v).zip(probs.chunks_exact(v)).zip(dlosses.iter().zip(targets))
             {
                 if target == IGNORE_INDEX {
                     continue;

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 /// `out`: (N, C), `tokens`: (N) with N a multiple of `t`, `wte`: (V, C), `wpe`: (maxT, C), `pos0 + t ≤ maxT`.
 pub fn forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, pos0: usize, c: usize) {
     debug_assert_eq!(out.len(), tokens.len() * c);
-    debug_assert!(tokens.len() % t == 0);
+    debug_assert!(tokens.len().is_multiple_of(t));
     debug_assert!((pos0 + t) * c <= wpe.len());
     out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(i, (row, &tok))| {
         let tok_row = &wte[tok as usize * c..][..c];

@@ -6,6 +6,34 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const COEFF: f32 = 0.044_715;
 const CHUNK: usize = 4096;
 
+/// `e^x` for |x| ≤ 87, branch-free so loops over it vectorise: `2^n · p(r)` with `r = x - n·ln2` and a
+/// degree-6 minimax polynomial (Cephes `expf`), accurate to about 1 ulp. libm's `tanhf` took a quarter of a
+/// training step in the profile; this takes a few percent.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to the nearest integer
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let p = p * r * r + r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// `tanh(x) = (e^{2x} - 1) / (e^{2x} + 1)`, clamped where tanh is ±1 in f32; absolute error ≈ 2e-7.
+#[inline(always)]
+pub fn tanh_fast(x: f32) -> f32 {
+    let e = exp_fast(2.0 * x.clamp(-9.0, 9.0));
+    (e - 1.0) / (e + 1.0)
+}
+
 /// Forward.
 ///
 /// # Shapes
@@ -15,7 +43,7 @@ pub fn forward(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| {
         for (o, &x) in out.iter_mut().zip(inp) {
             let u = SQRT_2_OVER_PI * (x + COEFF * x * x * x);
-            *o = 0.5 * x * (1.0 + u.tanh());
+            *o = 0.5 * x * (1.0 + tanh_fast(u));
         }
     });
 }
@@ -32,7 +60,7 @@ pub fn backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
         |((dinp, inp), dout)| {
             for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
                 let u = SQRT_2_OVER_PI * (x + COEFF * x * x * x);
-                let th = u.tanh();
+                let th = tanh_fast(u);
                 let sech2 = 1.0 - th * th;
                 let local = 0.5 * (1.0 + th) + 0.5 * x * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * COEFF * x * x);
                 *d += g * local;
@@ -50,6 +78,18 @@ mod tests {
     fn reference(x: &[f64]) -> Vec<f64> {
         let k = (2.0 / std::f64::consts::PI).sqrt();
         x.iter().map(|&x| 0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())).collect()
+    }
+
+    #[test]
+    fn fast_tanh_matches_libm() {
+        let mut worst = 0.0f32;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 1e-4;
+            worst = worst.max((tanh_fast(x) - x.tanh()).abs());
+        }
+        assert!(worst < 5e-7, "worst abs error {worst}");
+        assert_eq!(tanh_fast(100.0), 1.0);
+        assert_eq!(tanh_fast(-100.0), -1.0);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod reduce;
 pub mod residual;
 pub mod rng;
 pub mod softmax;
+pub mod vector;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -5,9 +5,16 @@
 //! `bench/BASELINES.md`), builds five times faster, and accepts arbitrary strides, so every transpose below
 //! is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
+use crate::vector::dot;
 use rayon::prelude::*;
 
-/// `C = alpha·A·B + beta·C` on row/column strides; the one place that names the GEMM library.
+/// Rows of the output handed to one single-threaded GEMM call. Splitting the output rows over rayon
+/// (instead of using matrixmultiply's own thread pool) keeps one pool on the machine — two pools spinning
+/// on two cores fight each other — and each output element is computed by one thread in a fixed order, so
+/// results do not depend on the thread count.
+const ROWS_PER_TASK: usize = 64;
+
+/// `C = A·B + beta·C` on row/column strides; the one place that names the GEMM library.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
     m: usize,
@@ -24,29 +31,36 @@ fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    debug_assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
-    debug_assert!(k == 0 || n == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
+    debug_assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
+    debug_assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
     debug_assert!((m - 1) * rsc + n <= c.len());
-    // SAFETY: the debug assertions above state the extents sgemm reads and writes; every caller derives
-    // them from slices whose lengths match (M, K, N) with the strides given, so all accesses are in bounds.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            rsc as isize,
-            1,
-        );
-    }
+    let tasks = rayon::current_num_threads().max(1);
+    let rows = m.div_ceil(tasks).max(ROWS_PER_TASK.min(m)).div_ceil(8) * 8;
+    c[..(m - 1) * rsc + n].par_chunks_mut(rows * rsc).enumerate().for_each(|(i, c_rows)| {
+        let r0 = i * rows;
+        let mr = rows.min(m - r0);
+        // SAFETY: rows r0..r0+mr of A start at r0·rsa and reach (r0+mr-1)·rsa + (k-1)·csa < a.len() (debug
+        // assertion above); B is read within its asserted extent; this task's C rows are exactly `c_rows`,
+        // whose length covers (mr-1)·rsc + n elements, and no other task touches them.
+        unsafe {
+            matrixmultiply::sgemm(
+                mr,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(r0 * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                c_rows.as_mut_ptr(),
+                rsc as isize,
+                1,
+            );
+        }
+    });
 }
 
 /// Forward.
@@ -86,25 +100,11 @@ fn forward_few_rows(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&
             let j0 = chunk * CHANNELS_PER_TASK;
             for (j, o) in o.iter_mut().enumerate() {
                 let w = &weight[(j0 + j) * c..][..c];
-                *o = dot8(x, w) + bias.map_or(0.0, |b| b[j0 + j]);
+                *o = dot(x, w) + bias.map_or(0.0, |b| b[j0 + j]);
             }
         });
     }
     debug_assert_eq!(out.len(), n * oc);
-}
-
-/// Dot product with eight independent accumulators, so the compiler can keep FMA pipelines full.
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
-    let (b8, b_rest) = b.split_at(a8.len());
-    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Backward, **accumulating** into `dinp`, `dweight` and `dbias`.

@@ -10,10 +10,8 @@ const CHUNK: usize = 1 << 14;
 /// # Shapes
 /// `x`: any length.
 pub fn sum_of_squares(x: &[f32]) -> f64 {
-    let partials: Vec<f64> = x
-        .par_chunks(CHUNK)
-        .map(|chunk| chunk.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .collect();
+    let partials: Vec<f64> =
+        x.par_chunks(CHUNK).map(|chunk| chunk.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect();
     partials.iter().sum()
 }
 

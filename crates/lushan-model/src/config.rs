@@ -99,11 +99,8 @@ impl ModelConfig {
         if self.vocab_size > u32::MAX as usize - 1 {
             return invalid("vocab_size", format!("must fit token ids in u32, got {}", self.vocab_size));
         }
-        if self.n_embd % self.n_head != 0 {
-            return invalid(
-                "n_embd",
-                format!("must be divisible by n_head ({}), got {}", self.n_head, self.n_embd),
-            );
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return invalid("n_embd", format!("must be divisible by n_head ({}), got {}", self.n_head, self.n_embd));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return invalid("dropout", format!("must be in [0, 1), got {}", self.dropout));

@@ -122,7 +122,16 @@ impl Gpt {
         encoder::forward(&mut st.x[..mc], tokens, p.wte, p.wpe, m, pos0, c);
         for l in 0..cfg.n_layer {
             let w = p.layer(l);
-            layernorm::forward(&mut st.ln[..mc], &mut st.mean[..m], &mut st.rstd[..m], &st.x[..mc], w.ln1_w, w.ln1_b, c, eps);
+            layernorm::forward(
+                &mut st.ln[..mc],
+                &mut st.mean[..m],
+                &mut st.rstd[..m],
+                &st.x[..mc],
+                w.ln1_w,
+                w.ln1_b,
+                c,
+                eps,
+            );
             matmul::forward(&mut st.qkv[..3 * mc], &st.ln[..mc], w.qkv_w, Some(w.qkv_b), c, 3 * c);
             // Write this chunk's keys and values at their positions.
             for i in 0..m {
@@ -136,7 +145,16 @@ impl Gpt {
             cached_attention(&mut st.atty[..mc], &mut st.att_scratch, &st.qkv[..3 * mc], &st.cache, l, pos0, c, nh);
             matmul::forward(&mut st.branch[..mc], &st.atty[..mc], w.attn_proj_w, Some(w.attn_proj_b), c, c);
             residual::forward(&mut st.residual[..mc], &st.x[..mc], &st.branch[..mc]);
-            layernorm::forward(&mut st.ln[..mc], &mut st.mean[..m], &mut st.rstd[..m], &st.residual[..mc], w.ln2_w, w.ln2_b, c, eps);
+            layernorm::forward(
+                &mut st.ln[..mc],
+                &mut st.mean[..m],
+                &mut st.rstd[..m],
+                &st.residual[..mc],
+                w.ln2_w,
+                w.ln2_b,
+                c,
+                eps,
+            );
             matmul::forward(&mut st.fch[..4 * mc], &st.ln[..mc], w.fc_w, Some(w.fc_b), c, 4 * c);
             gelu::forward(&mut st.fch_gelu[..4 * mc], &st.fch[..4 * mc]);
             matmul::forward(&mut st.branch[..mc], &st.fch_gelu[..4 * mc], w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);

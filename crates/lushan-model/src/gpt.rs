@@ -65,7 +65,13 @@ impl Gpt {
     ///
     /// # Shapes
     /// `inputs`, `targets`: (B, T) as allocated in `acts`.
-    pub fn forward(&self, acts: &mut Activations, inputs: &[u32], targets: Option<&[u32]>, mode: Mode) -> Result<Option<f32>> {
+    pub fn forward(
+        &self,
+        acts: &mut Activations,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        mode: Mode,
+    ) -> Result<Option<f32>> {
         let (b, t) = (acts.b, acts.t);
         if inputs.len() != b * t || targets.is_some_and(|tg| tg.len() != b * t) {
             let got = inputs.len();
@@ -169,7 +175,16 @@ impl Gpt {
             };
             // fcproj = fch_gelu · fc_projᵀ + b
             s.dfch_gelu.fill(0.0);
-            matmul::backward(Some(&mut s.dfch_gelu), dw.fc_proj_w, Some(dw.fc_proj_b), dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
+            matmul::backward(
+                Some(&mut s.dfch_gelu),
+                dw.fc_proj_w,
+                Some(dw.fc_proj_b),
+                dfcproj,
+                &a.fch_gelu,
+                w.fc_proj_w,
+                4 * c,
+                c,
+            );
             // fch_gelu = gelu(fch)
             s.dfch.fill(0.0);
             gelu::backward(&mut s.dfch, &a.fch, &s.dfch_gelu);
@@ -177,7 +192,17 @@ impl Gpt {
             s.dln.fill(0.0);
             matmul::backward(Some(&mut s.dln), dw.fc_w, Some(dw.fc_b), &s.dfch, &a.ln2, w.fc_w, c, 4 * c);
             // ln2 = layernorm(residual2)
-            layernorm::backward(&mut s.dresidual, dw.ln2_w, dw.ln2_b, &s.dln, &a.residual2, w.ln2_w, &a.ln2_mean, &a.ln2_rstd, c);
+            layernorm::backward(
+                &mut s.dresidual,
+                dw.ln2_w,
+                dw.ln2_b,
+                &s.dln,
+                &a.residual2,
+                w.ln2_w,
+                &a.ln2_mean,
+                &a.ln2_rstd,
+                c,
+            );
             // residual2 = x + drop(attproj)
             let dattproj: &[f32] = if dropout_on {
                 s.dbranch.fill(0.0);
@@ -188,7 +213,16 @@ impl Gpt {
             };
             // attproj = atty · attn_projᵀ + b
             s.datty.fill(0.0);
-            matmul::backward(Some(&mut s.datty), dw.attn_proj_w, Some(dw.attn_proj_b), dattproj, &a.atty, w.attn_proj_w, c, c);
+            matmul::backward(
+                Some(&mut s.datty),
+                dw.attn_proj_w,
+                Some(dw.attn_proj_b),
+                dattproj,
+                &a.atty,
+                w.attn_proj_w,
+                c,
+                c,
+            );
             // atty = attention(qkv)
             s.dqkv.fill(0.0);
             attention::backward(&mut s.dqkv, &mut s.att_row, &s.datty, &a.qkv, &a.att, t, c, nh);

@@ -13,9 +13,9 @@ pub mod sampling;
 
 pub use activations::Activations;
 pub use config::{ModelConfig, PositionEncoding};
-pub use error::{ModelError, Result};
 pub use decode::DecodeState;
+pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generator};
 pub use gpt::{Gpt, Mode};
-pub use sampling::{Sampler, Sampling};
 pub use params::{ParamKind, ParamLayout};
+pub use sampling::{Sampler, Sampling};

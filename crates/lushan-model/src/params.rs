@@ -294,8 +294,24 @@ impl ParamLayout {
     }
 
     fn name<S>(&self, parts: [S; KIND_COUNT]) -> Tensors<S> {
-        let [wte, wpe, ln1_w, ln1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b, ln2_w, ln2_b, fc_w, fc_b, fc_proj_w, fc_proj_b, lnf_w, lnf_b] =
-            parts;
+        let [
+            wte,
+            wpe,
+            ln1_w,
+            ln1_b,
+            qkv_w,
+            qkv_b,
+            attn_proj_w,
+            attn_proj_b,
+            ln2_w,
+            ln2_b,
+            fc_w,
+            fc_b,
+            fc_proj_w,
+            fc_proj_b,
+            lnf_w,
+            lnf_b,
+        ] = parts;
         Tensors {
             wte,
             wpe,

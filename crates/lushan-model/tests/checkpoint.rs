@@ -4,8 +4,8 @@
 
 use lushan_model::checkpoint::safetensors_io::{HF_PREFIX, hf_layers, hf_shape};
 use lushan_model::checkpoint::{
-    CONFIG_FILE, WEIGHTS_FILE, atomic_write, atomic_write_with, load_model_dir, load_safetensors,
-    parse_config_json, save_model_dir, save_safetensors, write_config_json,
+    CONFIG_FILE, WEIGHTS_FILE, atomic_write, atomic_write_with, load_model_dir, load_safetensors, parse_config_json,
+    save_model_dir, save_safetensors, write_config_json,
 };
 use lushan_model::{ModelConfig, ModelError, ParamKind, ParamLayout, PositionEncoding};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -36,9 +36,7 @@ fn random_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
 
 /// Values in multiples of 1/8 within ±4: exact in F16 and BF16, so conversions can be checked exactly.
 fn coarse_params(cfg: &ModelConfig) -> Vec<f32> {
-    (0..ParamLayout::new(cfg).total())
-        .map(|i| ((i * 7 % 61) as f32 - 30.0) / 8.0)
-        .collect()
+    (0..ParamLayout::new(cfg).total()).map(|i| ((i * 7 % 61) as f32 - 30.0) / 8.0).collect()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -51,20 +49,15 @@ type Raw = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
 fn read_raw(path: &Path) -> Raw {
     let bytes = fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Raw = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut out: Raw =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
 fn write_raw(path: &Path, tensors: &Raw) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
 }
@@ -92,16 +85,9 @@ fn save_load_is_bit_identical_for_both_position_encodings() {
         let (cfg2, params2) = load_model_dir(&model).unwrap();
         assert_eq!(cfg2, cfg);
         assert_eq!(bits(&params2), bits(&params));
-        let mut names: Vec<_> = fs::read_dir(&model)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(&model).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
-        assert_eq!(
-            names,
-            vec![CONFIG_FILE, WEIGHTS_FILE],
-            "no temporary files left behind"
-        );
+        assert_eq!(names, vec![CONFIG_FILE, WEIGHTS_FILE], "no temporary files left behind");
     }
 }
 
@@ -110,41 +96,19 @@ fn config_json_round_trips_and_looks_like_hugging_face() {
     let mut cfg = tiny(PositionEncoding::Sinusoidal);
     cfg.layer_norm_epsilon = 1e-6;
     let text = write_config_json(&cfg);
-    assert_eq!(
-        parse_config_json(&text, Path::new(CONFIG_FILE)).unwrap(),
-        cfg
-    );
+    assert_eq!(parse_config_json(&text, Path::new(CONFIG_FILE)).unwrap(), cfg);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["model_type"], "gpt2");
     assert_eq!(v["architectures"][0], "GPT2LMHeadModel");
-    assert_eq!(
-        (v["n_positions"].as_u64(), v["n_ctx"].as_u64()),
-        (Some(5), Some(5))
-    );
-    assert_eq!(
-        (
-            v["n_embd"].as_u64(),
-            v["n_layer"].as_u64(),
-            v["n_head"].as_u64()
-        ),
-        (Some(8), Some(2), Some(2))
-    );
+    assert_eq!((v["n_positions"].as_u64(), v["n_ctx"].as_u64()), (Some(5), Some(5)));
+    assert_eq!((v["n_embd"].as_u64(), v["n_layer"].as_u64(), v["n_head"].as_u64()), (Some(8), Some(2), Some(2)));
     assert!(v["n_inner"].is_null());
     assert_eq!(v["activation_function"], "gelu_new");
     for key in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] {
         assert_eq!(v[key].as_f64(), Some(0.1), "{key}");
     }
-    assert_eq!(
-        (v["bos_token_id"].as_u64(), v["eos_token_id"].as_u64()),
-        (Some(10), Some(10))
-    );
-    assert_eq!(
-        (
-            v["tie_word_embeddings"].as_bool(),
-            v["scale_attn_weights"].as_bool()
-        ),
-        (Some(true), Some(true))
-    );
+    assert_eq!((v["bos_token_id"].as_u64(), v["eos_token_id"].as_u64()), (Some(10), Some(10)));
+    assert_eq!((v["tie_word_embeddings"].as_bool(), v["scale_attn_weights"].as_bool()), (Some(true), Some(true)));
     assert_eq!(v["lushan"]["position_encoding"], "sinusoidal");
     assert_eq!(v["lushan"]["format_version"], 1);
 }
@@ -174,28 +138,14 @@ fn file_holds_exactly_the_hugging_face_names_and_layouts() {
     // Conv1D transpose: HF element [i, o] is our element (o, i).
     let layout = ParamLayout::new(&cfg);
     let ours = &params[layout.layer_range(ParamKind::FcProjW, 1)]; // (C, 4C)
-    let hf = &raw
-        .iter()
-        .find(|t| t.0 == "transformer.h.1.mlp.c_proj.weight")
-        .unwrap()
-        .3; // (4C, C)
+    let hf = &raw.iter().find(|t| t.0 == "transformer.h.1.mlp.c_proj.weight").unwrap().3; // (4C, C)
     for (i, o) in [(0, 0), (5, 3), (31, 7), (17, 2)] {
         let b = &hf[(i * c + o) * 4..][..4];
-        assert_eq!(
-            f32::from_le_bytes(b.try_into().unwrap()),
-            ours[o * 4 * c + i]
-        );
+        assert_eq!(f32::from_le_bytes(b.try_into().unwrap()), ours[o * 4 * c + i]);
     }
     let bytes = fs::read(_path).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    assert_eq!(
-        meta.metadata()
-            .as_ref()
-            .unwrap()
-            .get("format")
-            .map(String::as_str),
-        Some("pt")
-    );
+    assert_eq!(meta.metadata().as_ref().unwrap().get("format").map(String::as_str), Some("pt"));
 }
 
 #[test]
@@ -207,18 +157,8 @@ fn names_without_prefix_and_ignored_buffers_load() {
         t.0 = t.0.strip_prefix(HF_PREFIX).unwrap().to_string();
     }
     for l in 0..cfg.n_layer {
-        raw.push((
-            format!("h.{l}.attn.bias"),
-            Dtype::F32,
-            vec![1, 1, 5, 5],
-            vec![0; 100],
-        ));
-        raw.push((
-            format!("{HF_PREFIX}h.{l}.attn.masked_bias"),
-            Dtype::F32,
-            vec![],
-            vec![0; 4],
-        ));
+        raw.push((format!("h.{l}.attn.bias"), Dtype::F32, vec![1, 1, 5, 5], vec![0; 100]));
+        raw.push((format!("{HF_PREFIX}h.{l}.attn.masked_bias"), Dtype::F32, vec![], vec![0; 4]));
     }
     write_raw(&path, &raw);
     assert_eq!(bits(&load_safetensors(&path, &cfg).unwrap()), bits(&params));
@@ -229,11 +169,7 @@ fn tied_lm_head_is_accepted_and_untied_rejected() {
     let cfg = tiny(PositionEncoding::Learned);
     let params = random_params(&cfg, 5);
     let (_dir, path, mut raw) = saved_raw(&cfg, &params);
-    let wte = raw
-        .iter()
-        .find(|t| t.0 == "transformer.wte.weight")
-        .unwrap()
-        .clone();
+    let wte = raw.iter().find(|t| t.0 == "transformer.wte.weight").unwrap().clone();
     raw.push(("lm_head.weight".into(), wte.1, wte.2.clone(), wte.3.clone()));
     write_raw(&path, &raw);
     assert_eq!(bits(&load_safetensors(&path, &cfg).unwrap()), bits(&params));
@@ -253,17 +189,10 @@ fn f16_and_bf16_tensors_load_as_f32() {
         let (_dir, path, mut raw) = saved_raw(&cfg, &params);
         for t in &mut raw {
             t.1 = dtype;
-            t.3 =
-                t.3.chunks_exact(4)
-                    .flat_map(|b| to_half(f32::from_le_bytes(b.try_into().unwrap()), dtype))
-                    .collect();
+            t.3 = t.3.chunks_exact(4).flat_map(|b| to_half(f32::from_le_bytes(b.try_into().unwrap()), dtype)).collect();
         }
         write_raw(&path, &raw);
-        assert_eq!(
-            bits(&load_safetensors(&path, &cfg).unwrap()),
-            bits(&params),
-            "{dtype:?}"
-        );
+        assert_eq!(bits(&load_safetensors(&path, &cfg).unwrap()), bits(&params), "{dtype:?}");
     }
 }
 
@@ -277,10 +206,7 @@ fn to_half(x: f32, dtype: Dtype) -> [u8; 2] {
         ((b >> 16) & 0x8000) as u16
     } else {
         let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
-        assert!(
-            (1..31).contains(&exp) && b & 0x1fff == 0,
-            "{x} is not exact in f16"
-        );
+        assert!((1..31).contains(&exp) && b & 0x1fff == 0, "{x} is not exact in f16");
         (((b >> 16) & 0x8000) | ((exp as u32) << 10) | ((b >> 13) & 0x3ff)) as u16
     };
     h.to_le_bytes()
@@ -291,42 +217,20 @@ fn all_problems_are_listed_in_one_error() {
     let cfg = tiny(PositionEncoding::Learned);
     let (_dir, path, mut raw) = saved_raw(&cfg, &random_params(&cfg, 6));
     raw.retain(|t| t.0 != "transformer.h.1.ln_2.bias");
-    raw.push((
-        "transformer.h.2.ln_1.weight".into(),
-        Dtype::F32,
-        vec![8],
-        vec![0; 32],
-    ));
-    let qkv = raw
-        .iter_mut()
-        .find(|t| t.0 == "transformer.h.0.attn.c_attn.weight")
-        .unwrap();
+    raw.push(("transformer.h.2.ln_1.weight".into(), Dtype::F32, vec![8], vec![0; 32]));
+    let qkv = raw.iter_mut().find(|t| t.0 == "transformer.h.0.attn.c_attn.weight").unwrap();
     qkv.2 = vec![24, 8]; // ours, not HF's (8, 24)
-    let ln = raw
-        .iter_mut()
-        .find(|t| t.0 == "transformer.ln_f.weight")
-        .unwrap();
+    let ln = raw.iter_mut().find(|t| t.0 == "transformer.ln_f.weight").unwrap();
     ln.1 = Dtype::I32;
     write_raw(&path, &raw);
     let err = load_safetensors(&path, &cfg).unwrap_err();
-    let ModelError::TensorMismatch { problems, .. } = &err else {
-        panic!("wrong variant: {err}")
-    };
+    let ModelError::TensorMismatch { problems, .. } = &err else { panic!("wrong variant: {err}") };
     assert_eq!(problems.len(), 4, "{problems:#?}");
     let e = err.to_string();
     assert!(e.contains(WEIGHTS_FILE), "{e}");
-    assert!(
-        e.contains("missing tensor `transformer.h.1.ln_2.bias`"),
-        "{e}"
-    );
-    assert!(
-        e.contains("unexpected tensor `transformer.h.2.ln_1.weight`"),
-        "{e}"
-    );
-    assert!(
-        e.contains("`transformer.h.0.attn.c_attn.weight` has shape [24, 8], expected [8, 24]"),
-        "{e}"
-    );
+    assert!(e.contains("missing tensor `transformer.h.1.ln_2.bias`"), "{e}");
+    assert!(e.contains("unexpected tensor `transformer.h.2.ln_1.weight`"), "{e}");
+    assert!(e.contains("`transformer.h.0.attn.c_attn.weight` has shape [24, 8], expected [8, 24]"), "{e}");
     assert!(e.contains("`transformer.ln_f.weight` has dtype I32"), "{e}");
 }
 
@@ -339,48 +243,20 @@ fn broken_files_give_named_errors() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", vec![], "too short"),
         ("seven bytes", vec![1; 7], "too short"),
-        (
-            "truncated data",
-            good[..good.len() - 10].to_vec(),
-            "truncated",
-        ),
-        (
-            "truncated header",
-            good[..(8 + header_len as usize / 2)].to_vec(),
-            "header claims",
-        ),
-        (
-            "header beyond file",
-            [&u64::MAX.to_le_bytes()[..], b"{}"].concat(),
-            "header claims",
-        ),
-        (
-            "garbage",
-            b"\x10\0\0\0\0\0\0\0this is not json".to_vec(),
-            "not valid JSON",
-        ),
-        (
-            "text file",
-            b"hello, I am definitely not a model file\n".to_vec(),
-            "header claims",
-        ),
+        ("truncated data", good[..good.len() - 10].to_vec(), "truncated"),
+        ("truncated header", good[..(8 + header_len as usize / 2)].to_vec(), "header claims"),
+        ("header beyond file", [&u64::MAX.to_le_bytes()[..], b"{}"].concat(), "header claims"),
+        ("garbage", b"\x10\0\0\0\0\0\0\0this is not json".to_vec(), "not valid JSON"),
+        ("text file", b"hello, I am definitely not a model file\n".to_vec(), "header claims"),
     ];
     for (what, bytes, needle) in cases {
         fs::write(&path, bytes).unwrap();
         let e = load_err(&path, &cfg);
-        assert!(
-            e.contains(WEIGHTS_FILE) && e.contains(needle),
-            "{what}: {e}"
-        );
+        assert!(e.contains(WEIGHTS_FILE) && e.contains(needle), "{what}: {e}");
     }
     // A header length within the file but over safetensors' 100 MB limit (a sparse file: no disk used).
     fs::write(&path, 200_000_000u64.to_le_bytes()).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(200_000_100)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(200_000_100).unwrap();
     let e = load_err(&path, &cfg);
     assert!(e.contains("limit"), "{e}");
     fs::remove_file(&path).unwrap();
@@ -412,18 +288,9 @@ fn pickle_only_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny(PositionEncoding::Learned);
     fs::write(dir.path().join(CONFIG_FILE), write_config_json(&cfg)).unwrap();
-    fs::write(
-        dir.path().join("pytorch_model.bin"),
-        b"PK\x03\x04 not really a pickle",
-    )
-    .unwrap();
+    fs::write(dir.path().join("pytorch_model.bin"), b"PK\x03\x04 not really a pickle").unwrap();
     let e = load_model_dir(dir.path()).unwrap_err().to_string();
-    assert!(
-        e.contains("safetensors required")
-            && e.contains("pytorch_model.bin")
-            && e.contains("never"),
-        "{e}"
-    );
+    assert!(e.contains("safetensors required") && e.contains("pytorch_model.bin") && e.contains("never"), "{e}");
 }
 
 #[test]
@@ -434,11 +301,7 @@ fn bad_config_json_names_the_field() {
     let good: serde_json::Value = serde_json::from_str(&write_config_json(&cfg)).unwrap();
     let cases = [
         ("n_layer", serde_json::json!("two"), "n_layer"),
-        (
-            "activation_function",
-            serde_json::json!("relu"),
-            "activation_function",
-        ),
+        ("activation_function", serde_json::json!("relu"), "activation_function"),
         ("n_embd", serde_json::json!(9), "n_embd"),
     ];
     for (key, value, needle) in cases {
@@ -446,10 +309,7 @@ fn bad_config_json_names_the_field() {
         v[key] = value;
         fs::write(dir.path().join(CONFIG_FILE), v.to_string()).unwrap();
         let e = load_model_dir(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.contains(CONFIG_FILE) && e.contains(&format!("`{needle}`")),
-            "{key}: {e}"
-        );
+        assert!(e.contains(CONFIG_FILE) && e.contains(&format!("`{needle}`")), "{key}: {e}");
     }
     fs::write(dir.path().join(CONFIG_FILE), "{ not json").unwrap();
     let e = load_model_dir(dir.path()).unwrap_err().to_string();
@@ -459,9 +319,7 @@ fn bad_config_json_names_the_field() {
 #[test]
 fn n_embd_not_divisible_by_n_head_is_rejected() {
     let text = r#"{"model_type":"gpt2","vocab_size":11,"n_positions":5,"n_embd":9,"n_layer":2,"n_head":2}"#;
-    let e = parse_config_json(text, Path::new(CONFIG_FILE))
-        .unwrap_err()
-        .to_string();
+    let e = parse_config_json(text, Path::new(CONFIG_FILE)).unwrap_err().to_string();
     assert!(e.contains("n_embd") && e.contains("n_head"), "{e}");
 }
 
@@ -472,10 +330,7 @@ fn shapes_follow_config_json() {
     let mut bigger = cfg.clone();
     bigger.vocab_size = 12;
     let e = load_err(&path, &bigger);
-    assert!(
-        e.contains("`transformer.wte.weight` has shape [11, 8], expected [12, 8]"),
-        "{e}"
-    );
+    assert!(e.contains("`transformer.wte.weight` has shape [11, 8], expected [12, 8]"), "{e}");
     assert_eq!(hf_shape(ParamKind::QkvW, &cfg), [8, 24]);
 }
 
@@ -483,9 +338,7 @@ fn shapes_follow_config_json() {
 fn wrong_buffer_length_is_an_error() {
     let cfg = tiny(PositionEncoding::Learned);
     let dir = tempfile::tempdir().unwrap();
-    let e = save_model_dir(dir.path(), &cfg, &[0.0; 3])
-        .unwrap_err()
-        .to_string();
+    let e = save_model_dir(dir.path(), &cfg, &[0.0; 3]).unwrap_err().to_string();
     assert!(e.contains("holds 3 floats"), "{e}");
 }
 
@@ -501,9 +354,5 @@ fn failed_atomic_write_keeps_the_old_file() {
     });
     assert!(r.is_err());
     assert_eq!(fs::read(&path).unwrap(), b"old contents");
-    assert_eq!(
-        fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "temporary file removed"
-    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file removed");
 }

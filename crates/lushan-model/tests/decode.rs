@@ -1,6 +1,8 @@
 //! Cached decoding must give the same logits as a full forward pass (DESIGN.md §5).
 
-use lushan_model::{Activations, DecodeState, Generator, Gpt, ModelConfig, Mode, PositionEncoding, Sampling};
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use lushan_model::{Activations, DecodeState, Generator, Gpt, Mode, ModelConfig, PositionEncoding, Sampling};
 
 fn tiny(position_encoding: PositionEncoding) -> Gpt {
     let mut cfg = ModelConfig::new(37, 12, 2, 2, 16);
@@ -76,7 +78,8 @@ fn generation_is_greedy_consistent_and_slides_when_the_context_fills() {
 fn seeds_reproduce_and_max_tokens_is_respected() {
     let model = tiny(PositionEncoding::Learned);
     let run = |seed| {
-        let mut g = Generator::new(&model, &[4, 5], Sampling { top_k: Some(5), ..Sampling::default() }, seed, 20).unwrap();
+        let mut g =
+            Generator::new(&model, &[4, 5], Sampling { top_k: Some(5), ..Sampling::default() }, seed, 20).unwrap();
         std::iter::from_fn(|| g.next_token().unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(run(3), run(3));

@@ -58,11 +58,7 @@ impl CharTokenizer {
         let mut first_index: HashMap<char, usize> = HashMap::with_capacity(vocab.len());
         for (index, &ch) in vocab.iter().enumerate() {
             if let Some(&first) = first_index.get(&ch) {
-                return Err(TokenizerError::DuplicateVocabEntry {
-                    ch,
-                    first,
-                    second: index,
-                });
+                return Err(TokenizerError::DuplicateVocabEntry { ch, first, second: index });
             }
             first_index.insert(ch, index);
             // At most 0x110000 distinct chars exist, so every index fits in a u32.
@@ -74,11 +70,7 @@ impl CharTokenizer {
                 other.insert(ch, id);
             }
         }
-        Ok(Self {
-            vocab,
-            ascii,
-            other,
-        })
+        Ok(Self { vocab, ascii, other })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -121,11 +113,7 @@ impl CharTokenizer {
             match self.vocab.get(id as usize) {
                 Some(&ch) => text.push(ch),
                 None => {
-                    return Err(TokenizerError::IdOutOfRange {
-                        id,
-                        index,
-                        vocab_size: self.vocab.len(),
-                    });
+                    return Err(TokenizerError::IdOutOfRange { id, index, vocab_size: self.vocab.len() });
                 }
             }
         }
@@ -134,11 +122,7 @@ impl CharTokenizer {
 
     /// `{"type":"char","vocab":["\n"," ","!",...]}`: the list order is the id order.
     pub fn to_json(&self) -> String {
-        let vocab = self
-            .vocab
-            .iter()
-            .map(|ch| Value::String(ch.to_string()))
-            .collect();
+        let vocab = self.vocab.iter().map(|ch| Value::String(ch.to_string())).collect();
         let mut object = Map::new();
         object.insert("type".to_owned(), Value::String(CHAR_TYPE.to_owned()));
         object.insert("vocab".to_owned(), Value::Array(vocab));
@@ -154,30 +138,20 @@ impl CharTokenizer {
     /// Validates an already-parsed JSON document (shared with [`crate::Tokenizer::from_json`], which reads
     /// `"type"` first to dispatch).
     pub(crate) fn from_value(value: &Value) -> Result<Self> {
-        let object = value.as_object().ok_or(TokenizerError::NotAnObject {
-            found: json_kind(value),
-        })?;
+        let object = value.as_object().ok_or(TokenizerError::NotAnObject { found: json_kind(value) })?;
         if let Some(field) = object.keys().find(|k| *k != "type" && *k != "vocab") {
-            return Err(TokenizerError::UnknownField {
-                field: field.clone(),
-            });
+            return Err(TokenizerError::UnknownField { field: field.clone() });
         }
-        let kind = object
-            .get("type")
-            .ok_or(TokenizerError::MissingField { field: "type" })?;
+        let kind = object.get("type").ok_or(TokenizerError::MissingField { field: "type" })?;
         let kind = kind.as_str().ok_or(TokenizerError::FieldType {
             field: "type",
             expected: "a string",
             found: json_kind(kind),
         })?;
         if kind != CHAR_TYPE {
-            return Err(TokenizerError::UnknownType {
-                found: kind.to_owned(),
-            });
+            return Err(TokenizerError::UnknownType { found: kind.to_owned() });
         }
-        let entries = object
-            .get("vocab")
-            .ok_or(TokenizerError::MissingField { field: "vocab" })?;
+        let entries = object.get("vocab").ok_or(TokenizerError::MissingField { field: "vocab" })?;
         let entries = entries.as_array().ok_or(TokenizerError::FieldType {
             field: "vocab",
             expected: "an array of one-character strings",
@@ -225,8 +199,7 @@ fn unknown_character(text: &str, char_index: usize, ch: char) -> TokenizerError 
 mod tests {
     use super::*;
 
-    const TEXT: &str =
-        "First Citizen:\nBefore we proceed, hear me.\n\n床前明月光，疑是地上霜。\n🙂 smile 😀\n";
+    const TEXT: &str = "First Citizen:\nBefore we proceed, hear me.\n\n床前明月光，疑是地上霜。\n🙂 smile 😀\n";
 
     #[test]
     fn round_trip_multiline_unicode() {
@@ -289,10 +262,7 @@ mod tests {
     fn json_round_trip() {
         let tok = CharTokenizer::from_text(TEXT).unwrap();
         let json = tok.to_json();
-        assert!(
-            json.starts_with(r#"{"type":"char","vocab":["\n"," ","#),
-            "{json}"
-        );
+        assert!(json.starts_with(r#"{"type":"char","vocab":["\n"," ","#), "{json}");
         let back = CharTokenizer::from_json(&json).unwrap();
         assert_eq!(back, tok);
         assert_eq!(back.encode(TEXT).unwrap(), tok.encode(TEXT).unwrap());
@@ -310,31 +280,16 @@ mod tests {
             ("{", "malformed"),
             ("[]", "must be an object"),
             (r#"{"vocab":["a"]}"#, "no field \"type\""),
-            (
-                r#"{"type":1,"vocab":["a"]}"#,
-                "field \"type\" must be a string",
-            ),
+            (r#"{"type":1,"vocab":["a"]}"#, "field \"type\" must be a string"),
             (r#"{"type":"bpe","vocab":["a"]}"#, "\"bpe\""),
             (r#"{"type":"char"}"#, "no field \"vocab\""),
-            (
-                r#"{"type":"char","vocab":"ab"}"#,
-                "field \"vocab\" must be an array",
-            ),
+            (r#"{"type":"char","vocab":"ab"}"#, "field \"vocab\" must be an array"),
             (r#"{"type":"char","vocab":["a",7]}"#, "found a number"),
             (r#"{"type":"char","vocab":[]}"#, "\"vocab\" is empty"),
             (r#"{"type":"char","vocab":["a","bc"]}"#, "entry 1 is \"bc\""),
-            (
-                r#"{"type":"char","vocab":["a",""]}"#,
-                "entry 1 is \"\" (0 characters)",
-            ),
-            (
-                r#"{"type":"char","vocab":["a","b","a"]}"#,
-                "entries 0 and 2 are both 'a'",
-            ),
-            (
-                r#"{"type":"char","vocab":["a"],"merges":[]}"#,
-                "unknown field \"merges\"",
-            ),
+            (r#"{"type":"char","vocab":["a",""]}"#, "entry 1 is \"\" (0 characters)"),
+            (r#"{"type":"char","vocab":["a","b","a"]}"#, "entries 0 and 2 are both 'a'"),
+            (r#"{"type":"char","vocab":["a"],"merges":[]}"#, "unknown field \"merges\""),
         ];
         for (json, expected) in cases {
             let message = err_message(CharTokenizer::from_json(json));

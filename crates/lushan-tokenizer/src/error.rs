@@ -13,42 +13,26 @@ pub enum TokenizerError {
          the vocabulary was built from a different corpus (re-run `lushan prepare` on text that contains it)",
         code = u32::from(*.ch)
     )]
-    UnknownCharacter {
-        ch: char,
-        line: usize,
-        column: usize,
-    },
+    UnknownCharacter { ch: char, line: usize, column: usize },
 
     #[error(
         "token id {id} at position {index} is out of range: the vocabulary has {vocab_size} tokens (ids 0..{vocab_size})"
     )]
-    IdOutOfRange {
-        id: u32,
-        index: usize,
-        vocab_size: usize,
-    },
+    IdOutOfRange { id: u32, index: usize, vocab_size: usize },
 
     #[error("tokenizer JSON is malformed: {0}")]
     Json(#[from] serde_json::Error),
 
-    #[error(
-        "tokenizer JSON must be an object like {{\"type\":\"char\",\"vocab\":[...]}}, found {found}"
-    )]
+    #[error("tokenizer JSON must be an object like {{\"type\":\"char\",\"vocab\":[...]}}, found {found}")]
     NotAnObject { found: &'static str },
 
     #[error("tokenizer JSON has no field \"{field}\"")]
     MissingField { field: &'static str },
 
     #[error("tokenizer JSON field \"{field}\" must be {expected}, found {found}")]
-    FieldType {
-        field: &'static str,
-        expected: &'static str,
-        found: &'static str,
-    },
+    FieldType { field: &'static str, expected: &'static str, found: &'static str },
 
-    #[error(
-        "tokenizer JSON has an unknown field \"{field}\" (expected only \"type\" and \"vocab\")"
-    )]
+    #[error("tokenizer JSON has an unknown field \"{field}\" (expected only \"type\" and \"vocab\")")]
     UnknownField { field: String },
 
     #[error("tokenizer JSON field \"type\" is {found:?}; this build knows only \"char\"")]
@@ -61,21 +45,13 @@ pub enum TokenizerError {
         "tokenizer JSON field \"vocab\" entry {index} is {entry:?} ({chars} characters); \
          every entry of a char vocabulary must be exactly one character"
     )]
-    VocabEntryNotOneChar {
-        index: usize,
-        entry: String,
-        chars: usize,
-    },
+    VocabEntryNotOneChar { index: usize, entry: String, chars: usize },
 
     #[error(
         "tokenizer JSON field \"vocab\" entries {first} and {second} are both {ch:?}; \
          a vocabulary must not repeat a character"
     )]
-    DuplicateVocabEntry {
-        ch: char,
-        first: usize,
-        second: usize,
-    },
+    DuplicateVocabEntry { ch: char, first: usize, second: usize },
 }
 
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;

@@ -59,22 +59,12 @@ impl Tokenizer {
     /// Reads the `"type"` field and hands the document to that tokenizer's validator.
     pub fn from_json(json: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(json)?;
-        let object = value.as_object().ok_or(TokenizerError::NotAnObject {
-            found: json_kind(&value),
-        })?;
-        let kind = object
-            .get("type")
-            .ok_or(TokenizerError::MissingField { field: "type" })?;
+        let object = value.as_object().ok_or(TokenizerError::NotAnObject { found: json_kind(&value) })?;
+        let kind = object.get("type").ok_or(TokenizerError::MissingField { field: "type" })?;
         match kind.as_str() {
             Some(char_level::CHAR_TYPE) => Ok(Self::Char(CharTokenizer::from_value(&value)?)),
-            Some(other) => Err(TokenizerError::UnknownType {
-                found: other.to_owned(),
-            }),
-            None => Err(TokenizerError::FieldType {
-                field: "type",
-                expected: "a string",
-                found: json_kind(kind),
-            }),
+            Some(other) => Err(TokenizerError::UnknownType { found: other.to_owned() }),
+            None => Err(TokenizerError::FieldType { field: "type", expected: "a string", found: json_kind(kind) }),
         }
     }
 
@@ -110,10 +100,7 @@ mod tests {
             ("not json", "malformed"),
             ("42", "must be an object"),
             (r#"{"vocab":["a"]}"#, "no field \"type\""),
-            (
-                r#"{"type":null}"#,
-                "field \"type\" must be a string, found null",
-            ),
+            (r#"{"type":null}"#, "field \"type\" must be a string, found null"),
             (r#"{"type":"gpt2-bpe"}"#, "\"gpt2-bpe\""),
             (r#"{"type":"char","vocab":["a","a"]}"#, "entries 0 and 1"),
         ];

@@ -130,7 +130,9 @@ impl TrainConfig {
 
     /// Checks every setting that the model config does not check, naming the flag.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name: &str, reason: String| Err(TrainError::InvalidSetting { name: format!("--{}", name.replace('_', "-")), reason });
+        let bad = |name: &str, reason: String| {
+            Err(TrainError::InvalidSetting { name: format!("--{}", name.replace('_', "-")), reason })
+        };
         for (name, v) in [
             ("batch_size", self.batch_size),
             ("block_size", self.block_size),
@@ -213,7 +215,9 @@ mod tests {
         let msg = TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string();
         assert!(msg.contains("--batch-size"), "{msg}");
         let flags = TrainOverrides { beta2: Some(1.0), ..Default::default() };
-        assert!(TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string().contains("--beta2"));
+        assert!(
+            TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string().contains("--beta2")
+        );
     }
 
     #[test]

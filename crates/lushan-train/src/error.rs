@@ -18,13 +18,17 @@ pub enum TrainError {
     #[error("{path}: not a lushan token shard (the file does not start with \"LUSHANTK\"); re-run `lushan prepare`")]
     NotAShard { path: PathBuf },
 
-    #[error("{path}: shard format version {found} is not supported (this build reads version {expected}); re-run `lushan prepare`")]
+    #[error(
+        "{path}: shard format version {found} is not supported (this build reads version {expected}); re-run `lushan prepare`"
+    )]
     ShardVersion { path: PathBuf, found: u32, expected: u32 },
 
     #[error("{path}: shard token width is {found} bytes; expected 2 (u16 ids) or 4 (u32 ids)")]
     ShardWidth { path: PathBuf, found: u32 },
 
-    #[error("{path}: shard header is cut short: it needs {expected} bytes but the file has {actual}; re-run `lushan prepare`")]
+    #[error(
+        "{path}: shard header is cut short: it needs {expected} bytes but the file has {actual}; re-run `lushan prepare`"
+    )]
     ShardHeaderTruncated { path: PathBuf, expected: u64, actual: u64 },
 
     #[error("{path}: shard tokenizer description is not valid UTF-8: {source}")]

@@ -40,7 +40,13 @@ impl AdamWState {
                 eps: s.eps,
                 weight_decay: if kind.decays() { s.weight_decay } else { 0.0 },
             };
-            hp.update(&mut model.params[r.clone()], &grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r], self.step);
+            hp.update(
+                &mut model.params[r.clone()],
+                &grads[r.clone()],
+                &mut self.m[r.clone()],
+                &mut self.v[r],
+                self.step,
+            );
         }
     }
 }

@@ -6,11 +6,12 @@
 //! between the two renames).
 
 use crate::config::TrainConfig;
+use crate::data::save_tokenizer;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamWState;
 use lushan_model::checkpoint::{self, atomic_write};
 use lushan_model::{Gpt, ModelConfig};
-use lushan_tokenizer::{TOKENIZER_FILE, Tokenizer};
+use lushan_tokenizer::Tokenizer;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -202,6 +203,6 @@ pub fn check_same_model(path: &Path, saved: &ModelConfig, wanted: &ModelConfig) 
 /// Writes the best model so far as a Hugging Face style directory, with the tokenizer file.
 pub fn save_best(out_dir: &Path, model: &Gpt, tokenizer: &Tokenizer) -> Result<()> {
     checkpoint::save_model_dir(out_dir, &model.config, &model.params)?;
-    let path = out_dir.join(TOKENIZER_FILE);
-    atomic_write(&path, tokenizer.to_json().as_bytes()).map_err(io(&path))
+    save_tokenizer(out_dir, tokenizer)?;
+    Ok(())
 }

@@ -116,13 +116,22 @@ impl Trainer {
             None => Gpt::new(config.model_config(vocab), config.seed)?,
         };
         if model.config.vocab_size != vocab {
-            return Err(TrainError::VocabMismatch { data: data.tokenizer.describe(), model_vocab: model.config.vocab_size });
+            return Err(TrainError::VocabMismatch {
+                data: data.tokenizer.describe(),
+                model_vocab: model.config.vocab_size,
+            });
         }
         let metrics = MetricsLog::create(&config.out_dir)?;
         Self::assemble(config, data, model, AdamWState::new(0), metrics)
     }
 
-    fn assemble(config: TrainConfig, data: TrainData, model: Gpt, mut optimizer: AdamWState, metrics: MetricsLog) -> Result<Self> {
+    fn assemble(
+        config: TrainConfig,
+        data: TrainData,
+        model: Gpt,
+        mut optimizer: AdamWState,
+        metrics: MetricsLog,
+    ) -> Result<Self> {
         let (b, t) = (config.batch_size, config.block_size);
         if t > model.config.block_size {
             return Err(TrainError::InvalidSetting {
@@ -132,7 +141,7 @@ impl Trainer {
         }
         let acts = Activations::new(&model.config, b, t)?;
         let loader = Loader::new(&data.train, b, t, config.seed)?;
-        let eval_train = eval_batches(&data.train, b, t, config.eval_iters, config.seed ^ 0x7472_6169_6e)?;
+        let eval_train = eval_batches(&data.train, b, t, config.eval_iters, config.seed ^ 0x0074_7261_696e)?;
         let eval_val = eval_batches(&data.val, b, t, config.eval_iters, config.seed ^ 0x76_616c)?;
         if optimizer.m.is_empty() {
             optimizer = AdamWState::new(model.num_params());
@@ -233,7 +242,7 @@ impl Trainer {
             seconds,
             tokens_per_second: self.config.tokens_per_step() as f64 / seconds.max(1e-9),
         };
-        if report.step % self.config.log_interval == 0 {
+        if report.step.is_multiple_of(self.config.log_interval) {
             self.metrics.step(&report)?;
         }
         Ok(report)
@@ -308,7 +317,7 @@ impl Trainer {
             let report = self.step()?;
             observer.on_step(&report);
             let step = self.optimizer.step;
-            if step % self.config.eval_interval == 0 || step == self.config.max_iters {
+            if step.is_multiple_of(self.config.eval_interval) || step == self.config.max_iters {
                 let report = self.eval_and_checkpoint()?;
                 observer.on_eval(&report);
                 let patience = self.config.early_stopping_patience;

@@ -1,6 +1,8 @@
 //! The golden test: lushan's forward, backward and 10 AdamW steps against a PyTorch reference written by
 //! `tools/make_fixtures.py` (see tools/README.md). Fails naming the tensor and the worst index.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use lushan_model::{Activations, Gpt, Mode, ModelConfig, ParamKind, PositionEncoding};
 use lushan_train::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use safetensors::{Dtype, SafeTensors};
@@ -103,7 +105,12 @@ fn check_fixture(name: &str, position_encoding: PositionEncoding) {
         // The key bias has an exactly-zero true gradient; AdamW amplifies rounding noise there (see the
         // fixture's `key_bias_note`), so that slice is not reproducible by any implementation.
         let key_bias = |i: usize| kind == ParamKind::QkvB && (32..64).contains(&(i % 96));
-        check(compare(&format!("param_after.{}", kind.name()), got, &fx.f32(&format!("param_after.{}", kind.name())), key_bias));
+        check(compare(
+            &format!("param_after.{}", kind.name()),
+            got,
+            &fx.f32(&format!("param_after.{}", kind.name())),
+            key_bias,
+        ));
     }
     assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
 }

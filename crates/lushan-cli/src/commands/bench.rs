@@ -50,7 +50,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut acts = Activations::new(&mcfg, b, t)?;
     let mut grads = vec![0.0; model.num_params()];
     let mut opt = AdamWState::new(model.num_params());
-    let hp = OptimizerSettings { beta1: config.beta1, beta2: config.beta2, eps: 1e-8, weight_decay: config.weight_decay };
+    let hp =
+        OptimizerSettings { beta1: config.beta1, beta2: config.beta2, eps: 1e-8, weight_decay: config.weight_decay };
     let mut rng = Rng::new(config.seed);
     let mut tokens = vec![0u32; b * t + 1];
     let threads = rayon::current_num_threads();

@@ -33,7 +33,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         lushan_train::data::encode_file_with(&tokenizer, &args.data)?
     };
-    anyhow::ensure!(tokens.len() >= 2, "{}: need at least 2 tokens to evaluate, got {}", args.data.display(), tokens.len());
+    anyhow::ensure!(
+        tokens.len() >= 2,
+        "{}: need at least 2 tokens to evaluate, got {}",
+        args.data.display(),
+        tokens.len()
+    );
     let t = args.block_size.unwrap_or(model.config.block_size);
     anyhow::ensure!(
         t >= 1 && t <= model.config.block_size,

@@ -161,8 +161,12 @@ impl Progress {
         // A resumed run continues the curve it had.
         for line in lushan_train::metrics::read_metrics(out_dir).unwrap_or_default() {
             match line {
-                lushan_train::metrics::MetricsLine::Step { step, loss, .. } if step <= start => p.train_curve.push((step, loss)),
-                lushan_train::metrics::MetricsLine::Eval { step, val_loss, .. } if step <= start => p.val_curve.push((step, val_loss)),
+                lushan_train::metrics::MetricsLine::Step { step, loss, .. } if step <= start => {
+                    p.train_curve.push((step, loss))
+                }
+                lushan_train::metrics::MetricsLine::Eval { step, val_loss, .. } if step <= start => {
+                    p.val_curve.push((step, val_loss))
+                }
                 _ => {}
             }
         }
@@ -201,10 +205,7 @@ impl Observer for Progress {
     fn on_eval(&mut self, r: &EvalReport) {
         self.val_curve.push((r.step, r.val_loss));
         let saved = if r.saved_model { " (saved)" } else { "" };
-        self.bar.println(format!(
-            "step {}: train loss {:.4}, val loss {:.4}{saved}",
-            r.step, r.train_loss, r.val_loss
-        ));
+        self.bar.println(format!("step {}: train loss {:.4}, val loss {:.4}{saved}", r.step, r.train_loss, r.val_loss));
         if r.step > 0 {
             self.draw_curve();
         }

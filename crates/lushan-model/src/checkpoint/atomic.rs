@@ -21,10 +21,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Like [`atomic_write`], but `write` fills the temporary file itself — for streaming large outputs, and
 /// so tests can make the write fail and check that the old file survives.
-pub fn atomic_write_with(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
+pub fn atomic_write_with(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let temp = temp_path(path)?;
     let result = write_and_rename(path, &temp, write);
     if result.is_err() {
@@ -35,11 +32,7 @@ pub fn atomic_write_with(
     result
 }
 
-fn write_and_rename(
-    path: &Path,
-    temp: &Path,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
+fn write_and_rename(path: &Path, temp: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     // `create_new` so that a stale temp file from a crashed run with a recycled pid is never reused.
     let mut file = OpenOptions::new().write(true).create_new(true).open(temp)?;
     write(&mut file)?;
@@ -52,18 +45,11 @@ fn write_and_rename(
 
 /// `.<name>.tmp-<pid>-<counter>` beside `path`.
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: not a file path", path.display()),
-        )
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file path", path.display())))?;
     let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp_name = format!(
-        ".{}.tmp-{}-{counter}",
-        name.to_string_lossy(),
-        std::process::id()
-    );
+    let temp_name = format!(".{}.tmp-{}-{counter}", name.to_string_lossy(), std::process::id());
     Ok(parent_dir(path).join(temp_name))
 }
 
@@ -92,10 +78,8 @@ mod tests {
     use super::*;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }

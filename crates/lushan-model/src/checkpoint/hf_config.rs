@@ -65,35 +65,22 @@ pub fn write_config_json(cfg: &ModelConfig) -> String {
 /// An `f32` as the shortest decimal that reads back to the same `f32` (`0.1`, not `0.10000000149011612`),
 /// so the file stays readable and the round trip stays exact.
 fn json_f32(x: f32) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
+    x.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
 }
 
 /// Parses a Hugging Face GPT-2 `config.json` (`path` is only used in error messages) and validates it.
 pub fn parse_config_json(text: &str, path: &Path) -> Result<ModelConfig> {
-    let value: Value = serde_json::from_str(text).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
     let Value::Object(top) = value else {
-        return Err(field_error(
-            path,
-            "(top level)",
-            "must be a JSON object".into(),
-        ));
+        return Err(field_error(path, "(top level)", "must be a JSON object".into()));
     };
     let f = Fields { obj: &top, path };
 
     if let Some(model_type) = f.get::<String>("model_type")?
         && model_type != "gpt2"
     {
-        return Err(f.refuse(
-            "model_type",
-            format!("is \"{model_type}\"; lushan loads only \"gpt2\" models"),
-        ));
+        return Err(f.refuse("model_type", format!("is \"{model_type}\"; lushan loads only \"gpt2\" models")));
     }
     let n_embd: usize = f.require("n_embd")?;
     let mut cfg = ModelConfig::new(
@@ -118,9 +105,7 @@ pub fn parse_config_json(text: &str, path: &Path) -> Result<ModelConfig> {
         Some(other) => {
             return Err(f.refuse(
                 "activation_function",
-                format!(
-                    "is \"{other}\"; lushan implements only \"gelu_new\" / \"gelu_pytorch_tanh\""
-                ),
+                format!("is \"{other}\"; lushan implements only \"gelu_new\" / \"gelu_pytorch_tanh\""),
             ));
         }
     }
@@ -129,37 +114,14 @@ pub fn parse_config_json(text: &str, path: &Path) -> Result<ModelConfig> {
     {
         return Err(f.refuse(
             "n_inner",
-            format!(
-                "is {n_inner}; lushan's MLP width is fixed at 4·n_embd = {}",
-                n_embd.saturating_mul(4)
-            ),
+            format!("is {n_inner}; lushan's MLP width is fixed at 4·n_embd = {}", n_embd.saturating_mul(4)),
         ));
     }
-    f.refuse_flag(
-        "scale_attn_by_inverse_layer_idx",
-        true,
-        "scaling attention by 1/layer index",
-    )?;
-    f.refuse_flag(
-        "reorder_and_upcast_attn",
-        true,
-        "the reordered, upcast attention variant",
-    )?;
-    f.refuse_flag(
-        "add_cross_attention",
-        true,
-        "cross-attention (encoder-decoder use)",
-    )?;
-    f.refuse_flag(
-        "scale_attn_weights",
-        false,
-        "attention without the 1/√head_size scaling",
-    )?;
-    f.refuse_flag(
-        "tie_word_embeddings",
-        false,
-        "an output layer separate from the token embedding",
-    )?;
+    f.refuse_flag("scale_attn_by_inverse_layer_idx", true, "scaling attention by 1/layer index")?;
+    f.refuse_flag("reorder_and_upcast_attn", true, "the reordered, upcast attention variant")?;
+    f.refuse_flag("add_cross_attention", true, "cross-attention (encoder-decoder use)")?;
+    f.refuse_flag("scale_attn_weights", false, "attention without the 1/√head_size scaling")?;
+    f.refuse_flag("tie_word_embeddings", false, "an output layer separate from the token embedding")?;
 
     cfg.dropout = single_dropout(&f)?;
     if let Some(eps) = f.get::<f32>("layer_norm_epsilon")? {
@@ -175,18 +137,14 @@ pub fn parse_config_json(text: &str, path: &Path) -> Result<ModelConfig> {
                 format!("is {version}; this build of lushan reads format version {FORMAT_VERSION}"),
             ));
         }
-        if let Some(pe) =
-            l.get_named::<PositionEncoding>("position_encoding", "lushan.position_encoding")?
-        {
+        if let Some(pe) = l.get_named::<PositionEncoding>("position_encoding", "lushan.position_encoding")? {
             cfg.position_encoding = pe;
         }
     }
 
     check_size(&cfg).map_err(|reason| field_error(path, "n_layer", reason))?;
     cfg.validate().map_err(|e| match e {
-        ModelError::InvalidConfig { field, reason } => {
-            field_error(path, hf_field_name(field), reason)
-        }
+        ModelError::InvalidConfig { field, reason } => field_error(path, hf_field_name(field), reason),
         other => other,
     })?;
     Ok(cfg)
@@ -214,15 +172,9 @@ pub(crate) fn check_size(cfg: &ModelConfig) -> std::result::Result<(), String> {
     let (v, t, l, c) = (cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd);
     // Per layer: 12·C² + 13·C (attention, MLP, two layer norms); plus (V + T)·C embeddings and 2·C for ln_f.
     let total = (|| {
-        let per_layer = c
-            .checked_mul(c)?
-            .checked_mul(12)?
-            .checked_add(c.checked_mul(13)?)?;
+        let per_layer = c.checked_mul(c)?.checked_mul(12)?.checked_add(c.checked_mul(13)?)?;
         let embeddings = v.checked_add(t)?.checked_mul(c)?;
-        per_layer
-            .checked_mul(l)?
-            .checked_add(embeddings)?
-            .checked_add(c.checked_mul(2)?)
+        per_layer.checked_mul(l)?.checked_add(embeddings)?.checked_add(c.checked_mul(2)?)
     })();
     match total {
         Some(n) if n <= isize::MAX as usize / size_of::<f32>() => Ok(()),
@@ -242,11 +194,7 @@ fn hf_field_name(field: &'static str) -> &'static str {
 }
 
 fn field_error(path: &Path, field: &'static str, reason: String) -> ModelError {
-    ModelError::ConfigField {
-        path: path.to_path_buf(),
-        field,
-        reason,
-    }
+    ModelError::ConfigField { path: path.to_path_buf(), field, reason }
 }
 
 /// Typed, field-named access to one JSON object: serde's own messages say "expected usize" but not
@@ -265,19 +213,14 @@ impl Fields<'_> {
     fn get_named<T: DeserializeOwned>(&self, key: &str, shown: &'static str) -> Result<Option<T>> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => T::deserialize(v).map(Some).map_err(|e| {
-                field_error(
-                    self.path,
-                    shown,
-                    format!("has the wrong type or value ({v}): {e}"),
-                )
-            }),
+            Some(v) => T::deserialize(v)
+                .map(Some)
+                .map_err(|e| field_error(self.path, shown, format!("has the wrong type or value ({v}): {e}"))),
         }
     }
 
     fn require<T: DeserializeOwned>(&self, key: &'static str) -> Result<T> {
-        self.get(key)?
-            .ok_or_else(|| field_error(self.path, key, "is missing".into()))
+        self.get(key)?.ok_or_else(|| field_error(self.path, key, "is missing".into()))
     }
 
     fn refuse(&self, key: &'static str, reason: String) -> ModelError {
@@ -287,10 +230,7 @@ impl Fields<'_> {
     /// Errors when boolean `key` is present and equal to `unsupported`.
     fn refuse_flag(&self, key: &'static str, unsupported: bool, what: &str) -> Result<()> {
         if self.get::<bool>(key)? == Some(unsupported) {
-            return Err(self.refuse(
-                key,
-                format!("is {unsupported}; lushan does not implement {what}"),
-            ));
+            return Err(self.refuse(key, format!("is {unsupported}; lushan does not implement {what}")));
         }
         Ok(())
     }
@@ -306,8 +246,7 @@ mod tests {
     }
 
     fn with(key: &str, value: Value) -> String {
-        let mut v: Value =
-            serde_json::from_str(&write_config_json(&ModelConfig::new(11, 5, 2, 2, 8))).unwrap();
+        let mut v: Value = serde_json::from_str(&write_config_json(&ModelConfig::new(11, 5, 2, 2, 8))).unwrap();
         v.as_object_mut().unwrap().insert(key.into(), value);
         v.to_string()
     }
@@ -336,14 +275,9 @@ mod tests {
             ("attn_pdrop", json!(0.2)),
         ] {
             let e = parse(&with(key, value)).unwrap_err().to_string();
-            assert!(
-                e.contains(&format!("`{key}`")) && e.contains("config.json"),
-                "{key}: {e}"
-            );
+            assert!(e.contains(&format!("`{key}`")) && e.contains("config.json"), "{key}: {e}");
         }
-        let e = parse(&with("activation_function", json!("gelu")))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&with("activation_function", json!("gelu"))).unwrap_err().to_string();
         assert!(e.contains("erf") && e.contains("tanh"), "{e}");
     }
 
@@ -352,8 +286,7 @@ mod tests {
         assert!(parse(&with("activation_function", json!("gelu_pytorch_tanh"))).is_ok());
         assert!(parse(&with("n_inner", json!(32))).is_ok());
         assert!(parse(&with("scale_attn_by_inverse_layer_idx", json!(false))).is_ok());
-        let minimal =
-            r#"{"vocab_size": 11, "n_positions": 5, "n_embd": 8, "n_layer": 2, "n_head": 2}"#;
+        let minimal = r#"{"vocab_size": 11, "n_positions": 5, "n_embd": 8, "n_layer": 2, "n_head": 2}"#;
         let cfg = parse(minimal).unwrap();
         assert_eq!(cfg.dropout, HF_DEFAULT_PDROP);
         assert_eq!(cfg.position_encoding, PositionEncoding::Learned);
@@ -361,13 +294,9 @@ mod tests {
 
     #[test]
     fn lushan_section_is_checked() {
-        let e = parse(&with("lushan", json!({"format_version": 2})))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&with("lushan", json!({"format_version": 2}))).unwrap_err().to_string();
         assert!(e.contains("lushan.format_version"), "{e}");
-        let e = parse(&with("lushan", json!({"position_encoding": "rotary"})))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&with("lushan", json!({"position_encoding": "rotary"}))).unwrap_err().to_string();
         assert!(e.contains("lushan.position_encoding"), "{e}");
     }
 
@@ -375,13 +304,9 @@ mod tests {
     fn missing_fields_and_overflow_are_named() {
         let e = parse(r#"{"vocab_size": 11}"#).unwrap_err().to_string();
         assert!(e.contains("`n_embd` is missing"), "{e}");
-        let e = parse(&with("vocab_size", json!(u64::MAX)))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&with("vocab_size", json!(u64::MAX))).unwrap_err().to_string();
         assert!(e.contains("too large"), "{e}");
-        let e = parse(&with("n_positions", json!(0)))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&with("n_positions", json!(0))).unwrap_err().to_string();
         assert!(e.contains("`n_positions`"), "{e}");
         let e = parse("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("JSON object"), "{e}");

@@ -31,16 +31,11 @@ const SHARDED_INDEX: &str = "model.safetensors.index.json";
 /// exists was complete when that config was written.
 pub fn save_model_dir(dir: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()> {
     cfg.validate()?;
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
     save_safetensors(&dir.join(WEIGHTS_FILE), cfg, params)?;
     let config_path = dir.join(CONFIG_FILE);
-    atomic_write(&config_path, write_config_json(cfg).as_bytes()).map_err(|source| ModelError::Io {
-        path: config_path,
-        source,
-    })
+    atomic_write(&config_path, write_config_json(cfg).as_bytes())
+        .map_err(|source| ModelError::Io { path: config_path, source })
 }
 
 /// Loads a model directory written by [`save_model_dir`] or by `transformers`' `save_pretrained`.
@@ -57,16 +52,10 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
             ));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(checkpoint_error(
-                dir,
-                "model directory does not exist".into(),
-            ));
+            return Err(checkpoint_error(dir, "model directory does not exist".into()));
         }
         Err(source) => {
-            return Err(ModelError::Io {
-                path: dir.to_path_buf(),
-                source,
-            });
+            return Err(ModelError::Io { path: dir.to_path_buf(), source });
         }
     }
 
@@ -78,15 +67,9 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
-            checkpoint_error(
-                &config_path,
-                "missing: a model directory needs its Hugging Face GPT-2 config.json".into(),
-            )
+            checkpoint_error(&config_path, "missing: a model directory needs its Hugging Face GPT-2 config.json".into())
         } else {
-            ModelError::Io {
-                path: config_path.clone(),
-                source,
-            }
+            ModelError::Io { path: config_path.clone(), source }
         }
     })?;
     let cfg = parse_config_json(&text, &config_path)?;
@@ -96,11 +79,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
 
 /// Explains a missing `model.safetensors`, naming what is there instead when that is the reason.
 fn missing_weights(dir: &Path) -> ModelError {
-    if let Some(pickle) = PICKLE_FILES
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
-    {
+    if let Some(pickle) = PICKLE_FILES.iter().map(|f| dir.join(f)).find(|p| p.exists()) {
         return checkpoint_error(
             &pickle,
             format!(
@@ -114,20 +93,12 @@ fn missing_weights(dir: &Path) -> ModelError {
     if index.exists() {
         return checkpoint_error(
             &index,
-            format!(
-                "sharded checkpoints are not supported; save the model as a single {WEIGHTS_FILE}"
-            ),
+            format!("sharded checkpoints are not supported; save the model as a single {WEIGHTS_FILE}"),
         );
     }
-    checkpoint_error(
-        &dir.join(WEIGHTS_FILE),
-        "missing: a model directory needs its weights file".into(),
-    )
+    checkpoint_error(&dir.join(WEIGHTS_FILE), "missing: a model directory needs its weights file".into())
 }
 
 fn checkpoint_error(path: &Path, message: String) -> ModelError {
-    ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    }
+    ModelError::Checkpoint { path: path.to_path_buf(), message }
 }

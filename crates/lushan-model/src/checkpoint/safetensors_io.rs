@@ -53,11 +53,7 @@ pub fn save_safetensors(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Resul
     if params.len() != layout.total() {
         return Err(checkpoint_error(
             path,
-            format!(
-                "parameter buffer holds {} floats but the config needs {}",
-                params.len(),
-                layout.total()
-            ),
+            format!("parameter buffer holds {} floats but the config needs {}", params.len(), layout.total()),
         ));
     }
     let mut tensors = Vec::new();
@@ -65,20 +61,14 @@ pub fn save_safetensors(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Resul
         for layer in hf_layers(kind, cfg) {
             let shape = hf_shape(kind, cfg);
             let src = &params[layout.layer_range(kind, layer)];
-            tensors.push((
-                format!("{HF_PREFIX}{}", kind.hf_name(layer)),
-                HfTensor { src, shape, kind },
-            ));
+            tensors.push((format!("{HF_PREFIX}{}", kind.hf_name(layer)), HfTensor { src, shape, kind }));
         }
     }
     // `transformers` refuses safetensors files whose metadata lacks format "pt".
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| checkpoint_error(path, format!("cannot serialize safetensors: {e}")))?;
-    atomic_write(path, &bytes).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    atomic_write(path, &bytes).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
 }
 
 /// One tensor as it will be stored; bytes are produced lazily so serialization holds at most one
@@ -109,9 +99,7 @@ impl View for HfTensor<'_> {
                 }
             }
         } else {
-            self.src
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            self.src.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
         }
         Cow::Owned(out)
     }
@@ -127,10 +115,7 @@ impl View for HfTensor<'_> {
 /// equal to `wte`, and the per-layer buffers in [`IGNORED_LAYER_BUFFERS`].
 pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     let layout = checked_layout(path, cfg)?;
-    let io_err = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(io_err)?;
     let file_len = file.metadata().map_err(io_err)?.len();
     check_header_length(path, &mut file, file_len)?;
@@ -140,10 +125,8 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     // Every read below goes through slices bounds-checked against the header.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
     let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
-    let found = match_tensors(&st, cfg).map_err(|problems| ModelError::TensorMismatch {
-        path: path.to_path_buf(),
-        problems,
-    })?;
+    let found = match_tensors(&st, cfg)
+        .map_err(|problems| ModelError::TensorMismatch { path: path.to_path_buf(), problems })?;
 
     // Shapes now match the config and the data lies in the file, so this allocation is at most twice
     // the file's size (F16 → F32).
@@ -164,10 +147,7 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     }
     if let Some((name, view)) = found.lm_head {
         let wte = &params[layout.range(ParamKind::Wte)];
-        let tied = decode(&view)
-            .iter()
-            .zip(wte)
-            .all(|(a, b)| a == b || a.to_bits() == b.to_bits());
+        let tied = decode(&view).iter().zip(wte).all(|(a, b)| a == b || a.to_bits() == b.to_bits());
         if !tied {
             return Err(checkpoint_error(
                 path,
@@ -185,19 +165,14 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
 /// Rejects files too short for a header, or whose header length is absurd or beyond the file, before
 /// the file is mapped and parsed.
 fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<()> {
-    let not_safetensors =
-        |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
+    let not_safetensors = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
     if file_len < 8 {
         return Err(not_safetensors(format!(
             "it is {file_len} bytes long, too short for the 8-byte header length (empty or truncated)"
         )));
     }
     let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix)
-        .map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    file.read_exact(&mut prefix).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let header_len = u64::from_le_bytes(prefix);
     if header_len > file_len - 8 {
         return Err(not_safetensors(format!(
@@ -221,23 +196,15 @@ struct Found<'data> {
 
 /// Matches every tensor in the file to a parameter, the ignore list or `lm_head`; any missing,
 /// unexpected, duplicated, mis-shaped or mistyped tensor becomes one line of the returned problem list.
-fn match_tensors<'data>(
-    st: &SafeTensors<'data>,
-    cfg: &ModelConfig,
-) -> std::result::Result<Found<'data>, Vec<String>> {
+fn match_tensors<'data>(st: &SafeTensors<'data>, cfg: &ModelConfig) -> std::result::Result<Found<'data>, Vec<String>> {
     let mut expected: HashMap<String, (ParamKind, usize)> = HashMap::new();
     for kind in ParamKind::ALL {
         for layer in hf_layers(kind, cfg) {
             expected.insert(kind.hf_name(layer), (kind, layer));
         }
     }
-    let ignored: Vec<String> = (0..cfg.n_layer)
-        .flat_map(|l| {
-            IGNORED_LAYER_BUFFERS
-                .iter()
-                .map(move |b| format!("h.{l}.{b}"))
-        })
-        .collect();
+    let ignored: Vec<String> =
+        (0..cfg.n_layer).flat_map(|l| IGNORED_LAYER_BUFFERS.iter().map(move |b| format!("h.{l}.{b}"))).collect();
 
     let mut tensors = st.tensors();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -248,9 +215,7 @@ fn match_tensors<'data>(
     for (name, view) in tensors {
         let short = name.strip_prefix(HF_PREFIX).unwrap_or(&name).to_string();
         if let Some(first) = seen.insert(short.clone(), name.clone()) {
-            duplicated.push(format!(
-                "`{name}` and `{first}` are the same tensor, stored twice"
-            ));
+            duplicated.push(format!("`{name}` and `{first}` are the same tensor, stored twice"));
             continue;
         }
         let expected_shape = if name == LM_HEAD {
@@ -260,22 +225,13 @@ fn match_tensors<'data>(
         } else if ignored.contains(&short) {
             continue;
         } else {
-            unexpected.push(format!(
-                "unexpected tensor `{name}` (shape {:?})",
-                view.shape()
-            ));
+            unexpected.push(format!("unexpected tensor `{name}` (shape {:?})", view.shape()));
             continue;
         };
         if view.shape() != expected_shape.as_slice() {
-            misshaped.push(format!(
-                "`{name}` has shape {:?}, expected {expected_shape:?}",
-                view.shape()
-            ));
+            misshaped.push(format!("`{name}` has shape {:?}, expected {expected_shape:?}", view.shape()));
         } else if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            misshaped.push(format!(
-                "`{name}` has dtype {:?}; only F32, F16 and BF16 are supported",
-                view.dtype()
-            ));
+            misshaped.push(format!("`{name}` has dtype {:?}; only F32, F16 and BF16 are supported", view.dtype()));
         } else if name == LM_HEAD {
             lm_head = Some((name, view));
         } else if let Some(&key) = expected.get(&short) {
@@ -285,25 +241,11 @@ fn match_tensors<'data>(
     let mut missing: Vec<String> = expected
         .iter()
         .filter(|(short, _)| !seen.contains_key(*short))
-        .map(|(short, &(kind, _))| {
-            format!(
-                "missing tensor `{HF_PREFIX}{short}` (shape {:?})",
-                hf_shape(kind, cfg)
-            )
-        })
+        .map(|(short, &(kind, _))| format!("missing tensor `{HF_PREFIX}{short}` (shape {:?})", hf_shape(kind, cfg)))
         .collect();
     missing.sort();
-    let problems: Vec<String> = missing
-        .into_iter()
-        .chain(unexpected)
-        .chain(misshaped)
-        .chain(duplicated)
-        .collect();
-    if problems.is_empty() {
-        Ok(Found { params, lm_head })
-    } else {
-        Err(problems)
-    }
+    let problems: Vec<String> = missing.into_iter().chain(unexpected).chain(misshaped).chain(duplicated).collect();
+    if problems.is_empty() { Ok(Found { params, lm_head }) } else { Err(problems) }
 }
 
 fn decode(view: &TensorView<'_>) -> Vec<f32> {
@@ -369,8 +311,7 @@ fn checked_layout(path: &Path, cfg: &ModelConfig) -> Result<ParamLayout> {
 fn describe(e: &SafeTensorError) -> String {
     let what = match e {
         SafeTensorError::MetadataIncompleteBuffer => {
-            "the data section does not match the header's offsets (truncated or padded file)"
-                .to_string()
+            "the data section does not match the header's offsets (truncated or padded file)".to_string()
         }
         SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
             format!("the header is not valid JSON metadata ({e})")
@@ -381,10 +322,7 @@ fn describe(e: &SafeTensorError) -> String {
 }
 
 fn checkpoint_error(path: &Path, message: String) -> ModelError {
-    ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    }
+    ModelError::Checkpoint { path: path.to_path_buf(), message }
 }
 
 #[cfg(test)]
@@ -398,21 +336,10 @@ mod tests {
             let (sign, exp, man) = (h >> 15, i32::from((h >> 10) & 0x1f), f64::from(h & 0x3ff));
             let got = f16_to_f32(h);
             if exp == 0x1f {
-                assert!(
-                    if man == 0.0 {
-                        got.is_infinite()
-                    } else {
-                        got.is_nan()
-                    },
-                    "{h:#06x}"
-                );
+                assert!(if man == 0.0 { got.is_infinite() } else { got.is_nan() }, "{h:#06x}");
                 continue;
             }
-            let magnitude = if exp == 0 {
-                man * 2f64.powi(-24)
-            } else {
-                (1.0 + man / 1024.0) * 2f64.powi(exp - 15)
-            };
+            let magnitude = if exp == 0 { man * 2f64.powi(-24) } else { (1.0 + man / 1024.0) * 2f64.powi(exp - 15) };
             let want = if sign == 1 { -magnitude } else { magnitude };
             assert_eq!(f64::from(got), want, "{h:#06x}");
             assert_eq!(got.is_sign_negative(), sign == 1, "{h:#06x}");

@@ -30,12 +30,7 @@ impl Loader {
     /// A loader over `shard` (shared, not copied) drawing `batch_size` windows of `block_size + 1` tokens.
     pub fn new(shard: &Shard, batch_size: usize, block_size: usize, seed: u64) -> Result<Loader> {
         check_dims(shard, batch_size, block_size)?;
-        Ok(Loader {
-            shard: shard.clone(),
-            batch_size,
-            block_size,
-            rng: Rng::new(seed),
-        })
+        Ok(Loader { shard: shard.clone(), batch_size, block_size, rng: Rng::new(seed) })
     }
 
     /// Fills `inputs` and `targets` (each `batch_size × block_size`, row-major) with random windows;
@@ -135,12 +130,7 @@ impl Window {
                 window: self.start + self.len + 1,
             });
         }
-        fill_window(
-            shard,
-            self.start,
-            &mut inputs[..self.len],
-            &mut targets[..self.len],
-        );
+        fill_window(shard, self.start, &mut inputs[..self.len], &mut targets[..self.len]);
         Ok(())
     }
 }
@@ -162,10 +152,7 @@ impl Iterator for SequentialWindows {
             return None;
         }
         let len = self.block_size.min(self.predictions - self.next);
-        let window = Window {
-            start: self.next,
-            len,
-        };
+        let window = Window { start: self.next, len };
         self.next += len;
         Some(window)
     }
@@ -183,17 +170,9 @@ pub fn sequential_windows(shard: &Shard, block_size: usize) -> Result<Sequential
         });
     }
     if shard.len() < 2 {
-        return Err(TrainError::CorpusTooShort {
-            path: shard.path().to_path_buf(),
-            tokens: shard.len(),
-            window: 2,
-        });
+        return Err(TrainError::CorpusTooShort { path: shard.path().to_path_buf(), tokens: shard.len(), window: 2 });
     }
-    Ok(SequentialWindows {
-        next: 0,
-        predictions: shard.len() - 1,
-        block_size,
-    })
+    Ok(SequentialWindows { next: 0, predictions: shard.len() - 1, block_size })
 }
 
 /// Copies `x = data[start..start+T]` and `y = data[start+1..start+T+1]`.
@@ -205,11 +184,7 @@ fn fill_window(shard: &Shard, start: usize, x: &mut [u32], y: &mut [u32]) {
 fn check_dims(shard: &Shard, batch_size: usize, block_size: usize) -> Result<()> {
     for (name, value) in [("batch_size", batch_size), ("block_size", block_size)] {
         if value == 0 {
-            return Err(TrainError::DataArgument {
-                name,
-                value: "0".to_owned(),
-                expected: "at least 1".to_owned(),
-            });
+            return Err(TrainError::DataArgument { name, value: "0".to_owned(), expected: "at least 1".to_owned() });
         }
     }
     if shard.len() <= block_size {
@@ -220,4 +195,178 @@ fn check_dims(shard: &Shard, batch_size: usize, block_size: usize) -> Result<()>
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::data::shard::write_shard;
+
+    /// A shard whose token at position i is i, so a window's contents reveal where it came from. The
+    /// temp dir is returned to keep the file alive.
+    fn counting_shard(n: u32) -> (tempfile::TempDir, Shard) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.bin");
+        let tokens: Vec<u32> = (0..n).collect();
+        write_shard(&path, &tokens, n.max(1) as usize, "test").unwrap();
+        let shard = Shard::open(&path, None).unwrap();
+        (dir, shard)
+    }
+
+    fn batch(loader: &mut Loader) -> (Vec<u32>, Vec<u32>) {
+        let n = loader.batch_size() * loader.block_size();
+        let (mut x, mut y) = (vec![0; n], vec![0; n]);
+        loader.next_batch(&mut x, &mut y);
+        (x, y)
+    }
+
+    #[test]
+    fn targets_are_inputs_shifted_by_one() {
+        let (_dir, shard) = counting_shard(1000);
+        let (b, t) = (4, 16);
+        let mut loader = Loader::new(&shard, b, t, 1).unwrap();
+        for _ in 0..20 {
+            let (x, y) = batch(&mut loader);
+            for (row_x, row_y) in x.chunks_exact(t).zip(y.chunks_exact(t)) {
+                let start = row_x[0];
+                assert!((start as usize) < 1000 - t, "start {start} is past len - T - 1");
+                for j in 0..t {
+                    assert_eq!(row_x[j], start + j as u32);
+                    assert_eq!(row_y[j], start + j as u32 + 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn starts_cover_the_whole_range_including_the_last() {
+        let t = 8;
+        let (_dir, shard) = counting_shard(t as u32 + 3); // starts 0, 1, 2
+        let mut loader = Loader::new(&shard, 1, t, 9).unwrap();
+        let mut seen = [false; 3];
+        for _ in 0..200 {
+            let (x, _) = batch(&mut loader);
+            seen[x[0] as usize] = true;
+        }
+        assert_eq!(seen, [true; 3]);
+    }
+
+    #[test]
+    fn exactly_one_window_is_enough() {
+        let (_dir, shard) = counting_shard(9);
+        let mut loader = Loader::new(&shard, 2, 8, 0).unwrap();
+        let (x, y) = batch(&mut loader);
+        assert_eq!(x[..8], [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(y[8..], [1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn corpus_shorter_than_one_window_is_an_error() {
+        let (_dir, shard) = counting_shard(8);
+        let message = Loader::new(&shard, 1, 8, 0).unwrap_err().to_string();
+        assert!(
+            message.contains("corpus of 8 tokens is shorter than one window of block_size+1 = 9 tokens"),
+            "{message}"
+        );
+        assert!(message.contains("train.bin"), "{message}");
+        let message = eval_batches(&shard, 1, 8, 3, 0).unwrap_err().to_string();
+        assert!(message.contains("block_size+1 = 9"), "{message}");
+    }
+
+    #[test]
+    fn zero_dimensions_name_the_argument() {
+        let (_dir, shard) = counting_shard(100);
+        let message = Loader::new(&shard, 0, 8, 0).unwrap_err().to_string();
+        assert!(message.contains("`batch_size` = 0"), "{message}");
+        let message = Loader::new(&shard, 4, 0, 0).unwrap_err().to_string();
+        assert!(message.contains("`block_size` = 0"), "{message}");
+    }
+
+    #[test]
+    fn same_seed_same_batches_different_seed_different() {
+        let (_dir, shard) = counting_shard(10_000);
+        let mut a = Loader::new(&shard, 4, 32, 42).unwrap();
+        let mut b = Loader::new(&shard, 4, 32, 42).unwrap();
+        let mut c = Loader::new(&shard, 4, 32, 43).unwrap();
+        let first = batch(&mut a);
+        assert_eq!(first, batch(&mut b));
+        assert_ne!(first, batch(&mut c));
+        assert_ne!(first, batch(&mut a));
+    }
+
+    #[test]
+    fn resume_from_state_continues_bit_identically() {
+        let (_dir, shard) = counting_shard(10_000);
+        let mut original = Loader::new(&shard, 3, 16, 1337).unwrap();
+        for _ in 0..5 {
+            batch(&mut original);
+        }
+        let state = original.state();
+        let expected: Vec<_> = (0..3).map(|_| batch(&mut original)).collect();
+        let mut resumed = Loader::new(&shard, 3, 16, 999).unwrap();
+        resumed.set_state(state);
+        let got: Vec<_> = (0..3).map(|_| batch(&mut resumed)).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected B×T")]
+    fn wrong_buffer_size_panics() {
+        let (_dir, shard) = counting_shard(100);
+        let mut loader = Loader::new(&shard, 2, 4, 0).unwrap();
+        loader.next_batch(&mut [0; 8], &mut [0; 7]);
+    }
+
+    #[test]
+    fn eval_batches_are_identical_across_calls_and_shifted() {
+        let (_dir, shard) = counting_shard(5000);
+        let first = eval_batches(&shard, 4, 16, 10, 7).unwrap();
+        assert_eq!(first.len(), 10);
+        assert_eq!(first, eval_batches(&shard, 4, 16, 10, 7).unwrap());
+        assert_ne!(first, eval_batches(&shard, 4, 16, 10, 8).unwrap());
+        // Not the training stream for the same seed.
+        let mut loader = Loader::new(&shard, 4, 16, 7).unwrap();
+        assert_ne!(first[0], batch(&mut loader));
+        for (x, y) in &first {
+            assert_eq!((x.len(), y.len()), (64, 64));
+            assert!(x.iter().zip(y).all(|(a, b)| a + 1 == *b));
+        }
+    }
+
+    #[test]
+    fn sequential_windows_predict_every_token_once() {
+        let (_dir, shard) = counting_shard(10);
+        let windows: Vec<Window> = sequential_windows(&shard, 4).unwrap().collect();
+        let spans: Vec<(usize, usize)> = windows.iter().map(|w| (w.start, w.len)).collect();
+        assert_eq!(spans, [(0, 4), (4, 4), (8, 1)]);
+        let mut predicted = Vec::new();
+        let (mut x, mut y) = ([0; 4], [0; 4]);
+        for w in &windows {
+            w.fill(&shard, &mut x, &mut y).unwrap();
+            assert_eq!(x[0] as usize, w.start);
+            assert!(x[..w.len].iter().zip(&y[..w.len]).all(|(a, b)| a + 1 == *b));
+            predicted.extend_from_slice(&y[..w.len]);
+        }
+        assert_eq!(predicted, (1..10).collect::<Vec<u32>>());
+        // A block longer than the shard gives one short window.
+        let spans: Vec<(usize, usize)> = sequential_windows(&shard, 64).unwrap().map(|w| (w.start, w.len)).collect();
+        assert_eq!(spans, [(0, 9)]);
+    }
+
+    #[test]
+    fn sequential_windows_errors_name_the_problem() {
+        let (_dir, shard) = counting_shard(1);
+        let message = sequential_windows(&shard, 4).unwrap_err().to_string();
+        assert!(message.contains("corpus of 1 tokens"), "{message}");
+        let (_dir, shard) = counting_shard(10);
+        let message = sequential_windows(&shard, 0).unwrap_err().to_string();
+        assert!(message.contains("`block_size` = 0"), "{message}");
+        let window = Window { start: 0, len: 4 };
+        let message = window.fill(&shard, &mut [0; 3], &mut [0; 4]).unwrap_err().to_string();
+        assert!(message.contains("`inputs`"), "{message}");
+        let window = Window { start: 7, len: 4 };
+        let message = window.fill(&shard, &mut [0; 4], &mut [0; 4]).unwrap_err().to_string();
+        assert!(message.contains("corpus of 10 tokens"), "{message}");
+    }
 }

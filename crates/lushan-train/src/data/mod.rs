@@ -3,19 +3,14 @@
 //! - [`prepare`] turns text files into a tokenizer file plus `train.bin` / `val.bin`.
 //! - [`shard`] defines the shard format and memory-maps shards with full validation.
 //! - [`loader`] draws training batches (resumable from one `u64`) and fixed evaluation windows.
-//! - [`atomic`] replaces files crash-safely; checkpoints use it too.
+//! - Files are replaced crash-safely with `lushan_model::checkpoint::atomic_write_with`.
 
-pub mod atomic;
 pub mod loader;
 pub mod prepare;
 pub mod shard;
 
-pub use atomic::atomic_write;
 pub use loader::{Loader, SequentialWindows, Window, eval_batches, sequential_windows};
 pub use prepare::{
-    Corpus, PrepareReport, encode_file_with, load_tokenizer, prepare_char, read_corpus,
-    save_tokenizer, split_point,
+    Corpus, PrepareReport, encode_file_with, load_tokenizer, prepare_char, read_corpus, save_tokenizer, split_point,
 };
-pub use shard::{
-    SHARD_MAGIC, SHARD_VERSION, Shard, TRAIN_SHARD, VAL_SHARD, token_width, write_shard,
-};
+pub use shard::{SHARD_MAGIC, SHARD_VERSION, Shard, TRAIN_SHARD, VAL_SHARD, token_width, write_shard};

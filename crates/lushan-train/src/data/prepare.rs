@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use lushan_tokenizer::{CharTokenizer, TOKENIZER_FILE, Tokenizer};
 
-use super::atomic::atomic_write;
 use super::shard::{TRAIN_SHARD, VAL_SHARD, write_shard};
 use crate::error::{Result, TrainError};
+use lushan_model::checkpoint::atomic_write_with as atomic_write;
 
 /// What `prepare_char` wrote, for the CLI to print.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,32 +56,19 @@ pub struct Corpus {
 
 /// Builds a char tokenizer from `inputs` and writes `train.bin`, `val.bin` and the tokenizer file into
 /// `out_dir` (created if needed), each atomically.
-pub fn prepare_char(
-    inputs: &[PathBuf],
-    out_dir: &Path,
-    val_fraction: f64,
-) -> Result<PrepareReport> {
+pub fn prepare_char(inputs: &[PathBuf], out_dir: &Path, val_fraction: f64) -> Result<PrepareReport> {
     check_val_fraction(val_fraction)?;
     let corpus = read_corpus(inputs)?;
-    let char_tokenizer =
-        CharTokenizer::from_text(&corpus.text).map_err(|source| TrainError::Tokenizer {
-            path: corpus_label(&corpus.files).into(),
-            source,
-        })?;
+    let char_tokenizer = CharTokenizer::from_text(&corpus.text)
+        .map_err(|source| TrainError::Tokenizer { path: corpus_label(&corpus.files).into(), source })?;
     let tokenizer = Tokenizer::Char(char_tokenizer);
     // Cannot fail: every character of the corpus is in a vocabulary built from it.
     let tokens = tokenizer
         .encode(&corpus.text)
-        .map_err(|source| TrainError::Tokenizer {
-            path: corpus_label(&corpus.files).into(),
-            source,
-        })?;
+        .map_err(|source| TrainError::Tokenizer { path: corpus_label(&corpus.files).into(), source })?;
     let n_train = split_point(tokens.len(), val_fraction)?;
 
-    fs::create_dir_all(out_dir).map_err(|source| TrainError::Io {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(out_dir).map_err(|source| TrainError::Io { path: out_dir.to_path_buf(), source })?;
     let vocab_size = tokenizer.vocab_size();
     let description = tokenizer.describe();
     let train_path = out_dir.join(TRAIN_SHARD);
@@ -125,9 +112,7 @@ pub fn read_corpus(inputs: &[PathBuf]) -> Result<Corpus> {
         text.push_str(&read_utf8(file)?);
     }
     if text.is_empty() {
-        return Err(TrainError::EmptyCorpus {
-            paths: corpus_label(inputs),
-        });
+        return Err(TrainError::EmptyCorpus { paths: corpus_label(inputs) });
     }
     Ok(Corpus { text, files })
 }
@@ -145,11 +130,7 @@ pub fn split_point(n_tokens: usize, val_fraction: f64) -> Result<usize> {
         None
     };
     match empty {
-        Some(split) => Err(TrainError::EmptySplit {
-            split,
-            tokens: n_tokens,
-            val_fraction,
-        }),
+        Some(split) => Err(TrainError::EmptySplit { split, tokens: n_tokens, val_fraction }),
         None => Ok(n_train),
     }
 }
@@ -157,21 +138,11 @@ pub fn split_point(n_tokens: usize, val_fraction: f64) -> Result<usize> {
 /// Encodes one UTF-8 text file (for `lushan eval --data file.txt`); a character outside the vocabulary is
 /// reported with this file's path and the character's line and column.
 pub fn encode_file_with(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
-    let text = match fs::metadata(path) {
-        Ok(_) => read_utf8(path)?,
-        Err(source) => return Err(missing_or_io(path, source)),
-    };
+    let text = read_utf8(path)?;
     if text.is_empty() {
-        return Err(TrainError::EmptyCorpus {
-            paths: path.display().to_string(),
-        });
+        return Err(TrainError::EmptyCorpus { paths: path.display().to_string() });
     }
-    tokenizer
-        .encode(&text)
-        .map_err(|source| TrainError::Tokenizer {
-            path: path.to_path_buf(),
-            source,
-        })
+    tokenizer.encode(&text).map_err(|source| TrainError::Tokenizer { path: path.to_path_buf(), source })
 }
 
 /// Reads `dir/lushan-tokenizer.json`.
@@ -179,10 +150,7 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join(TOKENIZER_FILE);
     let json = fs::read_to_string(&path).map_err(|source| match source.kind() {
         ErrorKind::NotFound => TrainError::TokenizerMissing { path: path.clone() },
-        _ => TrainError::Io {
-            path: path.clone(),
-            source,
-        },
+        _ => TrainError::Io { path: path.clone(), source },
     })?;
     Tokenizer::from_json(&json).map_err(|source| TrainError::Tokenizer { path, source })
 }
@@ -192,10 +160,8 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
 pub fn save_tokenizer(dir: &Path, tokenizer: &Tokenizer) -> Result<PathBuf> {
     let path = dir.join(TOKENIZER_FILE);
     let json = tokenizer.to_json();
-    atomic_write(&path, |w| w.write_all(json.as_bytes())).map_err(|source| TrainError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    atomic_write(&path, |w| w.write_all(json.as_bytes()))
+        .map_err(|source| TrainError::Io { path: path.clone(), source })?;
     Ok(path)
 }
 
@@ -214,17 +180,11 @@ fn check_val_fraction(val_fraction: f64) -> Result<()> {
 
 /// Regular files (symlinks followed) directly inside `dir`, sorted by name.
 fn dir_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let io = |source| TrainError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| TrainError::Io { path: dir.to_path_buf(), source };
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let meta = fs::metadata(&path).map_err(|source| TrainError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = fs::metadata(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
         if meta.is_file() {
             files.push(path);
         }
@@ -235,29 +195,18 @@ fn dir_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn read_utf8(path: &Path) -> Result<String> {
     let bytes = fs::read(path).map_err(|source| missing_or_io(path, source))?;
-    String::from_utf8(bytes).map_err(|e| TrainError::NotUtf8 {
-        path: path.to_path_buf(),
-        offset: e.utf8_error().valid_up_to(),
-    })
+    String::from_utf8(bytes)
+        .map_err(|e| TrainError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })
 }
 
 fn missing_or_io(path: &Path, source: std::io::Error) -> TrainError {
     match source.kind() {
-        ErrorKind::NotFound => TrainError::InputMissing {
-            path: path.to_path_buf(),
-        },
-        _ => TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
+        ErrorKind::NotFound => TrainError::InputMissing { path: path.to_path_buf() },
+        _ => TrainError::Io { path: path.to_path_buf(), source },
     }
 }
 
 /// The inputs as one comma-separated string, for errors about the corpus as a whole.
 fn corpus_label(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::atomic::atomic_write;
 use crate::error::{Result, TrainError};
+use lushan_model::checkpoint::atomic_write_with as atomic_write;
 
 pub const SHARD_MAGIC: &[u8; 8] = b"LUSHANTK";
 pub const SHARD_VERSION: u32 = 1;
@@ -44,12 +44,7 @@ pub fn token_width(vocab_size: usize) -> u32 {
 /// Writes `tokens` to `path` atomically (temp file, fsync, rename, fsync dir).
 ///
 /// Every id is checked against `vocab_size` first, so a shard on disk always satisfies its own header.
-pub fn write_shard(
-    path: &Path,
-    tokens: &[u32],
-    vocab_size: usize,
-    tokenizer_description: &str,
-) -> Result<()> {
+pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize, tokenizer_description: &str) -> Result<()> {
     if vocab_size == 0 || vocab_size as u64 > u64::from(u32::MAX) + 1 {
         return Err(TrainError::DataArgument {
             name: "vocab_size",
@@ -57,19 +52,13 @@ pub fn write_shard(
             expected: "token ids are u32, so the vocabulary must have 1..=2^32 entries".to_owned(),
         });
     }
-    let description_len =
-        u32::try_from(tokenizer_description.len()).map_err(|_| TrainError::DataArgument {
-            name: "tokenizer_description",
-            value: format!("{} bytes", tokenizer_description.len()),
-            expected: "a description shorter than 4 GiB".to_owned(),
-        })?;
+    let description_len = u32::try_from(tokenizer_description.len()).map_err(|_| TrainError::DataArgument {
+        name: "tokenizer_description",
+        value: format!("{} bytes", tokenizer_description.len()),
+        expected: "a description shorter than 4 GiB".to_owned(),
+    })?;
     if let Some(index) = tokens.iter().position(|&id| id as usize >= vocab_size) {
-        return Err(TrainError::TokenOutOfRange {
-            path: path.to_path_buf(),
-            id: tokens[index],
-            index,
-            vocab_size,
-        });
+        return Err(TrainError::TokenOutOfRange { path: path.to_path_buf(), id: tokens[index], index, vocab_size });
     }
     let width = token_width(vocab_size);
     atomic_write(path, |w| {
@@ -92,10 +81,7 @@ pub fn write_shard(
         }
         Ok(())
     })
-    .map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }
 
 /// A validated, memory-mapped token shard. Cloning shares the mapping (a reference count), so a loader
@@ -115,20 +101,13 @@ impl Shard {
     /// Maps and validates a shard; with `vocab_size`, also checks every id so a shard from another
     /// tokenizer cannot index past the embedding table.
     pub fn open(path: &Path, vocab_size: Option<usize>) -> Result<Shard> {
-        let io = |source: std::io::Error| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source: std::io::Error| TrainError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => TrainError::ShardMissing {
-                path: path.to_path_buf(),
-            },
+            std::io::ErrorKind::NotFound => TrainError::ShardMissing { path: path.to_path_buf() },
             _ => io(source),
         })?;
         if file.metadata().map_err(io)?.len() == 0 {
-            return Err(TrainError::NotAShard {
-                path: path.to_path_buf(),
-            });
+            return Err(TrainError::NotAShard { path: path.to_path_buf() });
         }
         // SAFETY: the file is opened read-only and the map is only read, through bounds-checked slices, after
         // the header and body length below have been validated. The remaining hazard of any file mapping is
@@ -226,12 +205,7 @@ impl Shard {
                 .find(|&(_, id)| id as usize >= vocab_size)
         };
         match bad {
-            Some((index, id)) => Err(TrainError::TokenOutOfRange {
-                path: self.path.clone(),
-                id,
-                index,
-                vocab_size,
-            }),
+            Some((index, id)) => Err(TrainError::TokenOutOfRange { path: self.path.clone(), id, index, vocab_size }),
             None => Ok(()),
         }
     }
@@ -259,18 +233,11 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     }
     let version = le_u32(bytes, 8);
     if version != SHARD_VERSION {
-        return Err(TrainError::ShardVersion {
-            path: path_buf(),
-            found: version,
-            expected: SHARD_VERSION,
-        });
+        return Err(TrainError::ShardVersion { path: path_buf(), found: version, expected: SHARD_VERSION });
     }
     let width = le_u32(bytes, 12);
     if width != 2 && width != 4 {
-        return Err(TrainError::ShardWidth {
-            path: path_buf(),
-            found: width,
-        });
+        return Err(TrainError::ShardWidth { path: path_buf(), found: width });
     }
     let count = le_u64(bytes, 16);
     let body_start = FIXED_HEADER_LEN.saturating_add(le_u32(bytes, 24) as usize);
@@ -278,28 +245,14 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         return Err(truncated(body_start));
     }
     let description = std::str::from_utf8(&bytes[FIXED_HEADER_LEN..body_start])
-        .map_err(|source| TrainError::ShardDescription {
-            path: path_buf(),
-            source,
-        })?
+        .map_err(|source| TrainError::ShardDescription { path: path_buf(), source })?
         .to_owned();
     let actual = (bytes.len() - body_start) as u64;
     let expected = count.saturating_mul(u64::from(width));
     if actual != expected {
-        return Err(TrainError::ShardSize {
-            path: path_buf(),
-            count,
-            width,
-            expected,
-            actual,
-        });
+        return Err(TrainError::ShardSize { path: path_buf(), count, width, expected, actual });
     }
-    Ok(Header {
-        body_start,
-        len: (bytes.len() - body_start) / width as usize,
-        width,
-        description,
-    })
+    Ok(Header { body_start, len: (bytes.len() - body_start) / width as usize, width, description })
 }
 
 /// Reads a little-endian u32 at `at`; the caller has checked that `bytes` is long enough.
@@ -316,194 +269,5 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
-mod tests {
-    use super::*;
-
-    /// Shard bytes with every header field chosen by the test, for corrupting one at a time.
-    fn raw(version: u32, width: u32, count: u64, description: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut bytes = SHARD_MAGIC.to_vec();
-        bytes.extend_from_slice(&version.to_le_bytes());
-        bytes.extend_from_slice(&width.to_le_bytes());
-        bytes.extend_from_slice(&count.to_le_bytes());
-        bytes.extend_from_slice(&(description.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(description);
-        bytes.extend_from_slice(body);
-        bytes
-    }
-
-    /// A valid u16 shard of ids 0..10 described as `char:10`.
-    fn valid() -> Vec<u8> {
-        let body: Vec<u8> = (0u16..10).flat_map(|i| i.to_le_bytes()).collect();
-        raw(1, 2, 10, b"char:10", &body)
-    }
-
-    /// Writes `bytes` to a temp file, opens it expecting an error, and checks the path is named.
-    fn open_err(bytes: &[u8], vocab_size: Option<usize>) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broken.bin");
-        std::fs::write(&path, bytes).unwrap();
-        let message = Shard::open(&path, vocab_size).unwrap_err().to_string();
-        assert!(message.contains(&path.display().to_string()), "{message}");
-        message
-    }
-
-    #[test]
-    fn round_trip_u16() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(TRAIN_SHARD);
-        let tokens: Vec<u32> = (0..1000).map(|i| (i * 7) % 65).collect();
-        write_shard(&path, &tokens, 65, "char:65").unwrap();
-        let expected_size = FIXED_HEADER_LEN + "char:65".len() + 2 * tokens.len();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), expected_size as u64);
-        let shard = Shard::open(&path, Some(65)).unwrap();
-        assert_eq!((shard.len(), shard.token_width()), (1000, 2));
-        assert_eq!(shard.description(), "char:65");
-        assert!((0..1000).all(|i| shard.token(i) == tokens[i]));
-        let mut window = vec![0; 37];
-        shard.copy_window(963, &mut window);
-        assert_eq!(window, tokens[963..]);
-    }
-
-    #[test]
-    fn round_trip_u32() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(VAL_SHARD);
-        let tokens = vec![0, 65_535, 65_536, 69_999, 12_345, 1];
-        write_shard(&path, &tokens, 70_000, "bpe:70000").unwrap();
-        let shard = Shard::open(&path, Some(70_000)).unwrap();
-        assert_eq!(shard.token_width(), 4);
-        let mut all = vec![0; tokens.len()];
-        shard.copy_window(0, &mut all);
-        assert_eq!(all, tokens);
-        assert_eq!(shard.description(), "bpe:70000");
-    }
-
-    #[test]
-    fn width_switches_above_65536() {
-        assert_eq!(token_width(65), 2);
-        assert_eq!(token_width(65_536), 2);
-        assert_eq!(token_width(65_537), 4);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("edge.bin");
-        write_shard(&path, &[65_535, 0], 65_536, "x").unwrap();
-        let shard = Shard::open(&path, Some(65_536)).unwrap();
-        assert_eq!((shard.token_width(), shard.token(0)), (2, 65_535));
-    }
-
-    #[test]
-    fn empty_shard_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("empty.bin");
-        write_shard(&path, &[], 65, "char:65").unwrap();
-        let shard = Shard::open(&path, Some(65)).unwrap();
-        assert!(shard.is_empty());
-    }
-
-    #[test]
-    fn valid_fixture_opens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ok.bin");
-        std::fs::write(&path, valid()).unwrap();
-        assert_eq!(Shard::open(&path, Some(10)).unwrap().token(9), 9);
-    }
-
-    #[test]
-    fn bad_magic_says_not_a_shard() {
-        let message = open_err(b"First Citizen:\nBefore we proceed any further", None);
-        assert!(message.contains("not a lushan token shard"), "{message}");
-        assert!(message.contains("re-run `lushan prepare`"), "{message}");
-        let message = open_err(b"", None);
-        assert!(message.contains("not a lushan token shard"), "{message}");
-    }
-
-    #[test]
-    fn wrong_version_names_both_versions() {
-        let message = open_err(&raw(2, 2, 0, b"", b""), None);
-        assert!(message.contains("version 2"), "{message}");
-        assert!(message.contains("reads version 1"), "{message}");
-    }
-
-    #[test]
-    fn bad_width_is_named() {
-        let message = open_err(&raw(1, 3, 0, b"", b""), None);
-        assert!(message.contains("width is 3 bytes"), "{message}");
-    }
-
-    #[test]
-    fn truncated_header_names_sizes() {
-        let message = open_err(&valid()[..20], None);
-        assert!(message.contains("needs 28 bytes but the file has 20"), "{message}");
-        // The description length points past the end of the file.
-        let message = open_err(&valid()[..30], None);
-        assert!(message.contains("needs 35 bytes but the file has 30"), "{message}");
-    }
-
-    #[test]
-    fn description_must_be_utf8() {
-        let message = open_err(&raw(1, 2, 0, b"char\xff", b""), None);
-        assert!(message.contains("not valid UTF-8"), "{message}");
-    }
-
-    #[test]
-    fn truncated_body_names_expected_and_actual_bytes() {
-        let bytes = valid();
-        let message = open_err(&bytes[..bytes.len() - 1], None);
-        assert!(message.contains("10 tokens × 2 bytes = 20 bytes but has 19 bytes"), "{message}");
-        assert!(message.contains("truncated"), "{message}");
-    }
-
-    #[test]
-    fn trailing_bytes_name_expected_and_actual_bytes() {
-        let mut bytes = valid();
-        bytes.extend_from_slice(&[0, 0, 0]);
-        let message = open_err(&bytes, None);
-        assert!(message.contains("= 20 bytes but has 23 bytes"), "{message}");
-    }
-
-    #[test]
-    fn huge_count_does_not_overflow() {
-        let message = open_err(&raw(1, 4, u64::MAX, b"", b"abcd"), None);
-        assert!(message.contains("but has 4 bytes"), "{message}");
-    }
-
-    #[test]
-    fn ids_out_of_range_name_first_id_index_and_vocab() {
-        let message = open_err(&valid(), Some(7));
-        assert!(message.contains("token id 7 at index 7"), "{message}");
-        assert!(message.contains("vocabulary of 7 tokens"), "{message}");
-        let body: Vec<u8> = [5u32, 70_000, 80_000].iter().flat_map(|i| i.to_le_bytes()).collect();
-        let message = open_err(&raw(1, 4, 3, b"", &body), Some(70_000));
-        assert!(message.contains("token id 70000 at index 1"), "{message}");
-    }
-
-    #[test]
-    fn write_rejects_bad_ids_and_vocab() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.bin");
-        let message = write_shard(&path, &[1, 2, 65], 65, "char:65").unwrap_err().to_string();
-        assert!(message.contains("token id 65 at index 2"), "{message}");
-        let message = write_shard(&path, &[], 0, "").unwrap_err().to_string();
-        assert!(message.contains("`vocab_size` = 0"), "{message}");
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn missing_shard_names_path_and_hint() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("train.bin");
-        let message = Shard::open(&path, None).unwrap_err().to_string();
-        assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains("lushan prepare"), "{message}");
-    }
-
-    #[test]
-    #[should_panic(expected = "outside the shard")]
-    fn window_past_the_end_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ok.bin");
-        std::fs::write(&path, valid()).unwrap();
-        let shard = Shard::open(&path, None).unwrap();
-        shard.copy_window(8, &mut [0; 3]);
-    }
-}
+#[path = "shard_tests.rs"]
+mod tests;
