@@ -4,15 +4,92 @@
 //! `att[b,h,t,:] = softmax_{s ≤ t}(q_t · k_s / √hs)` and `out[b,t,h] = Σ_s att[b,h,t,s] · v_s`.
 //! The probabilities are kept (entries above the diagonal are zero) for the backward pass and for inspection.
 
+use crate::matmul::gemm_serial;
+use crate::softmax::softmax_in_place;
 use crate::vector::{axpy, dot};
 use rayon::prelude::*;
 
-/// Forward.
+/// Forward, per batch element and head as matrix products: `S = scale·Q·Kᵀ`, causal softmax of each row
+/// of `S` in place (the probabilities are kept in `att`), then `O = P·V`.
 ///
 /// # Shapes
 /// `out`: (B, T, C); `att`: (B, NH, T, T); `qkv`: (B, T, 3C) laid out `[q | k | v]` per position, head `h`
 /// owning channels `h·hs .. (h+1)·hs` of each part, `hs = C / NH`.
 pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], t: usize, c: usize, nh: usize) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    debug_assert_eq!(out.len() % (t * c), 0);
+    debug_assert_eq!(qkv.len(), out.len() * 3);
+    debug_assert_eq!(att.len(), out.len() / c * nh * t);
+    let c3 = 3 * c;
+    out.par_chunks_mut(t * c).zip(att.par_chunks_mut(nh * t * t)).zip(qkv.par_chunks(t * c3)).for_each(
+        |((out, att), qkv)| {
+            for (h, p) in att.chunks_exact_mut(t * t).enumerate() {
+                let (q, k, v) = (&qkv[h * hs..], &qkv[c + h * hs..], &qkv[2 * c + h * hs..]);
+                gemm_serial((t, hs, t), scale, q, (c3, 1), k, (1, c3), 0.0, p, (t, 1));
+                for (tq, row) in p.chunks_exact_mut(t).enumerate() {
+                    softmax_in_place(&mut row[..=tq]);
+                    row[tq + 1..].fill(0.0);
+                }
+                gemm_serial((t, t, hs), 1.0, p, (t, 1), v, (c3, 1), 0.0, &mut out[h * hs..], (c, 1));
+            }
+        },
+    );
+}
+
+/// Backward, **accumulating** into `dqkv`.
+///
+/// Forward was `O = P·V`, `P = softmax(S)` row-wise, `S = scale·Q·Kᵀ`, so
+/// `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`, `dQ += scale·dS·K`, `dK += scale·dSᵀ·Q`.
+/// `scratch` holds `dP`/`dS` for one head per batch element.
+///
+/// # Shapes
+/// `dqkv`, `qkv`: (B, T, 3C); `scratch`: (B, T, T); `dout`: (B, T, C); `att`: (B, NH, T, T).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dqkv: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let c3 = 3 * c;
+    debug_assert_eq!(dqkv.len(), qkv.len());
+    debug_assert_eq!(scratch.len() * c, dout.len() * t);
+    dqkv.par_chunks_mut(t * c3)
+        .zip(scratch.par_chunks_mut(t * t))
+        .zip(dout.par_chunks(t * c))
+        .zip(qkv.par_chunks(t * c3).zip(att.par_chunks(nh * t * t)))
+        .for_each(|(((dqkv, ds), dout), (qkv, att))| {
+            for (h, p) in att.chunks_exact(t * t).enumerate() {
+                let (q, k, v) = (&qkv[h * hs..], &qkv[c + h * hs..], &qkv[2 * c + h * hs..]);
+                let dout_h = &dout[h * hs..];
+                gemm_serial((t, t, hs), 1.0, p, (1, t), dout_h, (c, 1), 1.0, &mut dqkv[2 * c + h * hs..], (c3, 1));
+                gemm_serial((t, hs, t), 1.0, dout_h, (c, 1), v, (1, c3), 0.0, ds, (t, 1));
+                for (tq, (d, p)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+                    let weighted = dot(&p[..=tq], &d[..=tq]);
+                    for (d, &p) in d[..=tq].iter_mut().zip(&p[..=tq]) {
+                        *d = p * (*d - weighted) * scale;
+                    }
+                    d[tq + 1..].fill(0.0);
+                }
+                gemm_serial((t, t, hs), 1.0, ds, (t, 1), k, (c3, 1), 1.0, &mut dqkv[h * hs..], (c3, 1));
+                gemm_serial((t, t, hs), 1.0, ds, (1, t), q, (c3, 1), 1.0, &mut dqkv[c + h * hs..], (c3, 1));
+            }
+        });
+}
+
+/// The plain-loop forward [`forward`] is tested against.
+///
+/// # Shapes
+/// `out`: (B, T, C); `att`: (B, NH, T, T); `qkv`: (B, T, 3C) laid out `[q | k | v]` per position, head `h`
+/// owning channels `h·hs .. (h+1)·hs` of each part, `hs = C / NH`.
+pub fn forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], t: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     debug_assert_eq!(out.len() % (t * c), 0);
@@ -48,7 +125,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], t: usize, c: usize
     );
 }
 
-/// Backward, **accumulating** into `dqkv`.
+/// The plain-loop backward [`backward`] is tested against (accumulating, like it); `scratch` is (B, T).
 ///
 /// Forward was `out_t = Σ_s a_ts·v_s` with `a_t = softmax(p_t)`, `p_ts = q_t·k_s·scale`, so
 /// `dv_s += a_ts·dout_t`, `da_ts = dout_t·v_s`, `dp_ts = a_ts·(da_ts - Σ_r a_tr·da_tr)`,
@@ -58,7 +135,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], t: usize, c: usize
 /// # Shapes
 /// `dqkv`, `qkv`: (B, T, 3C); `scratch`: (B, T); `dout`: (B, T, C); `att`: (B, NH, T, T).
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward_naive(
     dqkv: &mut [f32],
     scratch: &mut [f32],
     dout: &[f32],
@@ -149,9 +226,17 @@ mod tests {
             let s: f32 = row.iter().sum();
             assert!((s - 1.0).abs() < 1e-5, "row sums to {s}");
         }
+        let (mut naive_out, mut naive_att) = (vec![0.0; b * t * c], vec![7.0; b * nh * t * t]);
+        forward_naive(&mut naive_out, &mut naive_att, &qkv, t, c, nh);
+        assert_close("attention out vs naive", &out, &to_f64(&naive_out), 1e-5, 1e-4);
+        assert_close("attention probabilities vs naive", &att, &to_f64(&naive_att), 1e-6, 1e-4);
         let mut dqkv = vec![0.5; qkv.len()];
-        let mut scratch = vec![0.0; b * t];
+        let mut scratch = vec![0.0; b * t * t];
         backward(&mut dqkv, &mut scratch, &dout, &qkv, &att, t, c, nh);
+        let mut naive_dqkv = vec![0.5; qkv.len()];
+        let mut naive_scratch = vec![0.0; b * t];
+        backward_naive(&mut naive_dqkv, &mut naive_scratch, &dout, &qkv, &att, t, c, nh);
+        assert_close("attention dqkv vs naive", &dqkv, &to_f64(&naive_dqkv), 1e-5, 1e-4);
         let num = numeric_grad(|x| weighted_sum(&reference(x, b, t, c, nh).0, &dout), &qkv64, 1e-6);
         let num: Vec<f64> = num.into_iter().map(|g| g + 0.5).collect();
         assert_close("attention dqkv (accumulated onto 0.5)", &dqkv, &num, 1e-4, 1e-3);
@@ -163,5 +248,6 @@ mod tests {
         check(1, 1, 4, 1);
         check(3, 5, 9, 3);
         check(1, 7, 8, 4);
+        check(2, 19, 12, 3);
     }
 }

@@ -15,7 +15,10 @@ fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to the nearest integer
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // `shifted` holds round(x·log2e) in its low mantissa bits; reading them with integer ops keeps the loop
+    // free of float→int conversions, which would stop it from vectorising.
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -24,13 +27,14 @@ fn exp_fast(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// `tanh(x) = (e^{2x} - 1) / (e^{2x} + 1)`, clamped where tanh is ±1 in f32; absolute error ≈ 2e-7.
 #[inline(always)]
 pub fn tanh_fast(x: f32) -> f32 {
-    let e = exp_fast(2.0 * x.clamp(-9.0, 9.0));
+    let e = exp_fast(2.0 * x.max(-9.0).min(9.0));
     (e - 1.0) / (e + 1.0)
 }
 

@@ -63,6 +63,48 @@ fn sgemm(
     });
 }
 
+/// Single-threaded strided GEMM, `C = alpha·A·B + beta·C`, for callers that are already inside a
+/// parallel task (attention works per batch element). Strides are `(row, column)` in elements.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    (rsc, csc): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds are checked in release builds too: these are cheap next to the product.
+    assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_serial: A too short");
+    assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(), "gemm_serial: B too short");
+    assert!((m - 1) * rsc + (n - 1) * csc < c.len(), "gemm_serial: C too short");
+    // SAFETY: the assertions above bound every element sgemm reads from A and B and writes to C.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            rsc as isize,
+            csc as isize,
+        );
+    }
+}
+
 /// Forward.
 ///
 /// # Shapes

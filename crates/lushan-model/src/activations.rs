@@ -65,7 +65,7 @@ pub(crate) struct Scratch {
     pub dfch: Vec<f32>,
     pub dlogits: Vec<f32>,
     pub dlosses: Vec<f32>,
-    pub att_row: Vec<f32>,
+    pub att_grad: Vec<f32>,
 }
 
 impl Activations {
@@ -126,7 +126,7 @@ impl Activations {
                 dfch: vec![0.0; n * 4 * c],
                 dlogits: vec![0.0; n * v],
                 dlosses: vec![0.0; n],
-                att_row: vec![0.0; n],
+                att_grad: vec![0.0; n * t],
             },
         })
     }

@@ -225,7 +225,7 @@ impl Gpt {
             );
             // atty = attention(qkv)
             s.dqkv.fill(0.0);
-            attention::backward(&mut s.dqkv, &mut s.att_row, &s.datty, &a.qkv, &a.att, t, c, nh);
+            attention::backward(&mut s.dqkv, &mut s.att_grad, &s.datty, &a.qkv, &a.att, t, c, nh);
             // qkv = ln1 · qkvᵀ + b
             s.dln.fill(0.0);
             matmul::backward(Some(&mut s.dln), dw.qkv_w, Some(dw.qkv_b), &s.dqkv, &a.ln1, w.qkv_w, c, 3 * c);

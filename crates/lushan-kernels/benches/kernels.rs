@@ -1,0 +1,107 @@
+//! `cargo bench -p lushan-kernels`: per-kernel timings at nanoGPT's CPU shapes (B=12, T=64, C=128, NH=4)
+//! and the matmul choice (our matrixmultiply path vs the `gemm` crate vs the naive twin) at GPT shapes.
+//! Prints figures; asserts nothing (speed is measured, never tested).
+
+use lushan_kernels::{attention, gelu, layernorm, matmul, rng::Rng};
+use std::time::Instant;
+
+fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut best = f64::INFINITY;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < 0.3 {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    if flops > 0.0 {
+        println!("{label:<48} {:>9.3} ms {:>7.1} GFLOP/s", best * 1e3, flops / best / 1e9);
+    } else {
+        println!("{label:<48} {:>9.3} ms", best * 1e3);
+    }
+    best
+}
+
+fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.next_f32() - 0.5).collect()
+}
+
+fn gemm_crate(out: &mut [f32], inp: &[f32], w: &[f32], n: usize, c: usize, oc: usize) {
+    // SAFETY: out is n×oc, inp n×c, w oc×c (read transposed), all row-major with the strides given.
+    unsafe {
+        gemm::gemm(
+            n,
+            oc,
+            c,
+            out.as_mut_ptr(),
+            1,
+            oc as isize,
+            false,
+            inp.as_ptr(),
+            1,
+            c as isize,
+            w.as_ptr(),
+            c as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+fn main() {
+    let mut rng = Rng::new(0);
+    println!("threads: {}", rayon::current_num_threads());
+    println!("-- matmul forward (N×C · Wᵀ, W is OC×C)");
+    for (n, c, oc) in [(768, 128, 384), (768, 128, 512), (768, 512, 128), (768, 128, 65), (256, 768, 2304), (256, 768, 50257), (16384, 384, 1152)] {
+        let x = random(n * c, &mut rng);
+        let w = random(oc * c, &mut rng);
+        let mut out = vec![0.0; n * oc];
+        let flops = 2.0 * (n * c * oc) as f64;
+        time(&format!("lushan (matrixmultiply) {n}×{c}×{oc}"), flops, || matmul::forward(&mut out, &x, &w, None, c, oc));
+        time(&format!("gemm crate             {n}×{c}×{oc}"), flops, || gemm_crate(&mut out, &x, &w, n, c, oc));
+        if n * c * oc <= 768 * 128 * 512 {
+            time(&format!("naive twin             {n}×{c}×{oc}"), flops, || {
+                matmul::forward_naive(&mut out, &x, &w, None, c, oc)
+            });
+        }
+    }
+    println!("-- decode GEMV (1 row)");
+    for (c, oc) in [(768, 2304), (768, 50257)] {
+        let x = random(c, &mut rng);
+        let w = random(oc * c, &mut rng);
+        let mut out = vec![0.0; oc];
+        let secs = time(&format!("gemv 1×{c}×{oc}"), 2.0 * (c * oc) as f64, || matmul::forward(&mut out, &x, &w, None, c, oc));
+        println!("{:>58} {:.1} GB/s weights streamed", "", (c * oc * 4) as f64 / secs / 1e9);
+    }
+
+    let (b, t, c, nh) = (12, 64, 128, 4);
+    let n = b * t;
+    println!("-- nanoGPT CPU shapes: B={b} T={t} C={c} NH={nh}");
+    let x = random(n * c, &mut rng);
+    let w = random(c, &mut rng);
+    let bias = random(c, &mut rng);
+    let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+    time("layernorm forward", 0.0, || layernorm::forward(&mut out, &mut mean, &mut rstd, &x, &w, &bias, c, 1e-5));
+    let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+    time("layernorm backward", 0.0, || layernorm::backward(&mut dx, &mut dw, &mut db, &x, &x, &w, &mean, &rstd, c));
+    let h = random(n * 4 * c, &mut rng);
+    let mut hout = vec![0.0; n * 4 * c];
+    time("gelu forward (N×4C)", 0.0, || gelu::forward(&mut hout, &h));
+    time("gelu backward (N×4C)", 0.0, || gelu::backward(&mut hout, &h, &h));
+    let qkv = random(n * 3 * c, &mut rng);
+    let mut att = vec![0.0; b * nh * t * t];
+    let attn_flops = 4.0 * (b * nh * t * t * (c / nh)) as f64 / 2.0;
+    time("attention forward", attn_flops, || attention::forward(&mut out, &mut att, &qkv, t, c, nh));
+    let mut dqkv = vec![0.0; n * 3 * c];
+    let mut scratch = vec![0.0; n * t];
+    time("attention backward", 2.0 * attn_flops, || {
+        attention::backward(&mut dqkv, &mut scratch, &x, &qkv, &att, t, c, nh)
+    });
+}
