@@ -59,12 +59,22 @@ fn main() {
     let mut rng = Rng::new(0);
     println!("threads: {}", rayon::current_num_threads());
     println!("-- matmul forward (N×C · Wᵀ, W is OC×C)");
-    for (n, c, oc) in [(768, 128, 384), (768, 128, 512), (768, 512, 128), (768, 128, 65), (256, 768, 2304), (256, 768, 50257), (16384, 384, 1152)] {
+    for (n, c, oc) in [
+        (768, 128, 384),
+        (768, 128, 512),
+        (768, 512, 128),
+        (768, 128, 65),
+        (256, 768, 2304),
+        (256, 768, 50257),
+        (16384, 384, 1152),
+    ] {
         let x = random(n * c, &mut rng);
         let w = random(oc * c, &mut rng);
         let mut out = vec![0.0; n * oc];
         let flops = 2.0 * (n * c * oc) as f64;
-        time(&format!("lushan (matrixmultiply) {n}×{c}×{oc}"), flops, || matmul::forward(&mut out, &x, &w, None, c, oc));
+        time(&format!("lushan (matrixmultiply) {n}×{c}×{oc}"), flops, || {
+            matmul::forward(&mut out, &x, &w, None, c, oc)
+        });
         time(&format!("gemm crate             {n}×{c}×{oc}"), flops, || gemm_crate(&mut out, &x, &w, n, c, oc));
         if n * c * oc <= 768 * 128 * 512 {
             time(&format!("naive twin             {n}×{c}×{oc}"), flops, || {
@@ -72,12 +82,28 @@ fn main() {
             });
         }
     }
+    println!("-- matmul backward (dinp += dout·W and dW += doutᵀ·inp)");
+    for (n, c, oc) in [(768, 128, 384), (768, 512, 128), (16384, 384, 1152)] {
+        let x = random(n * c, &mut rng);
+        let w = random(oc * c, &mut rng);
+        let dout = random(n * oc, &mut rng);
+        let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
+        let flops = 2.0 * (n * c * oc) as f64;
+        time(&format!("backward dW+db only {n}×{c}×{oc}"), flops, || {
+            matmul::backward(None, &mut dw, Some(&mut db), &dout, &x, &w, c, oc)
+        });
+        time(&format!("backward dinp+dW+db {n}×{c}×{oc}"), 2.0 * flops, || {
+            matmul::backward(Some(&mut dx), &mut dw, Some(&mut db), &dout, &x, &w, c, oc)
+        });
+    }
     println!("-- decode GEMV (1 row)");
     for (c, oc) in [(768, 2304), (768, 50257)] {
         let x = random(c, &mut rng);
         let w = random(oc * c, &mut rng);
         let mut out = vec![0.0; oc];
-        let secs = time(&format!("gemv 1×{c}×{oc}"), 2.0 * (c * oc) as f64, || matmul::forward(&mut out, &x, &w, None, c, oc));
+        let secs = time(&format!("gemv 1×{c}×{oc}"), 2.0 * (c * oc) as f64, || {
+            matmul::forward(&mut out, &x, &w, None, c, oc)
+        });
         println!("{:>58} {:.1} GB/s weights streamed", "", (c * oc * 4) as f64 / secs / 1e9);
     }
 

@@ -34,7 +34,7 @@ fn exp_fast(x: f32) -> f32 {
 /// `tanh(x) = (e^{2x} - 1) / (e^{2x} + 1)`, clamped where tanh is ±1 in f32; absolute error ≈ 2e-7.
 #[inline(always)]
 pub fn tanh_fast(x: f32) -> f32 {
-    let e = exp_fast(2.0 * x.max(-9.0).min(9.0));
+    let e = exp_fast(2.0 * x.clamp(-9.0, 9.0));
     (e - 1.0) / (e + 1.0)
 }
 

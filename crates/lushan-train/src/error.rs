@@ -100,6 +100,12 @@ pub enum TrainError {
     )]
     NonFiniteLoss { step: u64, loss: f32 },
 
+    #[error(
+        "gradient norm became {norm} at step {step}: training stopped; the last good checkpoint is kept (try a \
+         lower --learning-rate or --grad-clip)"
+    )]
+    NonFiniteGradient { step: u64, norm: f32 },
+
     #[error("{path}: cannot resume: {message}")]
     Resume { path: PathBuf, message: String },
 

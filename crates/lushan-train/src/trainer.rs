@@ -121,16 +121,17 @@ impl Trainer {
                 model_vocab: model.config.vocab_size,
             });
         }
-        let metrics = MetricsLog::create(&config.out_dir)?;
-        Self::assemble(config, data, model, AdamWState::new(0), metrics)
+        Self::assemble(config, data, model, AdamWState::new(0), false)
     }
 
+    /// Checks the run's shapes against the model, allocates every buffer, then opens the metrics log
+    /// (appending when resuming) — last, so a rejected run never truncates an existing log.
     fn assemble(
         config: TrainConfig,
         data: TrainData,
         model: Gpt,
         mut optimizer: AdamWState,
-        metrics: MetricsLog,
+        resuming: bool,
     ) -> Result<Self> {
         let (b, t) = (config.batch_size, config.block_size);
         if t > model.config.block_size {
@@ -146,6 +147,8 @@ impl Trainer {
         if optimizer.m.is_empty() {
             optimizer = AdamWState::new(model.num_params());
         }
+        let metrics =
+            if resuming { MetricsLog::append(&config.out_dir)? } else { MetricsLog::create(&config.out_dir)? };
         Ok(Self {
             grads: vec![0.0; model.num_params()],
             dropout_rng: Rng::new(config.seed ^ 0x6472_6f70),
@@ -181,8 +184,10 @@ impl Trainer {
                 ),
             });
         }
-        let metrics = MetricsLog::append(&config.out_dir)?;
-        let mut trainer = Self::assemble(config, data, state.model, state.optimizer, metrics)?;
+        // Dropout is a training setting, not part of the model's shape: the resumed run uses the one asked for.
+        let mut model = state.model;
+        model.config.dropout = config.dropout;
+        let mut trainer = Self::assemble(config, data, model, state.optimizer, true)?;
         trainer.loader.set_state(state.loader_state);
         trainer.dropout_rng = Rng::from_state(state.dropout_rng_state);
         trainer.best_val_loss = state.best_val_loss;
@@ -223,7 +228,7 @@ impl Trainer {
         }
         let grad_norm = clip_grad_norm(&mut self.grads, self.config.grad_clip);
         if !grad_norm.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step: self.optimizer.step + 1, loss: grad_norm });
+            return Err(TrainError::NonFiniteGradient { step: self.optimizer.step + 1, norm: grad_norm });
         }
         let lr = self.schedule().at(self.optimizer.step);
         let settings = OptimizerSettings {
