@@ -31,13 +31,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // Run the command on a worker of the thread pool: every kernel's parallel loop then starts from inside
+    // the pool (a cheap local push) instead of injecting work from outside and sleeping on a latch, which
+    // cost a thread wake-up per kernel call — about a third of a small model's training step.
+    let pool = match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("error: cannot start the thread pool: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = pool.install(|| match cli.command {
         Command::Prepare(args) => commands::prepare::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(bench) => commands::bench::run(bench),
-    };
+    });
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)] // so `--temperature -1` reaches the validation that names the flag
 pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file).
     #[arg(long, default_value = "out/shakespeare-char")]

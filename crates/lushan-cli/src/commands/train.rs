@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)] // so `--learning-rate -1` reaches the validation that names the flag
 pub struct Args {
     /// A TOML file of settings (the flag names with underscores); flags override it.
     #[arg(long)]
@@ -178,7 +179,7 @@ impl Progress {
         let path = self.out_dir.join(LOSS_CURVE_FILE);
         let result = render_loss_curve_png(&curves, 900, 540).and_then(|png| Ok(atomic_write(&path, &png)?));
         if let Err(e) = result {
-            self.bar.println(format!("warning: could not draw {}: {e:#}", path.display()));
+            self.bar.suspend(|| eprintln!("warning: could not draw {}: {e:#}", path.display()));
         }
     }
 }
@@ -205,7 +206,10 @@ impl Observer for Progress {
     fn on_eval(&mut self, r: &EvalReport) {
         self.val_curve.push((r.step, r.val_loss));
         let saved = if r.saved_model { " (saved)" } else { "" };
-        self.bar.println(format!("step {}: train loss {:.4}, val loss {:.4}{saved}", r.step, r.train_loss, r.val_loss));
+        // `suspend` + `println!`, not `bar.println`: the latter prints nothing when the bar is hidden (output
+        // not a terminal), which would drop the evaluation lines from logs and pipes.
+        self.bar
+            .suspend(|| println!("step {}: train loss {:.4}, val loss {:.4}{saved}", r.step, r.train_loss, r.val_loss));
         if r.step > 0 {
             self.draw_curve();
         }
