@@ -86,6 +86,9 @@ settings! {
     lr_decay_iters: u64 = 2000,
     min_lr: f32 = 1e-4,
     seed: u64 = 1337,
+    /// Replicas the batch is split over, one per core (0 = automatic: one per core for models up to 30M
+    /// parameters, otherwise 1 with every kernel split over the cores instead).
+    data_parallel: usize = 0,
     /// Fraction of a text corpus held out for validation when `data` is text.
     val_fraction: f64 = 0.1,
     /// Characters/tokens sampled from the model when training ends (0 = none).

@@ -6,6 +6,7 @@ pub mod data;
 pub mod error;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod resume;
 pub mod schedule;
 pub mod trainer;

@@ -9,7 +9,8 @@ use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use crate::resume::{self, ResumeState};
 use crate::schedule::LrSchedule;
 use lushan_kernels::rng::Rng;
-use lushan_model::{Activations, Gpt, Mode};
+use crate::parallel::{BatchRunner, choose_replicas};
+use lushan_model::Gpt;
 use lushan_tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -94,7 +95,7 @@ pub struct Trainer {
     pub optimizer: AdamWState,
     pub data: TrainData,
     grads: Vec<f32>,
-    acts: Activations,
+    runner: BatchRunner,
     loader: Loader,
     dropout_rng: Rng,
     inputs: Vec<u32>,
@@ -140,7 +141,8 @@ impl Trainer {
                 reason: format!("{t} is longer than the model's context of {}", model.config.block_size),
             });
         }
-        let acts = Activations::new(&model.config, b, t)?;
+        let replicas = choose_replicas(config.data_parallel, &model.config, model.num_params(), b);
+        let runner = BatchRunner::new(&model.config, b, t, replicas)?;
         let loader = Loader::new(&data.train, b, t, config.seed)?;
         let eval_train = eval_batches(&data.train, b, t, config.eval_iters, config.seed ^ 0x0074_7261_696e)?;
         let eval_val = eval_batches(&data.val, b, t, config.eval_iters, config.seed ^ 0x76_616c)?;
@@ -158,7 +160,7 @@ impl Trainer {
             model,
             optimizer,
             data,
-            acts,
+            runner,
             loader,
             eval_train,
             eval_val,
@@ -218,13 +220,19 @@ impl Trainer {
         let mut loss_sum = 0.0f64;
         for _ in 0..k {
             self.loader.next_batch(&mut self.inputs, &mut self.targets);
-            let mode = Mode::Train { dropout_seed: self.dropout_rng.next_u64() };
-            let loss = self.model.forward(&mut self.acts, &self.inputs, Some(&self.targets), mode)?.unwrap_or(f32::NAN);
+            let dropout_seed = self.dropout_rng.next_u64();
+            let loss = self.runner.forward_backward(
+                &self.model,
+                &self.inputs,
+                &self.targets,
+                1.0 / k as f32,
+                dropout_seed,
+                &mut self.grads,
+            )?;
             if !loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss { step: self.optimizer.step + 1, loss });
             }
             loss_sum += loss as f64;
-            self.model.backward(&mut self.acts, &mut self.grads, 1.0 / k as f32, mode);
         }
         let grad_norm = clip_grad_norm(&mut self.grads, self.config.grad_clip);
         if !grad_norm.is_finite() {
@@ -258,7 +266,7 @@ impl Trainer {
         let mut mean = |batches: &[(Vec<u32>, Vec<u32>)]| -> Result<f32> {
             let mut sum = 0.0f64;
             for (x, y) in batches {
-                sum += self.model.forward(&mut self.acts, x, Some(y), Mode::Eval)?.unwrap_or(f32::NAN) as f64;
+                sum += self.runner.loss(&self.model, x, y)? as f64;
             }
             Ok((sum / batches.len().max(1) as f64) as f32)
         };

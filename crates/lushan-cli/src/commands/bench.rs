@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use lushan_kernels::rng::Rng;
-use lushan_model::{Activations, Gpt, Mode};
+use lushan_model::Gpt;
 use lushan_train::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
+use lushan_train::parallel::{BatchRunner, choose_replicas};
 use lushan_train::{Preset, TrainConfig, TrainOverrides};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -47,7 +48,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mcfg = config.model_config(args.vocab_size);
     let mut model = Gpt::new(mcfg.clone(), config.seed)?;
     let (b, t) = (config.batch_size, config.block_size);
-    let mut acts = Activations::new(&mcfg, b, t)?;
+    let replicas = choose_replicas(config.data_parallel, &mcfg, model.num_params(), b);
+    let mut runner = BatchRunner::new(&mcfg, b, t, replicas)?;
     let mut grads = vec![0.0; model.num_params()];
     let mut opt = AdamWState::new(model.num_params());
     let hp =
@@ -56,10 +58,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut tokens = vec![0u32; b * t + 1];
     let threads = rayon::current_num_threads();
     println!(
-        "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {threads} threads, {} warm-up + {} timed steps",
+        "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {threads} threads, {} data-parallel replica(s), {} warm-up + {} timed steps",
         args.preset,
         model.num_params(),
         config.gradient_accumulation_steps,
+        runner.replicas(),
         args.warmup,
         args.steps
     );
@@ -69,9 +72,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         grads.fill(0.0);
         for _ in 0..config.gradient_accumulation_steps {
             tokens.iter_mut().for_each(|x| *x = rng.below(args.vocab_size as u64) as u32);
-            let mode = Mode::Train { dropout_seed: rng.next_u64() };
-            model.forward(&mut acts, &tokens[..b * t], Some(&tokens[1..]), mode)?;
-            model.backward(&mut acts, &mut grads, 1.0 / config.gradient_accumulation_steps as f32, mode);
+            let scale = 1.0 / config.gradient_accumulation_steps as f32;
+            runner.forward_backward(&model, &tokens[..b * t], &tokens[1..], scale, rng.next_u64(), &mut grads)?;
         }
         clip_grad_norm(&mut grads, config.grad_clip);
         opt.update(&mut model, &grads, config.learning_rate, &hp);
@@ -100,7 +102,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         "JSON {}",
         serde_json::json!({"bench": "train", "preset": format!("{:?}", args.preset), "ms_per_step": median * 1e3,
             "tokens_per_second": tokens_per_step / median, "gflops": achieved / 1e9, "sgemm_ceiling_gflops": ceiling / 1e9,
-            "threads": threads})
+            "threads": threads, "replicas": runner.replicas()})
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,180 @@
+//! Data-parallel steps for small models: the batch is split by sequence into one replica per core, each
+//! replica runs the whole forward and backward on its own thread with its own buffers (kernels run serially
+//! inside a one-thread pool), and the replicas' gradients are summed in a fixed order.
+//!
+//! Splitting every kernel over both cores costs a synchronisation per kernel call — about 150 per step —
+//! and shares caches badly; a small model's step is dominated by that. Large models (whose matrix products
+//! are big enough to split well) use a single replica, which keeps one gradient buffer.
+
+use crate::error::{Result, TrainError};
+use lushan_model::{Activations, Gpt, Mode, ModelConfig};
+use rayon::prelude::*;
+
+/// Models up to this many parameters are split across cores by batch; larger ones by kernel.
+pub const DATA_PARALLEL_MAX_PARAMS: usize = 30_000_000;
+
+struct Replica {
+    acts: Activations,
+    /// Gradient buffer of this replica (empty for a lone replica, which writes the caller's buffer).
+    grads: Vec<f32>,
+    pool: Option<rayon::ThreadPool>,
+    /// Sequences of the batch this replica handles.
+    sequences: std::ops::Range<usize>,
+}
+
+/// Buffers for (B, T) batches split over replicas.
+pub struct BatchRunner {
+    replicas: Vec<Replica>,
+    t: usize,
+    b: usize,
+}
+
+impl std::fmt::Debug for BatchRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchRunner").field("replicas", &self.replicas.len()).field("b", &self.b).finish()
+    }
+}
+
+/// How many replicas to use: `requested` if non-zero, else one per core for small models.
+pub fn choose_replicas(requested: usize, cfg: &ModelConfig, num_params: usize, b: usize) -> usize {
+    let wanted = if requested > 0 {
+        requested
+    } else if num_params <= DATA_PARALLEL_MAX_PARAMS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let _ = cfg;
+    wanted.clamp(1, b.max(1))
+}
+
+impl BatchRunner {
+    pub fn new(cfg: &ModelConfig, b: usize, t: usize, replicas: usize) -> Result<Self> {
+        let replicas = replicas.clamp(1, b.max(1));
+        let num_params = lushan_model::ParamLayout::new(cfg).total();
+        let mut out = Vec::with_capacity(replicas);
+        for r in 0..replicas {
+            // Even split of sequences; the first `b % replicas` replicas take one more.
+            let start = r * (b / replicas) + r.min(b % replicas);
+            let len = b / replicas + usize::from(r < b % replicas);
+            let pool = if replicas > 1 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("lushan-replica-{r}"))
+                    .build()
+                    .map_err(|e| TrainError::InvalidSetting { name: "threads".into(), reason: e.to_string() })?;
+                Some(pool)
+            } else {
+                None
+            };
+            out.push(Replica {
+                acts: Activations::new(cfg, len, t)?,
+                grads: if replicas > 1 { vec![0.0; num_params] } else { Vec::new() },
+                pool,
+                sequences: start..start + len,
+            });
+        }
+        Ok(Self { replicas: out, t, b })
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Forward and backward of one (B, T) batch; **accumulates** `loss_scale ×` the gradient of the batch's
+    /// mean loss into `grads` and returns that mean loss. Each replica's dropout masks come from its own seed.
+    pub fn forward_backward(
+        &mut self,
+        model: &Gpt,
+        inputs: &[u32],
+        targets: &[u32],
+        loss_scale: f32,
+        dropout_seed: u64,
+        grads: &mut [f32],
+    ) -> Result<f32> {
+        let (b, t) = (self.b, self.t);
+        if let [single] = self.replicas.as_mut_slice() {
+            let mode = Mode::Train { dropout_seed };
+            let loss = model.forward(&mut single.acts, inputs, Some(targets), mode)?.unwrap_or(f32::NAN);
+            model.backward(&mut single.acts, grads, loss_scale, mode);
+            return Ok(loss);
+        }
+        let results: Vec<Result<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter_mut()
+                .enumerate()
+                .map(|(i, r)| {
+                    scope.spawn(move || {
+                        let Replica { acts, grads, pool, sequences } = r;
+                        let rows = sequences.start * t..sequences.end * t;
+                        let share = sequences.len() as f32 / b as f32;
+                        let mode = Mode::Train { dropout_seed: dropout_seed.wrapping_add(i as u64) };
+                        let mut work = move || -> Result<f32> {
+                            let loss = model
+                                .forward(acts, &inputs[rows.clone()], Some(&targets[rows.clone()]), mode)?
+                                .unwrap_or(f32::NAN);
+                            grads.fill(0.0);
+                            model.backward(acts, grads, loss_scale * share, mode);
+                            Ok(loss * share)
+                        };
+                        match pool {
+                            Some(pool) => pool.install(work),
+                            None => work(),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(f32::NAN))).collect()
+        });
+        let mut loss = 0.0f32;
+        for r in results {
+            loss += r?;
+        }
+        // Fixed order of addition: results do not depend on scheduling.
+        const CHUNK: usize = 1 << 14;
+        let replicas = &self.replicas;
+        grads.par_chunks_mut(CHUNK).enumerate().for_each(|(i, g)| {
+            let range = i * CHUNK..i * CHUNK + g.len();
+            for r in replicas {
+                for (g, &x) in g.iter_mut().zip(&r.grads[range.clone()]) {
+                    *g += x;
+                }
+            }
+        });
+        Ok(loss)
+    }
+
+    /// Mean loss of one (B, T) batch without gradients (evaluation), split over replicas like training.
+    pub fn loss(&mut self, model: &Gpt, inputs: &[u32], targets: &[u32]) -> Result<f32> {
+        let (b, t) = (self.b, self.t);
+        if let [single] = self.replicas.as_mut_slice() {
+            return Ok(model.forward(&mut single.acts, inputs, Some(targets), Mode::Eval)?.unwrap_or(f32::NAN));
+        }
+        let results: Vec<Result<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter_mut()
+                .map(|r| {
+                    scope.spawn(move || {
+                        let Replica { acts, pool, sequences, .. } = r;
+                        let rows = sequences.start * t..sequences.end * t;
+                        let share = sequences.len() as f32 / b as f32;
+                        let mut work = move || -> Result<f32> {
+                            let loss = model
+                                .forward(acts, &inputs[rows.clone()], Some(&targets[rows.clone()]), Mode::Eval)?
+                                .unwrap_or(f32::NAN);
+                            Ok(loss * share)
+                        };
+                        match pool {
+                            Some(pool) => pool.install(work),
+                            None => work(),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(f32::NAN))).collect()
+        });
+        results.into_iter().sum()
+    }
+}
