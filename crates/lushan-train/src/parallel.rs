@@ -36,7 +36,7 @@ impl std::fmt::Debug for BatchRunner {
 }
 
 /// How many replicas to use: `requested` if non-zero, else one per core for small models.
-pub fn choose_replicas(requested: usize, cfg: &ModelConfig, num_params: usize, b: usize) -> usize {
+pub fn choose_replicas(requested: usize, num_params: usize, b: usize) -> usize {
     let wanted = if requested > 0 {
         requested
     } else if num_params <= DATA_PARALLEL_MAX_PARAMS {
@@ -44,7 +44,6 @@ pub fn choose_replicas(requested: usize, cfg: &ModelConfig, num_params: usize, b
     } else {
         1
     };
-    let _ = cfg;
     wanted.clamp(1, b.max(1))
 }
 
@@ -125,7 +124,7 @@ impl BatchRunner {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(f32::NAN))).collect()
+            handles.into_iter().map(|h| h.join().unwrap_or(Ok(f32::NAN))).collect()
         });
         let mut loss = 0.0f32;
         for r in results {
@@ -173,8 +172,50 @@ impl BatchRunner {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(f32::NAN))).collect()
+            handles.into_iter().map(|h| h.join().unwrap_or(Ok(f32::NAN))).collect()
         });
         results.into_iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(b: usize, t: usize, v: u32) -> (Vec<u32>, Vec<u32>) {
+        let tokens: Vec<u32> = (0..b * t + 1).map(|i| (i as u32 * 7 + 3) % v).collect();
+        (tokens[..b * t].to_vec(), tokens[1..].to_vec())
+    }
+
+    #[test]
+    fn replicas_give_the_same_loss_and_gradient_as_one_batch_and_repeat_exactly() {
+        let cfg = ModelConfig::new(23, 8, 2, 2, 16);
+        let model = Gpt::new(cfg.clone(), 3).unwrap();
+        let (b, t) = (5, 8); // uneven split: 3 + 2 sequences
+        let (x, y) = batch(b, t, 23);
+        let mut one = BatchRunner::new(&cfg, b, t, 1).unwrap();
+        let mut two = BatchRunner::new(&cfg, b, t, 2).unwrap();
+        assert_eq!(two.replicas(), 2);
+        let (mut g1, mut g2, mut g2_again) =
+            (vec![0.0; model.num_params()], vec![0.0; model.num_params()], vec![0.0; model.num_params()]);
+        let l1 = one.forward_backward(&model, &x, &y, 0.5, 0, &mut g1).unwrap();
+        let l2 = two.forward_backward(&model, &x, &y, 0.5, 0, &mut g2).unwrap();
+        two.forward_backward(&model, &x, &y, 0.5, 0, &mut g2_again).unwrap();
+        assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+        let max = g1.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!((a - b).abs() <= 1e-5 * max, "{a} vs {b}");
+        }
+        assert_eq!(g2, g2_again, "replicated steps must be bit-identical run to run");
+        let e1 = one.loss(&model, &x, &y).unwrap();
+        let e2 = two.loss(&model, &x, &y).unwrap();
+        assert!((e1 - e2).abs() < 1e-5 && (e1 - l1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn small_models_split_by_batch_and_large_ones_do_not() {
+        assert_eq!(choose_replicas(0, 1_000_000, 12), rayon::current_num_threads().clamp(1, 12));
+        assert_eq!(choose_replicas(0, 124_000_000, 12), 1);
+        assert_eq!(choose_replicas(3, 124_000_000, 2), 2);
     }
 }

@@ -6,10 +6,10 @@ use crate::data::{Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_toke
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
+use crate::parallel::{BatchRunner, choose_replicas};
 use crate::resume::{self, ResumeState};
 use crate::schedule::LrSchedule;
 use lushan_kernels::rng::Rng;
-use crate::parallel::{BatchRunner, choose_replicas};
 use lushan_model::Gpt;
 use lushan_tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,7 +141,7 @@ impl Trainer {
                 reason: format!("{t} is longer than the model's context of {}", model.config.block_size),
             });
         }
-        let replicas = choose_replicas(config.data_parallel, &model.config, model.num_params(), b);
+        let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
         let runner = BatchRunner::new(&model.config, b, t, replicas)?;
         let loader = Loader::new(&data.train, b, t, config.seed)?;
         let eval_train = eval_batches(&data.train, b, t, config.eval_iters, config.seed ^ 0x0074_7261_696e)?;

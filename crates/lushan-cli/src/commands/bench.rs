@@ -48,7 +48,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mcfg = config.model_config(args.vocab_size);
     let mut model = Gpt::new(mcfg.clone(), config.seed)?;
     let (b, t) = (config.batch_size, config.block_size);
-    let replicas = choose_replicas(config.data_parallel, &mcfg, model.num_params(), b);
+    let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
     let mut runner = BatchRunner::new(&mcfg, b, t, replicas)?;
     let mut grads = vec![0.0; model.num_params()];
     let mut opt = AdamWState::new(model.num_params());
