@@ -359,7 +359,7 @@ fn bad_training_input_fails_with_a_message_naming_it() {
 
     let o = train(&["--learning-rat", "0.1"], &["--learning-rat"]);
     assert_eq!(o.code, 2, "usage errors exit 2");
-    train(&["--n-embd", "30", "--n-head", "4"], &["n_embd", "n_head"]);
+    train(&["--n-embd", "30", "--n-head", "4"], &["--n-embd", "--n-head"]);
     train(&["--learning-rate", "-1"], &["--learning-rate"]);
     fails(&["train", "--data", s(&data), "--out-dir", s(&out), "--batch-size", "0"], &["--batch-size"]);
     assert!(!out.exists(), "a rejected configuration should not create the output directory");
@@ -573,7 +573,7 @@ fn bench_train_reports_throughput() {
     let json = o.stdout.lines().find_map(|l| l.strip_prefix("JSON ")).unwrap_or_else(|| panic!("no JSON line: {o:?}"));
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0, "{v}");
-    fails(&["bench", "train", "--n-embd", "30", "--n-head", "4"], &["n_embd"]);
+    fails(&["bench", "train", "--n-embd", "30", "--n-head", "4"], &["--n-embd"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -602,4 +602,58 @@ fn help_for_every_subcommand_names_its_main_flags() {
     assert!(v.stdout.starts_with("lushan "), "{v:?}");
     let none = lushan(&[]);
     assert_eq!(none.code, 2, "no subcommand is a usage error: {none:?}");
+}
+
+#[test]
+fn fine_tuning_starts_from_a_checkpoint_keeps_its_vocabulary_and_checks_the_data() {
+    let (dir, data, base) = trained();
+    let tuned = dir.path().join("tuned");
+    // The checkpoint's shape wins over the flags; its step-0 evaluation is the "before" loss.
+    let o = ok(&train_args(
+        &data,
+        &tuned,
+        &[
+            "--init-from",
+            s(&base),
+            "--n-layer",
+            "3",
+            "--max-iters",
+            "10",
+            "--eval-interval",
+            "5",
+            "--learning-rate",
+            "3e-4",
+        ],
+    ));
+    assert!(o.stdout.contains("fine-tuning"), "{o:?}");
+    assert!(o.stdout.contains("step 0: train loss") && o.stdout.contains("step 10:"), "{o:?}");
+    let settings = std::fs::read_to_string(tuned.join("train_config.toml")).unwrap();
+    assert!(settings.contains("n_layer = 1"), "{settings}");
+    assert_eq!(
+        std::fs::read(tuned.join("lushan-tokenizer.json")).unwrap(),
+        std::fs::read(base.join("lushan-tokenizer.json")).unwrap()
+    );
+    // A fresh model would start near ln(65) ≈ 4.2: the fine-tuned one starts where the checkpoint was.
+    let first_val: f64 = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("step 0:"))
+        .and_then(|l| l.split("val loss ").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(first_val < 3.9, "step-0 validation loss {first_val} is not the checkpoint's");
+    ok(&["generate", "--model", s(&tuned), "--max-new-tokens", "10"]);
+
+    // Text with a character the checkpoint's vocabulary lacks is refused, naming it.
+    let odd = dir.path().join("odd.txt");
+    std::fs::write(&odd, "ROMEO: ünïcödé ".repeat(200)).unwrap();
+    fails(&train_args(&odd, &dir.path().join("odd-out"), &["--init-from", s(&base)]), &["odd.txt"]);
+    // Shards made by another tokenizer are refused.
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "abc ".repeat(500)).unwrap();
+    let prepared = dir.path().join("prepared");
+    ok(&["prepare", s(&other), "--out", s(&prepared)]);
+    fails(&train_args(&prepared, &dir.path().join("mismatch"), &["--init-from", s(&base)]), &["vocabulary mismatch"]);
+    fails(&["train", "--preset", "finetune-shakespeare", "--data", s(&data)], &["--init-from"]);
 }

@@ -16,6 +16,49 @@ pub enum Preset {
     ShakespeareChar,
     /// nanoGPT's baby GPT: 6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2.
     BabyGpt,
+    /// nanoGPT's `finetune_shakespeare`: from `--init-from DIR`, lr 3e-5 constant, batch 1 × 32 accumulated,
+    /// 20 iterations, evaluation every 5.
+    FinetuneShakespeare,
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum InitFrom {
+    /// GPT-2 initialisation from `seed`.
+    #[default]
+    Scratch,
+    /// A checkpoint directory (lushan's or Hugging Face's GPT-2 layout); the optimiser starts fresh.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for InitFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "" => Err("expected `scratch` or a checkpoint directory".into()),
+            "scratch" => Ok(Self::Scratch),
+            dir => Ok(Self::Dir(PathBuf::from(dir))),
+        }
+    }
+}
+
+impl From<InitFrom> for String {
+    fn from(v: InitFrom) -> String {
+        match v {
+            InitFrom::Scratch => "scratch".into(),
+            InitFrom::Dir(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl TryFrom<String> for InitFrom {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 macro_rules! settings {
@@ -53,6 +96,9 @@ settings! {
     data: PathBuf = PathBuf::from("data/tinyshakespeare.txt"),
     /// Checkpoint directory: the best model (Hugging Face layout), `resume/`, metrics.jsonl and loss.png.
     out_dir: PathBuf = PathBuf::from("out/shakespeare-char"),
+    /// `scratch`, or a checkpoint directory to fine-tune (lushan's or Hugging Face's GPT-2 layout): the
+    /// model's shape and tokenizer come from it, the optimiser starts fresh.
+    init_from: InitFrom = InitFrom::Scratch,
     /// Evaluate (and maybe checkpoint) every N updates.
     eval_interval: u64 = 250,
     /// Batches per split in each evaluation.
@@ -110,6 +156,17 @@ impl TrainConfig {
             c.lr_decay_iters = 5000;
             c.eval_iters = 200;
         }
+        if preset == Preset::FinetuneShakespeare {
+            c.out_dir = PathBuf::from("out/finetune-shakespeare");
+            c.learning_rate = 3e-5;
+            c.decay_lr = false;
+            c.batch_size = 1;
+            c.gradient_accumulation_steps = 32;
+            c.max_iters = 20;
+            c.eval_interval = 5;
+            c.eval_iters = 40;
+            c.sample_tokens = 200;
+        }
         c
     }
 
@@ -121,6 +178,12 @@ impl TrainConfig {
         }
         c.apply(flags);
         c.validate()?;
+        if preset == Preset::FinetuneShakespeare && c.init_from == InitFrom::Scratch {
+            return Err(TrainError::InvalidSetting {
+                name: "--init-from".into(),
+                reason: "the finetune-shakespeare preset needs a checkpoint directory to start from".into(),
+            });
+        }
         Ok(c)
     }
 
@@ -169,11 +232,24 @@ impl TrainConfig {
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad("val_fraction", format!("must be in (0, 1), got {}", self.val_fraction));
         }
-        self.model_config(2).validate().map_err(|e| TrainError::InvalidSetting {
-            name: "model".into(),
-            reason: e.to_string().replace('`', "").replace("invalid model configuration: ", "--"),
+        self.model_config(2).validate().map_err(|e| match e {
+            lushan_model::ModelError::InvalidConfig { field, reason } => TrainError::InvalidSetting {
+                name: format!("--{}", field.replace('_', "-")),
+                reason: reason.replace("n_head", "--n-head"),
+            },
+            other => TrainError::InvalidSetting { name: "model".into(), reason: other.to_string() },
         })?;
+
         Ok(())
+    }
+
+    /// Takes the model shape of a checkpoint being fine-tuned (its layers, heads, width and position
+    /// encoding), so the saved training config describes the model actually trained.
+    pub fn adopt_model_shape(&mut self, model: &ModelConfig) {
+        self.n_layer = model.n_layer;
+        self.n_head = model.n_head;
+        self.n_embd = model.n_embd;
+        self.position_encoding = model.position_encoding;
     }
 
     /// Tokens processed per update.
@@ -213,7 +289,7 @@ mod tests {
         assert!(msg.contains("bad.toml") && msg.contains("max_itters"), "{msg}");
         let flags = TrainOverrides { n_embd: Some(130), ..Default::default() };
         let msg = TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string();
-        assert!(msg.contains("n_embd") && msg.contains("n_head"), "{msg}");
+        assert!(msg.contains("--n-embd") && msg.contains("--n-head"), "{msg}");
         let flags = TrainOverrides { batch_size: Some(0), ..Default::default() };
         let msg = TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string();
         assert!(msg.contains("--batch-size"), "{msg}");

@@ -11,6 +11,6 @@ pub mod resume;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{Preset, TrainConfig, TrainOverrides};
+pub use config::{InitFrom, Preset, TrainConfig, TrainOverrides};
 pub use error::{Result, TrainError};
 pub use trainer::{EvalReport, Observer, RunEnd, StepReport, TrainData, Trainer};

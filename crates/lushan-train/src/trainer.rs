@@ -2,7 +2,7 @@
 //! best-model checkpoints, resumable state, early stopping and a clean stop on request.
 
 use crate::config::TrainConfig;
-use crate::data::{Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_tokenizer, prepare_char};
+use crate::data::{Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_tokenizer, prepare_with};
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
@@ -27,14 +27,23 @@ impl TrainData {
     /// Opens the data `config.data` names: a directory made by `lushan prepare`, or text (a file or a
     /// directory of text files) that is tokenized per character into `out_dir/data` first.
     pub fn load(config: &TrainConfig) -> Result<Self> {
+        Self::load_for(config, None)
+    }
+
+    /// Like [`TrainData::load`], for a model that already has a tokenizer (fine-tuning): text is tokenized
+    /// with it, and prepared shards must have been made with it.
+    pub fn load_for(config: &TrainConfig, tokenizer: Option<&Tokenizer>) -> Result<Self> {
         let dir = if config.data.join(TRAIN_SHARD).is_file() {
             config.data.clone()
         } else {
             let dir = config.out_dir.join("data");
-            prepare_char(std::slice::from_ref(&config.data), &dir, config.val_fraction)?;
+            prepare_with(tokenizer, std::slice::from_ref(&config.data), &dir, config.val_fraction)?;
             dir
         };
-        let tokenizer = load_tokenizer(&dir)?;
+        let tokenizer = match tokenizer {
+            Some(t) => t.clone(),
+            None => load_tokenizer(&dir)?,
+        };
         let vocab = Some(tokenizer.vocab_size());
         let train = Shard::open(&dir.join(TRAIN_SHARD), vocab)?;
         let val = Shard::open(&dir.join(VAL_SHARD), vocab)?;

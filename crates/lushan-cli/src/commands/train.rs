@@ -1,11 +1,12 @@
 //! `lushan train`: the training loop with a progress bar, metrics, a loss curve and a closing sample.
 
+use crate::model_dir;
 use crate::plot::{LossCurves, render_loss_curve_png};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lushan_model::checkpoint::atomic_write;
 use lushan_model::{Generator, Sampling};
-use lushan_train::{EvalReport, Observer, Preset, RunEnd, StepReport, TrainConfig, TrainOverrides, Trainer};
+use lushan_train::{EvalReport, InitFrom, Observer, Preset, RunEnd, StepReport, TrainConfig, TrainOverrides, Trainer};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,9 +33,25 @@ pub const LOSS_CURVE_FILE: &str = "loss.png";
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
-    let config = resolve(&args)?;
+    let mut config = resolve(&args)?;
+    let init = match (config.init_from.clone(), &args.resume) {
+        (InitFrom::Dir(dir), None) => {
+            let (mut model, tokenizer) = model_dir::load(&dir)?;
+            model.config.dropout = config.dropout;
+            config.adopt_model_shape(&model.config);
+            println!(
+                "fine-tuning {} ({} parameters, tokenizer {}); its shape overrides the model settings",
+                dir.display(),
+                model.num_params(),
+                tokenizer.describe()
+            );
+            Some((model, tokenizer))
+        }
+        _ => None,
+    };
     println!("# resolved training configuration\n{}", toml::to_string(&config).unwrap_or_default());
-    let data = lushan_train::TrainData::load(&config).context("loading training data")?;
+    let data =
+        lushan_train::TrainData::load_for(&config, init.as_ref().map(|(_, t)| t)).context("loading training data")?;
     println!(
         "data: {} train / {} val tokens, tokenizer {}",
         data.train.len(),
@@ -43,7 +60,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     let mut trainer = match &args.resume {
         Some(_) => Trainer::resume(config.clone(), data)?,
-        None => Trainer::new(config.clone(), data, None)?,
+        None => Trainer::new(config.clone(), data, init.map(|(model, _)| model))?,
     };
     let out_dir = config.out_dir.clone();
     let settings_path = out_dir.join("train_config.toml");

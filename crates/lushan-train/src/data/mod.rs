@@ -11,6 +11,7 @@ pub mod shard;
 
 pub use loader::{Loader, SequentialWindows, Window, eval_batches, sequential_windows};
 pub use prepare::{
-    Corpus, PrepareReport, encode_file_with, load_tokenizer, prepare_char, read_corpus, save_tokenizer, split_point,
+    Corpus, PrepareReport, encode_file_with, load_tokenizer, prepare_char, prepare_with, read_corpus, save_tokenizer,
+    split_point,
 };
 pub use shard::{SHARD_MAGIC, SHARD_VERSION, Shard, TRAIN_SHARD, VAL_SHARD, token_width, write_shard};

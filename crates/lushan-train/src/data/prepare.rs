@@ -57,12 +57,26 @@ pub struct Corpus {
 /// Builds a char tokenizer from `inputs` and writes `train.bin`, `val.bin` and the tokenizer file into
 /// `out_dir` (created if needed), each atomically.
 pub fn prepare_char(inputs: &[PathBuf], out_dir: &Path, val_fraction: f64) -> Result<PrepareReport> {
+    prepare_with(None, inputs, out_dir, val_fraction)
+}
+
+/// Like [`prepare_char`], but with a given tokenizer (fine-tuning keeps the checkpoint's vocabulary; a
+/// character it lacks is an error naming the file, line and column). `None` builds a char tokenizer.
+pub fn prepare_with(
+    tokenizer: Option<&Tokenizer>,
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    val_fraction: f64,
+) -> Result<PrepareReport> {
     check_val_fraction(val_fraction)?;
     let corpus = read_corpus(inputs)?;
-    let char_tokenizer = CharTokenizer::from_text(&corpus.text)
-        .map_err(|source| TrainError::Tokenizer { path: corpus_label(&corpus.files).into(), source })?;
-    let tokenizer = Tokenizer::Char(char_tokenizer);
-    // Cannot fail: every character of the corpus is in a vocabulary built from it.
+    let tokenizer = match tokenizer {
+        Some(t) => t.clone(),
+        None => Tokenizer::Char(
+            CharTokenizer::from_text(&corpus.text)
+                .map_err(|source| TrainError::Tokenizer { path: corpus_label(&corpus.files).into(), source })?,
+        ),
+    };
     let tokens = tokenizer
         .encode(&corpus.text)
         .map_err(|source| TrainError::Tokenizer { path: corpus_label(&corpus.files).into(), source })?;
