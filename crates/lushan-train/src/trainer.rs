@@ -160,6 +160,11 @@ impl Trainer {
         }
         let metrics =
             if resuming { MetricsLog::append(&config.out_dir)? } else { MetricsLog::create(&config.out_dir)? };
+        // A run killed mid-save leaves its temporary files behind; the new run sweeps them.
+        for dir in [config.out_dir.clone(), config.out_dir.join(crate::resume::RESUME_DIR)] {
+            lushan_model::checkpoint::remove_stale_temp_files(&dir)
+                .map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+        }
         Ok(Self {
             grads: vec![0.0; model.num_params()],
             dropout_rng: Rng::new(config.seed ^ 0x6472_6f70),

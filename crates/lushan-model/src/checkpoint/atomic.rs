@@ -53,6 +53,44 @@ fn temp_path(path: &Path) -> io::Result<PathBuf> {
     Ok(parent_dir(path).join(temp_name))
 }
 
+/// Removes temporary files that a killed process left in `dir` (our `.<name>.tmp-<pid>-<n>` files whose
+/// process is gone). Returns how many were removed. Files of live processes are left alone.
+pub fn remove_stale_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = temp_file_pid(&name.to_string_lossy()) else { continue };
+        if pid != std::process::id() && !process_alive(pid) && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The writer's pid, if `name` is one of our temporary file names.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, counter) = tail.split_once('-')?;
+    counter.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true // cannot tell: keep the file
+    }
+}
+
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -76,6 +114,22 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".model.safetensors.tmp-4294967-3");
+        let mine = dir.path().join(format!(".config.json.tmp-{}-0", std::process::id()));
+        let other = dir.path().join("model.safetensors");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 1);
+        assert!(!dead.exists() && mine.exists() && other.exists());
+        assert_eq!(remove_stale_temp_files(&dir.path().join("missing")).unwrap(), 0);
+        assert_eq!(temp_file_pid(".a.b.tmp-12-7"), Some(12));
+        assert_eq!(temp_file_pid("a.tmp-12-7"), None);
+    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> =

@@ -6,7 +6,7 @@ pub mod atomic;
 pub mod hf_config;
 pub mod safetensors_io;
 
-pub use atomic::{atomic_write, atomic_write_with};
+pub use atomic::{atomic_write, atomic_write_with, remove_stale_temp_files};
 pub use hf_config::{parse_config_json, write_config_json};
 pub use safetensors_io::{load_safetensors, save_safetensors};
 
