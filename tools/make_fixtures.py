@@ -9,11 +9,11 @@ Writes, under crates/lushan-train/tests/fixtures/:
 
   gpt_tiny_learned.safetensors      (+ .json side-car with the same metadata)
   gpt_tiny_sinusoidal.safetensors   (+ .json)
-  hf_gpt2_tiny/                     a transformers `save_pretrained` GPT-2 dir + expected.safetensors
 
 Every run first proves the reference is GPT-2: it copies the reference weights into transformers'
-GPT2LMHeadModel (with the Conv1D transposes) and asserts identical logits, and loads the HF fixture's
-weights into the reference and asserts the same again. A failing assertion writes nothing further.
+GPT2LMHeadModel (with the Conv1D transposes) and asserts identical logits. A failing assertion writes
+nothing further. The Hugging Face checkpoint fixtures are written by tools/make_hf_fixtures.py, which
+reuses this reference.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,10 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "crates" / "lushan-train" / "tests" / "fixtures"
 
 SEED = 1337
-HF_SEED = 0
-HF_INPUT_IDS = [3, 17, 42, 5, 9, 63, 0, 12, 33, 8, 1, 50]
-HF_PROMPT_LEN = 4
-HF_NEW_TOKENS = 12
 HF_CHECK_TOL = 1e-5
 
 # Parameters in lushan's storage order (ParamKind::ALL). Per-layer kinds are stacked with a leading L.
@@ -411,87 +406,12 @@ def make_gpt_tiny(h: Hyper) -> None:
         write_safetensors(OUT_DIR / f"gpt_tiny_{pe}.safetensors", f32, variant_metadata(h, pe, check, precision))
 
 
-def greedy_reference(p: dict[str, torch.Tensor], prompt: torch.Tensor, new_tokens: int, h: Hyper) -> torch.Tensor:
-    ids = prompt.clone()
-    for _ in range(new_tokens):
-        logits, _, _ = forward(p, ids, h)
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
-def make_hf_tiny(h: Hyper) -> None:
-    d = OUT_DIR / "hf_gpt2_tiny"
-    if d.exists():
-        shutil.rmtree(d)
-    n_positions = 16
-    config = hf_config(h, n_positions)
-    torch.manual_seed(HF_SEED)
-    model = GPT2LMHeadModel(config).eval()
-    try:
-        model.save_pretrained(d, safe_serialization=True)
-    except TypeError:  # transformers >= 5 always writes safetensors and dropped the flag
-        model.save_pretrained(d)
-    assert (d / "model.safetensors").exists(), "save_pretrained did not write model.safetensors"
-    assert not list(d.glob("*.bin")), "save_pretrained wrote a pickle"
-
-    input_ids = torch.tensor([HF_INPUT_IDS], dtype=torch.long)
-    with torch.no_grad():
-        logits = model(input_ids).logits
-        greedy = model.generate(
-            input_ids[:, :HF_PROMPT_LEN], max_new_tokens=HF_NEW_TOKENS, do_sample=False,
-            pad_token_id=config.eos_token_id, attention_mask=torch.ones(1, HF_PROMPT_LEN, dtype=torch.long),
-        )
-    assert greedy.shape == (1, HF_PROMPT_LEN + HF_NEW_TOKENS), greedy.shape
-
-    # the reference must reproduce transformers from the saved file, not from the in-memory model
-    saved = load_file(str(d / "model.safetensors"))
-    ref_h = Hyper(block_size=n_positions, seq_len=len(HF_INPUT_IDS))
-    p = from_hf_state(saved, h.n_layer)
-    with torch.no_grad():
-        ref_logits, _, _ = forward(p, input_ids, ref_h)
-        ref_greedy = greedy_reference(p, input_ids[:, :HF_PROMPT_LEN], HF_NEW_TOKENS, ref_h)
-    diff = max_abs(ref_logits, logits)
-    print(f"[check] reference (weights from hf_gpt2_tiny/model.safetensors) vs transformers: "
-          f"max |logits diff| = {diff:.3e}")
-    assert diff < HF_CHECK_TOL, f"reference disagrees with transformers on the HF fixture: {diff}"
-    assert torch.equal(ref_greedy, greedy), (ref_greedy, greedy)
-    print(f"[check] reference greedy == transformers generate: {greedy[0].tolist()}")
-
-    meta = {
-        "fixture": "hf_gpt2_tiny",
-        "generator": "tools/make_fixtures.py",
-        **versions(),
-        "seed": HF_SEED,
-        "config": "GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, "
-                  "activation_function='gelu_new', resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)",
-        "model": "torch.manual_seed(0); GPT2LMHeadModel(config).eval(); save_pretrained(dir)",
-        "input_ids": HF_INPUT_IDS,
-        "generate": f"model.generate(input_ids[:, :{HF_PROMPT_LEN}], max_new_tokens={HF_NEW_TOKENS}, "
-                    "do_sample=False)",
-        "greedy": greedy[0].tolist(),
-        "saved_tensor_names": sorted(saved.keys()),
-        "check_reference_vs_transformers_max_abs_logits_diff": diff,
-    }
-    tensors = {
-        "input_ids": input_ids.to(torch.int32),
-        "logits": logits.detach().to(torch.float32),
-        "greedy": greedy.to(torch.int32),
-    }
-    path = d / "expected.safetensors"
-    save_reproducible(tensors, path, meta)
-    (d / "expected.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    total = sum(f.stat().st_size for f in d.iterdir())
-    print(f"[write] {d.relative_to(ROOT)}/ ({', '.join(sorted(f.name for f in d.iterdir()))}; {total} bytes)")
-    assert total < 1_000_000, total
-
-
 def main() -> int:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     h = Hyper()
     make_gpt_tiny(h)
-    make_hf_tiny(h)
     total = sum(f.stat().st_size for f in OUT_DIR.rglob("*") if f.is_file())
     print(f"[done] {OUT_DIR.relative_to(ROOT)}: {total} bytes in total")
     return 0

@@ -13,8 +13,11 @@ use crate::error::{ModelError, Result};
 use crate::params::{ParamKind, ParamLayout};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::ops::Range;
@@ -118,12 +121,18 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(io_err)?;
     let file_len = file.metadata().map_err(io_err)?.len();
-    check_header_length(path, &mut file, file_len)?;
+    let header_len = check_header_length(path, &mut file, file_len)?;
     // SAFETY: the map is read-only and dropped before returning. Mapped memory can change under us only
     // if another process rewrites this file in place while we read it; lushan never does (every save
     // writes a new file and renames it over the old one, so an open map keeps the old inode's bytes).
     // Every read below goes through slices bounds-checked against the header.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+    // `header_len` ≤ file length - 8 was checked above; `get` keeps a file that shrank since then a plain
+    // error (from safetensors, below) rather than a panic.
+    let header_end = usize::try_from(header_len).map_or(usize::MAX, |n| n.saturating_add(8));
+    if let Some(header) = map.get(8..header_end) {
+        check_header_entries(path, header, (map.len() - header_end) as u64)?;
+    }
     let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
     let found = match_tensors(&st, cfg)
         .map_err(|problems| ModelError::TensorMismatch { path: path.to_path_buf(), problems })?;
@@ -163,8 +172,8 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
 }
 
 /// Rejects files too short for a header, or whose header length is absurd or beyond the file, before
-/// the file is mapped and parsed.
-fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<()> {
+/// the file is mapped and parsed. Returns the header length.
+fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u64> {
     let not_safetensors = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
     if file_len < 8 {
         return Err(not_safetensors(format!(
@@ -185,7 +194,96 @@ fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<()
             "the header is {header_len} bytes, over the {MAX_HEADER_BYTES}-byte limit"
         )));
     }
+    Ok(header_len)
+}
+
+/// Checks the header's tensor entries by name before safetensors parses them, for what safetensors would
+/// let through or report without naming the tensor: a name listed twice (a JSON map silently keeps only
+/// the last), an unknown dtype, offsets reversed or beyond the data section, a byte span other than
+/// shape × dtype, and overlapping tensors. A header that is not a JSON object, or an entry that is not a
+/// tensor description, is left to safetensors' own errors.
+fn check_header_entries(path: &Path, header: &[u8], data_len: u64) -> Result<()> {
+    let bad = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
+    let parsed = std::str::from_utf8(header).ok().and_then(|text| serde_json::from_str::<Entries>(text).ok());
+    let Some(Entries(entries)) = parsed else { return Ok(()) };
+    let mut seen = HashSet::new();
+    let mut spans = Vec::new();
+    for (name, value) in entries {
+        if !seen.insert(name.clone()) {
+            return Err(bad(format!("the header lists `{name}` twice")));
+        }
+        if name == "__metadata__" {
+            continue;
+        }
+        let Ok(RawInfo { dtype, shape, data_offsets: (start, end) }) = serde_json::from_value::<RawInfo>(value) else {
+            continue;
+        };
+        let Ok(known) = serde_json::from_value::<Dtype>(Value::String(dtype.clone())) else {
+            return Err(bad(format!("tensor `{name}` has unknown dtype `{dtype}`")));
+        };
+        if end < start {
+            return Err(bad(format!("tensor `{name}` has data_offsets [{start}, {end}], which end before they start")));
+        }
+        if end > data_len {
+            return Err(bad(format!(
+                "tensor `{name}` has data_offsets [{start}, {end}], beyond the {data_len}-byte data section \
+                 (truncated file?)"
+            )));
+        }
+        let bits = shape.iter().try_fold(known.bitsize() as u64, |acc, &d| acc.checked_mul(d));
+        match bits {
+            Some(bits) if bits % 8 == 0 && bits / 8 == end - start => {}
+            Some(bits) => {
+                return Err(bad(format!(
+                    "tensor `{name}` of dtype {known} and shape {shape:?} needs {} bytes, but its data_offsets \
+                     [{start}, {end}] span {} bytes",
+                    bits.div_ceil(8),
+                    end - start
+                )));
+            }
+            None => return Err(bad(format!("tensor `{name}` has shape {shape:?}, too large to address"))),
+        }
+        spans.push((start, end, name));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        let ((s0, e0, a), (s1, e1, b)) = (&pair[0], &pair[1]);
+        if s1 < e0 {
+            return Err(bad(format!("tensors `{a}` [{s0}, {e0}] and `{b}` [{s1}, {e1}] overlap")));
+        }
+    }
     Ok(())
+}
+
+/// One tensor's header entry as written, before any check.
+#[derive(serde::Deserialize)]
+struct RawInfo {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+/// A JSON object's entries in file order, duplicates kept (a map would drop them).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor)
+    }
 }
 
 /// The file's tensors, matched against the config.
