@@ -27,6 +27,9 @@ enum Command {
     /// Measure speed.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
+    /// Encode, decode and train tokenizers (GPT-2 byte-level BPE).
+    #[command(subcommand)]
+    Tokenizer(commands::tokenizer::Command),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(bench) => commands::bench::run(bench),
+        Command::Tokenizer(command) => commands::tokenizer::run(command),
     });
     match result {
         Ok(code) => code,

@@ -91,45 +91,19 @@ impl BatchRunner {
         dropout_seed: u64,
         grads: &mut [f32],
     ) -> Result<f32> {
-        let (b, t) = (self.b, self.t);
         if let [single] = self.replicas.as_mut_slice() {
             let mode = Mode::Train { dropout_seed };
             let loss = model.forward(&mut single.acts, inputs, Some(targets), mode)?.unwrap_or(f32::NAN);
             model.backward(&mut single.acts, grads, loss_scale, mode);
             return Ok(loss);
         }
-        let results: Vec<Result<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .replicas
-                .iter_mut()
-                .enumerate()
-                .map(|(i, r)| {
-                    scope.spawn(move || {
-                        let Replica { acts, grads, pool, sequences } = r;
-                        let rows = sequences.start * t..sequences.end * t;
-                        let share = sequences.len() as f32 / b as f32;
-                        let mode = Mode::Train { dropout_seed: dropout_seed.wrapping_add(i as u64) };
-                        let mut work = move || -> Result<f32> {
-                            let loss = model
-                                .forward(acts, &inputs[rows.clone()], Some(&targets[rows.clone()]), mode)?
-                                .unwrap_or(f32::NAN);
-                            grads.fill(0.0);
-                            model.backward(acts, grads, loss_scale * share, mode);
-                            Ok(loss * share)
-                        };
-                        match pool {
-                            Some(pool) => pool.install(work),
-                            None => work(),
-                        }
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(Ok(f32::NAN))).collect()
-        });
-        let mut loss = 0.0f32;
-        for r in results {
-            loss += r?;
-        }
+        let loss = self.on_replicas(inputs, targets, |i, share, acts, replica_grads, x, y| {
+            let mode = Mode::Train { dropout_seed: dropout_seed.wrapping_add(i as u64) };
+            let loss = model.forward(acts, x, Some(y), mode)?.unwrap_or(f32::NAN);
+            replica_grads.fill(0.0);
+            model.backward(acts, replica_grads, loss_scale * share, mode);
+            Ok(loss)
+        })?;
         // Fixed order of addition: results do not depend on scheduling.
         const CHUNK: usize = 1 << 14;
         let replicas = &self.replicas;
@@ -146,28 +120,39 @@ impl BatchRunner {
 
     /// Mean loss of one (B, T) batch without gradients (evaluation), split over replicas like training.
     pub fn loss(&mut self, model: &Gpt, inputs: &[u32], targets: &[u32]) -> Result<f32> {
-        let (b, t) = (self.b, self.t);
         if let [single] = self.replicas.as_mut_slice() {
             return Ok(model.forward(&mut single.acts, inputs, Some(targets), Mode::Eval)?.unwrap_or(f32::NAN));
         }
+        self.on_replicas(inputs, targets, |_, _, acts, _, x, y| {
+            Ok(model.forward(acts, x, Some(y), Mode::Eval)?.unwrap_or(f32::NAN))
+        })
+    }
+
+    /// Runs `work(replica index, share of the batch, activations, gradient buffer, inputs, targets)` for every
+    /// replica on its own thread (inside its one-thread pool) and returns the share-weighted mean of the
+    /// losses it returns.
+    fn on_replicas<F>(&mut self, inputs: &[u32], targets: &[u32], work: F) -> Result<f32>
+    where
+        F: Fn(usize, f32, &mut Activations, &mut [f32], &[u32], &[u32]) -> Result<f32> + Sync,
+    {
+        let (b, t) = (self.b, self.t);
+        let work = &work;
         let results: Vec<Result<f32>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .replicas
                 .iter_mut()
-                .map(|r| {
+                .enumerate()
+                .map(|(i, r)| {
                     scope.spawn(move || {
-                        let Replica { acts, pool, sequences, .. } = r;
+                        let Replica { acts, grads, pool, sequences } = r;
                         let rows = sequences.start * t..sequences.end * t;
                         let share = sequences.len() as f32 / b as f32;
-                        let mut work = move || -> Result<f32> {
-                            let loss = model
-                                .forward(acts, &inputs[rows.clone()], Some(&targets[rows.clone()]), Mode::Eval)?
-                                .unwrap_or(f32::NAN);
-                            Ok(loss * share)
+                        let mut run = move || -> Result<f32> {
+                            Ok(work(i, share, acts, grads, &inputs[rows.clone()], &targets[rows.clone()])? * share)
                         };
                         match pool {
-                            Some(pool) => pool.install(work),
-                            None => work(),
+                            Some(pool) => pool.install(run),
+                            None => run(),
                         }
                     })
                 })

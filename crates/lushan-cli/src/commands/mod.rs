@@ -4,4 +4,5 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod prepare;
+pub mod tokenizer;
 pub mod train;
