@@ -24,15 +24,9 @@ pub fn forward(losses: &mut [f32], probs: &mut [f32], logits: &[f32], targets: &
             for ((loss, p), (z, &target)) in
                 losses.iter_mut().zip(probs.chunks_exact_mut(v)).zip(logits.chunks_exact(v).zip(targets))
             {
-                softmax_row(p, z);
-                *loss = if target == IGNORE_INDEX {
-                    0.0
-                } else {
-                    // ln-sum-exp form keeps the loss finite when the target's probability underflows.
-                    let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let lse = max + z.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-                    lse - z[target as usize]
-                };
+                // ln-sum-exp form keeps the loss finite when the target's probability underflows.
+                let log_partition = softmax_row(p, z);
+                *loss = if target == IGNORE_INDEX { 0.0 } else { log_partition - z[target as usize] };
             }
         });
 }

@@ -4,32 +4,9 @@ use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const COEFF: f32 = 0.044_715;
-const CHUNK: usize = 4096;
+use crate::vector::exp_fast;
 
-/// `e^x` for |x| ≤ 87, branch-free so loops over it vectorise: `2^n · p(r)` with `r = x - n·ln2` and a
-/// degree-6 minimax polynomial (Cephes `expf`), accurate to about 1 ulp. libm's `tanhf` took a quarter of a
-/// training step in the profile; this takes a few percent.
-#[inline(always)]
-fn exp_fast(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to the nearest integer
-    // `shifted` holds round(x·log2e) in its low mantissa bits; reading them with integer ops keeps the loop
-    // free of float→int conversions, which would stop it from vectorising.
-    let shifted = x * LOG2E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5e-1;
-    let p = p * r * r + r + 1.0;
-    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
-}
+const CHUNK: usize = 4096;
 
 /// `tanh(x) = (e^{2x} - 1) / (e^{2x} + 1)`, clamped where tanh is ±1 in f32; absolute error ≈ 2e-7.
 #[inline(always)]

@@ -27,9 +27,51 @@ pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// `e^x`, branch-free so loops over it vectorise: `2^n · p(r)` with `r = x - n·ln2` and a degree-6
+/// minimax polynomial (Cephes `expf`), accurate to about 2 ulp; 0 below -87, e^88 above 88. libm's scalar
+/// `expf`/`tanhf` took a quarter of a training step in the profile; this takes a few percent.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    let below = x < -87.0; // e^x underflows: exactly 0, so masked logits (-∞) get probability 0
+    let x = x.clamp(-87.0, 88.0);
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to the nearest integer
+    // `shifted` holds round(x·log2e) in its low mantissa bits; reading them with integer ops keeps the loop
+    // free of float→int conversions, which would stop it from vectorising.
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let p = p * r * r + r + 1.0;
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let e = p * f32::from_bits(n_bits.wrapping_add(127) << 23);
+    if below { 0.0 } else { e }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_fast_matches_f64_exp() {
+        let mut worst = 0.0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp_fast(x) as f64) - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_fast(-100.0), 0.0);
+        assert_eq!(exp_fast(0.0), 1.0);
+    }
 
     #[test]
     fn dot_and_axpy_match_plain_loops() {

@@ -16,6 +16,10 @@ pub enum Preset {
     ShakespeareChar,
     /// nanoGPT's baby GPT: 6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2.
     BabyGpt,
+    /// GPT-2 124M (12 layers, 12 heads, 768 channels, context 1024) with nanoGPT's `train_gpt2` settings
+    /// (batch 12, lr 6e-4 → 6e-5, β2 0.95, warm-up 2000) but no gradient accumulation; needs GPT-2 BPE
+    /// data (`lushan prepare`) for the 50257-token vocabulary.
+    Gpt2,
     /// nanoGPT's `finetune_shakespeare`: from `--init-from DIR`, lr 3e-5 constant, batch 1 × 32 accumulated,
     /// 20 iterations, evaluation every 5.
     FinetuneShakespeare,
@@ -135,6 +139,10 @@ settings! {
     /// Replicas the batch is split over, one per core (0 = automatic: one per core for models up to 30M
     /// parameters, otherwise 1 with every kernel split over the cores instead).
     data_parallel: usize = 0,
+    /// How text `data` is tokenized: `char` (a vocabulary of the corpus's characters), `gpt2` (GPT-2's
+    /// byte-level BPE) or a tokenizer directory/file. Ignored for prepared data and when fine-tuning (the
+    /// checkpoint's tokenizer is used).
+    tokenizer: String = "char".to_owned(),
     /// Fraction of a text corpus held out for validation when `data` is text.
     val_fraction: f64 = 0.1,
     /// Characters/tokens sampled from the model when training ends (0 = none).
@@ -154,6 +162,23 @@ impl TrainConfig {
             c.dropout = 0.2;
             c.max_iters = 5000;
             c.lr_decay_iters = 5000;
+            c.eval_iters = 200;
+        }
+        if preset == Preset::Gpt2 {
+            c.out_dir = PathBuf::from("out/gpt2");
+            c.tokenizer = "gpt2".to_owned();
+            c.batch_size = 12;
+            c.block_size = 1024;
+            c.n_layer = 12;
+            c.n_head = 12;
+            c.n_embd = 768;
+            c.learning_rate = 6e-4;
+            c.min_lr = 6e-5;
+            c.beta2 = 0.95;
+            c.warmup_iters = 2000;
+            c.max_iters = 600_000;
+            c.lr_decay_iters = 600_000;
+            c.eval_interval = 1000;
             c.eval_iters = 200;
         }
         if preset == Preset::FinetuneShakespeare {

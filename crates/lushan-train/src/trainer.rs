@@ -2,7 +2,9 @@
 //! best-model checkpoints, resumable state, early stopping and a clean stop on request.
 
 use crate::config::TrainConfig;
-use crate::data::{Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_tokenizer, prepare_with};
+use crate::data::{
+    Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_tokenizer, prepare_streaming, prepare_with,
+};
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
@@ -12,6 +14,7 @@ use crate::schedule::LrSchedule;
 use lushan_kernels::rng::Rng;
 use lushan_model::Gpt;
 use lushan_tokenizer::Tokenizer;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -37,7 +40,16 @@ impl TrainData {
             config.data.clone()
         } else {
             let dir = config.out_dir.join("data");
-            prepare_with(tokenizer, std::slice::from_ref(&config.data), &dir, config.val_fraction)?;
+            let inputs = std::slice::from_ref(&config.data);
+            match tokenizer {
+                Some(t) => prepare_with(Some(t), inputs, &dir, config.val_fraction)?,
+                None if config.tokenizer == "char" => prepare_with(None, inputs, &dir, config.val_fraction)?,
+                None => {
+                    let t = Tokenizer::load(&config.tokenizer)
+                        .map_err(|source| TrainError::Tokenizer { path: PathBuf::from(&config.tokenizer), source })?;
+                    prepare_streaming(&t, inputs, &dir, config.val_fraction, &mut |_, _| {})?
+                }
+            };
             dir
         };
         let tokenizer = match tokenizer {

@@ -59,11 +59,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         let mut out = stdout.lock();
         write!(out, "{}", args.prompt)?;
+        // A byte-level token can end inside a character: the stream decoder holds it back until complete.
+        let mut decoder = tokenizer.stream_decoder();
         while let Some(token) = generator.next_token()? {
-            write!(out, "{}", tokenizer.decode(&[token])?)?;
+            write!(out, "{}", decoder.push(token)?)?;
             out.flush()?;
         }
-        writeln!(out)?;
+        writeln!(out, "{}", decoder.finish())?;
         if i + 1 < args.num_samples {
             writeln!(out, "---------------")?;
         }

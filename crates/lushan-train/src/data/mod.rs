@@ -8,6 +8,7 @@
 pub mod loader;
 pub mod prepare;
 pub mod shard;
+pub mod stream_prepare;
 
 pub use loader::{Loader, SequentialWindows, Window, eval_batches, sequential_windows};
 pub use prepare::{
@@ -15,3 +16,4 @@ pub use prepare::{
     split_point,
 };
 pub use shard::{SHARD_MAGIC, SHARD_VERSION, Shard, TRAIN_SHARD, VAL_SHARD, token_width, write_shard};
+pub use stream_prepare::prepare_streaming;

@@ -112,6 +112,19 @@ pub fn read_corpus(inputs: &[PathBuf]) -> Result<Corpus> {
             expected: "at least one text file or directory".to_owned(),
         });
     }
+    let files = corpus_files(inputs)?;
+    let mut text = String::new();
+    for file in &files {
+        text.push_str(&read_utf8(file)?);
+    }
+    if text.is_empty() {
+        return Err(TrainError::EmptyCorpus { paths: corpus_label(inputs) });
+    }
+    Ok(Corpus { text, files })
+}
+
+/// The files `inputs` name: a file itself, a directory every regular file directly inside it (sorted).
+pub fn corpus_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         let meta = fs::metadata(input).map_err(|source| missing_or_io(input, source))?;
@@ -121,14 +134,7 @@ pub fn read_corpus(inputs: &[PathBuf]) -> Result<Corpus> {
             files.push(input.clone());
         }
     }
-    let mut text = String::new();
-    for file in &files {
-        text.push_str(&read_utf8(file)?);
-    }
-    if text.is_empty() {
-        return Err(TrainError::EmptyCorpus { paths: corpus_label(inputs) });
-    }
-    Ok(Corpus { text, files })
+    Ok(files)
 }
 
 /// Number of training tokens: `floor(n × (1 - val_fraction))`, as nanoGPT's `data[:int(n*0.9)]`.
@@ -162,6 +168,14 @@ pub fn encode_file_with(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> 
 /// Reads `dir/lushan-tokenizer.json`.
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join(TOKENIZER_FILE);
+    if !path.is_file() {
+        // A Hugging Face directory: tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe.
+        let hf = ["tokenizer.json", "vocab.json", "encoder.json"].iter().any(|f| dir.join(f).is_file());
+        if hf {
+            return Tokenizer::load(&dir.to_string_lossy())
+                .map_err(|source| TrainError::Tokenizer { path: dir.to_path_buf(), source });
+        }
+    }
     let json = fs::read_to_string(&path).map_err(|source| match source.kind() {
         ErrorKind::NotFound => TrainError::TokenizerMissing { path: path.clone() },
         _ => TrainError::Io { path: path.clone(), source },
@@ -179,7 +193,7 @@ pub fn save_tokenizer(dir: &Path, tokenizer: &Tokenizer) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn check_val_fraction(val_fraction: f64) -> Result<()> {
+pub(crate) fn check_val_fraction(val_fraction: f64) -> Result<()> {
     // Written so that NaN fails too.
     if val_fraction > 0.0 && val_fraction < 1.0 {
         Ok(())
@@ -213,7 +227,7 @@ fn read_utf8(path: &Path) -> Result<String> {
         .map_err(|e| TrainError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })
 }
 
-fn missing_or_io(path: &Path, source: std::io::Error) -> TrainError {
+pub(crate) fn missing_or_io(path: &Path, source: std::io::Error) -> TrainError {
     match source.kind() {
         ErrorKind::NotFound => TrainError::InputMissing { path: path.to_path_buf() },
         _ => TrainError::Io { path: path.to_path_buf(), source },
@@ -221,6 +235,6 @@ fn missing_or_io(path: &Path, source: std::io::Error) -> TrainError {
 }
 
 /// The inputs as one comma-separated string, for errors about the corpus as a whole.
-fn corpus_label(paths: &[PathBuf]) -> String {
+pub(crate) fn corpus_label(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -41,6 +41,18 @@ pub fn token_width(vocab_size: usize) -> u32 {
     if vocab_size <= 1 << 16 { 2 } else { 4 }
 }
 
+/// Writes a shard header for `count` tokens of `width` bytes (the body follows it).
+pub(crate) fn write_header(w: &mut impl Write, width: u32, count: u64, description: &str) -> std::io::Result<()> {
+    let description_len = u32::try_from(description.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "tokenizer description over 4 GiB"))?;
+    w.write_all(SHARD_MAGIC)?;
+    w.write_all(&SHARD_VERSION.to_le_bytes())?;
+    w.write_all(&width.to_le_bytes())?;
+    w.write_all(&count.to_le_bytes())?;
+    w.write_all(&description_len.to_le_bytes())?;
+    w.write_all(description.as_bytes())
+}
+
 /// Writes `tokens` to `path` atomically (temp file, fsync, rename, fsync dir).
 ///
 /// Every id is checked against `vocab_size` first, so a shard on disk always satisfies its own header.
@@ -52,7 +64,7 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize, tokenizer_des
             expected: "token ids are u32, so the vocabulary must have 1..=2^32 entries".to_owned(),
         });
     }
-    let description_len = u32::try_from(tokenizer_description.len()).map_err(|_| TrainError::DataArgument {
+    u32::try_from(tokenizer_description.len()).map_err(|_| TrainError::DataArgument {
         name: "tokenizer_description",
         value: format!("{} bytes", tokenizer_description.len()),
         expected: "a description shorter than 4 GiB".to_owned(),
@@ -62,12 +74,7 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize, tokenizer_des
     }
     let width = token_width(vocab_size);
     atomic_write(path, |w| {
-        w.write_all(SHARD_MAGIC)?;
-        w.write_all(&SHARD_VERSION.to_le_bytes())?;
-        w.write_all(&width.to_le_bytes())?;
-        w.write_all(&(tokens.len() as u64).to_le_bytes())?;
-        w.write_all(&description_len.to_le_bytes())?;
-        w.write_all(tokenizer_description.as_bytes())?;
+        write_header(w, width, tokens.len() as u64, tokenizer_description)?;
         let mut buf = Vec::with_capacity(WRITE_CHUNK * width as usize);
         for chunk in tokens.chunks(WRITE_CHUNK) {
             buf.clear();
