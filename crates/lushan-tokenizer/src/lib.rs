@@ -12,6 +12,7 @@
 pub mod bpe;
 pub mod char_level;
 pub mod error;
+pub mod hf_export;
 
 pub use bpe::decode::StreamDecoder;
 pub use bpe::train::{BpeTrainer, TrainOptions, TrainReport};
@@ -19,7 +20,7 @@ pub use bpe::{Bpe, END_OF_TEXT, utf8_text};
 pub use char_level::CharTokenizer;
 pub use error::{Result, TokenizerError, VocabError};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -126,7 +127,8 @@ impl Tokenizer {
     /// Loads a tokenizer from a file or directory: `gpt2` (the bundled GPT-2 vocabulary), a
     /// `lushan-tokenizer.json` file or a directory containing one, or a directory of Hugging Face / OpenAI
     /// BPE files (`tokenizer.json`, `vocab.json` + `merges.txt`, `encoder.json` + `vocab.bpe`), or a
-    /// `tokenizer.json` file.
+    /// `tokenizer.json` file. A `tokenizer.json` in the character shape [`Tokenizer::write_hf_files`]
+    /// writes loads as the character tokenizer (see [`hf_export`]).
     pub fn load(spec: &str) -> Result<Self> {
         if spec == "gpt2" {
             return Self::gpt2();
@@ -137,14 +139,25 @@ impl Tokenizer {
             if own.is_file() {
                 return Self::from_json_file(&own);
             }
-            return Bpe::from_dir(path).map(Self::Bpe);
+            return hf_export::load_hf_dir(path);
         }
         if !path.exists() {
             return Err(TokenizerError::TokenizerNotFound { spec: spec.to_owned() });
         }
         match path.file_name().and_then(|n| n.to_str()) {
-            Some(bpe::files::TOKENIZER_JSON) => Bpe::from_tokenizer_json_file(path).map(Self::Bpe),
+            Some(bpe::files::TOKENIZER_JSON) => hf_export::load_tokenizer_json_file(path),
             _ => Self::from_json_file(path),
+        }
+    }
+
+    /// Writes the Hugging Face tokenizer files into `dir` (created if needed), so that `transformers`'
+    /// `AutoTokenizer.from_pretrained(dir)` gives the same ids: BPE `vocab.json`, `merges.txt`,
+    /// `tokenizer.json` and `tokenizer_config.json`; char `tokenizer.json` and `tokenizer_config.json` (see
+    /// [`hf_export`]). Returns the paths written.
+    pub fn write_hf_files(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        match self {
+            Self::Char(t) => t.write_hf_files(dir),
+            Self::Bpe(t) => t.write_hf_files(dir),
         }
     }
 

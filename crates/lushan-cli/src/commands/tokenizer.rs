@@ -217,12 +217,9 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Hugging Face files (BPE only) and lushan-tokenizer.json; returns the paths written.
+/// Hugging Face files and lushan-tokenizer.json; returns the paths written.
 fn write_files(tokenizer: &Tokenizer, out: &Path) -> Result<Vec<PathBuf>> {
-    let mut written = match tokenizer {
-        Tokenizer::Bpe(bpe) => bpe.write_hf_files(out).with_context(|| format!("writing {}", out.display()))?,
-        _ => bail!("only BPE tokenizers have Hugging Face files; this is {}", tokenizer.describe()),
-    };
+    let mut written = tokenizer.write_hf_files(out).with_context(|| format!("writing {}", out.display()))?;
     let own = out.join(TOKENIZER_FILE);
     std::fs::write(&own, tokenizer.to_json()).with_context(|| format!("writing {}", own.display()))?;
     written.push(own);
