@@ -2,7 +2,7 @@
 //! and the matmul choice (our matrixmultiply path vs the `gemm` crate vs the naive twin) at GPT shapes.
 //! Prints figures; asserts nothing (speed is measured, never tested).
 
-use lushan_kernels::{attention, gelu, layernorm, matmul, rng::Rng};
+use lushan_kernels::{attention, gelu, gemv, layernorm, matmul, rng::Rng};
 use std::time::Instant;
 
 fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
@@ -22,6 +22,19 @@ fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
         println!("{label:<48} {:>9.3} ms", best * 1e3);
     }
     best
+}
+
+/// Bytes per second summing a 1 GiB array with every thread (best of a few passes).
+fn read_bandwidth() -> f64 {
+    let a = vec![1.0f32; 1 << 28];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = gemv::stream_sum(&a);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(s);
+    }
+    (a.len() * 4) as f64 / best
 }
 
 fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
@@ -96,16 +109,51 @@ fn main() {
             matmul::backward(Some(&mut dx), &mut dw, Some(&mut db), &dout, &x, &w, c, oc)
         });
     }
-    println!("-- decode GEMV (1 row)");
-    for (c, oc) in [(768, 2304), (768, 50257)] {
-        let x = random(c, &mut rng);
+    println!("-- decode GEMV (few rows; weights (OC, C) streamed once)");
+    let bandwidth = read_bandwidth();
+    println!(
+        "{:<48} {:>9.1} GB/s (sum of a 1 GiB f32 array, all threads)",
+        "streaming read bandwidth",
+        bandwidth / 1e9
+    );
+    for (n, c, oc) in [(1, 128, 384), (1, 768, 2304), (1, 3072, 768), (1, 768, 50257), (4, 768, 50257)] {
+        let x = random(n * c, &mut rng);
         let w = random(oc * c, &mut rng);
-        let mut out = vec![0.0; oc];
-        let secs = time(&format!("gemv 1×{c}×{oc}"), 2.0 * (c * oc) as f64, || {
+        let mut out = vec![0.0; n * oc];
+        let secs = time(&format!("gemv {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
             matmul::forward(&mut out, &x, &w, None, c, oc)
         });
         println!("{:>58} {:.1} GB/s weights streamed", "", (c * oc * 4) as f64 / secs / 1e9);
     }
+    // One GPT-2 124M decode step's products in order (12 × qkv, proj, fc, fc_proj, then the tied output
+    // layer): ≈0.5 GB, larger than the caches, so this is the DRAM-bound figure decode can reach.
+    let shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
+    let mut mats: Vec<(usize, usize, Vec<f32>)> = Vec::new();
+    for _ in 0..12 {
+        mats.extend(shapes.iter().map(|&(c, oc)| (c, oc, random(c * oc, &mut rng))));
+    }
+    mats.push((768, 50257, random(768 * 50257, &mut rng)));
+    let bytes: usize = mats.iter().map(|(c, oc, _)| c * oc * 4).sum();
+    let x = random(3072, &mut rng);
+    let mut out = vec![0.0; 50257];
+    let mut times: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            for (c, oc, w) in &mats {
+                matmul::forward(&mut out[..*oc], &x[..*c], w, None, *c, *oc);
+            }
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{:<48} {:>9.3} ms {:>7.1} GB/s = {:.0}% of the read bandwidth",
+        format!("GPT-2 124M decode products ({:.0} MB)", bytes as f64 / 1e6),
+        median * 1e3,
+        bytes as f64 / median / 1e9,
+        100.0 * bytes as f64 / median / bandwidth
+    );
 
     let (b, t, c, nh) = (12, 64, 128, 4);
     let n = b * t;

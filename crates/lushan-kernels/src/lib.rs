@@ -17,6 +17,7 @@ pub mod crossentropy;
 pub mod dropout;
 pub mod encoder;
 pub mod gelu;
+pub mod gemv;
 pub mod layernorm;
 pub mod matmul;
 pub mod reduce;

@@ -5,7 +5,6 @@
 //! `bench/BASELINES.md`), builds five times faster, and accepts arbitrary strides, so every transpose below
 //! is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
-use crate::vector::dot;
 use rayon::prelude::*;
 
 /// Rows of the output handed to one single-threaded GEMM call. Splitting the output rows over rayon
@@ -128,25 +127,13 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     sgemm(n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
 }
 
-/// Below this many rows (cached decoding) a GEMM cannot block its work; a matrix-vector product split
-/// over output channels streams the weights once at memory bandwidth instead.
-const GEMV_MAX_ROWS: usize = 4;
+/// Up to this many rows (cached decoding) a GEMM cannot block its work; the matrix-vector kernel in
+/// [`crate::gemv`] streams the weights once, at memory bandwidth, for all the rows together.
+const GEMV_MAX_ROWS: usize = crate::gemv::MAX_ROWS;
 
-/// `out = inp·Wᵀ + b` for a handful of rows: each output channel is a contiguous dot product with one row
-/// of `W`, and threads own disjoint ranges of output channels.
+/// `out = inp·Wᵀ + b` for a handful of rows: see [`crate::gemv::forward`].
 fn forward_few_rows(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
-    const CHANNELS_PER_TASK: usize = 64;
-    let n = inp.len() / c;
-    for (row, x) in out.chunks_exact_mut(oc).zip(inp.chunks_exact(c)) {
-        row.par_chunks_mut(CHANNELS_PER_TASK).enumerate().for_each(|(chunk, o)| {
-            let j0 = chunk * CHANNELS_PER_TASK;
-            for (j, o) in o.iter_mut().enumerate() {
-                let w = &weight[(j0 + j) * c..][..c];
-                *o = dot(x, w) + bias.map_or(0.0, |b| b[j0 + j]);
-            }
-        });
-    }
-    debug_assert_eq!(out.len(), n * oc);
+    crate::gemv::forward(out, inp, weight, bias, c, oc);
 }
 
 /// Backward, **accumulating** into `dinp`, `dweight` and `dbias`.
@@ -288,7 +275,7 @@ mod tests {
     #[test]
     fn few_row_path_agrees_with_naive() {
         let mut rng = Rng::new(4);
-        for (n, c, oc) in [(1, 13, 200), (4, 129, 67), (2, 8, 1)] {
+        for (n, c, oc) in [(1, 13, 200), (4, 129, 67), (2, 8, 1), (3, 770, 1027), (1, 768, 2304)] {
             let x = random_f32(&mut rng, n * c, 1.0);
             let w = random_f32(&mut rng, oc * c, 1.0);
             let b = random_f32(&mut rng, oc, 1.0);

@@ -3,7 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::gpt::Gpt;
-use lushan_kernels::{encoder, gelu, layernorm, matmul, residual, softmax::softmax_in_place};
+use lushan_kernels::{encoder, gelu, layernorm, matmul, residual, softmax::softmax_in_place, vector};
 use rayon::prelude::*;
 
 /// Keys and values of every position seen so far, for every layer and head.
@@ -169,6 +169,11 @@ impl Gpt {
 }
 
 /// Attention of `m` new queries (at positions `pos0..pos0+m`) over the cache, causal.
+///
+/// One task per (query, head): each reads that head's keys and values, contiguous in the cache, so for one
+/// new token the heads (the only parallelism there is) are split over the threads, and a long context is
+/// read once at streaming speed. The scores are scaled dot products with several accumulators
+/// ([`vector::dot`]) and the output is a sum of value rows ([`vector::axpy`]).
 #[allow(clippy::too_many_arguments)]
 fn cached_attention(
     out: &mut [f32],
@@ -188,18 +193,16 @@ fn cached_attention(
         let q = &qkv[i * 3 * c + h * hs..][..hs];
         let visible = pos0 + i + 1;
         let base = cache.offset(layer, h, 0);
-        for (s, score) in scores[..visible].iter_mut().enumerate() {
-            let k = &cache.k[base + s * hs..][..hs];
-            *score = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-        }
+        let keys = &cache.k[base..base + visible * hs];
+        let values = &cache.v[base..base + visible * hs];
         let probs = &mut scores[..visible];
+        for (score, k) in probs.iter_mut().zip(keys.chunks_exact(hs)) {
+            *score = vector::dot(q, k) * scale;
+        }
         softmax_in_place(probs);
         o.fill(0.0);
-        for (s, &a) in probs.iter().enumerate() {
-            let v = &cache.v[base + s * hs..][..hs];
-            for (o, &v) in o.iter_mut().zip(v) {
-                *o += a * v;
-            }
+        for (&a, v) in probs.iter().zip(values.chunks_exact(hs)) {
+            vector::axpy(o, a, v);
         }
     });
 }

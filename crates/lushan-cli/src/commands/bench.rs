@@ -1,8 +1,8 @@
 //! `lushan bench`: speed figures printed for people and scripts (never asserted by tests).
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use lushan_kernels::rng::Rng;
-use lushan_model::Gpt;
+use lushan_model::{Generator, Gpt, ModelConfig, Sampling};
 use lushan_train::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use lushan_train::parallel::{BatchRunner, choose_replicas};
 use lushan_train::{Preset, TrainConfig, TrainOverrides};
@@ -10,9 +10,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Bench {
     /// Training throughput: tokens/s, ms/step and model FLOP utilisation after a warm-up.
     Train(TrainArgs),
+    /// Batch-1 generation speed with a KV cache (random GPT-2-initialised model, greedy): prefill and
+    /// decode tokens/s, against the memory-bandwidth bound measured in the same run.
+    Generate(GenerateArgs),
 }
 
 #[derive(clap::Args)]
@@ -25,9 +29,10 @@ pub struct TrainArgs {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Vocabulary size of the random data (65 = tiny Shakespeare's characters).
-    #[arg(long, default_value_t = 65)]
-    vocab_size: usize,
+    /// Vocabulary size of the random data [default: 50257 for `--preset gpt2`, else 65 (tiny
+    /// Shakespeare's characters)].
+    #[arg(long)]
+    vocab_size: Option<usize>,
     #[command(flatten)]
     settings: TrainOverrides,
 }
@@ -35,6 +40,7 @@ pub struct TrainArgs {
 pub fn run(bench: Bench) -> Result<ExitCode> {
     match bench {
         Bench::Train(args) => train(args),
+        Bench::Generate(args) => generate(args),
     }
 }
 
@@ -44,8 +50,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.preset == Preset::BabyGpt && settings.dropout.is_none() {
         settings.dropout = Some(0.0); // the PyTorch reference figures are without dropout
     }
+    if args.preset == Preset::Gpt2 {
+        // The reference figure for GPT-2 124M on a CPU: B=4, T=64 (bench/BASELINES.md).
+        settings.batch_size.get_or_insert(4);
+        settings.block_size.get_or_insert(64);
+    }
+    let vocab_size = args.vocab_size.unwrap_or(if args.preset == Preset::Gpt2 { 50257 } else { 65 });
     let config = TrainConfig::resolve(args.preset, None, &settings)?;
-    let mcfg = config.model_config(args.vocab_size);
+    let mcfg = config.model_config(vocab_size);
     let mut model = Gpt::new(mcfg.clone(), config.seed)?;
     let (b, t) = (config.batch_size, config.block_size);
     let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
@@ -71,7 +83,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         let start = Instant::now();
         grads.fill(0.0);
         for _ in 0..config.gradient_accumulation_steps {
-            tokens.iter_mut().for_each(|x| *x = rng.below(args.vocab_size as u64) as u32);
+            tokens.iter_mut().for_each(|x| *x = rng.below(vocab_size as u64) as u32);
             let scale = 1.0 / config.gradient_accumulation_steps as f32;
             runner.forward_backward(&model, &tokens[..b * t], &tokens[1..], scale, rng.next_u64(), &mut grads)?;
         }
@@ -90,6 +102,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let flops_per_token = 6.0 * n + 12.0 * (mcfg.n_layer * mcfg.n_head * mcfg.head_size() * t) as f64;
     let achieved = flops_per_token * tokens_per_step / median;
     let ceiling = measure_sgemm_ceiling();
+    let peak_rss = peak_rss_mib();
     println!("ms/step: median {:.2}, mean {:.2}", median * 1e3, mean * 1e3);
     println!("tokens/s: {:.0} (median step)", tokens_per_step / median);
     println!(
@@ -98,11 +111,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         100.0 * achieved / ceiling,
         ceiling / 1e9,
     );
+    println!("peak RSS: {}", fmt_mib(peak_rss));
     println!(
         "JSON {}",
         serde_json::json!({"bench": "train", "preset": format!("{:?}", args.preset), "ms_per_step": median * 1e3,
             "tokens_per_second": tokens_per_step / median, "gflops": achieved / 1e9, "sgemm_ceiling_gflops": ceiling / 1e9,
-            "threads": threads, "replicas": runner.replicas()})
+            "threads": threads, "replicas": runner.replicas(), "params": model.num_params(),
+            "batch_size": b, "block_size": t, "peak_rss_mib": peak_rss})
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -120,4 +135,242 @@ fn measure_sgemm_ceiling() -> f64 {
         best = best.min(start.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best
+}
+
+/// Model shapes for `bench generate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Shape {
+    /// GPT-2 124M: 12 layers, 12 heads, 768 channels, context 1024, vocabulary 50257.
+    Gpt2,
+    /// nanoGPT's CPU model: 4 layers, 4 heads, 128 channels, vocabulary 65.
+    ShakespeareChar,
+    /// nanoGPT's baby GPT: 6 layers, 6 heads, 384 channels, context 256, vocabulary 65.
+    BabyGpt,
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model shape; the flags below override parts of it.
+    #[arg(long, value_enum, default_value_t = Shape::Gpt2)]
+    preset: Shape,
+    #[arg(long)]
+    n_layer: Option<usize>,
+    #[arg(long)]
+    n_head: Option<usize>,
+    #[arg(long)]
+    n_embd: Option<usize>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Context length [default: the preset's, raised to fit the prompt and the new tokens].
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Random prompt length.
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    /// Tokens generated per run (greedy; at least 2: the first comes from the prefill).
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Timed runs (after one untimed warm-up); figures are medians over runs.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Seed of the weights and of the prompt.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// What `generate` models, resolved from the preset and the flags.
+fn generate_config(args: &GenerateArgs) -> Result<ModelConfig> {
+    let mut cfg = match args.preset {
+        Shape::Gpt2 => ModelConfig::gpt2(),
+        Shape::ShakespeareChar => ModelConfig::shakespeare_char(65),
+        Shape::BabyGpt => ModelConfig::baby_gpt(65),
+    };
+    cfg.n_layer = args.n_layer.unwrap_or(cfg.n_layer);
+    cfg.n_head = args.n_head.unwrap_or(cfg.n_head);
+    cfg.n_embd = args.n_embd.unwrap_or(cfg.n_embd);
+    cfg.vocab_size = args.vocab_size.unwrap_or(cfg.vocab_size);
+    let needed = args.prompt_tokens + args.new_tokens;
+    cfg.block_size = args.block_size.unwrap_or(cfg.block_size.max(needed));
+    if args.prompt_tokens == 0 || args.repeats == 0 {
+        bail!("--prompt-tokens and --repeats must be at least 1");
+    }
+    if args.new_tokens < 2 {
+        bail!("--new-tokens must be at least 2 (the first comes from the prefill; the rest are decode steps)");
+    }
+    if needed > cfg.block_size {
+        bail!(
+            "--prompt-tokens + --new-tokens = {needed} do not fit in --block-size {} (the window would slide)",
+            cfg.block_size
+        );
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Timings of one generation: prefill (prompt → first token) and each later token.
+struct Run {
+    prefill: f64,
+    steps: Vec<f64>,
+}
+
+fn generate_once(model: &Gpt, prompt: &[u32], new_tokens: usize) -> Result<Run> {
+    let start = Instant::now();
+    let mut g = Generator::new(model, prompt, Sampling::greedy(), 0, new_tokens)?;
+    g.next_token()?; // sampled from the prefill's logits
+    let prefill = start.elapsed().as_secs_f64();
+    let mut steps = Vec::with_capacity(new_tokens);
+    loop {
+        let t = Instant::now();
+        if g.next_token()?.is_none() {
+            break;
+        }
+        steps.push(t.elapsed().as_secs_f64());
+    }
+    Ok(Run { prefill, steps })
+}
+
+/// Batch-1 greedy generation with the KV cache, as `lushan generate` runs it (the same `Generator`).
+fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    let cfg = generate_config(&args)?;
+    let model = Gpt::new(cfg.clone(), args.seed)?;
+    let mut rng = Rng::new(args.seed ^ 0x5eed);
+    let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let (p, n) = (args.prompt_tokens, args.new_tokens);
+    let threads = rayon::current_num_threads();
+    let weight_bytes = 4 * model.num_params();
+    println!(
+        "bench generate: {:?} shape (L{} H{} C{} V{} T{}), {} params = {:.1} MB of f32 weights, {threads} threads",
+        args.preset,
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        cfg.vocab_size,
+        cfg.block_size,
+        model.num_params(),
+        weight_bytes as f64 / 1e6
+    );
+    println!("prompt {p} random tokens, {n} new tokens (greedy), 1 warm-up + {} timed runs", args.repeats);
+    generate_once(&model, &prompt[..p.min(8)], 8.min(n))?;
+    let runs = (0..args.repeats).map(|_| generate_once(&model, &prompt, n)).collect::<Result<Vec<_>>>()?;
+    // Read before the bandwidth probe below allocates its 1 GiB.
+    let peak_rss = peak_rss_mib();
+
+    let prefill = median(&runs.iter().map(|r| r.prefill).collect::<Vec<_>>());
+    let step_median = median(&runs.iter().map(|r| median(&r.steps)).collect::<Vec<_>>());
+    let decode_overall =
+        median(&runs.iter().map(|r| r.steps.len() as f64 / r.steps.iter().sum::<f64>()).collect::<Vec<_>>());
+    let generate_rate =
+        median(&runs.iter().map(|r| n as f64 / (r.prefill + r.steps.iter().sum::<f64>())).collect::<Vec<_>>());
+
+    // Bytes a decode step must read: every weight but the position table (one row of it), plus the keys and
+    // values cached so far (at the average position of the decoded tokens).
+    let (c, l) = (cfg.n_embd, cfg.n_layer);
+    let wpe = if cfg.position_encoding == lushan_model::PositionEncoding::Learned { cfg.block_size * c } else { 0 };
+    let avg_pos = p as f64 + n as f64 / 2.0;
+    let kv_bytes = 2.0 * (l * c * 4) as f64 * avg_pos;
+    let bytes_per_token = (weight_bytes - 4 * wpe + 4 * c) as f64 + kv_bytes;
+    let bandwidth = measure_read_bandwidth();
+    let bound = bandwidth / bytes_per_token;
+    let achieved = 1.0 / step_median;
+
+    println!("prefill: {:.1} ms for {p} tokens ({:.0} tokens/s)", prefill * 1e3, p as f64 / prefill);
+    println!(
+        "decode: {:.2} ms/token median ({:.1} tokens/s); {:.1} tokens/s overall; whole generation {:.1} new tokens/s",
+        step_median * 1e3,
+        achieved,
+        decode_overall,
+        generate_rate
+    );
+    println!(
+        "memory bound: {:.1} MB read per token at {:.1} GB/s measured read bandwidth → {:.1} tokens/s; achieved {:.0}%{}",
+        bytes_per_token / 1e6,
+        bandwidth / 1e9,
+        bound,
+        100.0 * achieved / bound,
+        if achieved > bound { " (above 100%: the weights stay in the caches between tokens)" } else { "" }
+    );
+    println!("peak RSS: {}", fmt_mib(peak_rss));
+    println!(
+        "JSON {}",
+        serde_json::json!({"bench": "generate", "preset": format!("{:?}", args.preset), "params": model.num_params(),
+            "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
+            "block_size": cfg.block_size, "threads": threads, "prompt_tokens": p, "new_tokens": n,
+            "repeats": args.repeats, "prefill_ms": prefill * 1e3, "prefill_tokens_per_second": p as f64 / prefill,
+            "decode_ms_per_token": step_median * 1e3, "decode_tokens_per_second": achieved,
+            "decode_tokens_per_second_overall": decode_overall, "generate_tokens_per_second": generate_rate,
+            "weight_bytes": weight_bytes, "bytes_per_token": bytes_per_token,
+            "read_bandwidth_gbs": bandwidth / 1e9, "bandwidth_bound_tokens_per_second": bound,
+            "bandwidth_bound_percent": 100.0 * achieved / bound, "peak_rss_mib": peak_rss})
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streaming read bandwidth in bytes/s: best of a few sums of a 1 GiB array (far larger than any cache)
+/// split over every thread, through the same kind of loop the decode kernels use.
+fn measure_read_bandwidth() -> f64 {
+    let a = vec![1.0f32; 1 << 28];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        std::hint::black_box(lushan_kernels::gemv::stream_sum(std::hint::black_box(&a)));
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (a.len() * 4) as f64 / best
+}
+
+/// Peak resident memory of this process so far (`VmHWM`), in MiB; `None` where /proc is unavailable.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn fmt_mib(mib: Option<f64>) -> String {
+    mib.map_or_else(|| "unavailable".into(), |m| format!("{m:.0} MiB"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests may unwrap
+    use super::*;
+
+    fn args(extra: &[&str]) -> GenerateArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: GenerateArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("bench").chain(extra.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn generate_config_follows_preset_and_flags() {
+        let gpt2 = generate_config(&args(&[])).unwrap();
+        assert_eq!((gpt2.n_layer, gpt2.n_embd, gpt2.vocab_size, gpt2.block_size), (12, 768, 50257, 1024));
+        // shakespeare-char's context (64) grows to fit 64 + 128 tokens unless set explicitly.
+        let small = generate_config(&args(&["--preset", "shakespeare-char"])).unwrap();
+        assert_eq!((small.n_layer, small.n_embd, small.vocab_size, small.block_size), (4, 128, 65, 192));
+        assert!(generate_config(&args(&["--preset", "shakespeare-char", "--block-size", "64"])).is_err());
+        assert!(generate_config(&args(&["--new-tokens", "1"])).is_err());
+        assert!(generate_config(&args(&["--repeats", "0"])).is_err());
+        assert!(generate_config(&args(&["--n-embd", "30", "--n-head", "4"])).is_err());
+    }
+
+    #[test]
+    fn generate_once_times_prefill_and_every_later_token() {
+        let cfg = generate_config(&args(&["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "11"]))
+            .unwrap();
+        let model = Gpt::new(cfg, 1).unwrap();
+        let run = generate_once(&model, &[1, 2, 3], 5).unwrap();
+        assert!(run.prefill > 0.0);
+        assert_eq!(run.steps.len(), 4);
+        assert!(peak_rss_mib().is_none_or(|m| m > 0.0));
+    }
 }
