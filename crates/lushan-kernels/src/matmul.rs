@@ -34,6 +34,11 @@ fn sgemm(
     debug_assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
     debug_assert!((m - 1) * rsc + n <= c.len());
     let tasks = rayon::current_num_threads().max(1);
+    if tasks > 1 && n > m {
+        // Short and wide (prefill, small batches, big output layers): split the output columns, so each task
+        // packs half of the larger operand B instead of all of it.
+        return sgemm_split_columns(m, k, n, a, (rsa, csa), b, (rsb, csb), beta, c, rsc, tasks);
+    }
     let rows = m.div_ceil(tasks).max(ROWS_PER_TASK.min(m)).div_ceil(8) * 8;
     c[..(m - 1) * rsc + n].par_chunks_mut(rows * rsc).enumerate().for_each(|(i, c_rows)| {
         let r0 = i * rows;
@@ -55,6 +60,57 @@ fn sgemm(
                 csb as isize,
                 beta,
                 c_rows.as_mut_ptr(),
+                rsc as isize,
+                1,
+            );
+        }
+    });
+}
+
+/// The output matrix shared by column-split tasks, each of which writes only its own columns.
+struct SharedOutput(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the matrix behind the pointer (see `sgemm_split_columns`),
+// and the borrow it came from outlives the parallel loop.
+unsafe impl Sync for SharedOutput {}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_split_columns(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    tasks: usize,
+) {
+    // Column blocks in multiples of 16 (a whole AVX-512 register of outputs).
+    let cols = n.div_ceil(tasks).div_ceil(16) * 16;
+    let out = SharedOutput(c.as_mut_ptr());
+    let out = &out;
+    (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
+        let j0 = t * cols;
+        let nj = cols.min(n - j0);
+        // SAFETY: A is read within its asserted extent; columns j0..j0+nj of B start at j0·csb and stay within
+        // its asserted extent; this task writes C[i][j0..j0+nj] for i < m, all inside the asserted extent of C
+        // (c.len() ≥ (m-1)·rsc + n), and no two tasks share a column.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                nj,
+                1.0,
+                a.as_ptr(),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr().add(j0 * csb),
+                rsb as isize,
+                csb as isize,
+                beta,
+                out.0.add(j0),
                 rsc as isize,
                 1,
             );
@@ -270,6 +326,27 @@ mod tests {
         check(3, 5, 7);
         check(17, 13, 70);
         check(9, 33, 3);
+    }
+
+    #[test]
+    fn short_wide_products_split_by_column_agree_with_naive() {
+        let mut rng = Rng::new(6);
+        for (n, c, oc) in [(5, 33, 300), (64, 40, 517), (9, 7, 1000)] {
+            let x = random_f32(&mut rng, n * c, 1.0);
+            let w = random_f32(&mut rng, oc * c, 1.0);
+            let b = random_f32(&mut rng, oc, 1.0);
+            let (mut fast, mut slow) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+            forward(&mut fast, &x, &w, Some(&b), c, oc);
+            forward_naive(&mut slow, &x, &w, Some(&b), c, oc);
+            assert_close("matmul column split vs naive", &fast, &to_f64(&slow), 1e-4, 1e-4);
+            let dout = random_f32(&mut rng, n * oc, 1.0);
+            let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
+            backward(Some(&mut dx), &mut dw, Some(&mut db), &dout, &x, &w, c, oc);
+            let (mut ndx, mut ndw, mut ndb) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
+            backward_naive(&mut ndx, &mut ndw, &mut ndb, &dout, &x, &w, c, oc);
+            assert_close("matmul column split dinp vs naive", &dx, &to_f64(&ndx), 1e-4, 1e-4);
+            assert_close("matmul column split dweight vs naive", &dw, &to_f64(&ndw), 1e-4, 1e-4);
+        }
     }
 
     #[test]
