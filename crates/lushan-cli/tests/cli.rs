@@ -2,12 +2,13 @@
 //! End-to-end tests of the `lushan` binary: every subcommand on a tiny model and a 20 KB corpus, the
 //! errors a user can provoke, Ctrl-C and kill -9 in the middle of training.
 
+mod common;
+
+use common::{BIN, Output, corpus, fails, lushan, ok, s};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lushan");
-const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/tinyshakespeare.txt");
 /// A model and run small enough that 20 steps take well under a second.
 const TINY: &[&str] = &[
     "--n-layer",
@@ -33,60 +34,6 @@ const TINY: &[&str] = &[
     "--lr-decay-iters",
     "20",
 ];
-
-/// What a finished command left behind.
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit code {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Runs `lushan ARGS` to completion; no run may panic.
-fn lushan(args: &[&str]) -> Output {
-    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
-    let out = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!out.stderr.contains("panicked"), "`lushan {}` panicked: {out:?}", args.join(" "));
-    out
-}
-
-/// Runs `lushan ARGS` and requires exit code 0.
-fn ok(args: &[&str]) -> Output {
-    let out = lushan(args);
-    assert_eq!(out.code, 0, "`lushan {}` failed: {out:?}", args.join(" "));
-    out
-}
-
-/// Runs `lushan ARGS` and requires a clean failure (not a panic's 101) whose stderr names every needle.
-fn fails(args: &[&str], needles: &[&str]) -> Output {
-    let out = lushan(args);
-    assert!(out.code != 0 && out.code != 101, "`lushan {}` should fail cleanly: {out:?}", args.join(" "));
-    for needle in needles {
-        assert!(out.stderr.contains(needle), "`lushan {}`: stderr should name {needle:?}: {out:?}", args.join(" "));
-    }
-    out
-}
-
-/// The first 20 KB of tiny Shakespeare as `dir/small.txt`.
-fn corpus(dir: &Path) -> PathBuf {
-    let text = std::fs::read(SHAKESPEARE).unwrap();
-    let path = dir.join("small.txt");
-    std::fs::write(&path, &text[..20_000]).unwrap();
-    path
-}
 
 /// `train --data DATA --out-dir OUT` with the [`TINY`] settings, overridden or extended by the `--flag value`
 /// pairs of `extra` (clap rejects a flag given twice).

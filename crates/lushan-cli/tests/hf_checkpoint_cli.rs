@@ -3,11 +3,11 @@
 //! a directory that has only the Hugging Face files (`config.json`, `model.safetensors` and the tokenizer
 //! files transformers reads): generation, tokenizing and fine-tuning.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lushan");
-const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/tinyshakespeare.txt");
+use common::{Output, corpus, ok, s};
+use std::path::Path;
+
 /// A model and run small enough for a few seconds even with GPT-2's 50257-token vocabulary.
 const TINY: &[&str] = &[
     "--n-layer",
@@ -27,42 +27,6 @@ const TINY: &[&str] = &[
     "--warmup-iters",
     "1",
 ];
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit code {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Runs `lushan ARGS` and requires exit code 0.
-fn ok(args: &[&str]) -> Output {
-    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
-    let out = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_eq!(out.code, 0, "`lushan {}` failed: {out:?}", args.join(" "));
-    out
-}
-
-/// The first 20 KB of tiny Shakespeare as `dir/small.txt`.
-fn corpus(dir: &Path) -> PathBuf {
-    let text = std::fs::read(SHAKESPEARE).unwrap();
-    let path = dir.join("small.txt");
-    std::fs::write(&path, &text[..20_000]).unwrap();
-    path
-}
 
 /// `train --data DATA --out-dir OUT` with [`TINY`] and `extra`.
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
