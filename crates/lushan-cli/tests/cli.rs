@@ -604,3 +604,24 @@ fn fine_tuning_starts_from_a_checkpoint_keeps_its_vocabulary_and_checks_the_data
     fails(&train_args(&prepared, &dir.path().join("mismatch"), &["--init-from", s(&base)]), &["vocabulary mismatch"]);
     fails(&["train", "--preset", "finetune-shakespeare", "--data", s(&data)], &["--init-from"]);
 }
+
+#[test]
+fn out_is_an_alias_of_out_dir_as_the_issue_interface_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let out = dir.path().join("via-out");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--eval-iters",
+        "1",
+    ]);
+    assert!(out.join("model.safetensors").is_file());
+}

@@ -66,7 +66,7 @@ impl TryFrom<String> for InitFrom {
 }
 
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident $(| $alias:literal)? : $ty:ty = $default:expr ),* $(,)?) => {
         /// Every training setting, resolved.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -78,7 +78,7 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct TrainOverrides {
-            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long $(, visible_alias = $alias)?)] pub $name: Option<$ty>, )*
         }
 
         impl TrainConfig {
@@ -99,7 +99,7 @@ settings! {
     /// made by `lushan prepare` (train.bin, val.bin, lushan-tokenizer.json).
     data: PathBuf = PathBuf::from("data/tinyshakespeare.txt"),
     /// Checkpoint directory: the best model (Hugging Face layout), `resume/`, metrics.jsonl and loss.png.
-    out_dir: PathBuf = PathBuf::from("out/shakespeare-char"),
+    out_dir | "out": PathBuf = PathBuf::from("out/shakespeare-char"),
     /// `scratch`, or a checkpoint directory to fine-tune (lushan's or Hugging Face's GPT-2 layout): the
     /// model's shape and tokenizer come from it, the optimiser starts fresh.
     init_from: InitFrom = InitFrom::Scratch,
