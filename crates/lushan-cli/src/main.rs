@@ -24,6 +24,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Loss, perplexity and bits per character/byte of a checkpoint on a shard or text file.
     Eval(commands::eval::Args),
+    /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming) for a checkpoint.
+    Serve(commands::serve::Args),
     /// Measure speed.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tokenizer(command) => commands::tokenizer::run(command),
     });

@@ -4,5 +4,6 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod prepare;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;

@@ -1,0 +1,41 @@
+//! `lushan serve`: an OpenAI-compatible HTTP API for a checkpoint (model id = the directory's name).
+
+use crate::model_dir;
+use anyhow::{Context, Result};
+use lushan_server::{Server, ServerOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (config.json + model.safetensors + tokenizer file); its name is the model id.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/*.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Generations running plus waiting; further requests get 429.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// Larger request bodies get 413.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_body_bytes: usize,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let (model, tokenizer) = model_dir::load(&args.model)?;
+    let dir = std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone());
+    let model_id = dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let options = ServerOptions {
+        model_id,
+        api_key: args.api_key,
+        max_queue: args.max_queue as usize,
+        max_body_bytes: args.max_body_bytes,
+    };
+    Server::new(model, tokenizer, options).run_blocking(&args.host, args.port).context("lushan serve")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,264 @@
+//! The server's decode loop: the same cached decoding and [`Sampler`] as the CLI's `Generator`, with the
+//! OpenAI additions applied to the logits before sampling (presence / frequency penalties), log-probabilities
+//! of the raw logits, and stop strings matched in the decoded text across token boundaries.
+//!
+//! The caller has already checked that `prompt + max_tokens` fits the context, so the window never slides.
+
+use lushan_model::{DecodeState, Gpt, Sampler, Sampling};
+use lushan_tokenizer::Tokenizer;
+
+/// One completion to generate.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// Subtracted once from the logit of every token already generated (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was already generated.
+    pub frequency_penalty: f32,
+    /// Generation ends before the first occurrence of any of these in the completion text.
+    pub stop: Vec<String>,
+    /// Return this many alternatives per token (and the chosen token's log-probability).
+    pub logprobs: Option<usize>,
+}
+
+/// Why a completion ended, as the OpenAI API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// Log-probabilities of one generated token, from `log_softmax(logits)` before any sampling transform.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The completion text, cut before a stop string.
+    pub text: String,
+    /// Tokens sampled (including an end-of-text token and tokens of a cut stop string).
+    pub completion_tokens: usize,
+    pub finish: Finish,
+    /// Per token, when `logprobs` was asked for (tokens wholly after a stop cut are dropped).
+    pub logprobs: Vec<TokenLogprob>,
+    /// The client went away and generation stopped early.
+    pub cancelled: bool,
+}
+
+/// Where generated text goes while it is produced.
+pub trait Sink {
+    /// False once nobody listens any more: generation stops before the next token.
+    fn alive(&self) -> bool {
+        true
+    }
+    /// Text that is final (no stop string can start in it) and the log-probabilities of the tokens it completes
+    /// (when asked for); false stops generation.
+    fn emit(&mut self, _text: &str, _logprobs: &[TokenLogprob]) -> bool {
+        true
+    }
+}
+
+/// A sink for non-streaming requests: only the final [`Outcome`] matters.
+pub struct Collect;
+impl Sink for Collect {}
+
+/// Runs `job`, calling `sink` with each piece of final text. `on_token` is called once per sampled token.
+pub fn generate(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    job: &Job,
+    sink: &mut dyn Sink,
+    on_token: &dyn Fn(),
+) -> lushan_model::Result<Outcome> {
+    let mut sampler = Sampler::new(job.sampling.clone(), job.seed)?;
+    let mut state = DecodeState::new(model, 256);
+    model.decode(&mut state, &job.prompt)?;
+    let eot = tokenizer.end_of_text();
+    let mut context = job.prompt.clone();
+    let mut counts = vec![0u32; model.config.vocab_size];
+    let mut adjusted = Vec::with_capacity(model.config.vocab_size);
+    let mut decoder = tokenizer.stream_decoder();
+    let mut out = String::new();
+    let mut sent = 0usize; // bytes of `out` emitted
+    let mut lp_sent = 0usize; // log-probabilities emitted
+    let mut logprobs = Vec::new();
+    let mut token_ends = Vec::new(); // byte length of `out` after each token, to drop tokens past a cut
+    let mut generated = 0usize;
+    let mut finish = Finish::Length;
+    let mut cancelled = false;
+    let mut stopped_at = None;
+    while generated < job.max_tokens {
+        if !sink.alive() {
+            cancelled = true;
+            break;
+        }
+        if generated > 0 {
+            let last = context[context.len() - 1];
+            model.decode(&mut state, &[last])?;
+        }
+        let logits = state.logits();
+        adjusted.clear();
+        adjusted.extend_from_slice(logits);
+        if job.presence_penalty != 0.0 || job.frequency_penalty != 0.0 {
+            for (z, &c) in adjusted.iter_mut().zip(&counts) {
+                if c > 0 {
+                    *z -= job.presence_penalty + job.frequency_penalty * c as f32;
+                }
+            }
+        }
+        let tok = sampler.sample(&adjusted, &context);
+        if let Some(n) = job.logprobs {
+            logprobs.push(token_logprobs(logits, tok, n, tokenizer));
+        }
+        generated += 1;
+        on_token();
+        context.push(tok);
+        counts[tok as usize] += 1;
+        if Some(tok) == eot {
+            finish = Finish::Stop;
+            token_ends.push(out.len());
+            break;
+        }
+        let piece = decoder
+            .push(tok)
+            .map_err(|e| lushan_model::ModelError::InvalidSampling { field: "token", reason: e.to_string() })?;
+        out.push_str(&piece);
+        token_ends.push(out.len());
+        match scan(&out, sent, &job.stop) {
+            Scan::Stop(at) => {
+                stopped_at = Some(at);
+                finish = Finish::Stop;
+                break;
+            }
+            Scan::Emit(upto) if upto > sent => {
+                let through = fully_before(&token_ends, upto).min(logprobs.len());
+                if !sink.emit(&out[sent..upto], &logprobs[lp_sent..through]) {
+                    cancelled = true;
+                    break;
+                }
+                (sent, lp_sent) = (upto, through);
+            }
+            Scan::Emit(_) => {}
+        }
+    }
+    if !cancelled {
+        if stopped_at.is_none() {
+            out.push_str(&decoder.finish());
+            if let Scan::Stop(at) = scan(&out, sent, &job.stop) {
+                finish = Finish::Stop;
+                stopped_at = Some(at);
+            }
+        }
+        let end = stopped_at.unwrap_or(out.len());
+        // Keep the tokens that contributed text before a cut (the one the cut falls in too).
+        let keep = stopped_at.map_or(token_ends.len(), |at| starting_before(&token_ends, at)).min(logprobs.len());
+        logprobs.truncate(keep);
+        if end > sent || keep > lp_sent {
+            sink.emit(&out[sent..end], &logprobs[lp_sent.min(keep)..]);
+        }
+        out.truncate(end);
+    }
+    Ok(Outcome { text: out, completion_tokens: generated, finish, logprobs, cancelled })
+}
+
+fn token_logprobs(logits: &[f32], chosen: u32, n: usize, tokenizer: &Tokenizer) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&z| ((z - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let mut top: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(top.len());
+    if n > 0 && n < top.len() {
+        top.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    }
+    top.truncate(n);
+    top.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    TokenLogprob {
+        token: text(chosen),
+        logprob: logits[chosen as usize] - log_sum,
+        top: top.into_iter().map(|id| (text(id), logits[id as usize] - log_sum)).collect(),
+    }
+}
+
+/// How many tokens end at or before byte `upto`.
+fn fully_before(token_ends: &[usize], upto: usize) -> usize {
+    token_ends.iter().take_while(|&&e| e <= upto).count()
+}
+
+/// How many tokens start before byte `at` (or end by it).
+fn starting_before(token_ends: &[usize], at: usize) -> usize {
+    let mut start = 0;
+    token_ends
+        .iter()
+        .take_while(|&&e| {
+            let keep = start < at || e <= at;
+            start = e;
+            keep
+        })
+        .count()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// A stop string starts at this byte of the text.
+    Stop(usize),
+    /// Text up to this byte cannot be part of a stop string.
+    Emit(usize),
+}
+
+/// Looks for a stop string in `out[sent..]` (text before `sent` was already checked and emitted), and
+/// otherwise holds back the longest tail that could still grow into one.
+fn scan(out: &str, sent: usize, stops: &[String]) -> Scan {
+    let tail = &out[sent..];
+    if let Some(at) = stops.iter().filter_map(|s| tail.find(s.as_str())).min() {
+        return Scan::Stop(sent + at);
+    }
+    for (i, _) in tail.char_indices() {
+        let rest = &tail[i..];
+        if stops.iter().any(|s| s.len() > rest.len() && s.starts_with(rest)) {
+            return Scan::Emit(sent + i);
+        }
+    }
+    Scan::Emit(out.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_stops_and_holds_back_prefixes() {
+        let stops = vec!["\nUser:".to_string(), "END".to_string()];
+        assert_eq!(scan("hello", 0, &stops), Scan::Emit(5));
+        assert_eq!(scan("hello\nUs", 0, &stops), Scan::Emit(5));
+        assert_eq!(scan("hello\nUser: x", 0, &stops), Scan::Stop(5));
+        assert_eq!(scan("abEN", 2, &stops), Scan::Emit(2));
+        assert_eq!(scan("abENDx", 2, &stops), Scan::Stop(2));
+        assert_eq!(scan("é", 0, &[]), Scan::Emit(2));
+    }
+
+    #[test]
+    fn tokens_are_kept_up_to_a_cut() {
+        let ends = [1, 3, 3, 6];
+        assert_eq!(fully_before(&ends, 3), 3);
+        assert_eq!(starting_before(&ends, 0), 0);
+        assert_eq!(starting_before(&ends, 2), 2);
+        assert_eq!(starting_before(&ends, 3), 3);
+        assert_eq!(starting_before(&ends, 4), 4);
+    }
+}

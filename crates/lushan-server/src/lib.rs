@@ -1,0 +1,139 @@
+//! An OpenAI-compatible HTTP API for one lushan or GPT-2 checkpoint: an adapter over the model crate's
+//! cached decoding and sampler, with validation, limits, SSE streaming and an optional API key.
+//!
+//! Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
+//! `POST /tokenize`, `POST /detokenize`. Generation runs on blocking threads, never on the async executor;
+//! at most `max_queue` generations are running or waiting, beyond that requests get 429 at once.
+
+pub mod engine;
+pub mod error;
+pub mod request;
+mod routes;
+
+pub use error::{ApiError, ServerError};
+
+use axum::Router;
+use lushan_model::Gpt;
+use lushan_tokenizer::Tokenizer;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Settings of a server; see `lushan serve --help`.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The id clients name in `model` (the checkpoint directory's name).
+    pub model_id: String,
+    /// When set, `/v1/*` requires `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Generations running plus waiting; more get 429.
+    pub max_queue: usize,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+impl ServerOptions {
+    pub fn new(model_id: impl Into<String>) -> Self {
+        Self { model_id: model_id.into(), api_key: None, max_queue: 16, max_body_bytes: 2_000_000 }
+    }
+}
+
+/// Counters the server keeps (read by tests and the request log).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Tokens sampled, over all requests.
+    pub tokens_generated: AtomicU64,
+    /// Generations stopped early because the client went away.
+    pub cancelled: AtomicU64,
+    /// Generations finished (completed or cancelled).
+    pub generations_done: AtomicU64,
+    /// Requests answered 429.
+    pub rejected: AtomicU64,
+    /// Request ids handed out.
+    pub requests: AtomicU64,
+}
+
+pub(crate) struct AppState {
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
+    pub options: ServerOptions,
+    pub queue: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
+    pub created: u64,
+}
+
+/// A server for one model.
+#[derive(Clone)]
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    pub fn new(model: Gpt, tokenizer: Tokenizer, options: ServerOptions) -> Self {
+        let queue = Arc::new(Semaphore::new(options.max_queue.max(1)));
+        let state = AppState { model, tokenizer, options, queue, metrics: Arc::default(), created: unix_time() };
+        Self { state: Arc::new(state) }
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    pub fn router(&self) -> Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets requests in flight finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+
+    /// Binds `host:port`, serves until SIGINT or SIGTERM, on a runtime of its own (blocks the caller).
+    pub fn run_blocking(self, host: &str, port: u16) -> Result<(), ServerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let addr = format!("{host}:{port}");
+            let listener =
+                TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+            let local = listener.local_addr()?;
+            eprintln!("serving `{}` on http://{local} (Ctrl-C to stop)", self.state.options.model_id);
+            self.serve(listener, shutdown_signal()).await
+        })
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
+}
+
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

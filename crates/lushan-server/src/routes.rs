@@ -1,0 +1,424 @@
+//! The HTTP routes: request → validated jobs → generation on a blocking thread → JSON or SSE.
+
+use crate::engine::{self, Collect, Job, Outcome, Sink, TokenLogprob};
+use crate::error::ApiError;
+use crate::request::{self, CHAT_STOP, MAX_LOGPROBS};
+use crate::{AppState, unix_time};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .fallback(|| async {
+            ApiError::invalid("path", "no such route").with_status(StatusCode::NOT_FOUND).with_code("not_found")
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
+        .with_state(state)
+}
+
+/// Marks a response whose request the generation code logs itself (with token counts, when it ends).
+#[derive(Clone, Copy)]
+struct SelfLogged;
+
+/// One line per request on stderr for every request the generation code does not log itself.
+async fn log_request(State(st): St, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = next.run(req).await;
+    if response.extensions().get::<SelfLogged>().is_none() {
+        let id = format!("req-{}", st.metrics.requests.fetch_add(1, Ordering::Relaxed));
+        let ms = started.elapsed().as_millis();
+        eprintln!("{id} {method} {path} status={} ms={ms}", response.status().as_u16());
+    }
+    response
+}
+
+/// `Authorization: Bearer KEY` on `/v1/*` when the server has a key (compared in constant time).
+async fn auth(State(st): St, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.options.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            let e = ApiError::bad_body("invalid or missing API key (Authorization: Bearer KEY)")
+                .with_status(StatusCode::UNAUTHORIZED)
+                .with_code("invalid_api_key");
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(st: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let limit = st.options.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::invalid("body", format!("the request body is larger than {limit} bytes"))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })?;
+    request::parse_object(&bytes)
+}
+
+async fn models(State(st): St) -> Response {
+    let model = json!({
+        "id": st.options.model_id, "object": "model", "created": st.created, "owned_by": "lushan",
+        "max_model_len": st.model.config.block_size,
+    });
+    axum::Json(json!({"object": "list", "data": [model]})).into_response()
+}
+
+async fn tokenize(State(st): St, body: Body) -> Result<Response, ApiError> {
+    let map = read_body(&st, body).await?;
+    let text = match map.get("prompt").or_else(|| map.get("text")) {
+        Some(Value::String(s)) => s,
+        _ => return Err(ApiError::invalid("prompt", "`prompt` (or `text`) must be a string")),
+    };
+    let tokens = st.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    let body = json!({"count": tokens.len(), "tokens": tokens, "max_model_len": st.model.config.block_size});
+    Ok(axum::Json(body).into_response())
+}
+
+async fn detokenize(State(st): St, body: Body) -> Result<Response, ApiError> {
+    let map = read_body(&st, body).await?;
+    let bad = || ApiError::invalid("tokens", "`tokens` must be a list of token ids");
+    let ids = match map.get("tokens") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_u64().and_then(|u| u32::try_from(u).ok()).ok_or_else(bad))
+            .collect::<Result<Vec<u32>, _>>()?,
+        _ => return Err(bad()),
+    };
+    let text = st.tokenizer.decode(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(axum::Json(json!({"prompt": text})).into_response())
+}
+
+/// What differs between the two completion routes.
+#[derive(Clone)]
+enum Kind {
+    /// `/v1/completions`: prompt texts to echo (when `echo`), `logprobs` count.
+    Text {
+        echo: Option<Vec<String>>,
+        logprobs: Option<usize>,
+    },
+    Chat,
+}
+
+async fn completions(State(st): St, body: Body) -> Response {
+    let id = format!("cmpl-{}", st.metrics.requests.fetch_add(1, Ordering::Relaxed));
+    let started = Instant::now();
+    let result = async {
+        let map = read_body(&st, body).await?;
+        request::check_model(&map, &st.options.model_id)?;
+        let common = request::common(&map)?;
+        let prompts = request::prompts(&map, &st.tokenizer)?;
+        let logprobs = request::get_usize(&map, "logprobs")?;
+        if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
+            return Err(ApiError::invalid("logprobs", format!("`logprobs` must be at most {MAX_LOGPROBS}")));
+        }
+        let echo = request::get_bool(&map, "echo")?;
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|(ids, _)| ids.clone()).collect();
+        let cfg = &st.model.config;
+        let jobs = request::jobs(&ids, &common, Some(16), logprobs, cfg.block_size, cfg.vocab_size, "prompt")?;
+        let echo = echo.then(|| prompts.iter().map(|(_, t)| t.clone()).collect());
+        Ok((jobs, common.n, common.stream, Kind::Text { echo, logprobs }))
+    }
+    .await;
+    dispatch(st, id, started, result).await
+}
+
+async fn chat_completions(State(st): St, body: Body) -> Response {
+    let id = format!("chatcmpl-{}", st.metrics.requests.fetch_add(1, Ordering::Relaxed));
+    let started = Instant::now();
+    let result = async {
+        let map = read_body(&st, body).await?;
+        request::check_model(&map, &st.options.model_id)?;
+        let mut common = request::common(&map)?;
+        if request::get_bool(&map, "logprobs")? {
+            return Err(ApiError::invalid("logprobs", "chat `logprobs` is not supported yet"));
+        }
+        common.stop.push(CHAT_STOP.to_string());
+        let text = request::chat_prompt(&map)?;
+        let ids = st.tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+        let cfg = &st.model.config;
+        if ids.len() >= cfg.block_size {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("the conversation has {} tokens; the model's context is {}", ids.len(), cfg.block_size),
+            ));
+        }
+        let jobs = request::jobs(&[ids], &common, None, None, cfg.block_size, cfg.vocab_size, "messages")?;
+        Ok((jobs, common.n, common.stream, Kind::Chat))
+    }
+    .await;
+    dispatch(st, id, started, result).await
+}
+
+type Prepared = Result<(Vec<Job>, usize, bool, Kind), ApiError>;
+
+async fn dispatch(st: Arc<AppState>, id: String, started: Instant, prepared: Prepared) -> Response {
+    let result = async {
+        let (jobs, n, stream, kind) = prepared?;
+        let permit = st.queue.clone().try_acquire_owned().map_err(|_| {
+            st.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            ApiError::bad_body(format!(
+                "the server is busy ({} requests running or queued); retry later",
+                st.options.max_queue
+            ))
+            .with_status(StatusCode::TOO_MANY_REQUESTS)
+            .with_code("rate_limit_exceeded")
+        })?;
+        if stream {
+            return Ok(stream_response(st.clone(), id.clone(), started, jobs, n, kind, permit));
+        }
+        let state = st.clone();
+        let work = jobs.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            run_all(&state, &work)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("generation panicked: {e}")))??;
+        let body = full_response(&st, &id, &jobs, n, &kind, &outcomes);
+        log(&id, StatusCode::OK, prompt_tokens(&jobs, n), outcomes.iter().map(|o| o.completion_tokens).sum(), started);
+        Ok(axum::Json(body).into_response())
+    }
+    .await;
+    let mut response = result.unwrap_or_else(|e: ApiError| {
+        log(&id, e.status, 0, 0, started);
+        e.into_response()
+    });
+    response.extensions_mut().insert(SelfLogged);
+    response
+}
+
+fn run_all(st: &AppState, jobs: &[Job]) -> Result<Vec<Outcome>, ApiError> {
+    let count = || {
+        st.metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
+    };
+    jobs.iter()
+        .map(|job| {
+            let out = engine::generate(&st.model, &st.tokenizer, job, &mut Collect, &count);
+            st.metrics.generations_done.fetch_add(1, Ordering::Relaxed);
+            out.map_err(|e| ApiError::internal(format!("generation failed: {e}")))
+        })
+        .collect()
+}
+
+fn prompt_tokens(jobs: &[Job], n: usize) -> usize {
+    jobs.iter().step_by(n.max(1)).map(|j| j.prompt.len()).sum()
+}
+
+fn usage(jobs: &[Job], n: usize, completion: usize) -> Value {
+    let prompt = prompt_tokens(jobs, n);
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+fn full_response(st: &AppState, id: &str, jobs: &[Job], n: usize, kind: &Kind, outcomes: &[Outcome]) -> Value {
+    let completion: usize = outcomes.iter().map(|o| o.completion_tokens).sum();
+    let (object, choices): (&str, Vec<Value>) = match kind {
+        Kind::Text { echo, logprobs } => {
+            let choices = outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let prefix = echo.as_ref().map_or("", |texts| texts[i / n.max(1)].as_str());
+                    let logprobs = logprobs.map(|_| logprobs_json(&o.logprobs, prefix.chars().count()).0);
+                    json!({"index": i, "text": format!("{prefix}{}", o.text), "logprobs": logprobs,
+                           "finish_reason": o.finish.as_str()})
+                })
+                .collect();
+            ("text_completion", choices)
+        }
+        Kind::Chat => {
+            let choices = outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    json!({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": null,
+                           "finish_reason": o.finish.as_str()})
+                })
+                .collect();
+            ("chat.completion", choices)
+        }
+    };
+    json!({"id": id, "object": object, "created": unix_time(), "model": st.options.model_id, "choices": choices,
+           "usage": usage(jobs, n, completion)})
+}
+
+/// OpenAI's legacy `logprobs` object for `tokens`, whose text starts at character `start` of the choice's text
+/// (after any echo); also returns the offset after them.
+fn logprobs_json(tokens: &[TokenLogprob], start: usize) -> (Value, usize) {
+    let mut offset = start;
+    let mut offsets = Vec::new();
+    for t in tokens {
+        offsets.push(offset);
+        offset += t.token.chars().count();
+    }
+    let top: Vec<Value> =
+        tokens.iter().map(|t| Value::Object(t.top.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect())).collect();
+    let value = json!({
+        "tokens": tokens.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": offsets,
+    });
+    (value, offset)
+}
+
+/// Sends each piece of text as an SSE chunk; stops when the client has gone.
+struct ChannelSink<'a> {
+    tx: &'a mpsc::Sender<Bytes>,
+    chunk: &'a dyn Fn(&str, Option<Value>) -> Value,
+    /// `Some(characters of the choice's text so far)` when log-probabilities were asked for.
+    offset: Option<usize>,
+}
+
+impl Sink for ChannelSink<'_> {
+    fn alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+    fn emit(&mut self, text: &str, logprobs: &[TokenLogprob]) -> bool {
+        let lp = self.offset.map(|start| {
+            let (value, end) = logprobs_json(logprobs, start);
+            self.offset = Some(end);
+            value
+        });
+        self.tx.blocking_send(sse(&(self.chunk)(text, lp))).is_ok()
+    }
+}
+
+fn sse(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+fn stream_response(
+    st: Arc<AppState>,
+    id: String,
+    started: Instant,
+    jobs: Vec<Job>,
+    n: usize,
+    kind: Kind,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let created = unix_time();
+        let model = st.options.model_id.clone();
+        let (object, chat) = match kind {
+            Kind::Chat => ("chat.completion.chunk", true),
+            Kind::Text { .. } => ("text_completion", false),
+        };
+        let with_logprobs = matches!(kind, Kind::Text { logprobs: Some(_), .. });
+        let chunk = |index: usize, text: Option<&str>, role: bool, finish: Option<&str>, lp: Option<Value>| {
+            let choice = if chat {
+                let mut delta = Map::new();
+                if role {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), json!(t));
+                }
+                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish})
+            } else {
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
+            };
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+        };
+        let count = || {
+            st.metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        };
+        let mut completion = 0;
+        let mut status = StatusCode::OK;
+        for (index, job) in jobs.iter().enumerate() {
+            let echo = match &kind {
+                Kind::Text { echo: Some(texts), .. } => Some(texts[index / n.max(1)].as_str()),
+                _ => None,
+            };
+            let first = if chat {
+                Some(chunk(index, Some(""), true, None, None))
+            } else {
+                echo.map(|text| chunk(index, Some(text), false, None, None))
+            };
+            if let Some(first) = first
+                && tx.blocking_send(sse(&first)).is_err()
+            {
+                st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            let piece = |text: &str, lp: Option<Value>| chunk(index, Some(text), false, None, lp);
+            let offset = with_logprobs.then(|| echo.map_or(0, |t| t.chars().count()));
+            let mut sink = ChannelSink { tx: &tx, chunk: &piece, offset };
+            let result = engine::generate(&st.model, &st.tokenizer, job, &mut sink, &count);
+            st.metrics.generations_done.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(out) if out.cancelled => {
+                    completion += out.completion_tokens;
+                    st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                    status = StatusCode::from_u16(499).unwrap_or(StatusCode::OK);
+                    break;
+                }
+                Ok(out) => {
+                    completion += out.completion_tokens;
+                    let last = if chat { None } else { Some("") };
+                    let _ = tx.blocking_send(sse(&chunk(index, last, false, Some(out.finish.as_str()), None)));
+                }
+                Err(e) => {
+                    let err = ApiError::internal(format!("generation failed: {e}"));
+                    status = err.status;
+                    let _ = tx.blocking_send(sse(&err.body()));
+                    break;
+                }
+            }
+        }
+        let _ = tx.blocking_send(Bytes::from_static(b"data: [DONE]\n\n"));
+        log(&id, status, prompt_tokens(&jobs, n), completion, started);
+    });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx)) },
+        );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
+}
+
+/// One line per request on stderr: id, status, tokens in and out, milliseconds.
+fn log(id: &str, status: StatusCode, prompt: usize, completion: usize, started: Instant) {
+    let ms = started.elapsed().as_millis();
+    eprintln!("{id} status={} prompt_tokens={prompt} completion_tokens={completion} ms={ms}", status.as_u16());
+}
