@@ -43,27 +43,8 @@ fn sgemm(
     c[..(m - 1) * rsc + n].par_chunks_mut(rows * rsc).enumerate().for_each(|(i, c_rows)| {
         let r0 = i * rows;
         let mr = rows.min(m - r0);
-        // SAFETY: rows r0..r0+mr of A start at r0·rsa and reach (r0+mr-1)·rsa + (k-1)·csa < a.len() (debug
-        // assertion above); B is read within its asserted extent; this task's C rows are exactly `c_rows`,
-        // whose length covers (mr-1)·rsc + n elements, and no other task touches them.
-        unsafe {
-            matrixmultiply::sgemm(
-                mr,
-                k,
-                n,
-                1.0,
-                a.as_ptr().add(r0 * rsa),
-                rsa as isize,
-                csa as isize,
-                b.as_ptr(),
-                rsb as isize,
-                csb as isize,
-                beta,
-                c_rows.as_mut_ptr(),
-                rsc as isize,
-                1,
-            );
-        }
+        // This task owns output rows r0..r0+mr: the bounds-checked serial GEMM on those rows of A and C.
+        gemm_serial((mr, k, n), 1.0, &a[r0 * rsa..], (rsa, csa), b, (rsb, csb), beta, c_rows, (rsc, 1));
     });
 }
 
