@@ -19,8 +19,11 @@
 
 use rayon::prelude::*;
 
-/// Input rows one call accepts: weights are read once for all of them.
+/// Up to this many input rows a GEMM cannot block its work and this kernel is the faster one.
 pub const MAX_ROWS: usize = 4;
+/// Input rows one call accepts (batched decoding of several sequences): the weights are read once for all
+/// of them, and each row's result is the same as if it had been computed alone.
+pub const MAX_BATCH: usize = 32;
 /// Independent accumulator lanes per weight row.
 const LANES: usize = 16;
 /// Weight rows walked side by side.
@@ -161,14 +164,17 @@ fn block(outs: &mut [&mut [f32]], inp: &[f32], w: &[f32], bias: Option<&[f32]>, 
     }
 }
 
-/// Forward for at most [`MAX_ROWS`] input rows.
+/// Forward for at most [`MAX_BATCH`] input rows.
 ///
 /// # Shapes
-/// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC), with 1 ≤ N ≤ [`MAX_ROWS`].
+/// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC), with 1 ≤ N ≤ [`MAX_BATCH`].
+///
+/// # Panics
+/// With more than [`MAX_BATCH`] rows (the output pieces live in fixed arrays).
 pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
     debug_assert!(c > 0);
     let n = inp.len() / c;
-    debug_assert!(n <= MAX_ROWS, "gemv: {n} rows > {MAX_ROWS}");
+    assert!(n <= MAX_BATCH, "gemv: {n} rows > {MAX_BATCH}");
     debug_assert_eq!(inp.len(), n * c);
     debug_assert_eq!(out.len(), n * oc);
     debug_assert_eq!(weight.len(), oc * c);
@@ -178,7 +184,7 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     }
     let tasks = (oc * c / MIN_TASK_ELEMS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS));
     if tasks == 1 {
-        let mut outs: [&mut [f32]; MAX_ROWS] = Default::default();
+        let mut outs: [&mut [f32]; MAX_BATCH] = std::array::from_fn(|_| &mut [][..]);
         for (piece, row) in outs.iter_mut().zip(out.chunks_exact_mut(oc)) {
             *piece = row;
         }
@@ -188,7 +194,8 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     let per_task = oc.div_ceil(tasks).next_multiple_of(GROUP);
     let tasks = oc.div_ceil(per_task);
     // pieces[t][i]: input row i's outputs in block t — disjoint slices carved without allocating.
-    let mut pieces: [[&mut [f32]; MAX_ROWS]; MAX_TASKS] = Default::default();
+    let mut pieces: [[&mut [f32]; MAX_BATCH]; MAX_TASKS] =
+        std::array::from_fn(|_| std::array::from_fn(|_| &mut [][..]));
     for (i, row) in out.chunks_exact_mut(oc).enumerate() {
         for (t, piece) in row.chunks_mut(per_task).enumerate() {
             pieces[t][i] = piece;
@@ -259,9 +266,17 @@ mod tests {
         let mut rng = Rng::new(11);
         // Ragged C (tails of the 16 lanes), ragged OC (tails of the 4-row groups and of the task blocks),
         // and shapes big enough to be split over several tasks.
-        for (n, c, oc) in
-            [(1, 1, 1), (1, 13, 7), (2, 17, 5), (3, 31, 203), (4, 129, 67), (1, 768, 1001), (4, 300, 1030)]
-        {
+        for (n, c, oc) in [
+            (1, 1, 1),
+            (1, 13, 7),
+            (2, 17, 5),
+            (3, 31, 203),
+            (4, 129, 67),
+            (1, 768, 1001),
+            (4, 300, 1030),
+            (7, 40, 333),
+            (MAX_BATCH, 65, 1030),
+        ] {
             let x = random_f32(&mut rng, n * c, 1.0);
             let w = random_f32(&mut rng, oc * c, 1.0);
             let b = random_f32(&mut rng, oc, 1.0);
@@ -303,11 +318,12 @@ mod tests {
         // it was computed alone or with other input rows, and for any thread count.
         let (c, oc) = (200, 1_500);
         let mut rng = Rng::new(12);
-        let x = random_f32(&mut rng, 3 * c, 1.0);
+        let rows = 11;
+        let x = random_f32(&mut rng, rows * c, 1.0);
         let w = random_f32(&mut rng, oc * c, 1.0);
-        let mut together = vec![0.0; 3 * oc];
+        let mut together = vec![0.0; rows * oc];
         forward(&mut together, &x, &w, None, c, oc);
-        for i in 0..3 {
+        for i in 0..rows {
             let xi = &x[i * c..(i + 1) * c];
             let mut alone = vec![0.0; oc];
             forward(&mut alone, xi, &w, None, c, oc);

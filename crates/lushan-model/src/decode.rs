@@ -3,7 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::gpt::Gpt;
-use lushan_kernels::{encoder, gelu, layernorm, matmul, residual, softmax::softmax_in_place, vector};
+use lushan_kernels::{encoder, gelu, gemv, layernorm, matmul, residual, softmax::softmax_in_place, vector};
 use rayon::prelude::*;
 
 /// Keys and values of every position seen so far, for every layer and head.
@@ -172,8 +172,7 @@ impl Gpt {
 ///
 /// One task per (query, head): each reads that head's keys and values, contiguous in the cache, so for one
 /// new token the heads (the only parallelism there is) are split over the threads, and a long context is
-/// read once at streaming speed. The scores are scaled dot products with several accumulators
-/// ([`vector::dot`]) and the output is a sum of value rows ([`vector::axpy`]).
+/// read once at streaming speed.
 #[allow(clippy::too_many_arguments)]
 fn cached_attention(
     out: &mut [f32],
@@ -186,23 +185,187 @@ fn cached_attention(
     nh: usize,
 ) {
     let hs = c / nh;
-    let cap = cache.capacity;
-    let scale = 1.0 / (hs as f32).sqrt();
-    out.par_chunks_mut(hs).zip(scratch.par_chunks_mut(cap)).enumerate().for_each(|(task, (o, scores))| {
+    out.par_chunks_mut(hs).zip(scratch.par_chunks_mut(cache.capacity)).enumerate().for_each(|(task, (o, scores))| {
         let (i, h) = (task / nh, task % nh);
-        let q = &qkv[i * 3 * c + h * hs..][..hs];
-        let visible = pos0 + i + 1;
-        let base = cache.offset(layer, h, 0);
-        let keys = &cache.k[base..base + visible * hs];
-        let values = &cache.v[base..base + visible * hs];
-        let probs = &mut scores[..visible];
-        for (score, k) in probs.iter_mut().zip(keys.chunks_exact(hs)) {
-            *score = vector::dot(q, k) * scale;
-        }
-        softmax_in_place(probs);
-        o.fill(0.0);
-        for (&a, v) in probs.iter().zip(values.chunks_exact(hs)) {
-            vector::axpy(o, a, v);
-        }
+        attend_one(o, scores, &qkv[i * 3 * c + h * hs..][..hs], cache, layer, h, pos0 + i + 1);
     });
+}
+
+/// Output of one head for one query over the first `visible` cached positions: the scaled dot products
+/// with several accumulators ([`vector::dot`]), softmax, then a sum of value rows ([`vector::axpy`]).
+/// Batched and single-sequence decoding both go through here, so their results are the same bit for bit.
+fn attend_one(o: &mut [f32], scores: &mut [f32], q: &[f32], cache: &KvCache, layer: usize, h: usize, visible: usize) {
+    let hs = cache.head_size;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let base = cache.offset(layer, h, 0);
+    let keys = &cache.k[base..base + visible * hs];
+    let values = &cache.v[base..base + visible * hs];
+    let probs = &mut scores[..visible];
+    for (score, k) in probs.iter_mut().zip(keys.chunks_exact(hs)) {
+        *score = vector::dot(q, k) * scale;
+    }
+    softmax_in_place(probs);
+    o.fill(0.0);
+    for (&a, v) in probs.iter().zip(values.chunks_exact(hs)) {
+        vector::axpy(o, a, v);
+    }
+}
+
+/// Scratch buffers for [`Gpt::decode_batch`]: one row per sequence.
+#[derive(Debug, Clone)]
+pub struct BatchScratch {
+    rows: usize,
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    atty: Vec<f32>,
+    branch: Vec<f32>,
+    residual: Vec<f32>,
+    fch: Vec<f32>,
+    fch_gelu: Vec<f32>,
+    logits: Vec<f32>,
+    att_scratch: Vec<f32>,
+}
+
+impl BatchScratch {
+    /// Most sequences one [`Gpt::decode_batch`] call takes.
+    pub const MAX_ROWS: usize = gemv::MAX_BATCH;
+
+    /// Buffers for up to `rows` sequences of `model` (at most [`Self::MAX_ROWS`]).
+    pub fn new(model: &Gpt, rows: usize) -> Self {
+        let cfg = &model.config;
+        let b = rows.clamp(1, Self::MAX_ROWS);
+        let (c, nh) = (cfg.n_embd, cfg.n_head);
+        Self {
+            rows: b,
+            x: vec![0.0; b * c],
+            ln: vec![0.0; b * c],
+            mean: vec![0.0; b],
+            rstd: vec![0.0; b],
+            qkv: vec![0.0; b * 3 * c],
+            atty: vec![0.0; b * c],
+            branch: vec![0.0; b * c],
+            residual: vec![0.0; b * c],
+            fch: vec![0.0; b * 4 * c],
+            fch_gelu: vec![0.0; b * 4 * c],
+            logits: vec![0.0; b * cfg.vocab_size],
+            att_scratch: vec![0.0; b * nh * cfg.block_size],
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+impl Gpt {
+    /// Feeds one token to each of several sequences at once: `tokens[i]` goes to `states[i]` at that
+    /// sequence's next position, and each state's [`DecodeState::logits`] become those of its new token.
+    ///
+    /// Every weight matrix is read once for all the sequences (a decoding step is bound by that read), and
+    /// each sequence's logits are bit-identical to what [`Gpt::decode`] gives it alone: the same kernels,
+    /// row by row.
+    pub fn decode_batch(
+        &self,
+        states: &mut [&mut DecodeState],
+        tokens: &[u32],
+        scratch: &mut BatchScratch,
+    ) -> Result<()> {
+        let b = states.len();
+        if b == 0 || tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        if tokens.len() != b || b > scratch.rows {
+            return Err(ModelError::InvalidConfig {
+                field: "decode_batch",
+                reason: format!(
+                    "{} tokens for {b} sequences with scratch for {} (one token per sequence)",
+                    tokens.len(),
+                    scratch.rows
+                ),
+            });
+        }
+        for state in states.iter() {
+            let end = state.cache.len + 1;
+            if end > self.config.block_size {
+                return Err(ModelError::SequenceTooLong { len: end, block_size: self.config.block_size });
+            }
+        }
+        self.check_tokens(tokens, false)?;
+        let cfg = &self.config;
+        let (c, nh, hs, eps, v) = (cfg.n_embd, cfg.n_head, cfg.head_size(), cfg.layer_norm_epsilon, cfg.vocab_size);
+        let p = self.layout.split(&self.params);
+        let st = scratch;
+        let bc = b * c;
+        for (i, (state, &token)) in states.iter().zip(tokens).enumerate() {
+            encoder::forward(&mut st.x[i * c..][..c], &[token], p.wte, p.wpe, 1, state.cache.len, c);
+        }
+        for l in 0..cfg.n_layer {
+            let w = p.layer(l);
+            layernorm::forward(
+                &mut st.ln[..bc],
+                &mut st.mean[..b],
+                &mut st.rstd[..b],
+                &st.x[..bc],
+                w.ln1_w,
+                w.ln1_b,
+                c,
+                eps,
+            );
+            gemv::forward(&mut st.qkv[..3 * bc], &st.ln[..bc], w.qkv_w, Some(w.qkv_b), c, 3 * c);
+            for (i, state) in states.iter_mut().enumerate() {
+                let row = &st.qkv[i * 3 * c..][..3 * c];
+                let pos = state.cache.len;
+                for h in 0..nh {
+                    let at = state.cache.offset(l, h, pos);
+                    state.cache.k[at..at + hs].copy_from_slice(&row[c + h * hs..][..hs]);
+                    state.cache.v[at..at + hs].copy_from_slice(&row[2 * c + h * hs..][..hs]);
+                }
+            }
+            let caches: Vec<&KvCache> = states.iter().map(|s| &s.cache).collect();
+            let cap = cfg.block_size;
+            let qkv = &st.qkv;
+            st.atty[..bc].par_chunks_mut(hs).zip(st.att_scratch.par_chunks_mut(cap)).enumerate().for_each(
+                |(task, (o, scores))| {
+                    let (i, h) = (task / nh, task % nh);
+                    let cache = caches[i];
+                    attend_one(o, scores, &qkv[i * 3 * c + h * hs..][..hs], cache, l, h, cache.len + 1);
+                },
+            );
+            gemv::forward(&mut st.branch[..bc], &st.atty[..bc], w.attn_proj_w, Some(w.attn_proj_b), c, c);
+            residual::forward(&mut st.residual[..bc], &st.x[..bc], &st.branch[..bc]);
+            layernorm::forward(
+                &mut st.ln[..bc],
+                &mut st.mean[..b],
+                &mut st.rstd[..b],
+                &st.residual[..bc],
+                w.ln2_w,
+                w.ln2_b,
+                c,
+                eps,
+            );
+            gemv::forward(&mut st.fch[..4 * bc], &st.ln[..bc], w.fc_w, Some(w.fc_b), c, 4 * c);
+            gelu::forward(&mut st.fch_gelu[..4 * bc], &st.fch[..4 * bc]);
+            gemv::forward(&mut st.branch[..bc], &st.fch_gelu[..4 * bc], w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+            residual::forward(&mut st.x[..bc], &st.residual[..bc], &st.branch[..bc]);
+        }
+        layernorm::forward(
+            &mut st.ln[..bc],
+            &mut st.mean[..b],
+            &mut st.rstd[..b],
+            &st.x[..bc],
+            p.lnf_w,
+            p.lnf_b,
+            c,
+            eps,
+        );
+        gemv::forward(&mut st.logits[..b * v], &st.ln[..bc], p.wte, None, c, v);
+        for (i, state) in states.iter_mut().enumerate() {
+            state.cache.len += 1;
+            state.logits.copy_from_slice(&st.logits[i * v..][..v]);
+        }
+        Ok(())
+    }
 }

@@ -99,3 +99,50 @@ fn bad_prompts_are_errors() {
     let g = Generator::new(&model, &long, Sampling::greedy(), 0, 5).unwrap();
     assert!(g.prompt_cropped());
 }
+
+#[test]
+fn batched_decode_is_bit_identical_to_decoding_each_sequence_alone() {
+    use lushan_model::BatchScratch;
+    for pe in [PositionEncoding::Learned, PositionEncoding::Sinusoidal] {
+        let model = tiny(pe);
+        // Five sequences at different positions (prompts of different lengths), some joining late.
+        let prompts: Vec<Vec<u32>> =
+            (0..5).map(|s| (0..(1 + s)).map(|i| ((i * 5 + s * 3) % 37) as u32).collect()).collect();
+        let mut alone: Vec<DecodeState> = prompts.iter().map(|_| DecodeState::new(&model, 4)).collect();
+        let mut batched = alone.clone();
+        for ((a, b), p) in alone.iter_mut().zip(batched.iter_mut()).zip(&prompts) {
+            model.decode(a, p).unwrap();
+            model.decode(b, p).unwrap();
+        }
+        let mut scratch = BatchScratch::new(&model, 5);
+        for step in 0..4u32 {
+            let tokens: Vec<u32> = (0..5).map(|s| (step * 11 + s * 7) % 37).collect();
+            for (a, &t) in alone.iter_mut().zip(&tokens) {
+                model.decode(a, &[t]).unwrap();
+            }
+            // A changing subset: sequence 0 sits out odd steps, as a finished request would.
+            let take: Vec<usize> = (0..5).filter(|&s| s != 0 || step % 2 == 0).collect();
+            let mut refs: Vec<&mut DecodeState> =
+                batched.iter_mut().enumerate().filter(|(s, _)| take.contains(s)).map(|(_, b)| b).collect();
+            let fed: Vec<u32> = take.iter().map(|&s| tokens[s]).collect();
+            model.decode_batch(&mut refs, &fed, &mut scratch).unwrap();
+            for &s in &take {
+                assert_eq!(batched[s].logits(), alone[s].logits(), "{pe:?} step {step} sequence {s}");
+                assert_eq!(batched[s].cache.len(), alone[s].cache.len());
+            }
+            if step % 2 == 1 {
+                // Keep sequence 0 in step with its twin for the next round.
+                batched[0] = alone[0].clone();
+            }
+        }
+        // Errors: mismatched lengths, too many rows, a full context.
+        let mut refs: Vec<&mut DecodeState> = batched.iter_mut().collect();
+        assert!(model.decode_batch(&mut refs, &[1, 2], &mut scratch).is_err());
+        let mut small = BatchScratch::new(&model, 2);
+        assert!(model.decode_batch(&mut refs, &[1, 2, 3, 4, 5], &mut small).is_err());
+        let mut full = DecodeState::new(&model, 16);
+        model.decode(&mut full, &[1; 12]).unwrap();
+        let err = model.decode_batch(&mut [&mut full], &[1], &mut scratch).unwrap_err().to_string();
+        assert!(err.contains("longer than the model's context"), "{err}");
+    }
+}
