@@ -5,7 +5,7 @@
 //! The caller has already checked that `prompt + max_tokens` fits the context, so the window never slides.
 
 use lushan_model::{DecodeState, Gpt, Sampler, Sampling};
-use lushan_tokenizer::Tokenizer;
+use lushan_tokenizer::{StreamDecoder, Tokenizer};
 
 /// One completion to generate.
 #[derive(Debug, Clone)]
@@ -78,106 +78,187 @@ pub trait Sink {
 pub struct Collect;
 impl Sink for Collect {}
 
-/// Runs `job`, calling `sink` with each piece of final text. `on_token` is called once per sampled token.
-pub fn generate(
-    model: &Gpt,
-    tokenizer: &Tokenizer,
-    job: &Job,
-    sink: &mut dyn Sink,
-    on_token: &dyn Fn(),
-) -> lushan_model::Result<Outcome> {
-    let mut sampler = Sampler::new(job.sampling.clone(), job.seed)?;
-    let mut state = DecodeState::new(model, 256);
-    model.decode(&mut state, &job.prompt)?;
-    let eot = tokenizer.end_of_text();
-    let mut context = job.prompt.clone();
-    let mut counts = vec![0u32; model.config.vocab_size];
-    let mut adjusted = Vec::with_capacity(model.config.vocab_size);
-    let mut decoder = tokenizer.stream_decoder();
-    let mut out = String::new();
-    let mut sent = 0usize; // bytes of `out` emitted
-    let mut lp_sent = 0usize; // log-probabilities emitted
-    let mut logprobs = Vec::new();
-    let mut token_ends = Vec::new(); // byte length of `out` after each token, to drop tokens past a cut
-    let mut generated = 0usize;
-    let mut finish = Finish::Length;
-    let mut cancelled = false;
-    let mut stopped_at = None;
-    while generated < job.max_tokens {
-        if !sink.alive() {
-            cancelled = true;
-            break;
+/// One completion being generated: sampling, penalties, stop strings and streaming of final text, fed one
+/// position's logits at a time by whoever runs the model (alone in [`generate`], or batched with other
+/// sequences by the [`crate::batcher`]).
+pub struct Sequence<'t> {
+    job: Job,
+    tokenizer: &'t Tokenizer,
+    sampler: Sampler,
+    eot: Option<u32>,
+    context: Vec<u32>,
+    counts: Vec<u32>,
+    adjusted: Vec<f32>,
+    decoder: StreamDecoder<'t>,
+    out: String,
+    /// Bytes of `out` emitted.
+    sent: usize,
+    /// Log-probabilities emitted.
+    lp_sent: usize,
+    logprobs: Vec<TokenLogprob>,
+    /// Byte length of `out` after each token, to drop tokens past a cut.
+    token_ends: Vec<usize>,
+    generated: usize,
+    finish: Finish,
+    cancelled: bool,
+    stopped_at: Option<usize>,
+    done: bool,
+}
+
+impl<'t> Sequence<'t> {
+    pub fn new(job: Job, tokenizer: &'t Tokenizer, vocab_size: usize) -> lushan_model::Result<Self> {
+        let sampler = Sampler::new(job.sampling.clone(), job.seed)?;
+        let done = job.max_tokens == 0;
+        Ok(Self {
+            context: job.prompt.clone(),
+            job,
+            tokenizer,
+            sampler,
+            eot: tokenizer.end_of_text(),
+            counts: vec![0; vocab_size],
+            adjusted: Vec::with_capacity(vocab_size),
+            decoder: tokenizer.stream_decoder(),
+            out: String::new(),
+            sent: 0,
+            lp_sent: 0,
+            logprobs: Vec::new(),
+            token_ends: Vec::new(),
+            generated: 0,
+            finish: Finish::Length,
+            cancelled: false,
+            stopped_at: None,
+            done,
+        })
+    }
+
+    pub fn prompt(&self) -> &[u32] {
+        &self.job.prompt
+    }
+
+    /// False once the sequence needs no more logits.
+    pub fn wants_more(&self) -> bool {
+        !self.done
+    }
+
+    /// The token to feed the model next (the one sampled last).
+    pub fn last_token(&self) -> u32 {
+        self.context[self.context.len() - 1]
+    }
+
+    /// The client went away: stop without emitting anything more.
+    pub fn cancel(&mut self) {
+        self.cancelled = true;
+        self.done = true;
+    }
+
+    /// Samples the next token from `logits` (the model's output after the last token fed) and passes any
+    /// text that became final to `sink`.
+    pub fn step(&mut self, logits: &[f32], sink: &mut dyn Sink) -> lushan_model::Result<()> {
+        if self.done {
+            return Ok(());
         }
-        if generated > 0 {
-            let last = context[context.len() - 1];
-            model.decode(&mut state, &[last])?;
-        }
-        let logits = state.logits();
-        adjusted.clear();
-        adjusted.extend_from_slice(logits);
+        self.adjusted.clear();
+        self.adjusted.extend_from_slice(logits);
+        let job = &self.job;
         if job.presence_penalty != 0.0 || job.frequency_penalty != 0.0 {
-            for (z, &c) in adjusted.iter_mut().zip(&counts) {
+            for (z, &c) in self.adjusted.iter_mut().zip(&self.counts) {
                 if c > 0 {
                     *z -= job.presence_penalty + job.frequency_penalty * c as f32;
                 }
             }
         }
-        let tok = sampler.sample(&adjusted, &context);
+        let tok = self.sampler.sample(&self.adjusted, &self.context);
         if let Some(n) = job.logprobs {
-            logprobs.push(token_logprobs(logits, tok, n, tokenizer));
+            self.logprobs.push(token_logprobs(logits, tok, n, self.tokenizer));
         }
-        generated += 1;
-        on_token();
-        context.push(tok);
-        counts[tok as usize] += 1;
-        if Some(tok) == eot {
-            finish = Finish::Stop;
-            token_ends.push(out.len());
-            break;
+        self.generated += 1;
+        self.context.push(tok);
+        self.counts[tok as usize] += 1;
+        if Some(tok) == self.eot {
+            self.finish = Finish::Stop;
+            self.token_ends.push(self.out.len());
+            self.done = true;
+            return Ok(());
         }
-        let piece = decoder
+        let piece = self
+            .decoder
             .push(tok)
             .map_err(|e| lushan_model::ModelError::InvalidSampling { field: "token", reason: e.to_string() })?;
-        out.push_str(&piece);
-        token_ends.push(out.len());
-        match scan(&out, sent, &job.stop) {
+        self.out.push_str(&piece);
+        self.token_ends.push(self.out.len());
+        match scan(&self.out, self.sent, &self.job.stop) {
             Scan::Stop(at) => {
-                stopped_at = Some(at);
-                finish = Finish::Stop;
-                break;
+                self.stopped_at = Some(at);
+                self.finish = Finish::Stop;
+                self.done = true;
+                return Ok(());
             }
-            Scan::Emit(upto) if upto > sent => {
-                let through = fully_before(&token_ends, upto).min(logprobs.len());
-                if !sink.emit(&out[sent..upto], &logprobs[lp_sent..through]) {
-                    cancelled = true;
-                    break;
+            Scan::Emit(upto) if upto > self.sent => {
+                let through = fully_before(&self.token_ends, upto).min(self.logprobs.len());
+                if !sink.emit(&self.out[self.sent..upto], &self.logprobs[self.lp_sent..through]) {
+                    self.cancel();
+                    return Ok(());
                 }
-                (sent, lp_sent) = (upto, through);
+                (self.sent, self.lp_sent) = (upto, through);
             }
             Scan::Emit(_) => {}
         }
+        if self.generated >= self.job.max_tokens {
+            self.done = true;
+        }
+        Ok(())
     }
-    if !cancelled {
-        if stopped_at.is_none() {
-            out.push_str(&decoder.finish());
-            if let Scan::Stop(at) = scan(&out, sent, &job.stop) {
-                finish = Finish::Stop;
-                stopped_at = Some(at);
+
+    /// Flushes held-back text (cut before a stop string) and returns the outcome.
+    pub fn finish(mut self, sink: &mut dyn Sink) -> Outcome {
+        if !self.cancelled {
+            if self.stopped_at.is_none() {
+                self.out.push_str(&self.decoder.finish());
+                if let Scan::Stop(at) = scan(&self.out, self.sent, &self.job.stop) {
+                    self.finish = Finish::Stop;
+                    self.stopped_at = Some(at);
+                }
             }
+            let end = self.stopped_at.unwrap_or(self.out.len());
+            // Keep the tokens that contributed text before a cut (the one the cut falls in too).
+            let keep = self
+                .stopped_at
+                .map_or(self.token_ends.len(), |at| starting_before(&self.token_ends, at))
+                .min(self.logprobs.len());
+            self.logprobs.truncate(keep);
+            if end > self.sent || keep > self.lp_sent {
+                sink.emit(&self.out[self.sent..end], &self.logprobs[self.lp_sent.min(keep)..]);
+            }
+            self.out.truncate(end);
         }
-        let end = stopped_at.unwrap_or(out.len());
-        // Keep the tokens that contributed text before a cut (the one the cut falls in too).
-        let keep = stopped_at.map_or(token_ends.len(), |at| starting_before(&token_ends, at)).min(logprobs.len());
-        logprobs.truncate(keep);
-        if end > sent || keep > lp_sent {
-            sink.emit(&out[sent..end], &logprobs[lp_sent.min(keep)..]);
+        Outcome {
+            text: self.out,
+            completion_tokens: self.generated,
+            finish: self.finish,
+            logprobs: self.logprobs,
+            cancelled: self.cancelled,
         }
-        out.truncate(end);
     }
-    Ok(Outcome { text: out, completion_tokens: generated, finish, logprobs, cancelled })
 }
 
-fn token_logprobs(logits: &[f32], chosen: u32, n: usize, tokenizer: &Tokenizer) -> TokenLogprob {
+/// Runs `job` alone, calling `sink` with each piece of final text.
+pub fn generate(model: &Gpt, tokenizer: &Tokenizer, job: &Job, sink: &mut dyn Sink) -> lushan_model::Result<Outcome> {
+    let mut seq = Sequence::new(job.clone(), tokenizer, model.config.vocab_size)?;
+    let mut state = DecodeState::new(model, 256);
+    let mut fed = job.prompt.clone();
+    while seq.wants_more() {
+        if !sink.alive() {
+            seq.cancel();
+            break;
+        }
+        let logits = model.decode(&mut state, &fed)?;
+        seq.step(logits, sink)?;
+        fed = vec![seq.last_token()];
+    }
+    Ok(seq.finish(sink))
+}
+
+pub fn token_logprobs(logits: &[f32], chosen: u32, n: usize, tokenizer: &Tokenizer) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&z| ((z - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();

@@ -2,17 +2,21 @@
 //! cached decoding and sampler, with validation, limits, SSE streaming and an optional API key.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
-//! `POST /tokenize`, `POST /detokenize`. Generation runs on blocking threads, never on the async executor;
-//! at most `max_queue` generations are running or waiting, beyond that requests get 429 at once.
+//! `POST /tokenize`, `POST /detokenize`. Generation runs on one decoding thread that advances every running
+//! completion together ([`batcher`]), never on the async executor; at most `max_queue` requests are running
+//! or waiting, beyond that requests get 429 at once.
 
+pub mod batcher;
 pub mod engine;
 pub mod error;
+mod playground;
 pub mod request;
 mod routes;
 
 pub use error::{ApiError, ServerError};
 
 use axum::Router;
+use batcher::Batcher;
 use lushan_model::Gpt;
 use lushan_tokenizer::Tokenizer;
 use std::future::Future;
@@ -32,11 +36,13 @@ pub struct ServerOptions {
     pub max_queue: usize,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// Most sequences decoded together; more wait for a free place in the batch.
+    pub max_batch: usize,
 }
 
 impl ServerOptions {
     pub fn new(model_id: impl Into<String>) -> Self {
-        Self { model_id: model_id.into(), api_key: None, max_queue: 16, max_body_bytes: 2_000_000 }
+        Self { model_id: model_id.into(), api_key: None, max_queue: 64, max_body_bytes: 2_000_000, max_batch: 16 }
     }
 }
 
@@ -53,11 +59,16 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Request ids handed out.
     pub requests: AtomicU64,
+    /// Most completions decoded together in one step so far.
+    pub peak_batch: AtomicU64,
+    /// Decoding steps run (each advances every running completion by one token).
+    pub batch_steps: AtomicU64,
 }
 
 pub(crate) struct AppState {
-    pub model: Gpt,
-    pub tokenizer: Tokenizer,
+    pub model: Arc<Gpt>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub batcher: Batcher,
     pub options: ServerOptions,
     pub queue: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
@@ -71,10 +82,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(model: Gpt, tokenizer: Tokenizer, options: ServerOptions) -> Self {
+    /// A server for `model`; starts its decoding thread.
+    pub fn new(model: Gpt, tokenizer: Tokenizer, options: ServerOptions) -> Result<Self, ServerError> {
         let queue = Arc::new(Semaphore::new(options.max_queue.max(1)));
-        let state = AppState { model, tokenizer, options, queue, metrics: Arc::default(), created: unix_time() };
-        Self { state: Arc::new(state) }
+        let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
+        let metrics: Arc<Metrics> = Arc::default();
+        let batcher = Batcher::start(model.clone(), tokenizer.clone(), options.max_batch, metrics.clone())?;
+        let state = AppState { model, tokenizer, batcher, options, queue, metrics, created: unix_time() };
+        Ok(Self { state: Arc::new(state) })
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {

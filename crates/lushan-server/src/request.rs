@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 pub const MAX_CHOICES: usize = 8;
 /// Most alternatives per token for `logprobs` (OpenAI's limit).
 pub const MAX_LOGPROBS: usize = 5;
+/// Most alternatives per token for chat `top_logprobs` (OpenAI's limit).
+pub const MAX_CHAT_TOP_LOGPROBS: usize = 20;
 /// Stop strings are added to this one for chat: the template's next user turn.
 pub const CHAT_STOP: &str = "\nUser:";
 

@@ -1,8 +1,9 @@
 //! The HTTP routes: request → validated jobs → generation on a blocking thread → JSON or SSE.
 
+use crate::batcher::{Done, Work};
 use crate::engine::{self, Collect, Job, Outcome, Sink, TokenLogprob};
 use crate::error::ApiError;
-use crate::request::{self, CHAT_STOP, MAX_LOGPROBS};
+use crate::request::{self, CHAT_STOP, MAX_CHAT_TOP_LOGPROBS, MAX_LOGPROBS};
 use crate::{AppState, unix_time};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -11,12 +12,13 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use lushan_model::{Activations, Mode};
 use serde_json::{Map, Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 type St = State<Arc<AppState>>;
 
@@ -28,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .merge(crate::playground::routes(state.clone(), auth))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
@@ -126,12 +129,11 @@ async fn detokenize(State(st): St, body: Body) -> Result<Response, ApiError> {
 /// What differs between the two completion routes.
 #[derive(Clone)]
 enum Kind {
-    /// `/v1/completions`: prompt texts to echo (when `echo`), `logprobs` count.
-    Text {
-        echo: Option<Vec<String>>,
-        logprobs: Option<usize>,
-    },
-    Chat,
+    /// `/v1/completions`: prompt texts to echo (when `echo`), `logprobs` count, and with both, the
+    /// log-probabilities of each prompt's tokens.
+    Text { echo: Option<Vec<String>>, logprobs: Option<usize>, prompt_logprobs: Option<Vec<Vec<TokenLogprob>>> },
+    /// `/v1/chat/completions`, with `logprobs: true` when asked for.
+    Chat { logprobs: bool },
 }
 
 async fn completions(State(st): St, body: Body) -> Response {
@@ -150,8 +152,12 @@ async fn completions(State(st): St, body: Body) -> Response {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|(ids, _)| ids.clone()).collect();
         let cfg = &st.model.config;
         let jobs = request::jobs(&ids, &common, Some(16), logprobs, cfg.block_size, cfg.vocab_size, "prompt")?;
+        let prompt_logprobs = match (echo, logprobs) {
+            (true, Some(top)) => Some(prompt_token_logprobs(&st, ids, top).await?),
+            _ => None,
+        };
         let echo = echo.then(|| prompts.iter().map(|(_, t)| t.clone()).collect());
-        Ok((jobs, common.n, common.stream, Kind::Text { echo, logprobs }))
+        Ok((jobs, common.n, common.stream, Kind::Text { echo, logprobs, prompt_logprobs }))
     }
     .await;
     dispatch(st, id, started, result).await
@@ -164,9 +170,18 @@ async fn chat_completions(State(st): St, body: Body) -> Response {
         let map = read_body(&st, body).await?;
         request::check_model(&map, &st.options.model_id)?;
         let mut common = request::common(&map)?;
-        if request::get_bool(&map, "logprobs")? {
-            return Err(ApiError::invalid("logprobs", "chat `logprobs` is not supported yet"));
+        let logprobs = request::get_bool(&map, "logprobs")?;
+        let top_logprobs = request::get_usize(&map, "top_logprobs")?;
+        if top_logprobs.is_some_and(|n| n > MAX_CHAT_TOP_LOGPROBS) {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("`top_logprobs` must be at most {MAX_CHAT_TOP_LOGPROBS}"),
+            ));
         }
+        if top_logprobs.is_some() && !logprobs {
+            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
+        }
+        let job_logprobs = logprobs.then_some(top_logprobs.unwrap_or(0));
         common.stop.push(CHAT_STOP.to_string());
         let text = request::chat_prompt(&map)?;
         let ids = st.tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
@@ -177,8 +192,8 @@ async fn chat_completions(State(st): St, body: Body) -> Response {
                 format!("the conversation has {} tokens; the model's context is {}", ids.len(), cfg.block_size),
             ));
         }
-        let jobs = request::jobs(&[ids], &common, None, None, cfg.block_size, cfg.vocab_size, "messages")?;
-        Ok((jobs, common.n, common.stream, Kind::Chat))
+        let jobs = request::jobs(&[ids], &common, None, job_logprobs, cfg.block_size, cfg.vocab_size, "messages")?;
+        Ok((jobs, common.n, common.stream, Kind::Chat { logprobs }))
     }
     .await;
     dispatch(st, id, started, result).await
@@ -201,14 +216,13 @@ async fn dispatch(st: Arc<AppState>, id: String, started: Instant, prepared: Pre
         if stream {
             return Ok(stream_response(st.clone(), id.clone(), started, jobs, n, kind, permit));
         }
-        let state = st.clone();
-        let work = jobs.clone();
-        let outcomes = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            run_all(&state, &work)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("generation panicked: {e}")))??;
+        let pending =
+            jobs.iter().map(|job| submit(&st, job.clone(), Box::new(Collect))).collect::<Result<Vec<_>, _>>()?;
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for done in pending {
+            outcomes.push(outcome_of(&st, done.await)?);
+        }
+        drop(permit);
         let body = full_response(&st, &id, &jobs, n, &kind, &outcomes);
         log(&id, StatusCode::OK, prompt_tokens(&jobs, n), outcomes.iter().map(|o| o.completion_tokens).sum(), started);
         Ok(axum::Json(body).into_response())
@@ -222,17 +236,65 @@ async fn dispatch(st: Arc<AppState>, id: String, started: Instant, prepared: Pre
     response
 }
 
-fn run_all(st: &AppState, jobs: &[Job]) -> Result<Vec<Outcome>, ApiError> {
-    let count = || {
-        st.metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
-    };
-    jobs.iter()
-        .map(|job| {
-            let out = engine::generate(&st.model, &st.tokenizer, job, &mut Collect, &count);
-            st.metrics.generations_done.fetch_add(1, Ordering::Relaxed);
-            out.map_err(|e| ApiError::internal(format!("generation failed: {e}")))
-        })
-        .collect()
+/// Hands `job` to the decoding thread; the receiver answers when it ends.
+fn submit(st: &AppState, job: Job, sink: Box<dyn Sink + Send>) -> Result<oneshot::Receiver<Done>, ApiError> {
+    let (done, receiver) = oneshot::channel();
+    let metrics = st.metrics.clone();
+    let on_token = Arc::new(move || {
+        metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
+    });
+    st.batcher
+        .submit(Work { job, sink, on_token, done })
+        .map_err(|_| ApiError::internal("the decoding thread has stopped"))?;
+    Ok(receiver)
+}
+
+/// The outcome of a submitted job, counted in the metrics; a failure becomes a 500.
+fn outcome_of(st: &AppState, done: Result<Done, oneshot::error::RecvError>) -> Result<Outcome, ApiError> {
+    st.metrics.generations_done.fetch_add(1, Ordering::Relaxed);
+    let outcome = done
+        .map_err(|_| ApiError::internal("the decoding thread dropped the request"))?
+        .map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
+    if outcome.cancelled {
+        st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(outcome)
+}
+
+/// Log-probabilities of each prompt's tokens after the first (which has none: nothing predicts it), from
+/// one full forward pass per prompt, with the `top` most likely alternatives.
+async fn prompt_token_logprobs(
+    st: &Arc<AppState>,
+    prompts: Vec<Vec<u32>>,
+    top: usize,
+) -> Result<Vec<Vec<TokenLogprob>>, ApiError> {
+    let state = st.clone();
+    tokio::task::spawn_blocking(move || {
+        prompts
+            .iter()
+            .map(|ids| {
+                let cfg = &state.model.config;
+                let mut acts = Activations::new(cfg, 1, ids.len())
+                    .map_err(|e| ApiError::internal(format!("cannot score the prompt: {e}")))?;
+                state
+                    .model
+                    .forward(&mut acts, ids, None, Mode::Eval)
+                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+                let v = cfg.vocab_size;
+                let first = TokenLogprob {
+                    token: state.tokenizer.decode(&ids[..1]).unwrap_or_default(),
+                    logprob: f32::NAN,
+                    top: Vec::new(),
+                };
+                let rest = ids[1..].iter().enumerate().map(|(i, &tok)| {
+                    engine::token_logprobs(&acts.logits[i * v..(i + 1) * v], tok, top, &state.tokenizer)
+                });
+                Ok(std::iter::once(first).chain(rest).collect())
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("prompt scoring panicked: {e}")))?
 }
 
 fn prompt_tokens(jobs: &[Job], n: usize) -> usize {
@@ -247,25 +309,33 @@ fn usage(jobs: &[Job], n: usize, completion: usize) -> Value {
 fn full_response(st: &AppState, id: &str, jobs: &[Job], n: usize, kind: &Kind, outcomes: &[Outcome]) -> Value {
     let completion: usize = outcomes.iter().map(|o| o.completion_tokens).sum();
     let (object, choices): (&str, Vec<Value>) = match kind {
-        Kind::Text { echo, logprobs } => {
+        Kind::Text { echo, logprobs, prompt_logprobs } => {
             let choices = outcomes
                 .iter()
                 .enumerate()
                 .map(|(i, o)| {
                     let prefix = echo.as_ref().map_or("", |texts| texts[i / n.max(1)].as_str());
-                    let logprobs = logprobs.map(|_| logprobs_json(&o.logprobs, prefix.chars().count()).0);
+                    let logprobs = logprobs.map(|_| match prompt_logprobs {
+                        Some(prompts) => {
+                            let all: Vec<TokenLogprob> =
+                                prompts[i / n.max(1)].iter().chain(&o.logprobs).cloned().collect();
+                            logprobs_json(&all, 0).0
+                        }
+                        None => logprobs_json(&o.logprobs, prefix.chars().count()).0,
+                    });
                     json!({"index": i, "text": format!("{prefix}{}", o.text), "logprobs": logprobs,
                            "finish_reason": o.finish.as_str()})
                 })
                 .collect();
             ("text_completion", choices)
         }
-        Kind::Chat => {
+        Kind::Chat { logprobs } => {
             let choices = outcomes
                 .iter()
                 .enumerate()
                 .map(|(i, o)| {
-                    json!({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": null,
+                    let lp = logprobs.then(|| chat_logprobs_json(&o.logprobs));
+                    json!({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": lp,
                            "finish_reason": o.finish.as_str()})
                 })
                 .collect();
@@ -277,7 +347,8 @@ fn full_response(st: &AppState, id: &str, jobs: &[Job], n: usize, kind: &Kind, o
 }
 
 /// OpenAI's legacy `logprobs` object for `tokens`, whose text starts at character `start` of the choice's text
-/// (after any echo); also returns the offset after them.
+/// (after any echo); also returns the offset after them. A token nothing predicts (the first of an echoed
+/// prompt) has `null` log-probability and alternatives.
 fn logprobs_json(tokens: &[TokenLogprob], start: usize) -> (Value, usize) {
     let mut offset = start;
     let mut offsets = Vec::new();
@@ -285,36 +356,95 @@ fn logprobs_json(tokens: &[TokenLogprob], start: usize) -> (Value, usize) {
         offsets.push(offset);
         offset += t.token.chars().count();
     }
-    let top: Vec<Value> =
-        tokens.iter().map(|t| Value::Object(t.top.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect())).collect();
+    let top: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            if t.logprob.is_nan() {
+                Value::Null
+            } else {
+                Value::Object(t.top.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect())
+            }
+        })
+        .collect();
+    let logprob = |t: &TokenLogprob| if t.logprob.is_nan() { Value::Null } else { json!(t.logprob) };
     let value = json!({
         "tokens": tokens.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
-        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(logprob).collect::<Vec<_>>(),
         "top_logprobs": top,
         "text_offset": offsets,
     });
     (value, offset)
 }
 
-/// Sends each piece of text as an SSE chunk; stops when the client has gone.
-struct ChannelSink<'a> {
-    tx: &'a mpsc::Sender<Bytes>,
-    chunk: &'a dyn Fn(&str, Option<Value>) -> Value,
-    /// `Some(characters of the choice's text so far)` when log-probabilities were asked for.
-    offset: Option<usize>,
+/// The chat API's `logprobs` object: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`.
+fn chat_logprobs_json(tokens: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, t.logprob);
+            e["top_logprobs"] = Value::Array(t.top.iter().map(|(s, lp)| entry(s, *lp)).collect());
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
 }
 
-impl Sink for ChannelSink<'_> {
+/// How one streamed choice's chunks look.
+#[derive(Clone)]
+struct ChunkFormat {
+    id: String,
+    model: String,
+    created: u64,
+    chat: bool,
+    /// `Some` when log-probabilities were asked for.
+    logprobs: bool,
+}
+
+impl ChunkFormat {
+    fn chunk(&self, index: usize, text: Option<&str>, role: bool, finish: Option<&str>, lp: Option<Value>) -> Value {
+        let choice = if self.chat {
+            let mut delta = Map::new();
+            if role {
+                delta.insert("role".into(), json!("assistant"));
+            }
+            if let Some(t) = text {
+                delta.insert("content".into(), json!(t));
+            }
+            json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish})
+        } else {
+            json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
+        };
+        let object = if self.chat { "chat.completion.chunk" } else { "text_completion" };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
+    }
+}
+
+/// Sends each piece of one choice's text as an SSE chunk, without ever blocking the decoding thread (the
+/// channel is unbounded; a slow reader holds at most its own completion). Dead once the client has gone.
+struct StreamSink {
+    tx: mpsc::UnboundedSender<Bytes>,
+    format: ChunkFormat,
+    index: usize,
+    /// Characters of the choice's text so far, for `text_offset` (legacy completions).
+    offset: usize,
+}
+
+impl Sink for StreamSink {
     fn alive(&self) -> bool {
         !self.tx.is_closed()
     }
     fn emit(&mut self, text: &str, logprobs: &[TokenLogprob]) -> bool {
-        let lp = self.offset.map(|start| {
-            let (value, end) = logprobs_json(logprobs, start);
-            self.offset = Some(end);
-            value
+        let lp = self.format.logprobs.then(|| {
+            if self.format.chat {
+                chat_logprobs_json(logprobs)
+            } else {
+                let (value, end) = logprobs_json(logprobs, self.offset);
+                self.offset = end;
+                value
+            }
         });
-        self.tx.blocking_send(sse(&(self.chunk)(text, lp))).is_ok()
+        self.tx.send(sse(&self.format.chunk(self.index, Some(text), false, None, lp))).is_ok()
     }
 }
 
@@ -331,78 +461,66 @@ fn stream_response(
     kind: Kind,
     permit: OwnedSemaphorePermit,
 ) -> Response {
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let created = unix_time();
-        let model = st.options.model_id.clone();
-        let (object, chat) = match kind {
-            Kind::Chat => ("chat.completion.chunk", true),
-            Kind::Text { .. } => ("text_completion", false),
-        };
-        let with_logprobs = matches!(kind, Kind::Text { logprobs: Some(_), .. });
-        let chunk = |index: usize, text: Option<&str>, role: bool, finish: Option<&str>, lp: Option<Value>| {
-            let choice = if chat {
-                let mut delta = Map::new();
-                if role {
-                    delta.insert("role".into(), json!("assistant"));
-                }
-                if let Some(t) = text {
-                    delta.insert("content".into(), json!(t));
-                }
-                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish})
-            } else {
-                json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
-            };
-            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
-        };
-        let count = || {
-            st.metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
-        };
-        let mut completion = 0;
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let format = ChunkFormat {
+        id: id.clone(),
+        model: st.options.model_id.clone(),
+        created: unix_time(),
+        chat: matches!(kind, Kind::Chat { .. }),
+        logprobs: matches!(kind, Kind::Text { logprobs: Some(_), .. } | Kind::Chat { logprobs: true }),
+    };
+    tokio::spawn(async move {
+        let mut pending = Vec::with_capacity(jobs.len());
         let mut status = StatusCode::OK;
         for (index, job) in jobs.iter().enumerate() {
-            let echo = match &kind {
-                Kind::Text { echo: Some(texts), .. } => Some(texts[index / n.max(1)].as_str()),
-                _ => None,
-            };
-            let first = if chat {
-                Some(chunk(index, Some(""), true, None, None))
-            } else {
-                echo.map(|text| chunk(index, Some(text), false, None, None))
+            // The opening chunk: the role for chat, the echoed prompt (with its log-probabilities) for text.
+            let mut offset = 0;
+            let first = match &kind {
+                Kind::Chat { .. } => Some(format.chunk(index, Some(""), true, None, None)),
+                Kind::Text { echo: Some(texts), prompt_logprobs, .. } => {
+                    let text = texts[index / n.max(1)].as_str();
+                    offset = text.chars().count();
+                    let lp = prompt_logprobs.as_ref().map(|p| logprobs_json(&p[index / n.max(1)], 0).0);
+                    Some(format.chunk(index, Some(text), false, None, lp))
+                }
+                Kind::Text { echo: None, .. } => None,
             };
             if let Some(first) = first
-                && tx.blocking_send(sse(&first)).is_err()
+                && tx.send(sse(&first)).is_err()
             {
-                st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            let piece = |text: &str, lp: Option<Value>| chunk(index, Some(text), false, None, lp);
-            let offset = with_logprobs.then(|| echo.map_or(0, |t| t.chars().count()));
-            let mut sink = ChannelSink { tx: &tx, chunk: &piece, offset };
-            let result = engine::generate(&st.model, &st.tokenizer, job, &mut sink, &count);
-            st.metrics.generations_done.fetch_add(1, Ordering::Relaxed);
-            match result {
-                Ok(out) if out.cancelled => {
-                    completion += out.completion_tokens;
-                    st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                    status = StatusCode::from_u16(499).unwrap_or(StatusCode::OK);
-                    break;
-                }
-                Ok(out) => {
-                    completion += out.completion_tokens;
-                    let last = if chat { None } else { Some("") };
-                    let _ = tx.blocking_send(sse(&chunk(index, last, false, Some(out.finish.as_str()), None)));
-                }
+            let sink = StreamSink { tx: tx.clone(), format: format.clone(), index, offset };
+            match submit(&st, job.clone(), Box::new(sink)) {
+                Ok(done) => pending.push((index, done)),
                 Err(e) => {
-                    let err = ApiError::internal(format!("generation failed: {e}"));
-                    status = err.status;
-                    let _ = tx.blocking_send(sse(&err.body()));
+                    status = e.status;
+                    let _ = tx.send(sse(&e.body()));
                     break;
                 }
             }
         }
-        let _ = tx.blocking_send(Bytes::from_static(b"data: [DONE]\n\n"));
+        let mut completion = 0;
+        for (index, done) in pending {
+            match outcome_of(&st, done.await) {
+                Ok(out) if out.cancelled => {
+                    completion += out.completion_tokens;
+                    status = StatusCode::from_u16(499).unwrap_or(StatusCode::OK);
+                }
+                Ok(out) => {
+                    completion += out.completion_tokens;
+                    let last = if format.chat { None } else { Some("") };
+                    let _ = tx.send(sse(&format.chunk(index, last, false, Some(out.finish.as_str()), None)));
+                }
+                Err(e) => {
+                    status = e.status;
+                    let _ = tx.send(sse(&e.body()));
+                }
+            }
+        }
+        // Free the slot before the client hears the end, so that its next request finds it free.
+        drop(permit);
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n"));
         log(&id, status, prompt_tokens(&jobs, n), completion, started);
     });
     let stream =

@@ -25,7 +25,7 @@ async fn start(block_size: usize, n_embd: usize, options: ServerOptions) -> Test
     let tokenizer = Tokenizer::from(CharTokenizer::from_text(TEXT).unwrap());
     let vocab = tokenizer.vocab_size();
     let model = Gpt::new(ModelConfig::new(vocab, block_size, 2, 2, n_embd), 42).unwrap();
-    let server = Server::new(model, tokenizer, options);
+    let server = Server::new(model, tokenizer, options).unwrap();
     let metrics = server.metrics();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -159,12 +159,18 @@ async fn completions_happy_path_usage_echo_logprobs() {
     let choice = &body["choices"][0];
     let text = choice["text"].as_str().unwrap();
     assert!(text.starts_with("hey") && text.chars().count() == 8, "{text}");
+    // With echo, the prompt's tokens come first: the first has no log-probability (nothing predicts it).
     let lp = &choice["logprobs"];
     let tokens = lp["tokens"].as_array().unwrap();
-    assert_eq!(tokens.len(), 5);
-    assert_eq!(tokens.iter().map(|t| t.as_str().unwrap()).collect::<String>(), &text[3..]);
-    assert_eq!(lp["text_offset"], json!([3, 4, 5, 6, 7]));
-    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+    assert_eq!(tokens.len(), 3 + 5);
+    assert_eq!(tokens.iter().map(|t| t.as_str().unwrap()).collect::<String>(), text);
+    assert_eq!(lp["text_offset"], json!([0, 1, 2, 3, 4, 5, 6, 7]));
+    assert_eq!((&lp["token_logprobs"][0], &lp["top_logprobs"][0]), (&Value::Null, &Value::Null));
+    for i in 1..3 {
+        let prompt_lp = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(prompt_lp < 0.0 && lp["top_logprobs"][i].as_object().unwrap().len() == 3);
+    }
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate().skip(3) {
         let top = top.as_object().unwrap();
         assert!(!top.is_empty() && top.len() <= 3);
         let chosen = lp["token_logprobs"][i].as_f64().unwrap();
@@ -212,8 +218,8 @@ async fn streaming_format_and_stop_strings_across_tokens() {
     let (_, plain) = post(s.addr, "/v1/completions", body.clone()).await;
     let plain = &plain["choices"][0]["logprobs"];
     let tokens: String = plain["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    assert_eq!(tokens, cut);
-    assert_eq!(plain["text_offset"][0], 4);
+    assert_eq!(tokens, format!("The {cut}"));
+    assert_eq!(plain["text_offset"][0], 0);
     let mut streamed = body;
     streamed["stream"] = json!(true);
     let events = stream_post(s.addr, "/v1/completions", streamed).await;
@@ -369,7 +375,8 @@ async fn full_queue_answers_429_and_disconnect_stops_generation() {
 
     // Hanging up ends the generation early (well before 8 × 1000 tokens) and frees the queue.
     drop(stream);
-    wait_for("the cancelled generation", || s.metrics.cancelled.load(Ordering::Relaxed) == 1).await;
+    // All eight choices were decoding together; all eight stop.
+    wait_for("the cancelled generations", || s.metrics.cancelled.load(Ordering::Relaxed) == 8).await;
     let generated = s.metrics.tokens_generated.load(Ordering::Relaxed);
     assert!(generated < 8000, "{generated} tokens");
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -400,7 +407,7 @@ async fn presence_penalty_is_applied_before_sampling() {
 async fn graceful_shutdown_ends_serve() {
     let tokenizer = Tokenizer::from(CharTokenizer::from_text(TEXT).unwrap());
     let model = Gpt::new(ModelConfig::new(tokenizer.vocab_size(), 32, 1, 1, 16), 1).unwrap();
-    let server = Server::new(model, tokenizer, ServerOptions::new("m"));
+    let server = Server::new(model, tokenizer, ServerOptions::new("m")).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -412,4 +419,71 @@ async fn graceful_shutdown_ends_serve() {
     stop.send(()).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(10), handle).await.expect("serve returned");
     assert!(result.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_logprobs_plain_and_streamed() {
+    let s = small().await;
+    let messages = json!([{"role": "user", "content": "Hi!"}]);
+    let body = json!({"messages": messages, "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let (status, resp) = post(s.addr, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{resp}");
+    let choice = &resp["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    let entries = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(entries.len(), resp["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    let joined: String = entries.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert!(joined.starts_with(content), "{joined:?} vs {content:?}");
+    for e in entries {
+        let token = e["token"].as_str().unwrap();
+        let bytes: Vec<u8> = e["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert_eq!(bytes, token.as_bytes());
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one, listed first.
+        assert_eq!(top[0]["token"], e["token"]);
+        assert!((top[0]["logprob"].as_f64().unwrap() - e["logprob"].as_f64().unwrap()).abs() < 1e-6);
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+    }
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = stream_post(s.addr, "/v1/chat/completions", streamed).await;
+    let streamed_entries: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())
+        .flat_map(|a| a.iter().cloned())
+        .collect();
+    assert_eq!(&streamed_entries, entries);
+
+    // Without `logprobs` there are none; `top_logprobs` alone or above 20 is an error naming it.
+    let (_, plain) = post(s.addr, "/v1/chat/completions", json!({"messages": messages, "max_tokens": 2})).await;
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+    for bad in [
+        json!({"messages": messages, "top_logprobs": 2}),
+        json!({"messages": messages, "logprobs": true, "top_logprobs": 21}),
+    ] {
+        let (status, err) = post(s.addr, "/v1/chat/completions", bad).await;
+        assert_eq!((status, err["error"]["param"].as_str()), (400, Some("top_logprobs")), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_are_decoded_together_and_match_sequential_runs() {
+    // A model big enough that a step takes a while, so the streams overlap.
+    let s = start(512, 128, ServerOptions::new("big")).await;
+    let req = |seed: u64| {
+        json!({"prompt": (["a", "ab", "abc", "b", "bc", "c"][seed as usize]), "max_tokens": 60, "seed": seed, "temperature": 0.9, "top_p": 0.95,
+               "stream": true})
+    };
+    let mut sequential = Vec::new();
+    for seed in 0..6 {
+        sequential.push(completion_text(&stream_post(s.addr, "/v1/completions", req(seed)).await));
+    }
+    assert_eq!(s.metrics.peak_batch.load(Ordering::Relaxed), 1, "one request at a time decodes alone");
+    let handles: Vec<_> = (0..6).map(|seed| tokio::spawn(stream_post(s.addr, "/v1/completions", req(seed)))).collect();
+    for (seed, h) in handles.into_iter().enumerate() {
+        assert_eq!(completion_text(&h.await.unwrap()), sequential[seed], "seed {seed}");
+    }
+    let peak = s.metrics.peak_batch.load(Ordering::Relaxed);
+    assert!(peak >= 2, "the concurrent streams were never decoded in one step (peak batch {peak})");
 }

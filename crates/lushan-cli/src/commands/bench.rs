@@ -2,7 +2,8 @@
 
 use anyhow::{Result, bail};
 use lushan_kernels::rng::Rng;
-use lushan_model::{Generator, Gpt, ModelConfig, Sampling};
+use lushan_model::sampling::argmax;
+use lushan_model::{BatchScratch, DecodeState, Generator, Gpt, ModelConfig, Sampling};
 use lushan_train::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use lushan_train::parallel::{BatchRunner, choose_replicas};
 use lushan_train::{Preset, TrainConfig, TrainOverrides};
@@ -17,6 +18,9 @@ pub enum Bench {
     /// Batch-1 generation speed with a KV cache (random GPT-2-initialised model, greedy): prefill and
     /// decode tokens/s, against the memory-bandwidth bound measured in the same run.
     Generate(GenerateArgs),
+    /// Serving throughput and latency: 1, 4 and 16 concurrent streaming clients against `lushan serve`
+    /// (aggregate tokens/s, time to first token, inter-token latency p50/p99).
+    Serve(super::bench_serve::Args),
 }
 
 #[derive(clap::Args)]
@@ -41,6 +45,7 @@ pub fn run(bench: Bench) -> Result<ExitCode> {
     match bench {
         Bench::Train(args) => train(args),
         Bench::Generate(args) => generate(args),
+        Bench::Serve(args) => super::bench_serve::run(args),
     }
 }
 
@@ -176,6 +181,10 @@ pub struct GenerateArgs {
     /// Seed of the weights and of the prompt.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    /// Also decode this many sequences together (batched decoding, as `lushan serve` does for concurrent
+    /// requests) and report the aggregate rate against batch 1.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -296,9 +305,23 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
         if achieved > bound { " (above 100%: the weights stay in the caches between tokens)" } else { "" }
     );
     println!("peak RSS: {}", fmt_mib(peak_rss));
+    let batched = if args.batch > 1 {
+        let step = batched_step_seconds(&model, &prompt, n, args.batch, args.repeats)?;
+        let rate = args.batch as f64 / step;
+        println!(
+            "batched decode: {} sequences together: {:.2} ms/step median → {:.1} tokens/s aggregate = {:.2}× batch 1",
+            args.batch,
+            step * 1e3,
+            rate,
+            rate / achieved
+        );
+        Some(rate)
+    } else {
+        None
+    };
     println!(
         "JSON {}",
-        serde_json::json!({"bench": "generate", "preset": format!("{:?}", args.preset), "params": model.num_params(),
+        serde_json::json!({"bench": "generate", "batch": args.batch, "batched_tokens_per_second": batched, "preset": format!("{:?}", args.preset), "params": model.num_params(),
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
             "block_size": cfg.block_size, "threads": threads, "prompt_tokens": p, "new_tokens": n,
             "repeats": args.repeats, "prefill_ms": prefill * 1e3, "prefill_tokens_per_second": p as f64 / prefill,
@@ -309,6 +332,39 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
             "bandwidth_bound_percent": 100.0 * achieved / bound, "peak_rss_mib": peak_rss})
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Median seconds of one [`Gpt::decode_batch`] step over `batch` sequences (prompts rotated copies of
+/// `prompt`), greedy, `new_tokens` steps per run.
+fn batched_step_seconds(model: &Gpt, prompt: &[u32], new_tokens: usize, batch: usize, repeats: usize) -> Result<f64> {
+    if batch > BatchScratch::MAX_ROWS {
+        bail!("--batch must be at most {}", BatchScratch::MAX_ROWS);
+    }
+    let mut scratch = BatchScratch::new(model, batch);
+    let mut medians = Vec::new();
+    for _ in 0..repeats {
+        let mut states = Vec::with_capacity(batch);
+        let mut next = Vec::with_capacity(batch);
+        for s in 0..batch {
+            let mut p = prompt.to_vec();
+            p.rotate_left(s % prompt.len());
+            let mut state = DecodeState::new(model, 256);
+            next.push(argmax(model.decode(&mut state, &p)?) as u32);
+            states.push(state);
+        }
+        let mut steps = Vec::with_capacity(new_tokens);
+        for _ in 1..new_tokens {
+            let t = Instant::now();
+            let mut refs: Vec<&mut DecodeState> = states.iter_mut().collect();
+            model.decode_batch(&mut refs, &next, &mut scratch)?;
+            steps.push(t.elapsed().as_secs_f64());
+            for (tok, state) in next.iter_mut().zip(&states) {
+                *tok = argmax(state.logits()) as u32;
+            }
+        }
+        medians.push(median(&steps));
+    }
+    Ok(median(&medians))
 }
 
 /// Streaming read bandwidth in bytes/s: best of a few sums of a 1 GiB array (far larger than any cache)

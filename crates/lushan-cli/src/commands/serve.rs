@@ -18,9 +18,12 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on /v1/*.
     #[arg(long)]
     api_key: Option<String>,
-    /// Generations running plus waiting; further requests get 429.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Requests running plus waiting; further requests get 429.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
+    /// Most completions decoded together (continuous batching); more wait for a place.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=32))]
+    max_batch: u32,
     /// Larger request bodies get 413.
     #[arg(long, default_value_t = 2_000_000)]
     max_body_bytes: usize,
@@ -35,7 +38,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         api_key: args.api_key,
         max_queue: args.max_queue as usize,
         max_body_bytes: args.max_body_bytes,
+        max_batch: args.max_batch as usize,
     };
-    Server::new(model, tokenizer, options).run_blocking(&args.host, args.port).context("lushan serve")?;
+    Server::new(model, tokenizer, options)
+        .context("lushan serve: cannot start the decoding thread")?
+        .run_blocking(&args.host, args.port)
+        .context("lushan serve")?;
     Ok(ExitCode::SUCCESS)
 }
