@@ -74,7 +74,8 @@ impl<'m> Generator<'m> {
         self.finished
     }
 
-    /// Logits of the position the next token will be sampled from (valid before each `next_token`).
+    /// Logits the last token was sampled from. Tokens are fed to the model lazily (at the start of the next
+    /// `next_token`), so between two calls these still belong to the token just returned.
     pub fn logits(&self) -> &[f32] {
         self.state.logits()
     }
