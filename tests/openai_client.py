@@ -2,10 +2,13 @@
 """Drives `lushan serve` with the official `openai` Python package (run by .ci/run).
 
 Usage: python tests/openai_client.py BASE_URL MODEL_ID
-Checks completions (plain and streamed), chat (plain and streamed), seeds, stop strings, usage counts and
-an invalid request (400 naming the parameter). Prints 'N passed, N failed' and exits non-zero on failure.
+Checks completions (plain and streamed), chat (plain and streamed), seeds, stop strings, usage counts,
+log-probabilities (completions with echo, chat), concurrent streams (decoded together by the server) giving
+the same text as one at a time, and an invalid request (400 naming the parameter). Prints 'N passed, N failed' and exits non-zero on failure.
 """
+import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 from openai import OpenAI
@@ -53,6 +56,31 @@ chunks = list(client.chat.completions.create(
     model=model, messages=[{"role": "user", "content": "Speak."}], max_tokens=16, seed=3, stream=True))
 content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 check("streamed chat equals plain chat", content == chat.choices[0].message.content, (content, chat.choices[0].message.content))
+
+lp = client.completions.create(model=model, prompt="ROMEO:", max_tokens=5, temperature=0, echo=True, logprobs=2)
+lps = lp.choices[0].logprobs
+check("echo + logprobs score the prompt too",
+      "".join(lps.tokens) == lp.choices[0].text and lps.token_logprobs[0] is None
+      and all(x <= 0 for x in lps.token_logprobs[1:]) and lps.text_offset[0] == 0, lps)
+
+chat_lp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Speak."}], max_tokens=6,
+                                         temperature=0, logprobs=True, top_logprobs=3)
+content_lp = chat_lp.choices[0].logprobs.content
+check("chat logprobs: one entry per token with 3 alternatives, greedy picks the first",
+      len(content_lp) == chat_lp.usage.completion_tokens
+      and all(len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+              and math.isclose(e.top_logprobs[0].logprob, e.logprob, abs_tol=1e-6) for e in content_lp), content_lp)
+
+
+def stream_text(seed):
+    return "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model=model, prompt="ROMEO:", max_tokens=40, seed=seed, temperature=1.0, stream=True))
+
+
+alone = [stream_text(seed) for seed in range(6)]
+with ThreadPoolExecutor(max_workers=6) as pool:
+    together = list(pool.map(stream_text, range(6)))
+check("six concurrent streams equal the same requests one at a time", together == alone, (together, alone))
 
 try:
     client.completions.create(model=model, prompt="ROMEO:", max_tokens=5, temperature=-1)

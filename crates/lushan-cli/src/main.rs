@@ -1,6 +1,7 @@
 //! `lushan`: train, evaluate, sample from and inspect GPT models on the CPU. This file only dispatches.
 
 mod commands;
+mod explain;
 mod model_dir;
 mod plot;
 
@@ -24,6 +25,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Loss, perplexity and bits per character/byte of a checkpoint on a shard or text file.
     Eval(commands::eval::Args),
+    /// Show why the model says what it says: next-token probabilities, attention, logit lens.
+    Explain(commands::explain::Args),
     /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming) for a checkpoint.
     Serve(commands::serve::Args),
     /// Measure speed.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Explain(args) => commands::explain::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tokenizer(command) => commands::tokenizer::run(command),

@@ -17,7 +17,7 @@ static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Font family name used for every piece of text. plotters' own defaults
 /// (legend, tick labels) use "sans-serif" too, so the font is registered under it.
-const FONT_FAMILY: &str = "sans-serif";
+pub(crate) const FONT_FAMILY: &str = "sans-serif";
 
 /// Smallest accepted image size; below this the axes and labels do not fit.
 pub const MIN_SIZE: (u32, u32) = (160, 120);
@@ -37,7 +37,8 @@ pub struct LossCurves<'a> {
     pub title: &'a str,
 }
 
-fn ensure_font() -> anyhow::Result<()> {
+/// Registers the embedded font under [`FONT_FAMILY`] (once per process); other pictures draw text with it too.
+pub(crate) fn ensure_font() -> anyhow::Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok());
     if ok { Ok(()) } else { bail!("the embedded DejaVu Sans font could not be loaded") }

@@ -24,6 +24,11 @@ pub enum ModelError {
     #[error("invalid sampling setting `{field}`: {reason}")]
     InvalidSampling { field: &'static str, reason: String },
 
+    /// An `explain` option without meaning (e.g. `top_k = 0`, a neighbour id outside the vocabulary),
+    /// naming the option and what it accepts.
+    #[error("invalid explain option `{field}`: {reason}")]
+    InvalidExplainOption { field: &'static str, reason: String },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

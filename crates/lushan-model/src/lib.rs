@@ -14,9 +14,10 @@ pub mod sampling;
 
 pub use activations::Activations;
 pub use config::{ModelConfig, PositionEncoding};
-pub use decode::DecodeState;
+pub use decode::{BatchScratch, DecodeState};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generator};
 pub use gpt::{Gpt, Mode};
+pub use inspect::{ExplainOptions, Explanation, explain};
 pub use params::{ParamKind, ParamLayout};
 pub use sampling::{Sampler, Sampling};

@@ -1,7 +1,9 @@
 //! One file per subcommand, each with its `Args` and `run`.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod eval;
+pub mod explain;
 pub mod generate;
 pub mod prepare;
 pub mod serve;

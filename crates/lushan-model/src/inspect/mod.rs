@@ -10,6 +10,20 @@
 
 use serde::{Deserialize, Serialize};
 
+mod distribution;
+mod embeddings;
+mod explain;
+mod lens;
+mod options;
+mod pca;
+mod predictions;
+mod ranking;
+mod sampling_view;
+mod text;
+
+pub use explain::explain;
+pub use options::ExplainOptions;
+
 /// Everything `explain` shows about one prompt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Explanation {
