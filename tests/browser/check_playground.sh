@@ -30,16 +30,8 @@ base=${1%/}
 out=${2:-$(mktemp -d /tmp/check-playground.XXXXXX)}
 mkdir -p "$out"
 
-browser=${CHROMIUM:-}
-if [ -z "$browser" ]; then
-  for candidate in chromium chromium-browser google-chrome google-chrome-stable; do
-    if command -v "$candidate" > /dev/null; then
-      browser=$(command -v "$candidate")
-      break
-    fi
-  done
-fi
-[ -n "$browser" ] || fail "no Chromium found: install it (apt-get install chromium) or set CHROMIUM"
+# shellcheck source=tests/browser/find_browser.sh
+source "$(dirname "$0")/find_browser.sh"
 command -v python3 > /dev/null || fail "python3 is needed to drive the browser"
 
 profile=$(mktemp -d /tmp/check-playground-profile.XXXXXX)

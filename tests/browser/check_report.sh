@@ -36,16 +36,8 @@ shot_abs=$(cd "$(dirname "$shot")" && pwd)/$(basename "$shot")
 log=$(dirname "$shot_abs")/chromium.log
 command -v python3 > /dev/null || fail "python3 is needed to check the report and the screenshot"
 
-browser=${CHROMIUM:-}
-if [ -z "$browser" ]; then
-  for candidate in chromium chromium-browser google-chrome google-chrome-stable; do
-    if command -v "$candidate" > /dev/null; then
-      browser=$(command -v "$candidate")
-      break
-    fi
-  done
-fi
-[ -n "$browser" ] || fail "no Chromium found: install it (apt-get install chromium) or set CHROMIUM"
+# shellcheck source=tests/browser/find_browser.sh
+source "$(dirname "$0")/find_browser.sh"
 
 # 1. Self-contained: no reference to a resource elsewhere (token text in the page is escaped, so a URL typed
 #    in the prompt shows up as text, not inside an attribute).

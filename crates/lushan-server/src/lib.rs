@@ -75,6 +75,21 @@ pub(crate) struct AppState {
     pub created: u64,
 }
 
+impl AppState {
+    /// A place in the bounded queue for one request (held until it ends), or 429 at once when it is full.
+    pub(crate) fn queue_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.queue.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ApiError::bad_body(format!(
+                "the server is busy ({} requests running or queued); retry later",
+                self.options.max_queue
+            ))
+            .with_status(axum::http::StatusCode::TOO_MANY_REQUESTS)
+            .with_code("rate_limit_exceeded")
+        })
+    }
+}
+
 /// A server for one model.
 #[derive(Clone)]
 pub struct Server {

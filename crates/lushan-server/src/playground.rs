@@ -8,7 +8,7 @@ use crate::{AppState, request};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,6 @@ use lushan_model::inspect::{ExplainOptions, Explanation, explain};
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// The page, compiled in so that the binary needs no files next to it.
 const INDEX_HTML: &str = include_str!("playground/index.html");
@@ -98,24 +97,11 @@ fn parse_request(st: &AppState, map: &Map<String, Value>) -> Result<ExplainReque
 }
 
 async fn explain_route(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let limit = st.options.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::invalid("body", format!("the request body is larger than {limit} bytes"))
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-    })?;
-    let map = request::parse_object(&bytes)?;
+    let map = crate::routes::read_body(&st, body).await?;
     let req = parse_request(&st, &map)?;
     // A forward pass over the whole prompt with every activation kept: as heavy as a generation, so it takes
     // a place in the same queue and runs off the async executor.
-    let permit = st.queue.clone().try_acquire_owned().map_err(|_| {
-        st.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        ApiError::bad_body(format!(
-            "the server is busy ({} requests running or queued); retry later",
-            st.options.max_queue
-        ))
-        .with_status(StatusCode::TOO_MANY_REQUESTS)
-        .with_code("rate_limit_exceeded")
-    })?;
+    let permit = st.queue_slot()?;
     let state = st.clone();
     let explanation: Explanation = tokio::task::spawn_blocking(move || {
         let _permit = permit;

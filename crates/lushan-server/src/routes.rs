@@ -84,7 +84,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(st: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
+pub(crate) async fn read_body(st: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
     let limit = st.options.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::invalid("body", format!("the request body is larger than {limit} bytes"))
@@ -204,15 +204,7 @@ type Prepared = Result<(Vec<Job>, usize, bool, Kind), ApiError>;
 async fn dispatch(st: Arc<AppState>, id: String, started: Instant, prepared: Prepared) -> Response {
     let result = async {
         let (jobs, n, stream, kind) = prepared?;
-        let permit = st.queue.clone().try_acquire_owned().map_err(|_| {
-            st.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-            ApiError::bad_body(format!(
-                "the server is busy ({} requests running or queued); retry later",
-                st.options.max_queue
-            ))
-            .with_status(StatusCode::TOO_MANY_REQUESTS)
-            .with_code("rate_limit_exceeded")
-        })?;
+        let permit = st.queue_slot()?;
         if stream {
             return Ok(stream_response(st.clone(), id.clone(), started, jobs, n, kind, permit));
         }

@@ -3,93 +3,19 @@
 //! with a character tokenizer, the server on 127.0.0.1:0 and a minimal HTTP/1.1 client over a raw socket. The
 //! page's script itself is exercised in a headless browser by `tests/browser/check_playground.sh`.
 
+mod common;
+
+use common::*;
 use lushan_model::inspect::{ExplainOptions, Explanation, explain};
-use lushan_model::{Gpt, ModelConfig};
-use lushan_server::{Metrics, Server, ServerOptions};
-use lushan_tokenizer::{CharTokenizer, Tokenizer};
+use lushan_server::ServerOptions;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const TEXT: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?'\n";
-const SEED: u64 = 42;
-
-struct TestServer {
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-}
-
-fn tokenizer() -> Tokenizer {
-    Tokenizer::from(CharTokenizer::from_text(TEXT).unwrap())
-}
-
-fn model(block_size: usize, n_embd: usize) -> Gpt {
-    Gpt::new(ModelConfig::new(tokenizer().vocab_size(), block_size, 2, 2, n_embd), SEED).unwrap()
-}
-
-async fn start(block_size: usize, n_embd: usize, options: ServerOptions) -> TestServer {
-    let server = Server::new(model(block_size, n_embd), tokenizer(), options).unwrap();
-    let metrics = server.metrics();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.serve(listener, std::future::pending()));
-    TestServer { addr, metrics }
-}
-
-async fn small() -> TestServer {
-    start(128, 32, ServerOptions::new("tiny")).await
-}
-
-fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// Status, lower-cased head and de-chunked body.
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&raw_request(method, path, headers, body)).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") { dechunk(body) } else { body.into() };
-    (status, head, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-}
+use tokio::net::TcpStream;
 
 async fn post_with(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-    let (status, _, text) = send(addr, "POST", "/v1/explain", headers, body).await;
+    let (status, _, text) = send_full(addr, "POST", "/v1/explain", headers, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
@@ -100,7 +26,7 @@ async fn post_explain(addr: SocketAddr, body: Value) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_is_one_self_contained_html_document() {
     let s = small().await;
-    let (status, head, page) = send(s.addr, "GET", "/", &[], b"").await;
+    let (status, head, page) = send_full(s.addr, "GET", "/", &[], b"").await;
     assert_eq!(status, 200, "{page}");
     assert!(head.contains("content-type: text/html; charset=utf-8"), "{head}");
     assert!(page.starts_with("<!DOCTYPE html>"), "{}", &page[..40]);
@@ -234,7 +160,7 @@ async fn explain_needs_the_api_key_and_the_page_does_not() {
     let (status, answer) = post_with(s.addr, &[("Authorization", "Bearer sekrit")], body.as_bytes()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["tokens"].as_array().unwrap().len(), 2);
-    let (status, _, page) = send(s.addr, "GET", "/", &[], b"").await;
+    let (status, _, page) = send_full(s.addr, "GET", "/", &[], b"").await;
     assert_eq!(status, 200, "{page}");
 }
 
