@@ -140,7 +140,7 @@ fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] 
 /// [`dot_rows`] for two input rows at once: each weight load serves both, so with several sequences
 /// decoding together (where the weights of a group stay in cache across the input rows) half the loads
 /// per multiply-add go. Each row's lanes, order and tail are those of [`dot_rows`]: bit-identical results.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", not(target_feature = "avx512fX")))]
 #[inline(always)]
 fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: usize) -> [[f32; R]; 2] {
     use std::arch::x86_64::*;
@@ -379,6 +379,19 @@ mod tests {
             let rows: [&[f32]; 4] = std::array::from_fn(|r| &w[r * c..(r + 1) * c]);
             assert_eq!(dot_rows::<4>(&x, rows, c), dot_rows_portable::<4>(&x, rows, c), "c={c}");
             assert_eq!(dot_rows::<1>(&x, [rows[2]], c), dot_rows_portable::<1>(&x, [rows[2]], c), "c={c}");
+        }
+    }
+
+    #[test]
+    fn two_row_path_is_bit_identical_to_one_row_at_a_time() {
+        let mut rng = Rng::new(14);
+        for c in [1, 15, 16, 17, 48, 100, 768, 3072] {
+            let (xa, xb) = (random_f32(&mut rng, c, 1.0), random_f32(&mut rng, c, 1.0));
+            let w = random_f32(&mut rng, 4 * c, 1.0);
+            let rows: [&[f32]; 4] = std::array::from_fn(|r| &w[r * c..(r + 1) * c]);
+            let pair = dot_rows_pair::<4>(&xa, &xb, rows, c);
+            assert_eq!(pair, [dot_rows::<4>(&xa, rows, c), dot_rows::<4>(&xb, rows, c)], "c={c}");
+            assert_eq!(pair[1], dot_rows_portable::<4>(&xb, rows, c), "c={c}");
         }
     }
 
