@@ -140,7 +140,7 @@ fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] 
 /// [`dot_rows`] for two input rows at once: each weight load serves both, so with several sequences
 /// decoding together (where the weights of a group stay in cache across the input rows) half the loads
 /// per multiply-add go. Each row's lanes, order and tail are those of [`dot_rows`]: bit-identical results.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", not(target_feature = "avx512fX")))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
 fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: usize) -> [[f32; R]; 2] {
     use std::arch::x86_64::*;
