@@ -13,10 +13,14 @@ use crate::Metrics;
 use crate::engine::{Job, Outcome, Sequence, Sink};
 use lushan_model::{BatchScratch, DecodeState, Gpt};
 use lushan_tokenizer::Tokenizer;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use tokio::sync::oneshot;
+
+/// Prompt tokens prefilled between two decoding steps, at most (one prompt more than this may start it).
+const PREFILL_BUDGET: usize = 64;
 
 /// What a submitted completion ends with: its outcome, or why generation failed.
 pub type Done = Result<Outcome, String>;
@@ -88,21 +92,25 @@ impl Running<'_> {
 
 fn run(model: &Gpt, tokenizer: &Tokenizer, rx: &Receiver<Work>, max_batch: usize, metrics: &Metrics) {
     let mut running: Vec<Running> = Vec::new();
+    let mut waiting: VecDeque<Work> = VecDeque::new();
     let mut scratch = BatchScratch::new(model, max_batch);
     loop {
-        // Admit new work: wait for some when idle, otherwise take what has arrived, up to the batch size.
-        while running.len() < max_batch {
-            let work = if running.is_empty() {
-                match rx.recv() {
-                    Ok(work) => work,
-                    Err(_) => return, // every handle dropped: the server is gone
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(work) => work,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            };
+        // Take every request that has arrived; wait for one when there is nothing else to do.
+        if running.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(work) => waiting.push_back(work),
+                Err(_) => return, // every handle dropped: the server is gone
+            }
+        }
+        while let Ok(work) = rx.try_recv() {
+            waiting.push_back(work);
+        }
+        // Admit up to the batch size, but prefill at most about PREFILL_BUDGET prompt tokens between two steps
+        // (always at least one prompt) so that a burst of arrivals does not stall the running streams.
+        let mut prefilled = 0;
+        while running.len() < max_batch && prefilled < PREFILL_BUDGET {
+            let Some(work) = waiting.pop_front() else { break };
+            prefilled += work.job.prompt.len();
             // A fresh cache per sequence: its pages are touched only as far as the sequence gets, and freed
             // when it ends (a GPT-2 124M cache of 1024 positions is 75 MB).
             if let Some(r) = admit(model, tokenizer, work, DecodeState::new(model, 256)) {
