@@ -333,6 +333,56 @@ mod tests {
         assert_eq!(scan("é", 0, &[]), Scan::Emit(2));
     }
 
+    /// Records what a sequence emits, piece by piece.
+    #[derive(Default)]
+    struct Recorder {
+        pieces: Vec<String>,
+        logprobs: usize,
+    }
+
+    impl Sink for Recorder {
+        fn emit(&mut self, text: &str, logprobs: &[TokenLogprob]) -> bool {
+            self.pieces.push(text.to_string());
+            self.logprobs += logprobs.len();
+            true
+        }
+    }
+
+    #[test]
+    fn a_character_split_over_two_tokens_is_streamed_whole() {
+        let tokenizer = Tokenizer::gpt2().unwrap();
+        let vocab = tokenizer.vocab_size();
+        let byte_token = |b: u8| {
+            (0..vocab as u32).find(|&id| tokenizer.decode_bytes(&[id]).unwrap() == [b]).expect("a single-byte token")
+        };
+        // "é" is 0xC3 0xA9 in UTF-8: two byte tokens, neither valid text alone.
+        let chosen = [byte_token(0xC3), byte_token(0xA9), byte_token(b'x')];
+        let job = Job {
+            prompt: vec![byte_token(b'a')],
+            max_tokens: 3,
+            sampling: Sampling::greedy(),
+            seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            stop: Vec::new(),
+            logprobs: Some(1),
+        };
+        let mut seq = Sequence::new(job, &tokenizer, vocab).unwrap();
+        let mut sink = Recorder::default();
+        let mut logits = vec![0.0f32; vocab];
+        for (step, &tok) in chosen.iter().enumerate() {
+            logits.fill(0.0);
+            logits[tok as usize] = 10.0; // greedy picks it
+            seq.step(&logits, &mut sink).unwrap();
+            let expected: &[&str] = [&[][..], &["é"][..], &["é", "x"][..]][step];
+            assert_eq!(sink.pieces, expected, "after step {step}");
+        }
+        // The first byte's log-probability travels with the character it completes.
+        assert_eq!(sink.logprobs, 3);
+        let outcome = seq.finish(&mut sink);
+        assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.finish), ("éx", 3, Finish::Length));
+    }
+
     #[test]
     fn tokens_are_kept_up_to_a_cut() {
         let ends = [1, 3, 3, 6];
