@@ -2,8 +2,8 @@
 //!
 //! For each client count, every client sends the same number of streamed completions back to back, all
 //! clients at once; the figures are aggregate completion tokens/s (the server's own count over the wall time
-//! of the round), time to first token and inter-token latency as each client sees them (p50/p99), and the
-//! requests that failed. The model is a randomly initialised GPT-2 124M (with the GPT-2 tokenizer) unless
+//! of the round), aggregate decode tokens/s (the sum of each client's rate between its tokens), time to first
+//! token and inter-token latency as each client sees them (p50/p99), and the requests that failed. The model is a randomly initialised GPT-2 124M (with the GPT-2 tokenizer) unless
 //! `--model DIR` names a checkpoint.
 
 use crate::model_dir;
@@ -130,28 +130,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })?;
 
     let base = results.first().map(|r| r.tokens_per_second).unwrap_or(0.0);
+    let decode_base = results.first().map(|r| r.decode_tokens_per_second).unwrap_or(0.0);
     println!(
-        "{:>7} {:>9} {:>7} {:>12} {:>8} {:>11} {:>11} {:>11} {:>11} {:>10}",
+        "{:>7} {:>8} {:>6} {:>10} {:>7} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6}",
         "clients",
         "requests",
         "failed",
         "tokens/s",
         "× 1st",
+        "decode t/s",
+        "× 1st",
         "TTFT p50",
         "TTFT p99",
         "ITL p50",
         "ITL p99",
-        "peak batch"
+        "batch"
     );
     let mut rows = Vec::new();
+    let ratio_to = |x: f64, base: f64| if base > 0.0 { x / base } else { 0.0 };
     for (&clients, r) in args.clients.iter().zip(&results) {
-        let ratio = if base > 0.0 { r.tokens_per_second / base } else { 0.0 };
+        let ratio = ratio_to(r.tokens_per_second, base);
+        let decode_ratio = ratio_to(r.decode_tokens_per_second, decode_base);
         println!(
-            "{clients:>7} {:>9} {:>7} {:>12.1} {:>7.2}× {:>9.0}ms {:>9.0}ms {:>9.1}ms {:>9.1}ms {:>10}",
+            "{clients:>7} {:>8} {:>6} {:>10.1} {:>6.2}× {:>10.1} {:>6.2}× {:>7.0}ms {:>7.0}ms {:>7.1}ms {:>7.1}ms {:>6}",
             r.requests,
             r.failed,
             r.tokens_per_second,
             ratio,
+            r.decode_tokens_per_second,
+            decode_ratio,
             r.ttft_p50 * 1e3,
             r.ttft_p99 * 1e3,
             r.itl_p50 * 1e3,
@@ -163,8 +170,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         rows.push(json!({"clients": clients, "requests": r.requests, "failed": r.failed, "tokens": r.tokens,
             "seconds": r.seconds, "tokens_per_second": r.tokens_per_second, "ratio_to_first": ratio,
+            "decode_tokens_per_second": r.decode_tokens_per_second, "decode_ratio_to_first": decode_ratio,
             "ttft_p50_ms": r.ttft_p50 * 1e3, "ttft_p99_ms": r.ttft_p99 * 1e3, "itl_p50_ms": r.itl_p50 * 1e3,
             "itl_p99_ms": r.itl_p99 * 1e3, "peak_batch": r.peak_batch}));
+    }
+    println!(
+        "tokens/s: every completion token over the round's wall time (prefills and queueing included); decode t/s: \
+         the sum of each client's rate between its tokens"
+    );
+    let round_of = |n: usize| args.clients.iter().position(|&c| c == n).map(|i| &results[i]);
+    if let (Some(one), Some(four)) = (round_of(1), round_of(4)) {
+        let decode = ratio_to(four.decode_tokens_per_second, one.decode_tokens_per_second);
+        let overall = ratio_to(four.tokens_per_second, one.tokens_per_second);
+        let verdict = if decode >= 2.5 { "met" } else { "NOT met" };
+        println!(
+            "4 clients / 1 client: decode throughput {decode:.2}× (target ≥ 2.5×: {verdict}); end to end {overall:.2}×"
+        );
     }
     println!(
         "JSON {}",
@@ -184,6 +205,9 @@ struct Round {
     tokens: u64,
     seconds: f64,
     tokens_per_second: f64,
+    /// Sum over clients of each one's decoding rate (inter-token gaps per second of gaps): the aggregate rate
+    /// of the decoding phase, without the prefills and queueing that TTFT measures.
+    decode_tokens_per_second: f64,
     ttft_p50: f64,
     ttft_p99: f64,
     itl_p50: f64,
@@ -208,9 +232,17 @@ async fn round(addr: SocketAddr, bodies: Vec<Vec<Value>>, metrics: &Arc<Metrics>
         })
         .collect();
     let mut traces = Vec::new();
+    let mut decode_tokens_per_second = 0.0;
     for c in clients {
         match c.await {
-            Ok(t) => traces.extend(t),
+            Ok(t) => {
+                let (count, seconds) =
+                    t.iter().fold((0usize, 0.0f64), |(n, s), tr| (n + tr.gaps.len(), s + tr.gaps.iter().sum::<f64>()));
+                if seconds > 0.0 {
+                    decode_tokens_per_second += count as f64 / seconds;
+                }
+                traces.extend(t)
+            }
             Err(e) => {
                 traces.push(RequestTrace { error: Some(format!("client task failed: {e}")), ..Default::default() })
             }
@@ -228,6 +260,7 @@ async fn round(addr: SocketAddr, bodies: Vec<Vec<Value>>, metrics: &Arc<Metrics>
         tokens,
         seconds,
         tokens_per_second: tokens as f64 / seconds,
+        decode_tokens_per_second,
         ttft_p50: percentile(&mut ttfts, 0.50),
         ttft_p99: percentile(&mut ttfts, 0.99),
         itl_p50: percentile(&mut gaps, 0.50),
