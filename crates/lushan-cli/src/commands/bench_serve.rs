@@ -2,7 +2,8 @@
 //!
 //! For each client count, every client sends the same number of streamed completions back to back, all
 //! clients at once; the figures are aggregate completion tokens/s (the server's own count over the wall time
-//! of the round), aggregate decode tokens/s (the sum of each client's rate between its tokens), time to first
+//! of the round), aggregate decode tokens/s (tokens after each completion's first, over the time during which
+//! some client was between two tokens), time to first
 //! token and inter-token latency as each client sees them (p50/p99), and the requests that failed. The model is a randomly initialised GPT-2 124M (with the GPT-2 tokenizer) unless
 //! `--model DIR` names a checkpoint.
 
@@ -54,6 +55,8 @@ struct RequestTrace {
     error: Option<String>,
     ttft: Option<f64>,
     gaps: Vec<f64>,
+    /// Each gap as (start, end) seconds since the round started, to tell when any client was decoding.
+    gap_spans: Vec<(f64, f64)>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -111,7 +114,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let mut prompt = || (0..args.prompt_tokens).map(|_| rng.below(vocab) as u32).collect::<Vec<u32>>();
         // Warm-up: one short completion (first-touch page faults, thread start-up).
         let warm = json!({"prompt": prompt(), "max_tokens": 4, "temperature": 0, "stream": true});
-        stream_completion(addr, &warm).await;
+        stream_completion(addr, &warm, Instant::now()).await;
         let mut rounds = Vec::new();
         for &clients in &args.clients {
             let bodies: Vec<Vec<Value>> = (0..clients)
@@ -176,7 +179,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     println!(
         "tokens/s: every completion token over the round's wall time (prefills and queueing included); decode t/s: \
-         the sum of each client's rate between its tokens"
+         tokens after each completion's first over the time some client was between two tokens"
     );
     let round_of = |n: usize| args.clients.iter().position(|&c| c == n).map(|i| &results[i]);
     if let (Some(one), Some(four)) = (round_of(1), round_of(4)) {
@@ -205,8 +208,8 @@ struct Round {
     tokens: u64,
     seconds: f64,
     tokens_per_second: f64,
-    /// Sum over clients of each one's decoding rate (inter-token gaps per second of gaps): the aggregate rate
-    /// of the decoding phase, without the prefills and queueing that TTFT measures.
+    /// Tokens after each completion's first, over the time during which some client was between two tokens:
+    /// the aggregate rate of the decoding phase, without the prefills and queueing that TTFT measures.
     decode_tokens_per_second: f64,
     ttft_p50: f64,
     ttft_p99: f64,
@@ -225,24 +228,16 @@ async fn round(addr: SocketAddr, bodies: Vec<Vec<Value>>, metrics: &Arc<Metrics>
             tokio::spawn(async move {
                 let mut traces = Vec::new();
                 for body in &requests {
-                    traces.push(stream_completion(addr, body).await);
+                    traces.push(stream_completion(addr, body, started).await);
                 }
                 traces
             })
         })
         .collect();
     let mut traces = Vec::new();
-    let mut decode_tokens_per_second = 0.0;
     for c in clients {
         match c.await {
-            Ok(t) => {
-                let (count, seconds) =
-                    t.iter().fold((0usize, 0.0f64), |(n, s), tr| (n + tr.gaps.len(), s + tr.gaps.iter().sum::<f64>()));
-                if seconds > 0.0 {
-                    decode_tokens_per_second += count as f64 / seconds;
-                }
-                traces.extend(t)
-            }
+            Ok(t) => traces.extend(t),
             Err(e) => {
                 traces.push(RequestTrace { error: Some(format!("client task failed: {e}")), ..Default::default() })
             }
@@ -252,6 +247,9 @@ async fn round(addr: SocketAddr, bodies: Vec<Vec<Value>>, metrics: &Arc<Metrics>
     let tokens = metrics.tokens_generated.load(Ordering::Relaxed) - tokens_before;
     let mut ttfts: Vec<f64> = traces.iter().filter_map(|t| t.ttft).collect();
     let mut gaps: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().copied()).collect();
+    let spans: Vec<(f64, f64)> = traces.iter().flat_map(|t| t.gap_spans.iter().copied()).collect();
+    let decoding_seconds = union_length(spans);
+    let decode_tokens_per_second = if decoding_seconds > 0.0 { gaps.len() as f64 / decoding_seconds } else { 0.0 };
     let failed = traces.iter().filter(|t| !t.ok).count();
     Round {
         requests: traces.len(),
@@ -278,15 +276,16 @@ fn percentile(xs: &mut [f64], q: f64) -> f64 {
 }
 
 /// Sends one streamed completion over a fresh connection and times its text chunks as they arrive.
-async fn stream_completion(addr: SocketAddr, body: &Value) -> RequestTrace {
-    match tokio::time::timeout(Duration::from_secs(600), stream_inner(addr, body)).await {
+/// Gap spans are timed from `round_start`.
+async fn stream_completion(addr: SocketAddr, body: &Value, round_start: Instant) -> RequestTrace {
+    match tokio::time::timeout(Duration::from_secs(600), stream_inner(addr, body, round_start)).await {
         Ok(Ok(trace)) => trace,
         Ok(Err(e)) => RequestTrace { error: Some(format!("{e:#}")), ..Default::default() },
         Err(_) => RequestTrace { error: Some("no answer within 600 s".into()), ..Default::default() },
     }
 }
 
-async fn stream_inner(addr: SocketAddr, body: &Value) -> Result<RequestTrace> {
+async fn stream_inner(addr: SocketAddr, body: &Value, round_start: Instant) -> Result<RequestTrace> {
     let started = Instant::now();
     let mut socket = TcpStream::connect(addr).await.context("connect")?;
     socket.set_nodelay(true)?;
@@ -333,7 +332,10 @@ async fn stream_inner(addr: SocketAddr, body: &Value) -> Result<RequestTrace> {
             if has_text {
                 match last {
                     None => trace.ttft = Some((now - started).as_secs_f64()),
-                    Some(prev) => trace.gaps.push((now - prev).as_secs_f64()),
+                    Some(prev) => {
+                        trace.gaps.push((now - prev).as_secs_f64());
+                        trace.gap_spans.push(((prev - round_start).as_secs_f64(), (now - round_start).as_secs_f64()));
+                    }
                 }
                 last = Some(now);
             }
@@ -345,6 +347,44 @@ async fn stream_inner(addr: SocketAddr, body: &Value) -> Result<RequestTrace> {
     Ok(trace)
 }
 
+/// Total length of the union of the intervals.
+fn union_length(mut spans: Vec<(f64, f64)>) -> f64 {
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0.0;
+    let mut current: Option<(f64, f64)> = None;
+    for (start, end) in spans {
+        current = match current {
+            Some((s, e)) if start <= e => Some((s, e.max(end))),
+            Some((s, e)) => {
+                total += e - s;
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    total + current.map_or(0.0, |(s, e)| e - s)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_length_merges_overlaps_and_keeps_gaps_out() {
+        assert_eq!(union_length(vec![]), 0.0);
+        assert_eq!(union_length(vec![(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)]), 3.0);
+        assert_eq!(union_length(vec![(3.0, 4.0), (0.0, 1.0), (0.2, 0.3)]), 2.0);
+    }
+
+    #[test]
+    fn percentiles_pick_from_the_sorted_values() {
+        let mut xs = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&mut xs, 0.5), 3.0);
+        assert_eq!(percentile(&mut xs, 0.99), 5.0);
+        assert!(percentile(&mut [], 0.5).is_nan());
+    }
 }
