@@ -11,13 +11,10 @@ rounds=${1:-3}
 prompt=${PROMPT:-64}
 new=${NEW:-128}
 repeats=${REPEATS:-5}
-py=${PYTHON:-venv/bin/python}
-[ -x "$py" ] || py=/work/venv/bin/python
 hf_script=${HF_SCRIPT:-../shared/bench/hf_generate_bench.py}
-cargo build --release -q
-bin=target/release/lushan
+# shellcheck source=tools/bench_lib.sh
+source tools/bench_lib.sh
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # json_fields KEY... : the values at these (dotted) keys of the `JSON {...}` line on stdin, space-separated.
 json_fields() {
   grep '^JSON ' | sed 's/^JSON //' | "$py" -c '

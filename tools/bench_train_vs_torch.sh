@@ -5,13 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-py=${PYTHON:-venv/bin/python}
-[ -x "$py" ] || py=/work/venv/bin/python
 torch_script=${TORCH_SCRIPT:-../shared/bench/gpt_train_torch.py}
-cargo build --release -q
-bin=target/release/lushan
+# shellcheck source=tools/bench_lib.sh
+source tools/bench_lib.sh
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 json_field() { grep '^JSON ' | sed 's/^JSON //' | "$py" -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 
 run_case() {
