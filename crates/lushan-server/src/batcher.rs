@@ -84,10 +84,14 @@ struct Running<'t> {
 }
 
 impl Running<'_> {
-    /// Nobody listens any more: neither the stream's reader nor the request waiting for the outcome.
     fn abandoned(&self) -> bool {
-        !self.sink.alive() || self.done.is_closed()
+        abandoned(self.sink.as_ref(), &self.done)
     }
+}
+
+/// Nobody listens any more: neither the stream's reader nor the request waiting for the outcome.
+fn abandoned(sink: &(dyn Sink + Send), done: &oneshot::Sender<Done>) -> bool {
+    !sink.alive() || done.is_closed()
 }
 
 fn run(model: &Gpt, tokenizer: &Tokenizer, rx: &Receiver<Work>, max_batch: usize, metrics: &Metrics) {
@@ -162,7 +166,7 @@ fn admit<'t>(model: &Gpt, tokenizer: &'t Tokenizer, work: Work, mut state: Decod
             return None;
         }
     };
-    if done.is_closed() || !sink.alive() {
+    if abandoned(sink.as_ref(), &done) {
         // Gone before its turn came: cancelled like one that left mid-stream.
         seq.cancel();
     } else if seq.wants_more() {

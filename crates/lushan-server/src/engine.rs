@@ -1,10 +1,11 @@
-//! The server's decode loop: the same cached decoding and [`Sampler`] as the CLI's `Generator`, with the
-//! OpenAI additions applied to the logits before sampling (presence / frequency penalties), log-probabilities
-//! of the raw logits, and stop strings matched in the decoded text across token boundaries.
+//! One completion's side of decoding: the same [`Sampler`] as the CLI's `Generator`, with the OpenAI additions
+//! applied to the logits before sampling (presence / frequency penalties), log-probabilities of the raw logits,
+//! and stop strings matched in the decoded text across token boundaries. The model itself is run by the
+//! [`crate::batcher`].
 //!
 //! The caller has already checked that `prompt + max_tokens` fits the context, so the window never slides.
 
-use lushan_model::{DecodeState, Gpt, Sampler, Sampling};
+use lushan_model::{Sampler, Sampling};
 use lushan_tokenizer::{StreamDecoder, Tokenizer};
 
 /// One completion to generate.
@@ -79,8 +80,7 @@ pub struct Collect;
 impl Sink for Collect {}
 
 /// One completion being generated: sampling, penalties, stop strings and streaming of final text, fed one
-/// position's logits at a time by whoever runs the model (alone in [`generate`], or batched with other
-/// sequences by the [`crate::batcher`]).
+/// position's logits at a time by the [`crate::batcher`] (batched with the other running sequences).
 pub struct Sequence<'t> {
     job: Job,
     tokenizer: &'t Tokenizer,
@@ -241,23 +241,8 @@ impl<'t> Sequence<'t> {
     }
 }
 
-/// Runs `job` alone, calling `sink` with each piece of final text.
-pub fn generate(model: &Gpt, tokenizer: &Tokenizer, job: &Job, sink: &mut dyn Sink) -> lushan_model::Result<Outcome> {
-    let mut seq = Sequence::new(job.clone(), tokenizer, model.config.vocab_size)?;
-    let mut state = DecodeState::new(model, 256);
-    let mut fed = job.prompt.clone();
-    while seq.wants_more() {
-        if !sink.alive() {
-            seq.cancel();
-            break;
-        }
-        let logits = model.decode(&mut state, &fed)?;
-        seq.step(logits, sink)?;
-        fed = vec![seq.last_token()];
-    }
-    Ok(seq.finish(sink))
-}
-
+/// The log-probability of `chosen` and of the `n` most likely tokens (most likely first), from
+/// `log_softmax(logits)`.
 pub fn token_logprobs(logits: &[f32], chosen: u32, n: usize, tokenizer: &Tokenizer) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&z| ((z - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
