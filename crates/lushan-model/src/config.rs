@@ -26,6 +26,19 @@ impl std::str::FromStr for PositionEncoding {
     }
 }
 
+/// What the network computes from the final hidden states (DESIGN.md §12): the checkpoint's
+/// `architectures` picks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// `GPT2LMHeadModel`: next-token logits through the token embedding (tied `lm_head`).
+    #[default]
+    LanguageModel,
+    /// `GPT2ForSequenceClassification`: `score.weight` `[labels, n_embd]`, no bias, applied to the final
+    /// hidden state of each sequence's last token that is not `pad_token_id`.
+    Classifier { labels: Vec<String>, pad_token_id: u32 },
+}
+
 /// The shape of a GPT-2 model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +56,8 @@ pub struct ModelConfig {
     pub dropout: f32,
     #[serde(default = "default_layer_norm_epsilon")]
     pub layer_norm_epsilon: f32,
+    #[serde(default)]
+    pub head: Head,
 }
 
 fn default_layer_norm_epsilon() -> f32 {
@@ -75,6 +90,23 @@ impl ModelConfig {
             position_encoding: PositionEncoding::Learned,
             dropout: 0.0,
             layer_norm_epsilon: default_layer_norm_epsilon(),
+            head: Head::LanguageModel,
+        }
+    }
+
+    /// Classes of a classifier head; 0 for the language-model head.
+    pub fn num_labels(&self) -> usize {
+        match &self.head {
+            Head::LanguageModel => 0,
+            Head::Classifier { labels, .. } => labels.len(),
+        }
+    }
+
+    /// The padding id of a classifier head (pooling reads the last token that is not this one).
+    pub fn pad_token_id(&self) -> Option<u32> {
+        match &self.head {
+            Head::LanguageModel => None,
+            Head::Classifier { pad_token_id, .. } => Some(*pad_token_id),
         }
     }
 
@@ -107,6 +139,21 @@ impl ModelConfig {
         }
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
             return invalid("layer_norm_epsilon", format!("must be positive, got {}", self.layer_norm_epsilon));
+        }
+        if let Head::Classifier { labels, pad_token_id } = &self.head {
+            if labels.len() < 2 {
+                return invalid("id2label", format!("a classifier needs at least 2 labels, got {}", labels.len()));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+                return invalid("id2label", format!("label `{dup}` appears twice"));
+            }
+            if *pad_token_id as usize >= self.vocab_size {
+                return invalid(
+                    "pad_token_id",
+                    format!("must be a token id below vocab_size {}, got {pad_token_id}", self.vocab_size),
+                );
+            }
         }
         Ok(())
     }

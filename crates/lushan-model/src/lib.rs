@@ -13,7 +13,7 @@ pub mod params;
 pub mod sampling;
 
 pub use activations::Activations;
-pub use config::{ModelConfig, PositionEncoding};
+pub use config::{Head, ModelConfig, PositionEncoding};
 pub use decode::{BatchScratch, DecodeState};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generator};

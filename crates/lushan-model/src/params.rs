@@ -25,9 +25,11 @@ pub enum ParamKind {
     FcProjB,
     LnfW,
     LnfB,
+    /// The classifier head `[num_labels, n_embd]`; empty (0 elements) for the language-model head.
+    Score,
 }
 
-pub const KIND_COUNT: usize = 16;
+pub const KIND_COUNT: usize = 17;
 
 impl ParamKind {
     /// Storage order.
@@ -48,6 +50,7 @@ impl ParamKind {
         ParamKind::FcProjB,
         ParamKind::LnfW,
         ParamKind::LnfB,
+        ParamKind::Score,
     ];
 
     pub fn index(self) -> usize {
@@ -73,12 +76,13 @@ impl ParamKind {
             ParamKind::FcProjB => "fc_proj_b",
             ParamKind::LnfW => "lnf_w",
             ParamKind::LnfB => "lnf_b",
+            ParamKind::Score => "score",
         }
     }
 
     /// Stacked once per layer (leading dimension `n_layer`).
     pub fn per_layer(self) -> bool {
-        !matches!(self, ParamKind::Wte | ParamKind::Wpe | ParamKind::LnfW | ParamKind::LnfB)
+        !matches!(self, ParamKind::Wte | ParamKind::Wpe | ParamKind::LnfW | ParamKind::LnfB | ParamKind::Score)
     }
 
     /// Shape of one layer's tensor (or of the whole tensor for the global kinds), in lushan's layout:
@@ -94,6 +98,7 @@ impl ParamKind {
             ParamKind::FcW => vec![4 * c, c],
             ParamKind::FcB => vec![4 * c],
             ParamKind::FcProjW => vec![c, 4 * c],
+            ParamKind::Score => vec![cfg.num_labels(), c],
             ParamKind::Ln1W
             | ParamKind::Ln1B
             | ParamKind::AttnProjB
@@ -130,9 +135,22 @@ impl ParamKind {
         matches!(self, ParamKind::AttnProjW | ParamKind::FcProjW)
     }
 
-    /// Hugging Face `GPT2Model` name (without the `transformer.` prefix) of layer `layer`'s tensor.
+    /// Whether this tensor exists in a model of this configuration (the score head only in classifiers).
+    pub fn present(self, cfg: &ModelConfig) -> bool {
+        self != ParamKind::Score || cfg.num_labels() > 0
+    }
+
+    /// Whether the Hugging Face name sits under `transformer.` (`GPT2Model`'s tensors) or beside it (the
+    /// classifier's `score.weight`).
+    pub fn in_transformer(self) -> bool {
+        self != ParamKind::Score
+    }
+
+    /// Hugging Face `GPT2Model` name (without the `transformer.` prefix) of layer `layer`'s tensor; the
+    /// score head's name is top-level (see [`ParamKind::in_transformer`]).
     pub fn hf_name(self, layer: usize) -> String {
         let suffix = match self {
+            ParamKind::Score => return "score.weight".into(),
             ParamKind::Wte => return "wte.weight".into(),
             ParamKind::Wpe => return "wpe.weight".into(),
             ParamKind::LnfW => return "ln_f.weight".into(),
@@ -187,6 +205,7 @@ pub struct Tensors<S> {
     pub fc_proj_b: S,
     pub lnf_w: S,
     pub lnf_b: S,
+    pub score: S,
     layer_sizes: [usize; KIND_COUNT],
 }
 
@@ -311,6 +330,7 @@ impl ParamLayout {
             fc_proj_b,
             lnf_w,
             lnf_b,
+            score,
         ] = parts;
         Tensors {
             wte,
@@ -329,6 +349,7 @@ impl ParamLayout {
             fc_proj_b,
             lnf_w,
             lnf_b,
+            score,
             layer_sizes: self.layer_sizes,
         }
     }

@@ -38,7 +38,19 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Layers a kind is stored for: one tensor per layer for per-layer kinds, a single tensor otherwise.
 pub fn hf_layers(kind: ParamKind, cfg: &ModelConfig) -> Range<usize> {
-    0..if kind.per_layer() { cfg.n_layer } else { 1 }
+    0..if !kind.present(cfg) {
+        0
+    } else if kind.per_layer() {
+        cfg.n_layer
+    } else {
+        1
+    }
+}
+
+/// The full Hugging Face name of a stored tensor: `transformer.`-prefixed, except the classifier's
+/// top-level `score.weight`.
+pub fn hf_full_name(kind: ParamKind, layer: usize) -> String {
+    if kind.in_transformer() { format!("{HF_PREFIX}{}", kind.hf_name(layer)) } else { kind.hf_name(layer) }
 }
 
 /// Shape of one stored tensor in Hugging Face's layout (Conv1D weights transposed to `(in, out)`).
@@ -64,7 +76,7 @@ pub fn save_safetensors(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Resul
         for layer in hf_layers(kind, cfg) {
             let shape = hf_shape(kind, cfg);
             let src = &params[layout.layer_range(kind, layer)];
-            tensors.push((format!("{HF_PREFIX}{}", kind.hf_name(layer)), HfTensor { src, shape, kind }));
+            tensors.push((hf_full_name(kind, layer), HfTensor { src, shape, kind }));
         }
     }
     // `transformers` refuses safetensors files whose metadata lacks format "pt".
@@ -316,7 +328,8 @@ fn match_tensors<'data>(st: &SafeTensors<'data>, cfg: &ModelConfig) -> std::resu
             duplicated.push(format!("`{name}` and `{first}` are the same tensor, stored twice"));
             continue;
         }
-        let expected_shape = if name == LM_HEAD {
+        let lm_head_allowed = cfg.num_labels() == 0;
+        let expected_shape = if name == LM_HEAD && lm_head_allowed {
             ParamKind::Wte.shape(cfg)
         } else if let Some(&(kind, _)) = expected.get(&short) {
             hf_shape(kind, cfg)
@@ -330,7 +343,7 @@ fn match_tensors<'data>(st: &SafeTensors<'data>, cfg: &ModelConfig) -> std::resu
             misshaped.push(format!("`{name}` has shape {:?}, expected {expected_shape:?}", view.shape()));
         } else if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             misshaped.push(format!("`{name}` has dtype {:?}; only F32, F16 and BF16 are supported", view.dtype()));
-        } else if name == LM_HEAD {
+        } else if name == LM_HEAD && lm_head_allowed {
             lm_head = Some((name, view));
         } else if let Some(&key) = expected.get(&short) {
             params.push((key, view));
@@ -339,7 +352,7 @@ fn match_tensors<'data>(st: &SafeTensors<'data>, cfg: &ModelConfig) -> std::resu
     let mut missing: Vec<String> = expected
         .iter()
         .filter(|(short, _)| !seen.contains_key(*short))
-        .map(|(short, &(kind, _))| format!("missing tensor `{HF_PREFIX}{short}` (shape {:?})", hf_shape(kind, cfg)))
+        .map(|(_, &(kind, layer))| format!("missing tensor `{}` (shape {:?})", hf_full_name(kind, layer), hf_shape(kind, cfg)))
         .collect();
     missing.sort();
     let problems: Vec<String> = missing.into_iter().chain(unexpected).chain(misshaped).chain(duplicated).collect();
