@@ -164,6 +164,31 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     sgemm(n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
 }
 
+/// `out += inp·Wᵀ` (no bias): adds a second product onto an output, as a LoRA adapter adds
+/// `scale·(x·Aᵀ)·Bᵀ` onto its base layer's output.
+///
+/// # Shapes
+/// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C).
+pub fn forward_accumulate(out: &mut [f32], inp: &[f32], weight: &[f32], c: usize, oc: usize) {
+    let n = inp.len() / c;
+    debug_assert_eq!(inp.len(), n * c);
+    debug_assert_eq!(out.len(), n * oc);
+    debug_assert_eq!(weight.len(), oc * c);
+    sgemm(n, c, oc, inp, (c, 1), weight, (1, c), 1.0, out, oc);
+}
+
+/// Backward to the input only, **accumulating** `dinp += dout·W`: for a frozen weight (LoRA fine-tuning
+/// trains adapters, so the base weights' gradients — a third of a step's products — are never computed).
+///
+/// # Shapes
+/// `dinp`: (N, C); `dout`: (N, OC); `weight`: (OC, C).
+pub fn backward_input(dinp: &mut [f32], dout: &[f32], weight: &[f32], c: usize, oc: usize) {
+    let n = dinp.len() / c;
+    debug_assert_eq!(dout.len(), n * oc);
+    debug_assert_eq!(weight.len(), oc * c);
+    sgemm(n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
+}
+
 /// Up to this many rows (cached decoding) a GEMM cannot block its work; the matrix-vector kernel in
 /// [`crate::gemv`] streams the weights once, at memory bandwidth, for all the rows together.
 const GEMV_MAX_ROWS: usize = crate::gemv::MAX_ROWS;
@@ -361,5 +386,27 @@ mod tests {
         let (mut ndx, mut ndw, mut ndb) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
         backward_naive(&mut ndx, &mut ndw, &mut ndb, &dout, &x, &w, c, oc);
         assert_close("matmul dweight (no dinp) vs naive", &dw, &to_f64(&ndw), 1e-3, 1e-4);
+    }
+
+    #[test]
+    fn accumulating_forward_and_input_only_backward_agree_with_naive() {
+        let mut rng = Rng::new(11);
+        for (n, c, oc) in [(1, 5, 3), (37, 16, 4), (70, 4, 96)] {
+            let x = random_f32(&mut rng, n * c, 1.0);
+            let w = random_f32(&mut rng, oc * c, 1.0);
+            let base = random_f32(&mut rng, n * oc, 1.0);
+            let mut out = base.clone();
+            forward_accumulate(&mut out, &x, &w, c, oc);
+            let mut product = vec![0.0; n * oc];
+            forward_naive(&mut product, &x, &w, None, c, oc);
+            let want: Vec<f64> = base.iter().zip(&product).map(|(a, b)| (a + b) as f64).collect();
+            assert_close("forward_accumulate vs naive", &out, &want, 1e-4, 1e-4);
+            let dout = random_f32(&mut rng, n * oc, 1.0);
+            let mut dx = vec![0.25; n * c];
+            backward_input(&mut dx, &dout, &w, c, oc);
+            let (mut ndx, mut ndw, mut ndb) = (vec![0.25; n * c], vec![0.0; oc * c], vec![0.0; oc]);
+            backward_naive(&mut ndx, &mut ndw, &mut ndb, &dout, &x, &w, c, oc);
+            assert_close("backward_input vs naive (accumulates)", &dx, &to_f64(&ndx), 1e-4, 1e-4);
+        }
     }
 }

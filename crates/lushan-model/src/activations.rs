@@ -2,12 +2,16 @@
 //!
 //! Forward activations that backward needs are stored per layer; gradient scratch is shared by all layers
 //! because backward visits one layer at a time.
+//!
+//! Buffers are allocated for a largest shape (B, T) and can then be [`Activations::reshape`]d to any smaller
+//! (b, t) — batches of task examples padded only to their own longest sequence — without allocating:
+//! every buffer keeps its capacity and only its length changes.
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
 /// Per-layer activations kept for backward (and for inspection: `att` is the attention map).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LayerActs {
     pub ln1: Vec<f32>,
     pub ln1_mean: Vec<f32>,
@@ -26,6 +30,10 @@ pub struct LayerActs {
     pub residual3: Vec<f32>,
     pub attn_mask: Vec<u8>,
     pub mlp_mask: Vec<u8>,
+    /// LoRA: per adapted linear layer (in `LoraTarget::ALL` order), the low-rank hidden `A·drop(x)`
+    /// (N, rank) and the adapter's input-dropout mask (N, in); empty without adapters.
+    pub lora_hidden: [Vec<f32>; 4],
+    pub lora_mask: [Vec<u8>; 4],
 }
 
 /// Everything forward and backward need for a (B, T) batch.
@@ -33,6 +41,9 @@ pub struct LayerActs {
 pub struct Activations {
     pub(crate) b: usize,
     pub(crate) t: usize,
+    capacity_b: usize,
+    capacity_t: usize,
+    dims: Dims,
     /// Token + position embedding (after embedding dropout): the input of layer 0.
     pub encoded: Vec<f32>,
     pub emb_mask: Vec<u8>,
@@ -40,19 +51,25 @@ pub struct Activations {
     pub lnf: Vec<f32>,
     pub lnf_mean: Vec<f32>,
     pub lnf_rstd: Vec<f32>,
-    /// (B, T, V).
+    /// Language-model head: (B, T, V), or — after a forward with targets some of which are ignored — only
+    /// the rows whose target counts, in order ((M, V), M = counted targets), so masked positions of a
+    /// fine-tuning batch never pay for the vocabulary projection. Classifier head: (B, num_labels).
     pub logits: Vec<f32>,
-    /// softmax(logits), (B, T, V); filled when targets are given.
+    /// softmax(logits), the same rows; filled when targets are given.
     pub probs: Vec<f32>,
-    /// Per-position cross-entropy, (B, T); 0 for ignored targets.
+    /// Per-position cross-entropy, (B, T) (0 for ignored targets); per sequence (B) for a classifier.
     pub losses: Vec<f32>,
+    /// Classifier: the position pooled for each sequence (its last token that is not padding).
+    pub pooled: Vec<usize>,
     pub(crate) targets: Vec<u32>,
     pub(crate) inputs: Vec<u32>,
+    /// Rows (of B·T) whose target counts, when a forward with targets ignored some; empty otherwise.
+    pub(crate) counted_rows: Vec<usize>,
     pub(crate) scratch: Scratch,
 }
 
 /// Gradient and temporary buffers shared across layers.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Scratch {
     pub branch: Vec<f32>,
     pub branch2: Vec<f32>,
@@ -66,11 +83,50 @@ pub(crate) struct Scratch {
     pub dlogits: Vec<f32>,
     pub dlosses: Vec<f32>,
     pub att_grad: Vec<f32>,
+    /// Gathered rows feeding the output layer: counted LM rows (M, C) or pooled classifier rows (B, C).
+    pub head_in: Vec<f32>,
+    pub dhead_in: Vec<f32>,
+    /// LoRA: an adapter's dropped input (N, 4C at most) and low-rank gradient (N, rank).
+    pub lora_x: Vec<f32>,
+    pub lora_dh: Vec<f32>,
+}
+
+/// Room for LoRA adapters: their rank, which linear layers carry one (`LoraTarget::ALL` order: attention
+/// QKV, attention projection, MLP up, MLP down) and whether adapter dropout needs masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoraShape {
+    pub rank: usize,
+    pub targets: [bool; 4],
+    pub dropout: bool,
+}
+
+/// The sizes buffers derive from.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    c: usize,
+    v: usize,
+    nh: usize,
+    labels: usize,
+    masks: bool,
+    lora_rank: usize,
+    lora_targets: [bool; 4],
+    lora_masks: bool,
+    /// Input width of each LoRA target (C, C, C, 4C).
+    lora_in: [usize; 4],
+}
+
+fn fit<T: Clone + Default>(buf: &mut Vec<T>, len: usize) {
+    buf.resize(len, T::default());
 }
 
 impl Activations {
-    /// Allocates buffers for batches of `b` sequences of `t` tokens.
+    /// Allocates buffers for batches of up to `b` sequences of up to `t` tokens.
     pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Result<Self> {
+        Self::with_lora(cfg, b, t, None)
+    }
+
+    /// Like [`Activations::new`], with room for LoRA adapters of the given shape.
+    pub fn with_lora(cfg: &ModelConfig, b: usize, t: usize, lora: Option<LoraShape>) -> Result<Self> {
         cfg.validate()?;
         if b == 0 || t == 0 {
             return Err(ModelError::EmptyInput);
@@ -78,57 +134,132 @@ impl Activations {
         if t > cfg.block_size {
             return Err(ModelError::SequenceTooLong { len: t, block_size: cfg.block_size });
         }
-        let (n, c, v, nh) = (b * t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
-        let masks = cfg.dropout > 0.0;
-        let mask = |len: usize| if masks { vec![0u8; len] } else { Vec::new() };
-        let layers = (0..cfg.n_layer)
-            .map(|_| LayerActs {
-                ln1: vec![0.0; n * c],
-                ln1_mean: vec![0.0; n],
-                ln1_rstd: vec![0.0; n],
-                qkv: vec![0.0; n * 3 * c],
-                atty: vec![0.0; n * c],
-                att: vec![0.0; b * nh * t * t],
-                residual2: vec![0.0; n * c],
-                ln2: vec![0.0; n * c],
-                ln2_mean: vec![0.0; n],
-                ln2_rstd: vec![0.0; n],
-                fch: vec![0.0; n * 4 * c],
-                fch_gelu: vec![0.0; n * 4 * c],
-                residual3: vec![0.0; n * c],
-                attn_mask: mask(n * c),
-                mlp_mask: mask(n * c),
-            })
-            .collect();
-        Ok(Self {
-            b,
-            t,
-            encoded: vec![0.0; n * c],
-            emb_mask: mask(n * c),
-            layers,
-            lnf: vec![0.0; n * c],
-            lnf_mean: vec![0.0; n],
-            lnf_rstd: vec![0.0; n],
-            logits: vec![0.0; n * v],
-            probs: vec![0.0; n * v],
-            losses: vec![0.0; n],
-            targets: vec![0; n],
-            inputs: vec![0; n],
-            scratch: Scratch {
-                branch: vec![0.0; n * c],
-                branch2: vec![0.0; n * c],
-                dresidual: vec![0.0; n * c],
-                dln: vec![0.0; n * c],
-                dbranch: vec![0.0; n * c],
-                datty: vec![0.0; n * c],
-                dqkv: vec![0.0; n * 3 * c],
-                dfch_gelu: vec![0.0; n * 4 * c],
-                dfch: vec![0.0; n * 4 * c],
-                dlogits: vec![0.0; n * v],
-                dlosses: vec![0.0; n],
-                att_grad: vec![0.0; n * t],
-            },
-        })
+        let c = cfg.n_embd;
+        let lora = lora.filter(|l| l.rank > 0).unwrap_or(LoraShape { rank: 0, targets: [false; 4], dropout: false });
+        let dims = Dims {
+            c,
+            v: cfg.vocab_size,
+            nh: cfg.n_head,
+            labels: cfg.num_labels(),
+            masks: cfg.dropout > 0.0,
+            lora_rank: lora.rank,
+            lora_targets: lora.targets,
+            lora_masks: lora.dropout,
+            lora_in: [c, c, c, 4 * c],
+        };
+        let mut acts = Self {
+            b: 0,
+            t: 0,
+            capacity_b: b,
+            capacity_t: t,
+            dims,
+            encoded: Vec::new(),
+            emb_mask: Vec::new(),
+            layers: (0..cfg.n_layer).map(|_| LayerActs::default()).collect(),
+            lnf: Vec::new(),
+            lnf_mean: Vec::new(),
+            lnf_rstd: Vec::new(),
+            logits: Vec::new(),
+            probs: Vec::new(),
+            losses: Vec::new(),
+            pooled: Vec::new(),
+            targets: Vec::new(),
+            inputs: Vec::new(),
+            counted_rows: Vec::new(),
+            scratch: Scratch::default(),
+        };
+        acts.resize_all(b, t);
+        Ok(acts)
+    }
+
+    /// Sets every buffer's length for a (b, t) batch. Growing within the capacity allocated by `new` does
+    /// not allocate; `new` calls this once with the largest shape.
+    fn resize_all(&mut self, b: usize, t: usize) {
+        let d = self.dims;
+        let (n, c) = (b * t, d.c);
+        let mask = |len: usize| if d.masks { len } else { 0 };
+        for a in &mut self.layers {
+            fit(&mut a.ln1, n * c);
+            fit(&mut a.ln1_mean, n);
+            fit(&mut a.ln1_rstd, n);
+            fit(&mut a.qkv, n * 3 * c);
+            fit(&mut a.atty, n * c);
+            fit(&mut a.att, b * d.nh * t * t);
+            fit(&mut a.residual2, n * c);
+            fit(&mut a.ln2, n * c);
+            fit(&mut a.ln2_mean, n);
+            fit(&mut a.ln2_rstd, n);
+            fit(&mut a.fch, n * 4 * c);
+            fit(&mut a.fch_gelu, n * 4 * c);
+            fit(&mut a.residual3, n * c);
+            fit(&mut a.attn_mask, mask(n * c));
+            fit(&mut a.mlp_mask, mask(n * c));
+            for i in 0..4 {
+                let on = d.lora_targets[i];
+                fit(&mut a.lora_hidden[i], if on { n * d.lora_rank } else { 0 });
+                fit(&mut a.lora_mask[i], if on && d.lora_masks { n * d.lora_in[i] } else { 0 });
+            }
+        }
+        // The output layer: the vocabulary for a language model, the labels (one row per sequence) for a
+        // classifier.
+        let head_rows = if d.labels > 0 { b } else { n };
+        let head_width = if d.labels > 0 { d.labels } else { d.v };
+        fit(&mut self.encoded, n * c);
+        fit(&mut self.emb_mask, mask(n * c));
+        fit(&mut self.lnf, n * c);
+        fit(&mut self.lnf_mean, n);
+        fit(&mut self.lnf_rstd, n);
+        fit(&mut self.logits, head_rows * head_width);
+        fit(&mut self.probs, head_rows * head_width);
+        fit(&mut self.losses, head_rows);
+        fit(&mut self.pooled, if d.labels > 0 { b } else { 0 });
+        fit(&mut self.targets, head_rows);
+        fit(&mut self.inputs, n);
+        let s = &mut self.scratch;
+        for buf in [&mut s.branch, &mut s.branch2, &mut s.dresidual, &mut s.dln, &mut s.dbranch, &mut s.datty] {
+            fit(buf, n * c);
+        }
+        fit(&mut s.dqkv, n * 3 * c);
+        fit(&mut s.dfch_gelu, n * 4 * c);
+        fit(&mut s.dfch, n * 4 * c);
+        fit(&mut s.dlogits, head_rows * head_width);
+        fit(&mut s.dlosses, head_rows);
+        fit(&mut s.att_grad, n * t);
+        fit(&mut s.head_in, head_rows * c);
+        fit(&mut s.dhead_in, head_rows * c);
+        let lora_on = d.lora_targets.iter().any(|&x| x);
+        fit(&mut s.lora_x, if lora_on { n * 4 * c } else { 0 });
+        fit(&mut s.lora_dh, if lora_on { n * d.lora_rank } else { 0 });
+        self.b = b;
+        self.t = t;
+    }
+
+    /// Makes the buffers describe a (b, t) batch, up to the shape they were allocated for, without
+    /// allocating.
+    pub fn reshape(&mut self, b: usize, t: usize) -> Result<()> {
+        if b == 0 || t == 0 {
+            return Err(ModelError::EmptyInput);
+        }
+        if b > self.capacity_b || t > self.capacity_t {
+            return Err(ModelError::BatchMismatch { allocated_b: self.capacity_b, allocated_t: self.capacity_t, b, t });
+        }
+        if (b, t) != (self.b, self.t) {
+            self.resize_all(b, t);
+        }
+        Ok(())
+    }
+
+    /// Sets the length of the output-layer rows (`M` counted rows of a language model after a masked
+    /// forward, or all of them), within capacity.
+    pub(crate) fn set_head_rows(&mut self, rows: usize) {
+        let width = if self.dims.labels > 0 { self.dims.labels } else { self.dims.v };
+        fit(&mut self.logits, rows * width);
+        fit(&mut self.probs, rows * width);
+        fit(&mut self.targets, rows);
+        fit(&mut self.scratch.dlosses, rows);
+        fit(&mut self.scratch.dlogits, rows * width);
+        fit(&mut self.scratch.head_in, rows * self.dims.c);
+        fit(&mut self.scratch.dhead_in, rows * self.dims.c);
     }
 
     pub fn batch_size(&self) -> usize {
@@ -137,5 +268,10 @@ impl Activations {
 
     pub fn seq_len(&self) -> usize {
         self.t
+    }
+
+    /// The largest (B, T) these buffers hold.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.capacity_b, self.capacity_t)
     }
 }

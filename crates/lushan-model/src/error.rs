@@ -15,6 +15,9 @@ pub enum ModelError {
     )]
     SequenceTooLong { len: usize, block_size: usize },
 
+    #[error("label {label} of sequence {sequence} is out of range: the classifier has {num_labels} labels")]
+    LabelOutOfRange { label: u32, sequence: usize, num_labels: usize },
+
     #[error("empty input: at least one token is needed")]
     EmptyInput,
 

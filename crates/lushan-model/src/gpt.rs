@@ -4,11 +4,12 @@
 //! forward line it undoes.
 
 use crate::activations::Activations;
-use crate::config::{ModelConfig, PositionEncoding};
+use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
+use crate::head;
 use crate::params::{ParamKind, ParamLayout, init_gpt2};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
-use lushan_kernels::{attention, crossentropy, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
+use lushan_kernels::{attention, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
 
 /// Whether dropout is active. Training mode carries the seed its masks are drawn from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +61,12 @@ impl Gpt {
         }
     }
 
-    /// Forward over a (B, T) batch. With targets, also computes per-position losses and returns the mean
-    /// over non-ignored positions.
+    /// Forward over a (B, T) batch (the shape `acts` currently has, see [`Activations::reshape`]). With
+    /// targets, also computes the losses and returns their mean over counted targets.
     ///
     /// # Shapes
-    /// `inputs`, `targets`: (B, T) as allocated in `acts`.
+    /// `inputs`: (B, T). `targets`: (B, T) next-token ids ([`IGNORE_INDEX`] = not trained) for the
+    /// language-model head; (B) label indices for a classifier.
     pub fn forward(
         &self,
         acts: &mut Activations,
@@ -73,15 +75,29 @@ impl Gpt {
         mode: Mode,
     ) -> Result<Option<f32>> {
         let (b, t) = (acts.b, acts.t);
-        if inputs.len() != b * t || targets.is_some_and(|tg| tg.len() != b * t) {
+        let cfg = &self.config;
+        let labels = cfg.num_labels();
+        let target_len = if labels > 0 { b } else { b * t };
+        if inputs.len() != b * t || targets.is_some_and(|tg| tg.len() != target_len) {
             let got = inputs.len();
             return Err(ModelError::BatchMismatch { allocated_b: b, allocated_t: t, b: got / t.max(1), t });
         }
         self.check_tokens(inputs, false)?;
         if let Some(targets) = targets {
-            self.check_tokens(targets, true)?;
+            if labels > 0 {
+                if let Some((sequence, &label)) = targets.iter().enumerate().find(|&(_, &l)| l as usize >= labels) {
+                    return Err(ModelError::LabelOutOfRange { label, sequence, num_labels: labels });
+                }
+            } else {
+                self.check_tokens(targets, true)?;
+            }
         }
-        let cfg = &self.config;
+        let counted = if labels == 0 { targets.and_then(head::counted_rows) } else { None };
+        acts.set_head_rows(match (&counted, labels) {
+            (_, 0) => counted.as_ref().map_or(b * t, Vec::len),
+            _ => b,
+        });
+        acts.counted_rows = counted.unwrap_or_default();
         let (c, v, nh, eps) = (cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.layer_norm_epsilon);
         let p = self.layout.split(&self.params);
         let mut seeds = match mode {
@@ -89,8 +105,22 @@ impl Gpt {
             _ => None,
         };
         acts.inputs.copy_from_slice(inputs);
-        let Activations { encoded, emb_mask, layers, lnf, lnf_mean, lnf_rstd, logits, probs, losses, scratch, .. } =
-            acts;
+        let Activations {
+            encoded,
+            emb_mask,
+            layers,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            probs,
+            losses,
+            pooled,
+            targets: kept_targets,
+            counted_rows,
+            scratch,
+            ..
+        } = acts;
 
         encoder::forward(encoded, inputs, p.wte, p.wpe, t, 0, c);
         if let Some(rng) = seeds.as_mut() {
@@ -123,14 +153,42 @@ impl Gpt {
         }
         let last = layers.last().map_or(&*encoded, |a| &a.residual3);
         layernorm::forward(lnf, lnf_mean, lnf_rstd, last, p.lnf_w, p.lnf_b, c, eps);
-        matmul::forward(logits, lnf, p.wte, None, c, v);
 
-        let Some(targets) = targets else { return Ok(None) };
-        acts.targets.copy_from_slice(targets);
-        crossentropy::forward(losses, probs, logits, targets, v);
-        let counted = targets.iter().filter(|&&tg| tg != IGNORE_INDEX).count();
-        let total: f64 = losses.iter().map(|&x| x as f64).sum();
-        Ok(Some(if counted == 0 { 0.0 } else { (total / counted as f64) as f32 }))
+        match &cfg.head {
+            Head::LanguageModel => {
+                // logits = lnf · wteᵀ, on the counted rows only when some targets are ignored.
+                if counted_rows.is_empty() {
+                    matmul::forward(logits, lnf, p.wte, None, c, v);
+                } else {
+                    head::gather_rows(&mut scratch.head_in, lnf, counted_rows.iter().copied(), c);
+                    matmul::forward(logits, &scratch.head_in, p.wte, None, c, v);
+                }
+                let Some(targets) = targets else { return Ok(None) };
+                if counted_rows.is_empty() {
+                    kept_targets.copy_from_slice(targets);
+                    return Ok(Some(head::loss(losses, probs, logits, kept_targets, v)));
+                }
+                for (k, &r) in kept_targets.iter_mut().zip(counted_rows.iter()) {
+                    *k = targets[r];
+                }
+                let mean = head::loss(&mut scratch.dlosses, probs, logits, kept_targets, v);
+                losses.fill(0.0);
+                for (&r, &l) in counted_rows.iter().zip(scratch.dlosses.iter()) {
+                    losses[r] = l;
+                }
+                Ok(Some(mean))
+            }
+            Head::Classifier { pad_token_id, .. } => {
+                // logits = lnf[pooled] · scoreᵀ
+                head::pool_positions(pooled, inputs, t, *pad_token_id);
+                let rows = pooled.iter().enumerate().map(|(i, &pos)| i * t + pos);
+                head::gather_rows(&mut scratch.head_in, lnf, rows, c);
+                matmul::forward(logits, &scratch.head_in, p.score, None, c, labels);
+                let Some(targets) = targets else { return Ok(None) };
+                kept_targets.copy_from_slice(targets);
+                Ok(Some(head::loss(losses, probs, logits, kept_targets, labels)))
+            }
+        }
     }
 
     /// Backward of the mean loss of the last `forward` (which must have had targets), **accumulating**
@@ -142,18 +200,77 @@ impl Gpt {
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
         let p = self.layout.split(&self.params);
         let mut g = self.layout.split_mut(grads);
-        let Activations { encoded, emb_mask, layers, lnf, lnf_mean, lnf_rstd, probs, targets, inputs, scratch, .. } =
-            acts;
+        let Activations {
+            encoded,
+            emb_mask,
+            layers,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            probs,
+            targets,
+            inputs,
+            pooled,
+            counted_rows,
+            scratch,
+            ..
+        } = acts;
         let s = scratch;
-        let counted = targets.iter().filter(|&&tg| tg != IGNORE_INDEX).count().max(1);
-        s.dlosses.fill(loss_scale / counted as f32);
 
-        // loss = crossentropy(logits, targets)
-        s.dlogits.fill(0.0);
-        crossentropy::backward(&mut s.dlogits, &s.dlosses, probs, targets, v);
-        // logits = lnf · wteᵀ
+        // The head: logits = head_in · Wᵀ (W = wte or score), head_in = rows of lnf.
         s.dln.fill(0.0);
-        matmul::backward(Some(&mut s.dln), g.wte, None, &s.dlogits, lnf, p.wte, c, v);
+        match &cfg.head {
+            Head::LanguageModel if counted_rows.is_empty() => {
+                head::backward(
+                    &mut s.dln,
+                    Some(g.wte),
+                    &mut s.dlogits,
+                    &mut s.dlosses,
+                    probs,
+                    targets,
+                    lnf,
+                    p.wte,
+                    loss_scale,
+                    c,
+                    v,
+                );
+            }
+            Head::LanguageModel => {
+                s.dhead_in.fill(0.0);
+                head::backward(
+                    &mut s.dhead_in,
+                    Some(g.wte),
+                    &mut s.dlogits,
+                    &mut s.dlosses,
+                    probs,
+                    targets,
+                    &s.head_in,
+                    p.wte,
+                    loss_scale,
+                    c,
+                    v,
+                );
+                head::scatter_add_rows(&mut s.dln, &s.dhead_in, counted_rows.iter().copied(), c);
+            }
+            Head::Classifier { labels, .. } => {
+                s.dhead_in.fill(0.0);
+                head::backward(
+                    &mut s.dhead_in,
+                    Some(g.score),
+                    &mut s.dlogits,
+                    &mut s.dlosses,
+                    probs,
+                    targets,
+                    &s.head_in,
+                    p.score,
+                    loss_scale,
+                    c,
+                    labels.len(),
+                );
+                let rows = pooled.iter().enumerate().map(|(i, &pos)| i * t + pos);
+                head::scatter_add_rows(&mut s.dln, &s.dhead_in, rows, c);
+            }
+        }
         // lnf = layernorm(last residual)
         let last = layers.last().map_or(&*encoded, |a| &a.residual3);
         s.dresidual.fill(0.0);

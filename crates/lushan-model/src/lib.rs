@@ -8,6 +8,7 @@ pub mod decode;
 pub mod error;
 pub mod generate;
 pub mod gpt;
+mod head;
 pub mod inspect;
 pub mod params;
 pub mod sampling;

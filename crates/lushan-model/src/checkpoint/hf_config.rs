@@ -6,7 +6,7 @@
 //! are ignored, but every key that changes the network's math is checked, and options lushan does not
 //! implement are refused by name — loading them silently would give a model that computes something else.
 
-use crate::config::{ModelConfig, PositionEncoding};
+use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -17,6 +17,9 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Hugging Face's dropout default, used when a file omits a `*_pdrop` key (as `GPT2Config` would).
 const HF_DEFAULT_PDROP: f32 = 0.1;
+
+/// `architectures` entry of a sequence classifier (score head at the last non-padding token).
+pub const CLASSIFIER_ARCHITECTURE: &str = "GPT2ForSequenceClassification";
 
 /// Activation names whose math equals our tanh-approximated GELU kernel.
 const TANH_GELU_NAMES: [&str; 2] = ["gelu_new", "gelu_pytorch_tanh"];
@@ -31,7 +34,7 @@ pub fn write_config_json(cfg: &ModelConfig) -> String {
     // natural equivalent and keeps the ids in range, which `transformers` checks.
     let last_id = cfg.vocab_size.saturating_sub(1);
     let dropout = json_f32(cfg.dropout);
-    let value = json!({
+    let mut value = json!({
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
         "vocab_size": cfg.vocab_size,
@@ -57,6 +60,17 @@ pub fn write_config_json(cfg: &ModelConfig) -> String {
             "format_version": FORMAT_VERSION,
         },
     });
+    if let (Head::Classifier { labels, pad_token_id }, Value::Object(obj)) = (&cfg.head, &mut value) {
+        // What `GPT2ForSequenceClassification.save_pretrained` writes for a single-label classifier.
+        let id2label: Map<String, Value> =
+            labels.iter().enumerate().map(|(i, l)| (i.to_string(), Value::String(l.clone()))).collect();
+        let label2id: Map<String, Value> = labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+        obj.insert("architectures".into(), json!([CLASSIFIER_ARCHITECTURE]));
+        obj.insert("id2label".into(), Value::Object(id2label));
+        obj.insert("label2id".into(), Value::Object(label2id));
+        obj.insert("pad_token_id".into(), json!(pad_token_id));
+        obj.insert("problem_type".into(), json!("single_label_classification"));
+    }
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
     text.push('\n');
     text
@@ -142,12 +156,59 @@ pub fn parse_config_json(text: &str, path: &Path) -> Result<ModelConfig> {
         }
     }
 
+    cfg.head = parse_head(&f)?;
     check_size(&cfg).map_err(|reason| field_error(path, "n_layer", reason))?;
     cfg.validate().map_err(|e| match e {
         ModelError::InvalidConfig { field, reason } => field_error(path, hf_field_name(field), reason),
         other => other,
     })?;
     Ok(cfg)
+}
+
+/// The head `architectures` names: a classifier reads its labels from `id2label` (keys `0..n`), needs
+/// `pad_token_id` (pooling reads the last token that is not padding) and must be single-label.
+fn parse_head(f: &Fields<'_>) -> Result<Head> {
+    let architectures: Vec<String> = f.get("architectures")?.unwrap_or_default();
+    if !architectures.iter().any(|a| a == CLASSIFIER_ARCHITECTURE) {
+        if let Some(other) = architectures.iter().find(|a| a.as_str() != "GPT2LMHeadModel" && a.as_str() != "GPT2Model")
+        {
+            return Err(f.refuse(
+                "architectures",
+                format!("is [\"{other}\"]; lushan loads GPT2LMHeadModel and {CLASSIFIER_ARCHITECTURE}"),
+            ));
+        }
+        return Ok(Head::LanguageModel);
+    }
+    let id2label: Map<String, Value> =
+        f.get("id2label")?.ok_or_else(|| f.refuse("id2label", "is missing; a classifier needs its labels".into()))?;
+    let mut labels = vec![None; id2label.len()];
+    for (key, value) in &id2label {
+        let index = key.parse::<usize>().ok().filter(|&i| i < labels.len()).ok_or_else(|| {
+            f.refuse("id2label", format!("has key \"{key}\"; expected the ids 0..{}", id2label.len()))
+        })?;
+        let Value::String(name) = value else {
+            return Err(f.refuse("id2label", format!("maps {key} to {value}; expected a label name (string)")));
+        };
+        labels[index] = Some(name.clone());
+    }
+    let labels: Vec<String> = labels.into_iter().flatten().collect();
+    if let Some(n) = f.get::<usize>("num_labels")?
+        && n != labels.len()
+    {
+        return Err(f.refuse("num_labels", format!("is {n} but id2label names {} labels", labels.len())));
+    }
+    if let Some(kind) = f.get::<String>("problem_type")?
+        && kind != "single_label_classification"
+    {
+        return Err(f.refuse(
+            "problem_type",
+            format!("is \"{kind}\"; lushan trains single-label classifiers (softmax + cross-entropy)"),
+        ));
+    }
+    let pad_token_id = f.get::<u32>("pad_token_id")?.ok_or_else(|| {
+        f.refuse("pad_token_id", "is missing; a classifier pools at the last token that is not padding".into())
+    })?;
+    Ok(Head::Classifier { labels, pad_token_id })
 }
 
 /// lushan has one dropout rate; Hugging Face has three. Equal rates map exactly; differing ones would be
@@ -290,6 +351,30 @@ mod tests {
         let cfg = parse(minimal).unwrap();
         assert_eq!(cfg.dropout, HF_DEFAULT_PDROP);
         assert_eq!(cfg.position_encoding, PositionEncoding::Learned);
+    }
+
+    #[test]
+    fn classifier_head_round_trips_as_transformers_writes_it() {
+        let mut cfg = ModelConfig::new(11, 5, 2, 2, 8);
+        cfg.head = Head::Classifier { labels: vec!["ham".into(), "spam".into()], pad_token_id: 10 };
+        let text = write_config_json(&cfg);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["architectures"], json!(["GPT2ForSequenceClassification"]));
+        assert_eq!(v["id2label"], json!({"0": "ham", "1": "spam"}));
+        assert_eq!(v["label2id"], json!({"ham": 0, "spam": 1}));
+        assert_eq!(v["pad_token_id"], json!(10));
+        assert_eq!(parse(&text).unwrap(), cfg);
+        let mut no_pad = v.clone();
+        no_pad.as_object_mut().unwrap().remove("pad_token_id");
+        assert!(parse(&no_pad.to_string()).unwrap_err().to_string().contains("`pad_token_id`"));
+        let mut gap = v.clone();
+        gap["id2label"] = json!({"0": "ham", "2": "spam"});
+        assert!(parse(&gap.to_string()).unwrap_err().to_string().contains("`id2label`"));
+        let mut multi = v;
+        multi["problem_type"] = json!("multi_label_classification");
+        assert!(parse(&multi.to_string()).unwrap_err().to_string().contains("`problem_type`"));
+        let other = with("architectures", json!(["GPT2ForTokenClassification"]));
+        assert!(parse(&other).unwrap_err().to_string().contains("`architectures`"));
     }
 
     #[test]

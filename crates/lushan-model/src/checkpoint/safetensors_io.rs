@@ -352,7 +352,9 @@ fn match_tensors<'data>(st: &SafeTensors<'data>, cfg: &ModelConfig) -> std::resu
     let mut missing: Vec<String> = expected
         .iter()
         .filter(|(short, _)| !seen.contains_key(*short))
-        .map(|(_, &(kind, layer))| format!("missing tensor `{}` (shape {:?})", hf_full_name(kind, layer), hf_shape(kind, cfg)))
+        .map(|(_, &(kind, layer))| {
+            format!("missing tensor `{}` (shape {:?})", hf_full_name(kind, layer), hf_shape(kind, cfg))
+        })
         .collect();
     missing.sort();
     let problems: Vec<String> = missing.into_iter().chain(unexpected).chain(misshaped).chain(duplicated).collect();
