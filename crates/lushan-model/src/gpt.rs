@@ -48,6 +48,26 @@ impl Gpt {
         Ok(Self { config, layout, params })
     }
 
+    /// This model with a classifier head of `labels` (pooling at the last token that is not `pad_token_id`):
+    /// a language model gets a new score head drawn from `N(0, 0.02)` as `transformers` initialises one; a
+    /// classifier keeps its head when its labels are `labels` and gets a new one otherwise.
+    pub fn with_classifier_head(self, labels: Vec<String>, pad_token_id: u32, seed: u64) -> Result<Self> {
+        let Self { mut config, layout, mut params } = self;
+        if let Head::Classifier { labels: old, pad_token_id: old_pad } = &config.head
+            && *old == labels
+            && *old_pad == pad_token_id
+        {
+            return Ok(Self { config, layout, params });
+        }
+        // The score head is the last tensor of the layout: drop the old one, append the new.
+        params.truncate(layout.range(ParamKind::Score).start);
+        config.head = Head::Classifier { labels, pad_token_id };
+        config.validate()?;
+        let mut rng = Rng::new(seed ^ 0x7363_6f72_65);
+        params.extend((0..ParamKind::Score.numel(&config)).map(|_| (rng.next_normal() * 0.02) as f32));
+        Self::from_params(config, params)
+    }
+
     pub fn num_params(&self) -> usize {
         self.layout.total()
     }

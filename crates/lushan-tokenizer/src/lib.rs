@@ -11,6 +11,7 @@
 
 pub mod bpe;
 pub mod char_level;
+pub mod chat;
 pub mod error;
 pub mod hf_export;
 

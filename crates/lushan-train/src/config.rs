@@ -3,6 +3,7 @@
 //! Precedence: preset < config file < flags.
 
 use crate::error::{Result, TrainError};
+use crate::tasks::Task;
 use lushan_model::{ModelConfig, PositionEncoding};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -95,9 +96,27 @@ macro_rules! settings {
 }
 
 settings! {
+    /// `lm` (next-token prediction on text or token shards), `classify` (one label per text, a
+    /// `GPT2ForSequenceClassification` head) or `sft` (next-token loss on completions / assistant replies only).
+    task: Task = Task::Lm,
     /// Training data: a text file (or directory of text files) to tokenize per character, or a directory
     /// made by `lushan prepare` (train.bin, val.bin, lushan-tokenizer.json).
     data: PathBuf = PathBuf::from("data/tinyshakespeare.txt"),
+    /// Validation records for `classify` / `sft` (JSONL, or CSV for classify); empty = hold out
+    /// `val_fraction` of `data`.
+    val_data: PathBuf = PathBuf::new(),
+    /// `classify` from a classifier checkpoint whose labels differ from the data's: start a new score head.
+    reset_head: bool = false,
+    /// LoRA rank (0 = full fine-tuning): the base stays frozen and only adapters (and a classifier's score
+    /// head) train; the checkpoint is a PEFT adapter.
+    lora_rank: usize = 0,
+    /// LoRA scaling numerator: adapters add `lora_alpha / lora_rank · B·A`.
+    lora_alpha: f32 = 16.0,
+    /// Dropout on each adapter's input.
+    lora_dropout: f32 = 0.05,
+    /// Linear layers that get adapters (PEFT names): `c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`
+    /// (`c_proj` = both projections, `all-linear` = all four), comma-separated.
+    lora_targets: String = "c_attn".to_owned(),
     /// Checkpoint directory: the best model (Hugging Face layout), `resume/`, metrics.jsonl and loss.png.
     out_dir | "out": PathBuf = PathBuf::from("out/shakespeare-char"),
     /// `scratch`, or a checkpoint directory to fine-tune (lushan's or Hugging Face's GPT-2 layout): the
@@ -254,6 +273,15 @@ impl TrainConfig {
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
             return bad("grad_clip", format!("must be ≥ 0 (0 = off), got {}", self.grad_clip));
         }
+        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+            return bad("lora_alpha", format!("must be a positive number, got {}", self.lora_alpha));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad("lora_dropout", format!("must be in [0, 1), got {}", self.lora_dropout));
+        }
+        if self.lora_rank > 0 && self.init_from == InitFrom::Scratch {
+            return bad("lora_rank", "LoRA adapts a pre-trained model: add --init-from DIR".into());
+        }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad("val_fraction", format!("must be in (0, 1), got {}", self.val_fraction));
         }
@@ -275,6 +303,11 @@ impl TrainConfig {
         self.n_head = model.n_head;
         self.n_embd = model.n_embd;
         self.position_encoding = model.position_encoding;
+    }
+
+    /// The validation file, when one is given.
+    pub fn val_data_path(&self) -> Option<&Path> {
+        (!self.val_data.as_os_str().is_empty()).then_some(self.val_data.as_path())
     }
 
     /// Tokens processed per update.

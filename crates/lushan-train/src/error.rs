@@ -84,6 +84,98 @@ pub enum TrainError {
     #[error("{path} not found: the directory has no tokenizer file; re-run `lushan prepare`")]
     TokenizerMissing { path: PathBuf },
 
+    // ---- task data: classification and SFT records, batches (owned by the tasks module) ----
+    #[error("{path}:{line}: the line is longer than {limit} bytes; a record must fit in one line of at most 16 MiB")]
+    TaskLineTooLong { path: PathBuf, line: usize, limit: usize },
+
+    #[error("{path}:{line}: the line is not valid UTF-8 (byte {offset} of the line); convert the file to UTF-8")]
+    TaskNotUtf8 { path: PathBuf, line: usize, offset: usize },
+
+    #[error("{path}:{line}: not valid JSON ({source}); each line of a JSONL file must be one JSON object")]
+    TaskJson {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}:{line}: a record must be a JSON object like {example}, found {found}")]
+    TaskNotObject { path: PathBuf, line: usize, found: &'static str, example: &'static str },
+
+    #[error("{path}:{line}: the record has no field \"{field}\"; expected {expected}")]
+    TaskMissingField { path: PathBuf, line: usize, field: String, expected: &'static str },
+
+    #[error("{path}:{line}: field \"{field}\" must be {expected}, found {found}")]
+    TaskFieldType { path: PathBuf, line: usize, field: String, expected: &'static str, found: &'static str },
+
+    #[error("{path}:{line}: field \"{field}\" is empty; it must contain text")]
+    TaskEmptyField { path: PathBuf, line: usize, field: String },
+
+    #[error(
+        "{path}:{line}: the record has {fields}; an SFT record has exactly one of \"text\", \"prompt\" + \"completion\" or \"messages\""
+    )]
+    TaskRecordShape { path: PathBuf, line: usize, fields: String },
+
+    #[error("{path}:{line}: field \"{field}\": {source}")]
+    TaskChat {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        #[source]
+        source: lushan_tokenizer::chat::ChatError,
+    },
+
+    #[error("{path}:{line}: field \"{field}\" cannot be tokenized: {source}")]
+    TaskTokenize {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        #[source]
+        source: lushan_tokenizer::TokenizerError,
+    },
+
+    #[error("{path} has no records: {expected}")]
+    TaskNoRecords { path: PathBuf, expected: &'static str },
+
+    #[error("{path}:{line}: {message}")]
+    TaskCsv { path: PathBuf, line: u64, message: String },
+
+    #[error("{path}: the CSV header is {header:?}; it must name a \"text\" and a \"label\" column")]
+    TaskCsvHeader { path: PathBuf, header: Vec<String> },
+
+    #[error("{path}: {task} data must be {expected}")]
+    TaskFormat { path: PathBuf, task: &'static str, expected: &'static str },
+
+    #[error(
+        "{path}:{line}: label {label:?} is not one of the model's labels {known:?}; add --reset-head to train a \
+         new classifier head for this data's labels"
+    )]
+    LabelNotInHead { path: PathBuf, line: usize, label: String, known: Vec<String> },
+
+    #[error(
+        "{path}:{line}: validation label {label:?} never occurs in the training data (labels {known:?}); \
+         the classifier cannot predict it (use --val-data, or another --seed for the split)"
+    )]
+    UnseenValLabel { path: PathBuf, line: usize, label: String, known: Vec<String> },
+
+    #[error("{path}: the training data has only one label, {label:?}; a classifier needs at least two")]
+    SingleClass { path: PathBuf, label: String },
+
+    #[error("the classifier's label list {labels:?} is invalid: {reason}")]
+    InvalidLabels { labels: Vec<String>, reason: &'static str },
+
+    #[error(
+        "--val-fraction {val_fraction} of {records} records leaves the {split} split empty; \
+         use more records, another --val-fraction or --val-data"
+    )]
+    TaskSplitEmpty { split: &'static str, records: usize, val_fraction: f64 },
+
+    #[error("{path}: every example was dropped ({dropped}): no token left to train on within --block-size {max_len}")]
+    TaskAllDropped { path: PathBuf, dropped: usize, max_len: usize },
+
+    #[error("cannot resume the task data loader: {reason}")]
+    TaskLoaderState { reason: String },
+
     // ---- training: config, loop, resume (owned by the trainer) ----
     #[error(transparent)]
     Model(#[from] lushan_model::ModelError),

@@ -9,8 +9,10 @@ pub mod optim;
 pub mod parallel;
 pub mod resume;
 pub mod schedule;
+pub mod task_metrics;
+pub mod tasks;
 pub mod trainer;
 
 pub use config::{InitFrom, Preset, TrainConfig, TrainOverrides};
 pub use error::{Result, TrainError};
-pub use trainer::{EvalReport, Observer, RunEnd, StepReport, TrainData, Trainer};
+pub use trainer::{DataSource, EvalFigures, EvalReport, Observer, RunEnd, StepReport, TrainData, Trainer};

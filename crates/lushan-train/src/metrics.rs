@@ -13,8 +13,23 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetricsLine {
-    Step { step: u64, loss: f32, lr: f32, grad_norm: f32, ms: f64, tokens_per_second: f64 },
-    Eval { step: u64, train_loss: f32, val_loss: f32, improved: bool, saved_model: bool },
+    Step {
+        step: u64,
+        loss: f32,
+        lr: f32,
+        grad_norm: f32,
+        ms: f64,
+        tokens_per_second: f64,
+    },
+    Eval {
+        step: u64,
+        train_loss: f32,
+        val_loss: f32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_accuracy: Option<f32>,
+        improved: bool,
+        saved_model: bool,
+    },
 }
 
 /// Appends metrics lines, flushed after each.
@@ -70,6 +85,7 @@ impl MetricsLog {
             step: r.step,
             train_loss: r.train_loss,
             val_loss: r.val_loss,
+            val_accuracy: r.val_accuracy,
             improved: r.improved,
             saved_model: r.saved_model,
         })

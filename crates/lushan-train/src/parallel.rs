@@ -7,6 +7,8 @@
 //! are big enough to split well) use a single replica, which keeps one gradient buffer.
 
 use crate::error::{Result, TrainError};
+use lushan_kernels::crossentropy::IGNORE_INDEX;
+use lushan_model::activations::LoraShape;
 use lushan_model::{Activations, Gpt, Mode, ModelConfig};
 use rayon::prelude::*;
 
@@ -18,11 +20,10 @@ struct Replica {
     /// Gradient buffer of this replica (empty for a lone replica, which writes the caller's buffer).
     grads: Vec<f32>,
     pool: Option<rayon::ThreadPool>,
-    /// Sequences of the batch this replica handles.
-    sequences: std::ops::Range<usize>,
 }
 
-/// Buffers for (B, T) batches split over replicas.
+/// Buffers for batches of up to (B, T) split over replicas. Batches may be smaller than that — task batches
+/// are padded only to their own longest sequence — and each replica's buffers are reshaped, not reallocated.
 pub struct BatchRunner {
     replicas: Vec<Replica>,
     t: usize,
@@ -47,15 +48,32 @@ pub fn choose_replicas(requested: usize, num_params: usize, b: usize) -> usize {
     wanted.clamp(1, b.max(1))
 }
 
+/// Sequences `start..end` of a batch of `b` handled by replica `r` of `replicas` (the first `b % replicas`
+/// replicas take one more).
+fn share_of(r: usize, replicas: usize, b: usize) -> std::ops::Range<usize> {
+    let start = r * (b / replicas) + r.min(b % replicas);
+    start..start + b / replicas + usize::from(r < b % replicas)
+}
+
+/// Targets that count in a loss (not ignored).
+fn counted(targets: &[u32]) -> usize {
+    targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
+}
+
 impl BatchRunner {
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, replicas: usize) -> Result<Self> {
+        Self::for_model(cfg, None, b, t, replicas)
+    }
+
+    /// Buffers for a model that may carry LoRA adapters (whose gradients then replace the base's).
+    pub fn for_model(cfg: &ModelConfig, lora: Option<LoraShape>, b: usize, t: usize, replicas: usize) -> Result<Self> {
         let replicas = replicas.clamp(1, b.max(1));
-        let num_params = lushan_model::ParamLayout::new(cfg).total();
+        let num_grads = match &lora {
+            Some(_) => 0, // sized by the caller's buffer on first use; see `grads_len`
+            None => lushan_model::ParamLayout::new(cfg).total(),
+        };
         let mut out = Vec::with_capacity(replicas);
         for r in 0..replicas {
-            // Even split of sequences; the first `b % replicas` replicas take one more.
-            let start = r * (b / replicas) + r.min(b % replicas);
-            let len = b / replicas + usize::from(r < b % replicas);
             let pool = if replicas > 1 {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(1)
@@ -67,10 +85,9 @@ impl BatchRunner {
                 None
             };
             out.push(Replica {
-                acts: Activations::new(cfg, len, t)?,
-                grads: if replicas > 1 { vec![0.0; num_params] } else { Vec::new() },
+                acts: Activations::with_lora(cfg, share_of(r, replicas, b).len(), t, lora)?,
+                grads: if replicas > 1 { vec![0.0; num_grads] } else { Vec::new() },
                 pool,
-                sequences: start..start + len,
             });
         }
         Ok(Self { replicas: out, t, b })
@@ -80,8 +97,7 @@ impl BatchRunner {
         self.replicas.len()
     }
 
-    /// Forward and backward of one (B, T) batch; **accumulates** `loss_scale ×` the gradient of the batch's
-    /// mean loss into `grads` and returns that mean loss. Each replica's dropout masks come from its own seed.
+    /// Forward and backward of one full (B, T) batch; see [`BatchRunner::forward_backward_shaped`].
     pub fn forward_backward(
         &mut self,
         model: &Gpt,
@@ -91,13 +107,37 @@ impl BatchRunner {
         dropout_seed: u64,
         grads: &mut [f32],
     ) -> Result<f32> {
+        let (b, t) = (self.b, self.t);
+        self.forward_backward_shaped(model, inputs, targets, (b, t), loss_scale, dropout_seed, grads)
+    }
+
+    /// Forward and backward of one (b, t) batch (b ≤ B, t ≤ T); **accumulates** `loss_scale ×` the gradient
+    /// of the batch's mean loss (over its counted targets) into `grads` — the model's trainable layout — and
+    /// returns that mean loss. Each replica's dropout masks come from its own seed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_shaped(
+        &mut self,
+        model: &Gpt,
+        inputs: &[u32],
+        targets: &[u32],
+        (b, t): (usize, usize),
+        loss_scale: f32,
+        dropout_seed: u64,
+        grads: &mut [f32],
+    ) -> Result<f32> {
         if let [single] = self.replicas.as_mut_slice() {
             let mode = Mode::Train { dropout_seed };
+            single.acts.reshape(b, t)?;
             let loss = model.forward(&mut single.acts, inputs, Some(targets), mode)?.unwrap_or(f32::NAN);
             model.backward(&mut single.acts, grads, loss_scale, mode);
             return Ok(loss);
         }
-        let loss = self.on_replicas(inputs, targets, |i, share, acts, replica_grads, x, y| {
+        for r in &mut self.replicas {
+            if r.grads.len() != grads.len() {
+                r.grads = vec![0.0; grads.len()];
+            }
+        }
+        let (loss, _) = self.on_replicas(inputs, targets, (b, t), |i, share, acts, replica_grads, x, y| {
             let mode = Mode::Train { dropout_seed: dropout_seed.wrapping_add(i as u64) };
             let loss = model.forward(acts, x, Some(y), mode)?.unwrap_or(f32::NAN);
             replica_grads.fill(0.0);
@@ -107,9 +147,10 @@ impl BatchRunner {
         // Fixed order of addition: results do not depend on scheduling.
         const CHUNK: usize = 1 << 14;
         let replicas = &self.replicas;
+        let used = b.min(replicas.len());
         grads.par_chunks_mut(CHUNK).enumerate().for_each(|(i, g)| {
             let range = i * CHUNK..i * CHUNK + g.len();
-            for r in replicas {
+            for r in &replicas[..used] {
                 for (g, &x) in g.iter_mut().zip(&r.grads[range.clone()]) {
                     *g += x;
                 }
@@ -118,37 +159,80 @@ impl BatchRunner {
         Ok(loss)
     }
 
-    /// Mean loss of one (B, T) batch without gradients (evaluation), split over replicas like training.
+    /// Mean loss of one full (B, T) batch without gradients (evaluation), split over replicas like training.
     pub fn loss(&mut self, model: &Gpt, inputs: &[u32], targets: &[u32]) -> Result<f32> {
-        if let [single] = self.replicas.as_mut_slice() {
-            return Ok(model.forward(&mut single.acts, inputs, Some(targets), Mode::Eval)?.unwrap_or(f32::NAN));
-        }
-        self.on_replicas(inputs, targets, |_, _, acts, _, x, y| {
-            Ok(model.forward(acts, x, Some(y), Mode::Eval)?.unwrap_or(f32::NAN))
-        })
+        let (b, t) = (self.b, self.t);
+        Ok(self.evaluate(model, inputs, targets, (b, t))?.0)
     }
 
-    /// Runs `work(replica index, share of the batch, activations, gradient buffer, inputs, targets)` for every
-    /// replica on its own thread (inside its one-thread pool) and returns the share-weighted mean of the
-    /// losses it returns.
-    fn on_replicas<F>(&mut self, inputs: &[u32], targets: &[u32], work: F) -> Result<f32>
+    /// Mean loss of one (b, t) batch without gradients, and for a classifier each sequence's predicted label
+    /// (the arg-max of its logits; empty for a language model).
+    pub fn evaluate(
+        &mut self,
+        model: &Gpt,
+        inputs: &[u32],
+        targets: &[u32],
+        (b, t): (usize, usize),
+    ) -> Result<(f32, Vec<u32>)> {
+        let labels = model.config.num_labels();
+        let argmax = |acts: &Activations| -> Vec<u32> {
+            if labels == 0 {
+                return Vec::new();
+            }
+            acts.logits
+                .chunks_exact(labels)
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |best, (i, &z)| if z > best.1 { (i, z) } else { best })
+                        .0 as u32
+                })
+                .collect()
+        };
+        if let [single] = self.replicas.as_mut_slice() {
+            single.acts.reshape(b, t)?;
+            let loss = model.forward(&mut single.acts, inputs, Some(targets), Mode::Eval)?.unwrap_or(f32::NAN);
+            return Ok((loss, argmax(&single.acts)));
+        }
+        let (loss, replicas_used) = self.on_replicas(inputs, targets, (b, t), |_, _, acts, _, x, y| {
+            Ok(model.forward(acts, x, Some(y), Mode::Eval)?.unwrap_or(f32::NAN))
+        })?;
+        let predictions = self.replicas[..replicas_used].iter().flat_map(|r| argmax(&r.acts)).collect();
+        Ok((loss, predictions))
+    }
+
+    /// Runs `work(replica index, share of the loss, activations, gradient buffer, inputs, targets)` for every
+    /// replica that has sequences of this (b, t) batch, on its own thread (inside its one-thread pool), and
+    /// returns the share-weighted sum of the losses it returns (each replica's share is its part of the
+    /// batch's counted targets, so the sum is the batch's mean loss) and the number of replicas used.
+    fn on_replicas<F>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        (b, t): (usize, usize),
+        work: F,
+    ) -> Result<(f32, usize)>
     where
         F: Fn(usize, f32, &mut Activations, &mut [f32], &[u32], &[u32]) -> Result<f32> + Sync,
     {
-        let (b, t) = (self.b, self.t);
+        let used = b.min(self.replicas.len());
+        let per_sequence = targets.len() / b.max(1);
+        let total = counted(targets).max(1) as f32;
         let work = &work;
         // Each replica runs in its own one-thread pool; the current pool's workers only wait for them, so no
         // thread is created per step (spawning one cost page faults and TLB shoot-downs every step).
-        let results: Vec<Result<f32>> = self
-            .replicas
+        let results: Vec<Result<f32>> = self.replicas[..used]
             .par_iter_mut()
             .enumerate()
             .map(|(i, r)| {
-                let Replica { acts, grads, pool, sequences } = r;
+                let Replica { acts, grads, pool } = r;
+                let sequences = share_of(i, used, b);
                 let rows = sequences.start * t..sequences.end * t;
-                let share = sequences.len() as f32 / b as f32;
+                let target_rows = sequences.start * per_sequence..sequences.end * per_sequence;
+                let share = counted(&targets[target_rows.clone()]) as f32 / total;
                 let mut run = move || -> Result<f32> {
-                    Ok(work(i, share, acts, grads, &inputs[rows.clone()], &targets[rows.clone()])? * share)
+                    acts.reshape(sequences.len(), t)?;
+                    Ok(work(i, share, acts, grads, &inputs[rows.clone()], &targets[target_rows.clone()])? * share)
                 };
                 match pool {
                     Some(pool) => pool.install(run),
@@ -156,7 +240,7 @@ impl BatchRunner {
                 }
             })
             .collect();
-        results.into_iter().sum()
+        Ok((results.into_iter().sum::<Result<f32>>()?, used))
     }
 }
 

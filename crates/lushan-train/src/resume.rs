@@ -9,6 +9,7 @@ use crate::config::TrainConfig;
 use crate::data::save_tokenizer;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamWState;
+use crate::tasks::TaskLoaderState;
 use lushan_model::checkpoint::{self, atomic_write};
 use lushan_model::{Gpt, ModelConfig};
 use lushan_tokenizer::Tokenizer;
@@ -27,11 +28,16 @@ pub struct ResumeState {
     pub model: Gpt,
     pub optimizer: AdamWState,
     pub loader_state: u64,
+    /// The task loader's cursor (`classify` / `sft` runs).
+    pub task_loader_state: Option<TaskLoaderState>,
     pub dropout_rng_state: u64,
     pub best_val_loss: f32,
+    pub best_val_accuracy: Option<f32>,
     pub evals_without_improvement: u64,
     pub data_description: String,
     pub train_config: TrainConfig,
+    /// The run's tokenizer, saved beside the resume weights so the directory is usable on its own.
+    pub tokenizer: Option<Tokenizer>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,9 +45,13 @@ struct StateFile {
     format_version: u32,
     step: u64,
     loader_state: u64,
+    #[serde(default)]
+    task_loader_state: Option<TaskLoaderState>,
     dropout_rng_state: u64,
     /// `None` before the first evaluation (JSON has no infinity).
     best_val_loss: Option<f32>,
+    #[serde(default)]
+    best_val_accuracy: Option<f32>,
     evals_without_improvement: u64,
     data_description: String,
     train_config: TrainConfig,
@@ -73,6 +83,9 @@ pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     checkpoint::save_model_dir(&tmp, &s.model.config, &s.model.params)?;
+    if let Some(tokenizer) = &s.tokenizer {
+        save_tokenizer(&tmp, tokenizer)?;
+    }
     let (m, v) = (f32_bytes(&s.optimizer.m), f32_bytes(&s.optimizer.v));
     let shape = vec![s.optimizer.m.len()];
     let views = [
@@ -90,8 +103,10 @@ pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
         format_version: FORMAT_VERSION,
         step: s.optimizer.step,
         loader_state: s.loader_state,
+        task_loader_state: s.task_loader_state.clone(),
         dropout_rng_state: s.dropout_rng_state,
         best_val_loss: s.best_val_loss.is_finite().then_some(s.best_val_loss),
+        best_val_accuracy: s.best_val_accuracy,
         evals_without_improvement: s.evals_without_improvement,
         data_description: s.data_description.clone(),
         train_config: s.train_config.clone(),
@@ -161,11 +176,14 @@ pub fn load(out_dir: &Path) -> Result<ResumeState> {
         model,
         optimizer: AdamWState { m, v, step: state.step },
         loader_state: state.loader_state,
+        task_loader_state: state.task_loader_state,
         dropout_rng_state: state.dropout_rng_state,
         best_val_loss: state.best_val_loss.unwrap_or(f32::INFINITY),
+        best_val_accuracy: state.best_val_accuracy,
         evals_without_improvement: state.evals_without_improvement,
         data_description: state.data_description,
         train_config: state.train_config,
+        tokenizer: crate::data::load_tokenizer(&dir).ok(),
     })
 }
 

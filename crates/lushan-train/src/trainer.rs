@@ -11,6 +11,8 @@ use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use crate::parallel::{BatchRunner, choose_replicas};
 use crate::resume::{self, ResumeState};
 use crate::schedule::LrSchedule;
+use crate::tasks::{SftRecord, Task, TaskBatch, TaskData, TaskDataOptions, TaskLoader};
+use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_kernels::rng::Rng;
 use lushan_model::Gpt;
 use lushan_tokenizer::Tokenizer;
@@ -18,17 +20,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// The prepared data a run trains on.
+/// The data a run trains on: token shards (the `lm` task) or tokenized task examples (`classify`, `sft`).
 #[derive(Debug)]
 pub struct TrainData {
-    pub train: Shard,
-    pub val: Shard,
     pub tokenizer: Tokenizer,
+    pub source: DataSource,
+}
+
+#[derive(Debug)]
+pub enum DataSource {
+    Shards { train: Shard, val: Shard },
+    Task(TaskData),
 }
 
 impl TrainData {
     /// Opens the data `config.data` names: a directory made by `lushan prepare`, or text (a file or a
-    /// directory of text files) that is tokenized per character into `out_dir/data` first.
+    /// directory of text files, or JSON Lines whose records' texts are the corpus) that is tokenized into
+    /// `out_dir/data` first; for `classify` / `sft`, JSONL (or CSV) task records.
     pub fn load(config: &TrainConfig) -> Result<Self> {
         Self::load_for(config, None)
     }
@@ -36,11 +44,15 @@ impl TrainData {
     /// Like [`TrainData::load`], for a model that already has a tokenizer (fine-tuning): text is tokenized
     /// with it, and prepared shards must have been made with it.
     pub fn load_for(config: &TrainConfig, tokenizer: Option<&Tokenizer>) -> Result<Self> {
+        if config.task != Task::Lm {
+            return Self::load_task(config, tokenizer, None);
+        }
         let dir = if config.data.join(TRAIN_SHARD).is_file() {
             config.data.clone()
         } else {
             let dir = config.out_dir.join("data");
-            let inputs = std::slice::from_ref(&config.data);
+            let corpus = corpus_of(config)?;
+            let inputs = std::slice::from_ref(&corpus);
             match tokenizer {
                 Some(t) => prepare_with(Some(t), inputs, &dir, config.val_fraction)?,
                 None if config.tokenizer == "char" => prepare_with(None, inputs, &dir, config.val_fraction)?,
@@ -67,8 +79,124 @@ impl TrainData {
                 });
             }
         }
-        Ok(Self { train, val, tokenizer })
+        Ok(Self { tokenizer, source: DataSource::Shards { train, val } })
     }
+
+    /// Task records tokenized with the model's tokenizer (or, from scratch, with `config.tokenizer`; `char`
+    /// builds a character vocabulary from the records' texts). `labels`: the head being fine-tuned.
+    pub fn load_task(config: &TrainConfig, tokenizer: Option<&Tokenizer>, labels: Option<Vec<String>>) -> Result<Self> {
+        let tokenizer = match tokenizer {
+            Some(t) => t.clone(),
+            None if config.tokenizer == "char" => {
+                let mut text = jsonl_texts(&config.data)?;
+                if let Some(val) = config.val_data_path() {
+                    text.push_str(&jsonl_texts(val)?);
+                }
+                // The chat template's own characters (role labels, newline), which records need not contain.
+                text.push_str("System: User: Assistant:\n");
+                lushan_tokenizer::CharTokenizer::from_text(&text)
+                    .map_err(|source| TrainError::Tokenizer { path: config.data.clone(), source })?
+                    .into()
+            }
+            None => Tokenizer::load(&config.tokenizer)
+                .map_err(|source| TrainError::Tokenizer { path: PathBuf::from(&config.tokenizer), source })?,
+        };
+        let options = TaskDataOptions {
+            task: config.task,
+            data: config.data.clone(),
+            val_data: config.val_data_path().map(PathBuf::from),
+            val_fraction: config.val_fraction,
+            seed: config.seed,
+            max_len: config.block_size,
+            labels,
+        };
+        let task = TaskData::load(&options, &tokenizer)?;
+        Ok(Self { tokenizer, source: DataSource::Task(task) })
+    }
+
+    /// One line saying what the data is.
+    pub fn summary(&self) -> String {
+        match &self.source {
+            DataSource::Shards { train, val } => {
+                format!("{} train / {} val tokens, tokenizer {}", train.len(), val.len(), self.tokenizer.describe())
+            }
+            DataSource::Task(TaskData::Classify { train, val }) => format!(
+                "{} train / {} val texts, labels {:?} (train counts {:?}), tokenizer {}; {} train and {} val \
+                 texts longer than the context were truncated (their end was cut)",
+                train.examples.len(),
+                val.examples.len(),
+                train.labels,
+                train.label_counts(),
+                self.tokenizer.describe(),
+                train.truncated,
+                val.truncated
+            ),
+            DataSource::Task(TaskData::Sft { train, val }) => format!(
+                "{} train / {} val examples ({} trained tokens in train), tokenizer {}; truncated to the context: \
+                 {} train, {} val; dropped (nothing left to train): {} train, {} val",
+                train.examples.len(),
+                val.examples.len(),
+                train.trained_tokens(),
+                self.tokenizer.describe(),
+                train.truncated,
+                val.truncated,
+                train.dropped,
+                val.dropped
+            ),
+        }
+    }
+
+    /// A description of the data that a resumed run must match.
+    fn description(&self) -> String {
+        match &self.source {
+            DataSource::Shards { .. } => self.tokenizer.describe(),
+            DataSource::Task(task) => format!("{} task, {}", task.task().as_str(), self.tokenizer.describe()),
+        }
+    }
+}
+
+/// The text corpus of an `lm` run: `config.data` itself, or — for a `.jsonl` file — the texts of its records
+/// (`text`, `prompt` + `completion`, or the messages' contents) written to `out_dir/data/corpus.txt`.
+fn corpus_of(config: &TrainConfig) -> Result<PathBuf> {
+    if config.data.extension().is_none_or(|e| e != "jsonl") {
+        return Ok(config.data.clone());
+    }
+    let text = jsonl_texts(&config.data)?;
+    let dir = config.out_dir.join("data");
+    std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+    let path = dir.join("corpus.txt");
+    lushan_model::checkpoint::atomic_write(&path, text.as_bytes())
+        .map_err(|source| TrainError::Io { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// Every text of a JSONL (or CSV) task file, one record after another, separated by blank lines.
+fn jsonl_texts(path: &std::path::Path) -> Result<String> {
+    let mut out = String::new();
+    if crate::tasks::records::is_csv(path) {
+        for r in crate::tasks::read_labeled(path)?.records {
+            out.push_str(&r.value.text);
+            out.push_str("\n\n");
+        }
+        return Ok(out);
+    }
+    for r in crate::tasks::read_sft(path)?.records {
+        match r.value {
+            SftRecord::Text(text) => out.push_str(&text),
+            SftRecord::PromptCompletion { prompt, completion } => {
+                out.push_str(&prompt);
+                out.push_str(&completion);
+            }
+            SftRecord::Messages(messages) => {
+                for m in messages {
+                    out.push_str(&m.content);
+                    out.push('\n');
+                }
+            }
+        }
+        out.push_str("\n\n");
+    }
+    Ok(out)
 }
 
 /// What one update did.
@@ -88,6 +216,8 @@ pub struct EvalReport {
     pub step: u64,
     pub train_loss: f32,
     pub val_loss: f32,
+    /// Classification: the share of validation texts whose arg-max label is right.
+    pub val_accuracy: Option<f32>,
     pub improved: bool,
     pub saved_model: bool,
 }
@@ -108,6 +238,31 @@ pub trait Observer {
 
 impl Observer for () {}
 
+/// Where batches come from: random windows of token shards, or length-grouped batches of task examples.
+#[derive(Debug)]
+enum Feed {
+    Shards {
+        loader: Loader,
+        inputs: Vec<u32>,
+        targets: Vec<u32>,
+        eval_train: Vec<(Vec<u32>, Vec<u32>)>,
+        eval_val: Vec<(Vec<u32>, Vec<u32>)>,
+    },
+    Task {
+        loader: TaskLoader,
+        eval_train: Vec<TaskBatch>,
+        eval_val: Vec<TaskBatch>,
+        pad_id: u32,
+    },
+}
+
+/// Loss (and accuracy) over a set of evaluation batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalFigures {
+    pub loss: f32,
+    pub accuracy: Option<f32>,
+}
+
 /// Everything a run holds in memory.
 #[derive(Debug)]
 pub struct Trainer {
@@ -117,15 +272,17 @@ pub struct Trainer {
     pub data: TrainData,
     grads: Vec<f32>,
     runner: BatchRunner,
-    loader: Loader,
+    feed: Feed,
     dropout_rng: Rng,
-    inputs: Vec<u32>,
-    targets: Vec<u32>,
-    eval_train: Vec<(Vec<u32>, Vec<u32>)>,
-    eval_val: Vec<(Vec<u32>, Vec<u32>)>,
     pub best_val_loss: f32,
+    pub best_val_accuracy: Option<f32>,
     pub evals_without_improvement: u64,
     metrics: MetricsLog,
+}
+
+/// The id task batches are padded with: the classifier's `pad_token_id`, else the end-of-turn token.
+fn pad_id(model: &Gpt, tokenizer: &Tokenizer) -> u32 {
+    model.config.pad_token_id().or_else(|| lushan_tokenizer::chat::end_of_turn(tokenizer).ok()).unwrap_or(0)
 }
 
 impl Trainer {
@@ -155,20 +312,83 @@ impl Trainer {
         mut optimizer: AdamWState,
         resuming: bool,
     ) -> Result<Self> {
-        let (b, t) = (config.batch_size, config.block_size);
-        if t > model.config.block_size {
+        let b = config.batch_size;
+        if config.block_size > model.config.block_size {
             return Err(TrainError::InvalidSetting {
                 name: "--block-size".into(),
-                reason: format!("{t} is longer than the model's context of {}", model.config.block_size),
+                reason: format!(
+                    "{} is longer than the model's context of {}",
+                    config.block_size, model.config.block_size
+                ),
             });
         }
+        let task = match &data.source {
+            DataSource::Shards { .. } => Task::Lm,
+            DataSource::Task(t) => t.task(),
+        };
+        if task != config.task {
+            return Err(TrainError::InvalidSetting {
+                name: "--task".into(),
+                reason: format!("the data was loaded for `{}`", task.as_str()),
+            });
+        }
+        match (task, model.config.num_labels()) {
+            (Task::Classify, 0) => {
+                return Err(TrainError::InvalidSetting {
+                    name: "--task".into(),
+                    reason: "classify needs a model with a classifier head".into(),
+                });
+            }
+            (Task::Lm | Task::Sft, n) if n > 0 => {
+                return Err(TrainError::InvalidSetting {
+                    name: "--task".into(),
+                    reason: format!(
+                        "`{}` trains a language model but the model is a classifier; start from a language model",
+                        task.as_str()
+                    ),
+                });
+            }
+            _ => {}
+        }
+        let (feed, t) = match &data.source {
+            DataSource::Shards { train, val } => {
+                let t = config.block_size;
+                let feed = Feed::Shards {
+                    loader: Loader::new(train, b, t, config.seed)?,
+                    inputs: vec![0; b * t],
+                    targets: vec![0; b * t],
+                    eval_train: eval_batches(train, b, t, config.eval_iters, config.seed ^ 0x0074_7261_696e)?,
+                    eval_val: eval_batches(val, b, t, config.eval_iters, config.seed ^ 0x76_616c)?,
+                };
+                (feed, t)
+            }
+            DataSource::Task(task) => {
+                let pad_id = pad_id(&model, &data.tokenizer);
+                let lengths = task.train_lengths();
+                let loader = TaskLoader::new(lengths.clone(), b, config.seed)?;
+                // A fixed sample of training examples, as many as `eval_iters` batches, to report the
+                // training loss on the same footing as the validation loss.
+                let mut sampler = TaskLoader::new(lengths, b, config.seed ^ 0x0074_7261_696e)?;
+                let eval_train = (0..config.eval_iters)
+                    .map(|_| task.train_batch(&sampler.next_indices(), pad_id))
+                    .collect::<Result<Vec<_>>>()?;
+                let eval_val = task.val_batches(b, pad_id)?;
+                if eval_val.is_empty() {
+                    return Err(TrainError::InvalidSetting {
+                        name: "--val-data".into(),
+                        reason: "no validation examples: give --val-data FILE or a --val-fraction above 0".into(),
+                    });
+                }
+                let t = task.train_lengths().into_iter().max().unwrap_or(1).clamp(1, config.block_size);
+                let t = eval_val.iter().chain(&eval_train).map(|batch| batch.t).fold(t, usize::max);
+                (Feed::Task { loader, eval_train, eval_val, pad_id }, t.min(config.block_size))
+            }
+        };
         let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
         let runner = BatchRunner::new(&model.config, b, t, replicas)?;
-        let loader = Loader::new(&data.train, b, t, config.seed)?;
-        let eval_train = eval_batches(&data.train, b, t, config.eval_iters, config.seed ^ 0x0074_7261_696e)?;
-        let eval_val = eval_batches(&data.val, b, t, config.eval_iters, config.seed ^ 0x76_616c)?;
+        let trainable = model.num_params();
         if optimizer.m.is_empty() {
-            optimizer = AdamWState::new(model.num_params());
+            optimizer = AdamWState::new(trainable);
         }
         let metrics =
             if resuming { MetricsLog::append(&config.out_dir)? } else { MetricsLog::create(&config.out_dir)? };
@@ -178,19 +398,16 @@ impl Trainer {
                 .map_err(|source| TrainError::Io { path: dir.clone(), source })?;
         }
         Ok(Self {
-            grads: vec![0.0; model.num_params()],
+            grads: vec![0.0; trainable],
             dropout_rng: Rng::new(config.seed ^ 0x6472_6f70),
-            inputs: vec![0; b * t],
-            targets: vec![0; b * t],
             config,
             model,
             optimizer,
             data,
             runner,
-            loader,
-            eval_train,
-            eval_val,
+            feed,
             best_val_loss: f32::INFINITY,
+            best_val_accuracy: None,
             evals_without_improvement: 0,
             metrics,
         })
@@ -202,13 +419,13 @@ impl Trainer {
         let vocab = data.tokenizer.vocab_size();
         let wanted = config.model_config(vocab);
         resume::check_same_model(&config.out_dir, &state.model.config, &wanted)?;
-        if state.data_description != data.tokenizer.describe() {
+        if state.data_description != data.description() {
             return Err(TrainError::Resume {
                 path: config.out_dir.clone(),
                 message: format!(
                     "the checkpoint was trained on `{}` data but --data is `{}`",
                     state.data_description,
-                    data.tokenizer.describe()
+                    data.description()
                 ),
             });
         }
@@ -216,9 +433,19 @@ impl Trainer {
         let mut model = state.model;
         model.config.dropout = config.dropout;
         let mut trainer = Self::assemble(config, data, model, state.optimizer, true)?;
-        trainer.loader.set_state(state.loader_state);
+        match (&mut trainer.feed, state.task_loader_state) {
+            (Feed::Shards { loader, .. }, _) => loader.set_state(state.loader_state),
+            (Feed::Task { loader, .. }, Some(task_state)) => loader.set_state(task_state)?,
+            (Feed::Task { .. }, None) => {
+                return Err(TrainError::Resume {
+                    path: trainer.config.out_dir.clone(),
+                    message: "the resume state has no task data cursor (it was saved by an `lm` run)".into(),
+                });
+            }
+        }
         trainer.dropout_rng = Rng::from_state(state.dropout_rng_state);
         trainer.best_val_loss = state.best_val_loss;
+        trainer.best_val_accuracy = state.best_val_accuracy;
         trainer.evals_without_improvement = state.evals_without_improvement;
         Ok(trainer)
     }
@@ -244,17 +471,42 @@ impl Trainer {
         let k = self.config.gradient_accumulation_steps;
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
+        let mut tokens = 0usize;
         for _ in 0..k {
-            self.loader.next_batch(&mut self.inputs, &mut self.targets);
             let dropout_seed = self.dropout_rng.next_u64();
-            let loss = self.runner.forward_backward(
-                &self.model,
-                &self.inputs,
-                &self.targets,
-                1.0 / k as f32,
-                dropout_seed,
-                &mut self.grads,
-            )?;
+            let loss = match &mut self.feed {
+                Feed::Shards { loader, inputs, targets, .. } => {
+                    loader.next_batch(inputs, targets);
+                    tokens += inputs.len();
+                    self.runner.forward_backward(
+                        &self.model,
+                        inputs,
+                        targets,
+                        1.0 / k as f32,
+                        dropout_seed,
+                        &mut self.grads,
+                    )?
+                }
+                Feed::Task { loader, pad_id, .. } => {
+                    let DataSource::Task(task) = &self.data.source else {
+                        return Err(TrainError::InvalidSetting {
+                            name: "--task".into(),
+                            reason: "no task data".into(),
+                        });
+                    };
+                    let batch = task.train_batch(&loader.next_indices(), *pad_id)?;
+                    tokens += batch.real_tokens();
+                    self.runner.forward_backward_shaped(
+                        &self.model,
+                        &batch.inputs,
+                        &batch.targets,
+                        (batch.b, batch.t),
+                        1.0 / k as f32,
+                        dropout_seed,
+                        &mut self.grads,
+                    )?
+                }
+            };
             if !loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss { step: self.optimizer.step + 1, loss });
             }
@@ -279,7 +531,7 @@ impl Trainer {
             lr,
             grad_norm,
             seconds,
-            tokens_per_second: self.config.tokens_per_step() as f64 / seconds.max(1e-9),
+            tokens_per_second: tokens as f64 / seconds.max(1e-9),
         };
         if report.step.is_multiple_of(self.config.log_interval) {
             self.metrics.step(&report)?;
@@ -289,28 +541,66 @@ impl Trainer {
 
     /// Mean loss over the fixed evaluation batches of each split: (train, val).
     pub fn evaluate(&mut self) -> Result<(f32, f32)> {
-        let mut mean = |batches: &[(Vec<u32>, Vec<u32>)]| -> Result<f32> {
-            let mut sum = 0.0f64;
-            for (x, y) in batches {
-                sum += self.runner.loss(&self.model, x, y)? as f64;
-            }
-            Ok((sum / batches.len().max(1) as f64) as f32)
-        };
-        let train = mean(&self.eval_train)?;
-        let val = mean(&self.eval_val)?;
-        Ok((train, val))
+        let (train, val) = self.evaluate_figures()?;
+        Ok((train.loss, val.loss))
     }
 
-    /// Evaluates, keeps the best model, writes the resume state.
-    pub fn eval_and_checkpoint(&mut self) -> Result<EvalReport> {
-        let (train_loss, val_loss) = self.evaluate()?;
-        let step = self.optimizer.step;
-        if !val_loss.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step, loss: val_loss });
+    /// Loss (and for a classifier, accuracy) over the fixed evaluation batches of each split. Task batches
+    /// weigh each batch by its counted targets, so the figure is the mean over every example (classify) or
+    /// every trained token (sft), whatever the batch sizes.
+    pub fn evaluate_figures(&mut self) -> Result<(EvalFigures, EvalFigures)> {
+        let runner = &mut self.runner;
+        let model = &self.model;
+        match &self.feed {
+            Feed::Shards { eval_train, eval_val, .. } => {
+                let mut mean = |batches: &[(Vec<u32>, Vec<u32>)]| -> Result<EvalFigures> {
+                    let mut sum = 0.0f64;
+                    for (x, y) in batches {
+                        sum += runner.loss(model, x, y)? as f64;
+                    }
+                    Ok(EvalFigures { loss: (sum / batches.len().max(1) as f64) as f32, accuracy: None })
+                };
+                Ok((mean(eval_train)?, mean(eval_val)?))
+            }
+            Feed::Task { eval_train, eval_val, .. } => {
+                let classify = model.config.num_labels() > 0;
+                let mut figures = |batches: &[TaskBatch]| -> Result<EvalFigures> {
+                    let (mut loss_sum, mut weight, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize, 0usize);
+                    for batch in batches {
+                        let (loss, predicted) =
+                            runner.evaluate(model, &batch.inputs, &batch.targets, (batch.b, batch.t))?;
+                        let counted = batch.targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+                        loss_sum += loss as f64 * counted as f64;
+                        weight += counted as f64;
+                        correct += predicted.iter().zip(&batch.targets).filter(|(p, t)| p == t).count();
+                        seen += predicted.len();
+                    }
+                    Ok(EvalFigures {
+                        loss: (loss_sum / weight.max(1.0)) as f32,
+                        accuracy: classify.then(|| (correct as f64 / seen.max(1) as f64) as f32),
+                    })
+                };
+                Ok((figures(eval_train)?, figures(eval_val)?))
+            }
         }
-        let improved = val_loss < self.best_val_loss;
+    }
+
+    /// Evaluates, keeps the best model, writes the resume state. The best model is the one with the highest
+    /// validation accuracy for a classifier (ties broken by the lower loss), else the lowest validation loss.
+    pub fn eval_and_checkpoint(&mut self) -> Result<EvalReport> {
+        let (train, val) = self.evaluate_figures()?;
+        let step = self.optimizer.step;
+        if !val.loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step, loss: val.loss });
+        }
+        let improved = match (val.accuracy, self.best_val_accuracy) {
+            (Some(acc), Some(best)) => acc > best || (acc == best && val.loss < self.best_val_loss),
+            (Some(_), None) => true,
+            (None, _) => val.loss < self.best_val_loss,
+        };
         if improved {
-            self.best_val_loss = val_loss;
+            self.best_val_loss = val.loss;
+            self.best_val_accuracy = val.accuracy;
             self.evals_without_improvement = 0;
         } else {
             self.evals_without_improvement += 1;
@@ -322,22 +612,36 @@ impl Trainer {
         if step > 0 {
             self.save_resume()?;
         }
-        let report = EvalReport { step, train_loss, val_loss, improved, saved_model };
+        let report = EvalReport {
+            step,
+            train_loss: train.loss,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            improved,
+            saved_model,
+        };
         self.metrics.eval(&report)?;
         Ok(report)
     }
 
     /// Writes `out_dir/resume` atomically.
     pub fn save_resume(&self) -> Result<()> {
+        let (loader_state, task_loader_state) = match &self.feed {
+            Feed::Shards { loader, .. } => (loader.state(), None),
+            Feed::Task { loader, .. } => (0, Some(loader.state())),
+        };
         let state = ResumeState {
             model: self.model.clone(),
             optimizer: self.optimizer.clone(),
-            loader_state: self.loader.state(),
+            loader_state,
+            task_loader_state,
             dropout_rng_state: self.dropout_rng.state(),
             best_val_loss: self.best_val_loss,
+            best_val_accuracy: self.best_val_accuracy,
             evals_without_improvement: self.evals_without_improvement,
-            data_description: self.data.tokenizer.describe(),
+            data_description: self.data.description(),
             train_config: self.config.clone(),
+            tokenizer: Some(self.data.tokenizer.clone()),
         };
         resume::save(&self.config.out_dir, &state)
     }

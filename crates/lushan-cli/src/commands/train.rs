@@ -5,7 +5,10 @@ use crate::plot::{LossCurves, render_loss_curve_png};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lushan_model::checkpoint::atomic_write;
-use lushan_model::{Generator, Sampling};
+use lushan_model::{Generator, Gpt, Head, Sampling};
+use lushan_tokenizer::Tokenizer;
+use lushan_train::tasks::{Task, TaskData};
+use lushan_train::{DataSource, TrainData};
 use lushan_train::{EvalReport, InitFrom, Observer, Preset, RunEnd, StepReport, TrainConfig, TrainOverrides, Trainer};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,17 +53,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         _ => None,
     };
     println!("# resolved training configuration\n{}", toml::to_string(&config).unwrap_or_default());
-    let data =
-        lushan_train::TrainData::load_for(&config, init.as_ref().map(|(_, t)| t)).context("loading training data")?;
-    println!(
-        "data: {} train / {} val tokens, tokenizer {}",
-        data.train.len(),
-        data.val.len(),
-        data.tokenizer.describe()
-    );
+    let (data, model) = load_data_and_model(&config, init, args.resume.is_some())?;
+    println!("data: {}", data.summary());
     let mut trainer = match &args.resume {
         Some(_) => Trainer::resume(config.clone(), data)?,
-        None => Trainer::new(config.clone(), data, init.map(|(model, _)| model))?,
+        None => Trainer::new(config.clone(), data, model)?,
     };
     let out_dir = config.out_dir.clone();
     let settings_path = out_dir.join("train_config.toml");
@@ -91,7 +88,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     progress.bar.finish_and_clear();
     let end = end?;
     progress.draw_curve();
-    let best = trainer.best_val_loss;
+    let best = match trainer.best_val_accuracy {
+        Some(acc) => format!("{:.4} (accuracy {:.2} %)", trainer.best_val_loss, 100.0 * acc),
+        None => format!("{:.4}", trainer.best_val_loss),
+    };
     match end {
         RunEnd::Interrupted => {
             println!(
@@ -110,15 +110,62 @@ pub fn run(args: Args) -> Result<ExitCode> {
         RunEnd::Finished => {}
     }
     println!(
-        "done: {} steps in {:.1} s; best validation loss {best:.4}; checkpoint in {}",
+        "done: {} steps in {:.1} s; best validation loss {best}; checkpoint in {}",
         trainer.step_count(),
         started.elapsed().as_secs_f64(),
         out_dir.display()
     );
-    if config.sample_tokens > 0 {
+    if config.sample_tokens > 0 && trainer.model.config.num_labels() == 0 {
         sample(&trainer, config.sample_tokens, config.seed)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run's data and, when it does not start from scratch, its model: for `classify`, the checkpoint's
+/// labels constrain the data's (unless `--reset-head`), and a language model gets a score head for the data's
+/// labels.
+fn load_data_and_model(
+    config: &TrainConfig,
+    init: Option<(Gpt, Tokenizer)>,
+    resuming: bool,
+) -> Result<(TrainData, Option<Gpt>)> {
+    // A resumed task run tokenizes with the tokenizer it was started with (saved beside the resume state).
+    let resumed_tokenizer = match (resuming, config.task) {
+        (true, Task::Classify | Task::Sft) => Some(
+            lushan_train::data::load_tokenizer(&config.out_dir.join(lushan_train::resume::RESUME_DIR))
+                .context("loading the resumed run's tokenizer")?,
+        ),
+        _ => None,
+    };
+    let tokenizer = init.as_ref().map(|(_, t)| t).or(resumed_tokenizer.as_ref());
+    match config.task {
+        Task::Lm | Task::Sft => {
+            let data = TrainData::load_for(config, tokenizer).context("loading training data")?;
+            Ok((data, init.map(|(m, _)| m)))
+        }
+        Task::Classify => {
+            let head_labels = match init.as_ref().map(|(m, _)| &m.config.head) {
+                Some(Head::Classifier { labels, .. }) if !config.reset_head => Some(labels.clone()),
+                _ => None,
+            };
+            let data = TrainData::load_task(config, tokenizer, head_labels).context("loading training data")?;
+            let DataSource::Task(TaskData::Classify { train, .. }) = &data.source else {
+                anyhow::bail!("classification data expected");
+            };
+            let labels = train.labels.clone();
+            let pad = data.tokenizer.end_of_text().unwrap_or(data.tokenizer.vocab_size().saturating_sub(1) as u32);
+            let model = match init {
+                Some((model, _)) => model.with_classifier_head(labels, pad, config.seed)?,
+                None if resuming => return Ok((data, None)),
+                None => {
+                    let mut cfg = config.model_config(data.tokenizer.vocab_size());
+                    cfg.head = Head::Classifier { labels, pad_token_id: pad };
+                    Gpt::new(cfg, config.seed)?
+                }
+            };
+            Ok((data, Some(model)))
+        }
+    }
 }
 
 fn resolve(args: &Args) -> Result<TrainConfig> {
@@ -225,8 +272,10 @@ impl Observer for Progress {
         let saved = if r.saved_model { " (saved)" } else { "" };
         // `suspend` + `println!`, not `bar.println`: the latter prints nothing when the bar is hidden (output
         // not a terminal), which would drop the evaluation lines from logs and pipes.
-        self.bar
-            .suspend(|| println!("step {}: train loss {:.4}, val loss {:.4}{saved}", r.step, r.train_loss, r.val_loss));
+        let accuracy = r.val_accuracy.map(|a| format!(", val accuracy {:.2} %", 100.0 * a)).unwrap_or_default();
+        self.bar.suspend(|| {
+            println!("step {}: train loss {:.4}, val loss {:.4}{accuracy}{saved}", r.step, r.train_loss, r.val_loss)
+        });
         if r.step > 0 {
             self.draw_curve();
         }
