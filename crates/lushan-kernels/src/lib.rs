@@ -26,8 +26,9 @@ pub mod rng;
 pub mod softmax;
 pub mod vector;
 
-#[cfg(test)]
-pub(crate) mod gradcheck;
+/// Finite-difference and comparison helpers for tests (this crate's and the model crate's).
+#[doc(hidden)]
+pub mod gradcheck;
 
 /// Rows handed to one parallel task: big enough to amortise scheduling, small enough to balance two cores.
 pub(crate) const PAR_ROWS: usize = 16;

@@ -88,7 +88,11 @@ pub(crate) struct Scratch {
     pub dhead_in: Vec<f32>,
     /// LoRA: an adapter's dropped input (N, 4C at most) and low-rank gradient (N, rank).
     pub lora_x: Vec<f32>,
+    pub lora_dx: Vec<f32>,
     pub lora_dh: Vec<f32>,
+    /// Where a frozen base's layer-norm weight gradients go (computed by the kernel, never read).
+    pub frozen_dw: Vec<f32>,
+    pub frozen_db: Vec<f32>,
 }
 
 /// Room for LoRA adapters: their rank, which linear layers carry one (`LoraTarget::ALL` order: attention
@@ -229,6 +233,9 @@ impl Activations {
         fit(&mut s.dhead_in, head_rows * c);
         let lora_on = d.lora_targets.iter().any(|&x| x);
         fit(&mut s.lora_x, if lora_on { n * 4 * c } else { 0 });
+        fit(&mut s.lora_dx, if lora_on { n * 4 * c } else { 0 });
+        fit(&mut s.frozen_dw, if lora_on { c } else { 0 });
+        fit(&mut s.frozen_db, if lora_on { c } else { 0 });
         fit(&mut s.lora_dh, if lora_on { n * d.lora_rank } else { 0 });
         self.b = b;
         self.t = t;
@@ -268,6 +275,14 @@ impl Activations {
 
     pub fn seq_len(&self) -> usize {
         self.t
+    }
+
+    /// Whether these buffers were allocated for adapters of this shape (or a larger rank on more layers).
+    pub fn has_room_for(&self, shape: &LoraShape) -> bool {
+        let d = &self.dims;
+        d.lora_rank == shape.rank
+            && (0..4).all(|i| !shape.targets[i] || d.lora_targets[i])
+            && (!shape.dropout || d.lora_masks)
     }
 
     /// The largest (B, T) these buffers hold.

@@ -58,6 +58,26 @@ pub enum ModelError {
     /// run shows the whole mismatch instead of one problem per attempt.
     #[error("{path}: the tensors do not match config.json ({} problem(s)):\n  - {}", .problems.len(), .problems.join("\n  - "))]
     TensorMismatch { path: PathBuf, problems: Vec<String> },
+
+    /// A LoRA setting without meaning (rank 0, a target no module matches…), naming the setting.
+    #[error("invalid LoRA setting `{field}`: {reason}")]
+    InvalidLora { field: &'static str, reason: String },
+
+    /// A PEFT `adapter_config.json` field that is missing, mistyped, or asks for something lushan does not
+    /// implement (rsLoRA, DoRA, per-module ranks…); `field` is the JSON key.
+    #[error("{path}: adapter config field `{field}` {reason}")]
+    AdapterConfig { path: PathBuf, field: &'static str, reason: String },
+
+    /// An adapter saved for a base model of another shape, naming the dimension and a tensor that shows it.
+    #[error(
+        "{path}: an adapter for a different base shape: `{tensor}` implies {field} = {found}, but the base model \
+         has {field} = {expected}"
+    )]
+    AdapterBaseShape { path: PathBuf, field: &'static str, expected: usize, found: usize, tensor: String },
+
+    /// Every unexpected, missing, mis-shaped or mistyped tensor of an adapter file, listed together.
+    #[error("{path}: the adapter's tensors do not fit ({} problem(s)):\n  - {}", .problems.len(), .problems.join("\n  - "))]
+    AdapterTensors { path: PathBuf, problems: Vec<String> },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

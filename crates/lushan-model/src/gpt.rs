@@ -4,9 +4,12 @@
 //! forward line it undoes.
 
 use crate::activations::Activations;
+use crate::activations::LoraShape;
+use crate::adapter_pass::{self, Adapter};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
 use crate::head;
+use crate::lora::{Lora, LoraTarget};
 use crate::params::{ParamKind, ParamLayout, init_gpt2};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_kernels::{attention, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
@@ -18,12 +21,17 @@ pub enum Mode {
     Train { dropout_seed: u64 },
 }
 
-/// A GPT-2 model: its configuration and its parameters in one flat buffer.
+/// A GPT-2 model: its configuration and its parameters in one flat buffer, and optionally LoRA adapters
+/// being trained on top of it.
+///
+/// With adapters the base is frozen: `backward` writes gradients in the adapter's layout (every `A`, `B`
+/// and, for a classifier, the score head the adapter carries), never the base's.
 #[derive(Debug, Clone)]
 pub struct Gpt {
     pub config: ModelConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
+    pub lora: Option<Lora>,
 }
 
 impl Gpt {
@@ -32,7 +40,7 @@ impl Gpt {
         config.validate()?;
         let layout = ParamLayout::new(&config);
         let params = init_gpt2(&config, &layout, seed);
-        Ok(Self { config, layout, params })
+        Ok(Self { config, layout, params, lora: None })
     }
 
     /// A model from existing parameters (a checkpoint); the buffer must match the layout.
@@ -45,19 +53,19 @@ impl Gpt {
                 reason: format!("expected {} values for this configuration, got {}", layout.total(), params.len()),
             });
         }
-        Ok(Self { config, layout, params })
+        Ok(Self { config, layout, params, lora: None })
     }
 
     /// This model with a classifier head of `labels` (pooling at the last token that is not `pad_token_id`):
     /// a language model gets a new score head drawn from `N(0, 0.02)` as `transformers` initialises one; a
     /// classifier keeps its head when its labels are `labels` and gets a new one otherwise.
     pub fn with_classifier_head(self, labels: Vec<String>, pad_token_id: u32, seed: u64) -> Result<Self> {
-        let Self { mut config, layout, mut params } = self;
+        let Self { mut config, layout, mut params, .. } = self;
         if let Head::Classifier { labels: old, pad_token_id: old_pad } = &config.head
             && *old == labels
             && *old_pad == pad_token_id
         {
-            return Ok(Self { config, layout, params });
+            return Ok(Self { config, layout, params, lora: None });
         }
         // The score head is the last tensor of the layout: drop the old one, append the new.
         params.truncate(layout.range(ParamKind::Score).start);
@@ -70,6 +78,52 @@ impl Gpt {
 
     pub fn num_params(&self) -> usize {
         self.layout.total()
+    }
+
+    /// Values the optimiser updates: the adapter's when there is one, else every parameter.
+    pub fn num_trainable(&self) -> usize {
+        self.lora.as_ref().map_or(self.layout.total(), |l| l.params.len())
+    }
+
+    /// Room [`Activations`] need for this model's adapters.
+    pub fn lora_shape(&self) -> Option<LoraShape> {
+        self.lora.as_ref().map(|l| LoraShape {
+            rank: l.config.rank,
+            targets: LoraTarget::ALL.map(|t| l.layout.has(t)),
+            dropout: l.config.dropout > 0.0,
+        })
+    }
+
+    /// Attaches adapters to train (the base becomes frozen); a classifier's adapter takes the current score
+    /// head as its starting point.
+    pub fn attach_lora(&mut self, mut lora: Lora) -> Result<()> {
+        lora.copy_score_from(&self.config, &self.layout, &self.params)?;
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    /// Folds the adapters into the weights (`W += s·B·A`, the adapter's score head replacing the base's),
+    /// leaving a plain model.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        if let Some(lora) = self.lora.take() {
+            lora.merge_into(&self.config, &self.layout, &mut self.params)?;
+        }
+        Ok(())
+    }
+
+    /// One adapter of layer `l` in the form the passes use.
+    fn adapter(&self, target: LoraTarget, l: usize, mode: Mode) -> Option<Adapter<'_>> {
+        let lora = self.lora.as_ref().filter(|lora| lora.layout.has(target))?;
+        let (in_dim, out_dim) = target.dims(&self.config);
+        Some(Adapter {
+            a: lora.a(target, l),
+            b: lora.b(target, l),
+            scale: lora.scale(),
+            in_dim,
+            out_dim,
+            rank: lora.config.rank,
+            dropout: if matches!(mode, Mode::Train { .. }) { lora.config.dropout } else { 0.0 },
+        })
     }
 
     /// Rejects token ids outside the vocabulary (targets may also be [`IGNORE_INDEX`]).
@@ -124,6 +178,19 @@ impl Gpt {
             Mode::Train { dropout_seed } if cfg.dropout > 0.0 => Some(Rng::new(dropout_seed)),
             _ => None,
         };
+        if let Some(shape) = self.lora_shape()
+            && !acts.has_room_for(&shape)
+        {
+            return Err(ModelError::InvalidConfig {
+                field: "lora",
+                reason: "the activations were allocated without room for this model's LoRA adapters".into(),
+            });
+        }
+        let mut lora_seeds = match mode {
+            Mode::Train { dropout_seed } => Rng::derive(dropout_seed, 0x6c6f_7261),
+            Mode::Eval => Rng::new(0),
+        };
+        let score_w: &[f32] = self.lora.as_ref().and_then(Lora::score).unwrap_or(p.score);
         acts.inputs.copy_from_slice(inputs);
         let Activations {
             encoded,
@@ -154,8 +221,26 @@ impl Gpt {
             let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
             layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
             matmul::forward(&mut a.qkv, &a.ln1, w.qkv_w, Some(w.qkv_b), c, 3 * c);
+            if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
+                let [h, ..] = &mut a.lora_hidden;
+                let [m, ..] = &mut a.lora_mask;
+                adapter_pass::forward(&ad, &mut a.qkv, &a.ln1, h, m, &mut scratch.lora_x, lora_seeds.next_u64());
+            }
             attention::forward(&mut a.atty, &mut a.att, &a.qkv, t, c, nh);
             matmul::forward(&mut scratch.branch, &a.atty, w.attn_proj_w, Some(w.attn_proj_b), c, c);
+            if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
+                let [_, h, ..] = &mut a.lora_hidden;
+                let [_, m, ..] = &mut a.lora_mask;
+                adapter_pass::forward(
+                    &ad,
+                    &mut scratch.branch,
+                    &a.atty,
+                    h,
+                    m,
+                    &mut scratch.lora_x,
+                    lora_seeds.next_u64(),
+                );
+            }
             if let Some(rng) = seeds.as_mut() {
                 dropout::forward(&mut scratch.branch2, &mut a.attn_mask, &scratch.branch, cfg.dropout, rng.next_u64());
                 std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
@@ -163,8 +248,26 @@ impl Gpt {
             residual::forward(&mut a.residual2, x, &scratch.branch);
             layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
             matmul::forward(&mut a.fch, &a.ln2, w.fc_w, Some(w.fc_b), c, 4 * c);
+            if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
+                let [_, _, h, _] = &mut a.lora_hidden;
+                let [_, _, m, _] = &mut a.lora_mask;
+                adapter_pass::forward(&ad, &mut a.fch, &a.ln2, h, m, &mut scratch.lora_x, lora_seeds.next_u64());
+            }
             gelu::forward(&mut a.fch_gelu, &a.fch);
             matmul::forward(&mut scratch.branch, &a.fch_gelu, w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+            if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
+                let [.., h] = &mut a.lora_hidden;
+                let [.., m] = &mut a.lora_mask;
+                adapter_pass::forward(
+                    &ad,
+                    &mut scratch.branch,
+                    &a.fch_gelu,
+                    h,
+                    m,
+                    &mut scratch.lora_x,
+                    lora_seeds.next_u64(),
+                );
+            }
             if let Some(rng) = seeds.as_mut() {
                 dropout::forward(&mut scratch.branch2, &mut a.mlp_mask, &scratch.branch, cfg.dropout, rng.next_u64());
                 std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
@@ -203,7 +306,7 @@ impl Gpt {
                 head::pool_positions(pooled, inputs, t, *pad_token_id);
                 let rows = pooled.iter().enumerate().map(|(i, &pos)| i * t + pos);
                 head::gather_rows(&mut scratch.head_in, lnf, rows, c);
-                matmul::forward(logits, &scratch.head_in, p.score, None, c, labels);
+                matmul::forward(logits, &scratch.head_in, score_w, None, c, labels);
                 let Some(targets) = targets else { return Ok(None) };
                 kept_targets.copy_from_slice(targets);
                 Ok(Some(head::loss(losses, probs, logits, kept_targets, labels)))
@@ -212,14 +315,20 @@ impl Gpt {
     }
 
     /// Backward of the mean loss of the last `forward` (which must have had targets), **accumulating**
-    /// `loss_scale ×` its gradient into `grads` (same layout as the parameters). Gradient accumulation over
-    /// k micro-batches passes `loss_scale = 1/k`.
+    /// `loss_scale ×` its gradient into `grads`: the parameters' layout, or — when the model carries LoRA
+    /// adapters — the adapter's layout (the frozen base's weight gradients are never computed). Gradient
+    /// accumulation over k micro-batches passes `loss_scale = 1/k`.
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32], loss_scale: f32, mode: Mode) {
         let cfg = &self.config;
         let (t, c, v, nh) = (acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
         let p = self.layout.split(&self.params);
-        let mut g = self.layout.split_mut(grads);
+        let lora = self.lora.as_ref();
+        let (mut g, mut lora_grads) = match lora {
+            Some(_) => (None, Some(grads)),
+            None => (Some(self.layout.split_mut(grads)), None),
+        };
+        let score_w: &[f32] = lora.and_then(Lora::score).unwrap_or(p.score);
         let Activations {
             encoded,
             emb_mask,
@@ -240,49 +349,47 @@ impl Gpt {
         // The head: logits = head_in · Wᵀ (W = wte or score), head_in = rows of lnf.
         s.dln.fill(0.0);
         match &cfg.head {
-            Head::LanguageModel if counted_rows.is_empty() => {
-                head::backward(
-                    &mut s.dln,
-                    Some(g.wte),
-                    &mut s.dlogits,
-                    &mut s.dlosses,
-                    probs,
-                    targets,
-                    lnf,
-                    p.wte,
-                    loss_scale,
-                    c,
-                    v,
-                );
-            }
             Head::LanguageModel => {
-                s.dhead_in.fill(0.0);
+                let dwte = g.as_mut().map(|g| &mut *g.wte);
+                let all_rows = counted_rows.is_empty();
+                let (dinp, inp): (&mut [f32], &[f32]) =
+                    if all_rows { (&mut s.dln, lnf) } else { (&mut s.dhead_in, &s.head_in) };
+                if !all_rows {
+                    dinp.fill(0.0);
+                }
                 head::backward(
-                    &mut s.dhead_in,
-                    Some(g.wte),
+                    dinp,
+                    dwte,
                     &mut s.dlogits,
                     &mut s.dlosses,
                     probs,
                     targets,
-                    &s.head_in,
+                    inp,
                     p.wte,
                     loss_scale,
                     c,
                     v,
                 );
-                head::scatter_add_rows(&mut s.dln, &s.dhead_in, counted_rows.iter().copied(), c);
+                if !all_rows {
+                    head::scatter_add_rows(&mut s.dln, &s.dhead_in, counted_rows.iter().copied(), c);
+                }
             }
             Head::Classifier { labels, .. } => {
+                let dscore = match (g.as_mut(), lora.and_then(|l| l.layout.score_range())) {
+                    (Some(g), _) => Some(&mut *g.score),
+                    (None, Some(range)) => lora_grads.as_deref_mut().map(|lg| &mut lg[range]),
+                    (None, None) => None,
+                };
                 s.dhead_in.fill(0.0);
                 head::backward(
                     &mut s.dhead_in,
-                    Some(g.score),
+                    dscore,
                     &mut s.dlogits,
                     &mut s.dlosses,
                     probs,
                     targets,
                     &s.head_in,
-                    p.score,
+                    score_w,
                     loss_scale,
                     c,
                     labels.len(),
@@ -291,14 +398,44 @@ impl Gpt {
                 head::scatter_add_rows(&mut s.dln, &s.dhead_in, rows, c);
             }
         }
-        // lnf = layernorm(last residual)
+        // lnf = layernorm(last residual); a frozen base's layer-norm gradients go to scratch.
         let last = layers.last().map_or(&*encoded, |a| &a.residual3);
         s.dresidual.fill(0.0);
-        layernorm::backward(&mut s.dresidual, g.lnf_w, g.lnf_b, &s.dln, last, p.lnf_w, lnf_mean, lnf_rstd, c);
+        let (dlnf_w, dlnf_b) = match g.as_mut() {
+            Some(g) => (&mut *g.lnf_w, &mut *g.lnf_b),
+            None => (&mut s.frozen_dw[..], &mut s.frozen_db[..]),
+        };
+        layernorm::backward(&mut s.dresidual, dlnf_w, dlnf_b, &s.dln, last, p.lnf_w, lnf_mean, lnf_rstd, c);
+
+        // An adapter's backward onto the gradient of its layer's input, and its A/B gradients.
+        macro_rules! adapter_backward {
+            ($target:expr, $a:expr, $l:expr, $dx:expr, $dout:expr, $x:expr) => {
+                if let (Some(ad), Some(lora), Some(lg)) =
+                    (self.adapter($target, $l, mode), lora, lora_grads.as_deref_mut())
+                {
+                    let i = $target.index();
+                    let (da, db) =
+                        adapter_pass::two_mut(lg, lora.layout.a_range($target, $l), lora.layout.b_range($target, $l));
+                    adapter_pass::backward(
+                        &ad,
+                        $dx,
+                        da,
+                        db,
+                        $dout,
+                        $x,
+                        &$a.lora_hidden[i],
+                        &$a.lora_mask[i],
+                        &mut s.lora_dh,
+                        &mut s.lora_x,
+                        &mut s.lora_dx,
+                    );
+                }
+            };
+        }
 
         for l in (0..cfg.n_layer).rev() {
             let w = p.layer(l);
-            let dw = g.layer_mut(l);
+            let mut dw = g.as_mut().map(|g| g.layer_mut(l));
             let (before, rest) = layers.split_at(l);
             let a = &rest[0];
             let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
@@ -310,29 +447,28 @@ impl Gpt {
             } else {
                 &s.dresidual
             };
-            // fcproj = fch_gelu · fc_projᵀ + b
+            // fcproj = fch_gelu · fc_projᵀ + b (+ adapter)
             s.dfch_gelu.fill(0.0);
-            matmul::backward(
-                Some(&mut s.dfch_gelu),
-                dw.fc_proj_w,
-                Some(dw.fc_proj_b),
-                dfcproj,
-                &a.fch_gelu,
-                w.fc_proj_w,
-                4 * c,
-                c,
-            );
+            let frozen = dw.as_mut().map(|d| (&mut *d.fc_proj_w, &mut *d.fc_proj_b));
+            linear_backward(&mut s.dfch_gelu, frozen, dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
+            adapter_backward!(LoraTarget::FcProj, a, l, &mut s.dfch_gelu, dfcproj, &a.fch_gelu);
             // fch_gelu = gelu(fch)
             s.dfch.fill(0.0);
             gelu::backward(&mut s.dfch, &a.fch, &s.dfch_gelu);
-            // fch = ln2 · fcᵀ + b
+            // fch = ln2 · fcᵀ + b (+ adapter)
             s.dln.fill(0.0);
-            matmul::backward(Some(&mut s.dln), dw.fc_w, Some(dw.fc_b), &s.dfch, &a.ln2, w.fc_w, c, 4 * c);
+            let frozen = dw.as_mut().map(|d| (&mut *d.fc_w, &mut *d.fc_b));
+            linear_backward(&mut s.dln, frozen, &s.dfch, &a.ln2, w.fc_w, c, 4 * c);
+            adapter_backward!(LoraTarget::Fc, a, l, &mut s.dln, &s.dfch, &a.ln2);
             // ln2 = layernorm(residual2)
+            let (dln2_w, dln2_b) = match dw.as_mut() {
+                Some(d) => (&mut *d.ln2_w, &mut *d.ln2_b),
+                None => (&mut s.frozen_dw[..], &mut s.frozen_db[..]),
+            };
             layernorm::backward(
                 &mut s.dresidual,
-                dw.ln2_w,
-                dw.ln2_b,
+                dln2_w,
+                dln2_b,
                 &s.dln,
                 &a.residual2,
                 w.ln2_w,
@@ -348,28 +484,28 @@ impl Gpt {
             } else {
                 &s.dresidual
             };
-            // attproj = atty · attn_projᵀ + b
+            // attproj = atty · attn_projᵀ + b (+ adapter)
             s.datty.fill(0.0);
-            matmul::backward(
-                Some(&mut s.datty),
-                dw.attn_proj_w,
-                Some(dw.attn_proj_b),
-                dattproj,
-                &a.atty,
-                w.attn_proj_w,
-                c,
-                c,
-            );
+            let frozen = dw.as_mut().map(|d| (&mut *d.attn_proj_w, &mut *d.attn_proj_b));
+            linear_backward(&mut s.datty, frozen, dattproj, &a.atty, w.attn_proj_w, c, c);
+            adapter_backward!(LoraTarget::AttnProj, a, l, &mut s.datty, dattproj, &a.atty);
             // atty = attention(qkv)
             s.dqkv.fill(0.0);
             attention::backward(&mut s.dqkv, &mut s.att_grad, &s.datty, &a.qkv, &a.att, t, c, nh);
-            // qkv = ln1 · qkvᵀ + b
+            // qkv = ln1 · qkvᵀ + b (+ adapter)
             s.dln.fill(0.0);
-            matmul::backward(Some(&mut s.dln), dw.qkv_w, Some(dw.qkv_b), &s.dqkv, &a.ln1, w.qkv_w, c, 3 * c);
+            let frozen = dw.as_mut().map(|d| (&mut *d.qkv_w, &mut *d.qkv_b));
+            linear_backward(&mut s.dln, frozen, &s.dqkv, &a.ln1, w.qkv_w, c, 3 * c);
+            adapter_backward!(LoraTarget::Qkv, a, l, &mut s.dln, &s.dqkv, &a.ln1);
             // ln1 = layernorm(x)
-            layernorm::backward(&mut s.dresidual, dw.ln1_w, dw.ln1_b, &s.dln, x, w.ln1_w, &a.ln1_mean, &a.ln1_rstd, c);
+            let (dln1_w, dln1_b) = match dw.as_mut() {
+                Some(d) => (&mut *d.ln1_w, &mut *d.ln1_b),
+                None => (&mut s.frozen_dw[..], &mut s.frozen_db[..]),
+            };
+            layernorm::backward(&mut s.dresidual, dln1_w, dln1_b, &s.dln, x, w.ln1_w, &a.ln1_mean, &a.ln1_rstd, c);
         }
-        // encoded = drop(wte[inputs] + wpe)
+        // encoded = drop(wte[inputs] + wpe): only the base's embeddings receive this, and a frozen base none.
+        let Some(g) = g else { return };
         let dencoded: &[f32] = if dropout_on {
             s.dbranch.fill(0.0);
             dropout::backward(&mut s.dbranch, &s.dresidual, emb_mask, cfg.dropout);
@@ -384,5 +520,22 @@ impl Gpt {
     /// Trainable flag per kind, for optimisers (the sinusoidal table is fixed).
     pub fn trainable(&self, kind: ParamKind) -> bool {
         kind.trainable(&self.config)
+    }
+}
+
+/// Backward of a linear layer `y = x·Wᵀ + b`, **accumulating** `dx += dy·W` and, unless the weights are
+/// frozen (`None`), `dW += dyᵀ·x` and `db += Σ dy`.
+fn linear_backward(
+    dx: &mut [f32],
+    dweights: Option<(&mut [f32], &mut [f32])>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    c: usize,
+    oc: usize,
+) {
+    match dweights {
+        Some((dw, db)) => matmul::backward(Some(dx), dw, Some(db), dy, x, w, c, oc),
+        None => matmul::backward_input(dx, dy, w, c, oc),
     }
 }

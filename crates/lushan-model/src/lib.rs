@@ -2,7 +2,9 @@
 //! cached decoding, sampling, generation and Hugging Face compatible checkpoints.
 
 pub mod activations;
+mod adapter_pass;
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod decode;
 pub mod error;
@@ -10,15 +12,18 @@ pub mod generate;
 pub mod gpt;
 mod head;
 pub mod inspect;
+pub mod lora;
 pub mod params;
 pub mod sampling;
 
 pub use activations::Activations;
+pub use classify::{Classified, classify_batch};
 pub use config::{Head, ModelConfig, PositionEncoding};
 pub use decode::{BatchScratch, DecodeState};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generator};
 pub use gpt::{Gpt, Mode};
 pub use inspect::{ExplainOptions, Explanation, explain};
+pub use lora::{Lora, LoraConfig, LoraLayout, LoraTarget};
 pub use params::{ParamKind, ParamLayout};
 pub use sampling::{Sampler, Sampling};

@@ -429,7 +429,8 @@ mod tests {
                 &ParamKind::QkvW,
                 &ParamKind::AttnProjW,
                 &ParamKind::FcW,
-                &ParamKind::FcProjW
+                &ParamKind::FcProjW,
+                &ParamKind::Score
             ]
         );
         assert_eq!(ParamKind::FcProjW.hf_name(3), "h.3.mlp.c_proj.weight");

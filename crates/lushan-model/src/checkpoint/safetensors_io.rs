@@ -185,7 +185,7 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
 
 /// Rejects files too short for a header, or whose header length is absurd or beyond the file, before
 /// the file is mapped and parsed. Returns the header length.
-fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u64> {
+pub(crate) fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u64> {
     let not_safetensors = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
     if file_len < 8 {
         return Err(not_safetensors(format!(
@@ -214,7 +214,7 @@ fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u6
 /// the last), an unknown dtype, offsets reversed or beyond the data section, a byte span other than
 /// shape × dtype, and overlapping tensors. A header that is not a JSON object, or an entry that is not a
 /// tensor description, is left to safetensors' own errors.
-fn check_header_entries(path: &Path, header: &[u8], data_len: u64) -> Result<()> {
+pub(crate) fn check_header_entries(path: &Path, header: &[u8], data_len: u64) -> Result<()> {
     let bad = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
     let parsed = std::str::from_utf8(header).ok().and_then(|text| serde_json::from_str::<Entries>(text).ok());
     let Some(Entries(entries)) = parsed else { return Ok(()) };
@@ -369,7 +369,7 @@ fn decode(view: &TensorView<'_>) -> Vec<f32> {
 }
 
 /// Converts F32/F16/BF16 little-endian bytes to `f32` (`match_tensors` admits no other dtype).
-fn decode_into(view: &TensorView<'_>, dst: &mut [f32]) {
+pub(crate) fn decode_into(view: &TensorView<'_>, dst: &mut [f32]) {
     let data = view.data();
     match view.dtype() {
         Dtype::F32 => {
@@ -421,7 +421,7 @@ fn checked_layout(path: &Path, cfg: &ModelConfig) -> Result<ParamLayout> {
 }
 
 /// safetensors' errors in words a user can act on.
-fn describe(e: &SafeTensorError) -> String {
+pub(crate) fn describe(e: &SafeTensorError) -> String {
     let what = match e {
         SafeTensorError::MetadataIncompleteBuffer => {
             "the data section does not match the header's offsets (truncated or padded file)".to_string()
