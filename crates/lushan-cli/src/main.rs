@@ -1,6 +1,7 @@
 //! `lushan`: train, evaluate, sample from and inspect GPT models on the CPU. This file only dispatches.
 
 mod commands;
+mod confusion_plot;
 mod explain;
 mod model_dir;
 mod plot;
@@ -27,7 +28,13 @@ enum Command {
     Eval(commands::eval::Args),
     /// Show why the model says what it says: next-token probabilities, attention, logit lens.
     Explain(commands::explain::Args),
-    /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming) for a checkpoint.
+    /// Talk with a checkpoint, turn by turn, with the chat template it was fine-tuned on.
+    Chat(commands::chat::Args),
+    /// Label texts with a classifier checkpoint (from arguments, a file or stdin); prints JSONL.
+    Classify(commands::classify::Args),
+    /// Merge a LoRA adapter into its base model: a plain checkpoint every command and transformers load.
+    Merge(commands::merge::Args),
+    /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming, /classify) for a checkpoint.
     Serve(commands::serve::Args),
     /// Measure speed.
     #[command(subcommand)]
@@ -55,6 +62,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Classify(args) => commands::classify::run(args),
+        Command::Merge(args) => commands::merge::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tokenizer(command) => commands::tokenizer::run(command),

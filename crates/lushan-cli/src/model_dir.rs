@@ -1,12 +1,27 @@
-//! Loading what a checkpoint directory holds: the model and its tokenizer.
+//! Loading what a checkpoint directory holds: the model and its tokenizer — or a LoRA adapter directory,
+//! whose base model it names, merged onto that base.
 
 use anyhow::{Context, Result};
+use lushan_model::checkpoint::adapter;
 use lushan_model::{Gpt, checkpoint};
 use lushan_tokenizer::Tokenizer;
 use std::path::Path;
 
-/// Loads `config.json` + `model.safetensors` and the tokenizer file from `dir`.
+/// Loads `config.json` + `model.safetensors` and the tokenizer file from `dir`. A PEFT adapter directory
+/// written by `lushan train --lora-rank R` loads its base (named in `lushan-adapter.json`) and merges the
+/// adapter into it.
 pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
+    if adapter::is_adapter_dir(dir) && !dir.join(checkpoint::WEIGHTS_FILE).exists() {
+        let base = adapter::adapter_base(dir)?.filter(|b| !b.as_os_str().is_empty()).with_context(|| {
+            format!(
+                "{} is a LoRA adapter without a recorded base model: pass the base with --model BASE \
+                     --adapter {}",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        return load_with(&base, Some(dir));
+    }
     let (config, params) =
         checkpoint::load_model_dir(dir).with_context(|| format!("loading model from {}", dir.display()))?;
     let model = Gpt::from_params(config, params)?;
@@ -20,4 +35,15 @@ pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
         model.config.vocab_size
     );
     Ok((model, tokenizer))
+}
+
+/// Loads `model` and, when given, merges the LoRA adapter in `adapter_dir` into it (as PEFT's
+/// `merge_and_unload` does), so every inference path runs the adapted weights at the base's speed.
+pub fn load_with(model: &Path, adapter_dir: Option<&Path>) -> Result<(Gpt, Tokenizer)> {
+    let (base, tokenizer) = load(model)?;
+    let Some(dir) = adapter_dir else { return Ok((base, tokenizer)) };
+    let mut adapted = adapter::attach_adapter_dir(base, dir)
+        .with_context(|| format!("loading LoRA adapter {} onto {}", dir.display(), model.display()))?;
+    adapted.merge_lora()?;
+    Ok((adapted, tokenizer))
 }

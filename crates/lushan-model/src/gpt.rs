@@ -71,7 +71,7 @@ impl Gpt {
         params.truncate(layout.range(ParamKind::Score).start);
         config.head = Head::Classifier { labels, pad_token_id };
         config.validate()?;
-        let mut rng = Rng::new(seed ^ 0x7363_6f72_65);
+        let mut rng = Rng::new(seed ^ 0x0073_636f_7265);
         params.extend((0..ParamKind::Score.numel(&config)).map(|_| (rng.next_normal() * 0.02) as f32));
         Self::from_params(config, params)
     }

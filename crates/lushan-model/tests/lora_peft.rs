@@ -182,9 +182,7 @@ fn save_peft_writes_what_peft_writes_and_reloads_bit_identically() {
             match key.as_str() {
                 // A set in PEFT, written in hash order: compare as sets.
                 "target_modules" => {
-                    let set = |v: &Value| {
-                        v.as_array().unwrap().iter().cloned().map(|s| s.to_string()).collect::<BTreeSet<_>>()
-                    };
+                    let set = |v: &Value| v.as_array().unwrap().iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
                     assert_eq!(set(&written[key]), set(value), "{dir}: {key}");
                 }
                 _ => assert_eq!(&written[key], value, "{dir}: {key}"),

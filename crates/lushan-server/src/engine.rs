@@ -21,6 +21,11 @@ pub struct Job {
     pub frequency_penalty: f32,
     /// Generation ends before the first occurrence of any of these in the completion text.
     pub stop: Vec<String>,
+    /// Generation ends at any of these token ids, which add no text (`<|endoftext|>`; chat's end of turn).
+    pub stop_tokens: Vec<u32>,
+    /// Drop one space at the start of the text: the chat template writes a reply as ` {content}`, and a
+    /// client sends `{content}` back in the next request's history.
+    pub trim_leading_space: bool,
     /// Return this many alternatives per token (and the chosen token's log-probability).
     pub logprobs: Option<usize>,
 }
@@ -85,11 +90,12 @@ pub struct Sequence<'t> {
     job: Job,
     tokenizer: &'t Tokenizer,
     sampler: Sampler,
-    eot: Option<u32>,
     context: Vec<u32>,
     counts: Vec<u32>,
     adjusted: Vec<f32>,
     decoder: StreamDecoder<'t>,
+    /// A leading space is still to be dropped (`Job::trim_leading_space`, until the first text).
+    trim_space: bool,
     out: String,
     /// Bytes of `out` emitted.
     sent: usize,
@@ -111,10 +117,10 @@ impl<'t> Sequence<'t> {
         let done = job.max_tokens == 0;
         Ok(Self {
             context: job.prompt.clone(),
+            trim_space: job.trim_leading_space,
             job,
             tokenizer,
             sampler,
-            eot: tokenizer.end_of_text(),
             counts: vec![0; vocab_size],
             adjusted: Vec::with_capacity(vocab_size),
             decoder: tokenizer.stream_decoder(),
@@ -174,7 +180,7 @@ impl<'t> Sequence<'t> {
         self.generated += 1;
         self.context.push(tok);
         self.counts[tok as usize] += 1;
-        if Some(tok) == self.eot {
+        if self.job.stop_tokens.contains(&tok) {
             self.finish = Finish::Stop;
             self.token_ends.push(self.out.len());
             self.done = true;
@@ -184,7 +190,7 @@ impl<'t> Sequence<'t> {
             .decoder
             .push(tok)
             .map_err(|e| lushan_model::ModelError::InvalidSampling { field: "token", reason: e.to_string() })?;
-        self.out.push_str(&piece);
+        push_text(&mut self.out, &mut self.trim_space, &piece);
         self.token_ends.push(self.out.len());
         match scan(&self.out, self.sent, &self.job.stop) {
             Scan::Stop(at) => {
@@ -213,7 +219,7 @@ impl<'t> Sequence<'t> {
     pub fn finish(mut self, sink: &mut dyn Sink) -> Outcome {
         if !self.cancelled {
             if self.stopped_at.is_none() {
-                self.out.push_str(&self.decoder.finish());
+                push_text(&mut self.out, &mut self.trim_space, &self.decoder.finish());
                 if let Scan::Stop(at) = scan(&self.out, self.sent, &self.job.stop) {
                     self.finish = Finish::Stop;
                     self.stopped_at = Some(at);
@@ -239,6 +245,17 @@ impl<'t> Sequence<'t> {
             cancelled: self.cancelled,
         }
     }
+}
+
+/// Appends decoded text to `out`; while `trim_space` is set, the first text loses one leading space (a chat
+/// reply).
+fn push_text(out: &mut String, trim_space: &mut bool, piece: &str) {
+    let mut piece = piece;
+    if *trim_space && !piece.is_empty() {
+        *trim_space = false;
+        piece = piece.strip_prefix(' ').unwrap_or(piece);
+    }
+    out.push_str(piece);
 }
 
 /// The log-probability of `chosen` and of the `n` most likely tokens (most likely first), from
@@ -350,6 +367,8 @@ mod tests {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             stop: Vec::new(),
+            stop_tokens: Vec::new(),
+            trim_leading_space: false,
             logprobs: Some(1),
         };
         let mut seq = Sequence::new(job, &tokenizer, vocab).unwrap();
@@ -366,6 +385,44 @@ mod tests {
         assert_eq!(sink.logprobs, 3);
         let outcome = seq.finish(&mut sink);
         assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.finish), ("éx", 3, Finish::Length));
+    }
+
+    #[test]
+    fn a_stop_token_ends_the_reply_unwritten_and_one_leading_space_is_dropped() {
+        let tokenizer = Tokenizer::gpt2().unwrap();
+        let vocab = tokenizer.vocab_size();
+        let eot = tokenizer.end_of_text().unwrap();
+        let ids = |s: &str| tokenizer.encode(s).unwrap();
+        // " Hi" " there" <|endoftext|> "never": the reply ends at the end-of-turn id.
+        let mut chosen = ids(" Hi there");
+        chosen.extend([eot, ids("never")[0]]);
+        let job = Job {
+            prompt: ids("User: hi\nAssistant:"),
+            max_tokens: 10,
+            sampling: Sampling::greedy(),
+            seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            stop: Vec::new(),
+            stop_tokens: vec![eot],
+            trim_leading_space: true,
+            logprobs: None,
+        };
+        let mut seq = Sequence::new(job, &tokenizer, vocab).unwrap();
+        let mut sink = Recorder::default();
+        let mut logits = vec![0.0f32; vocab];
+        for &tok in &chosen {
+            if !seq.wants_more() {
+                break;
+            }
+            logits.fill(0.0);
+            logits[tok as usize] = 10.0;
+            seq.step(&logits, &mut sink).unwrap();
+        }
+        assert!(!seq.wants_more());
+        let outcome = seq.finish(&mut sink);
+        assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.finish), ("Hi there", 3, Finish::Stop));
+        assert_eq!(sink.pieces.concat(), "Hi there");
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! cached decoding and sampler, with validation, limits, SSE streaming and an optional API key.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
-//! `POST /tokenize`, `POST /detokenize`. Generation runs on one decoding thread that advances every running
-//! completion together ([`batcher`]), never on the async executor; at most `max_queue` requests are running
+//! `POST /tokenize`, `POST /detokenize`, and for classifier checkpoints `POST /classify` (text-embeddings-
+//! inference's shape, also at `/predict`). Generation runs on one decoding thread that advances every running
+//! completion together ([`batcher`]), never on the async executor; a classifier has no decoding thread and
+//! answers the completion routes with a 400 pointing at `/classify`. At most `max_queue` requests are running
 //! or waiting, beyond that requests get 429 at once.
 
 pub mod batcher;
+mod classify;
 pub mod engine;
 pub mod error;
 mod playground;
@@ -17,7 +20,7 @@ pub use error::{ApiError, ServerError};
 
 use axum::Router;
 use batcher::Batcher;
-use lushan_model::Gpt;
+use lushan_model::{Gpt, Head};
 use lushan_tokenizer::Tokenizer;
 use std::future::Future;
 use std::sync::Arc;
@@ -68,7 +71,8 @@ pub struct Metrics {
 pub(crate) struct AppState {
     pub model: Arc<Gpt>,
     pub tokenizer: Arc<Tokenizer>,
-    pub batcher: Batcher,
+    /// The decoding thread; `None` for a classifier, which does not generate.
+    pub batcher: Option<Batcher>,
     pub options: ServerOptions,
     pub queue: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
@@ -76,6 +80,21 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// 400 (naming `model`) unless the model generates text: a classifier answers `/classify` only.
+    pub(crate) fn require_language_model(&self) -> Result<(), ApiError> {
+        match &self.model.config.head {
+            Head::LanguageModel => Ok(()),
+            Head::Classifier { labels, .. } => Err(ApiError::invalid(
+                "model",
+                format!(
+                    "the model `{}` is a classifier (labels: {}); it does not generate text: use POST /classify",
+                    self.options.model_id,
+                    labels.join(", ")
+                ),
+            )),
+        }
+    }
+
     /// A place in the bounded queue for one request (held until it ends), or 429 at once when it is full.
     pub(crate) fn queue_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.queue.clone().try_acquire_owned().map_err(|_| {
@@ -97,12 +116,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server for `model`; starts its decoding thread.
+    /// A server for `model`; starts its decoding thread (a language model's: a classifier has none).
     pub fn new(model: Gpt, tokenizer: Tokenizer, options: ServerOptions) -> Result<Self, ServerError> {
         let queue = Arc::new(Semaphore::new(options.max_queue.max(1)));
         let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
         let metrics: Arc<Metrics> = Arc::default();
-        let batcher = Batcher::start(model.clone(), tokenizer.clone(), options.max_batch, metrics.clone())?;
+        let batcher = match model.config.head {
+            Head::LanguageModel => {
+                Some(Batcher::start(model.clone(), tokenizer.clone(), options.max_batch, metrics.clone())?)
+            }
+            Head::Classifier { .. } => None,
+        };
         let state = AppState { model, tokenizer, batcher, options, queue, metrics, created: unix_time() };
         Ok(Self { state: Arc::new(state) })
     }

@@ -56,6 +56,7 @@ struct ExplainRequest {
 
 fn parse_request(st: &AppState, map: &Map<String, Value>) -> Result<ExplainRequest, ApiError> {
     request::check_model(map, &st.options.model_id)?;
+    st.require_language_model()?;
     let text = match map.get("prompt") {
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(Value::String(_)) => return Err(ApiError::invalid("prompt", "`prompt` is empty")),

@@ -5,6 +5,7 @@ use crate::engine::Job;
 use crate::error::ApiError;
 use lushan_model::Sampling;
 use lushan_tokenizer::Tokenizer;
+use lushan_tokenizer::chat::{self, Message, Role};
 use serde_json::{Map, Value};
 
 /// Most choices (`n` × prompts) one request may ask for.
@@ -13,8 +14,6 @@ pub const MAX_CHOICES: usize = 8;
 pub const MAX_LOGPROBS: usize = 5;
 /// Most alternatives per token for chat `top_logprobs` (OpenAI's limit).
 pub const MAX_CHAT_TOP_LOGPROBS: usize = 20;
-/// Stop strings are added to this one for chat: the template's next user turn.
-pub const CHAT_STOP: &str = "\nUser:";
 
 /// Parses a body: invalid UTF-8 and malformed JSON are 400s; it must be a JSON object.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -95,6 +94,10 @@ pub struct Common {
     pub stream: bool,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Token ids that end a completion without being part of its text (set by the route, not the request).
+    pub stop_tokens: Vec<u32>,
+    /// Drop one space at the start of the text (chat: the template writes a reply as ` {content}`).
+    pub trim_leading_space: bool,
 }
 
 pub fn common(map: &Map<String, Value>) -> Result<Common, ApiError> {
@@ -159,6 +162,8 @@ pub fn common(map: &Map<String, Value>) -> Result<Common, ApiError> {
         stream: get_bool(map, "stream")?,
         presence_penalty,
         frequency_penalty,
+        stop_tokens: Vec::new(),
+        trim_leading_space: false,
     })
 }
 
@@ -203,37 +208,56 @@ pub fn prompts(map: &Map<String, Value>, tokenizer: &Tokenizer) -> Result<Vec<(V
     Ok(list)
 }
 
-/// Renders chat `messages` with the plain template: `System: …\n`, `User: …\n`, `Assistant: …\n` per message,
-/// then `Assistant:` for the reply.
-pub fn chat_prompt(map: &Map<String, Value>) -> Result<String, ApiError> {
-    let bad = |m: &str| ApiError::invalid("messages", m.to_string());
+/// The chat `messages`: roles `system` / `developer` / `user` / `assistant`, content a string or a list of
+/// text parts (joined); `null` content is empty. Errors name `messages` and the message at fault.
+pub fn chat_messages(map: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
+    let bad = |m: String| ApiError::invalid("messages", m);
     let messages = match present(map, "messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
-        _ => return Err(bad("`messages` must be a non-empty list")),
+        _ => return Err(bad("`messages` must be a non-empty list".into())),
     };
-    let mut text = String::new();
-    for m in messages {
-        let role = m.get("role").and_then(Value::as_str).ok_or_else(|| bad("every message needs a `role`"))?;
-        let label = match role {
-            "system" | "developer" => "System",
-            "user" => "User",
-            "assistant" => "Assistant",
-            other => return Err(bad(&format!("unknown role `{other}`"))),
-        };
-        let content = match m.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .map(|p| p.get("text").and_then(Value::as_str).ok_or_else(|| bad("content parts must be text")))
-                .collect::<Result<Vec<_>, _>>()?
-                .concat(),
-            Some(Value::Null) | None => String::new(),
-            _ => return Err(bad("`content` must be a string or a list of text parts")),
-        };
-        text.push_str(&format!("{label}: {content}\n"));
-    }
-    text.push_str("Assistant:");
-    Ok(text)
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.get("role") {
+                Some(Value::String(r)) => r.parse::<Role>().map_err(|e| bad(format!("message {i}: {e}")))?,
+                _ => return Err(bad(format!("message {i} needs a `role` string"))),
+            };
+            let content = match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|p| {
+                        p.get("text")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad(format!("message {i}: content parts must be text parts")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .concat(),
+                Some(Value::Null) | None => String::new(),
+                _ => return Err(bad(format!("message {i}: `content` must be a string or a list of text parts"))),
+            };
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+/// The prompt ids of a chat request: its messages checked for a reply (an optional system message, then
+/// user and assistant turns alternating, ending with user) and rendered by the one chat template
+/// ([`chat::encode_chat`], the same ids `lushan chat` builds and training builds before a reply).
+pub fn chat_prompt_ids(map: &Map<String, Value>, tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+    let messages = chat_messages(map)?;
+    chat::validate_for_generation(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let tokens = chat::encode_chat(tokenizer, &messages, true)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot encode the conversation: {e}")))?;
+    Ok(tokens.ids)
+}
+
+/// The extra stop string of chat completions: the template's next user turn (`\nUser:`), in case a model
+/// writes one instead of ending its turn.
+pub fn chat_stop() -> String {
+    format!("\n{}", Role::User.label())
 }
 
 /// Checks ids and the context, and builds one job per choice (`n` per prompt, seeds `seed + index`).
@@ -263,7 +287,7 @@ pub fn jobs(
         }
         let room = block_size.saturating_sub(ids.len());
         let max_tokens = common.max_tokens.or(default_max_tokens).unwrap_or(room);
-        if ids.len() + max_tokens > block_size {
+        if ids.len().checked_add(max_tokens).is_none_or(|total| total > block_size) {
             return Err(ApiError::invalid(
                 "max_tokens",
                 format!(
@@ -282,6 +306,8 @@ pub fn jobs(
                 presence_penalty: common.presence_penalty,
                 frequency_penalty: common.frequency_penalty,
                 stop: common.stop.clone(),
+                stop_tokens: common.stop_tokens.clone(),
+                trim_leading_space: common.trim_leading_space,
                 logprobs,
             });
         }

@@ -3,7 +3,7 @@
 use crate::batcher::{Done, Work};
 use crate::engine::{self, Collect, Job, Outcome, Sink, TokenLogprob};
 use crate::error::ApiError;
-use crate::request::{self, CHAT_STOP, MAX_CHAT_TOP_LOGPROBS, MAX_LOGPROBS};
+use crate::request::{self, MAX_CHAT_TOP_LOGPROBS, MAX_LOGPROBS};
 use crate::{AppState, unix_time};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lushan_model::{Activations, Mode};
+use lushan_tokenizer::chat;
 use serde_json::{Map, Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/classify", post(crate::classify::classify))
+        .route("/predict", post(crate::classify::classify))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -142,7 +145,9 @@ async fn completions(State(st): St, body: Body) -> Response {
     let result = async {
         let map = read_body(&st, body).await?;
         request::check_model(&map, &st.options.model_id)?;
-        let common = request::common(&map)?;
+        st.require_language_model()?;
+        let mut common = request::common(&map)?;
+        common.stop_tokens.extend(st.tokenizer.end_of_text());
         let prompts = request::prompts(&map, &st.tokenizer)?;
         let logprobs = request::get_usize(&map, "logprobs")?;
         if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
@@ -169,6 +174,7 @@ async fn chat_completions(State(st): St, body: Body) -> Response {
     let result = async {
         let map = read_body(&st, body).await?;
         request::check_model(&map, &st.options.model_id)?;
+        st.require_language_model()?;
         let mut common = request::common(&map)?;
         let logprobs = request::get_bool(&map, "logprobs")?;
         let top_logprobs = request::get_usize(&map, "top_logprobs")?;
@@ -182,9 +188,12 @@ async fn chat_completions(State(st): St, body: Body) -> Response {
             return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
         }
         let job_logprobs = logprobs.then_some(top_logprobs.unwrap_or(0));
-        common.stop.push(CHAT_STOP.to_string());
-        let text = request::chat_prompt(&map)?;
-        let ids = st.tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+        // The reply ends at the template's end of turn (not written), or where it starts a user turn.
+        let end_of_turn = chat::end_of_turn(&st.tokenizer).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+        common.stop_tokens.push(end_of_turn);
+        common.stop.push(request::chat_stop());
+        common.trim_leading_space = true;
+        let ids = request::chat_prompt_ids(&map, &st.tokenizer)?;
         let cfg = &st.model.config;
         if ids.len() >= cfg.block_size {
             return Err(ApiError::invalid(
@@ -235,7 +244,8 @@ fn submit(st: &AppState, job: Job, sink: Box<dyn Sink + Send>) -> Result<oneshot
     let on_token = Arc::new(move || {
         metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
     });
-    st.batcher
+    let batcher = st.batcher.as_ref().ok_or_else(|| ApiError::internal("this model has no decoding thread"))?;
+    batcher
         .submit(Work { job, sink, on_token, done })
         .map_err(|_| ApiError::internal("the decoding thread has stopped"))?;
     Ok(receiver)

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use lushan_model::{Gpt, ModelConfig};
 use lushan_server::{Server, ServerOptions};
+use lushan_tokenizer::chat::{self, Message};
 use lushan_tokenizer::{CharTokenizer, Tokenizer};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -179,9 +180,13 @@ async fn chat_completions_plain_and_streamed() {
     let choice = &resp["choices"][0];
     assert_eq!(choice["message"]["role"], "assistant");
     let content = choice["message"]["content"].as_str().unwrap().to_string();
-    assert!(!content.contains("\nUser:"));
-    let prompt_tokens = "System: Be brief.\nUser: Hi!\nAssistant:".chars().count();
-    assert_eq!(resp["usage"]["prompt_tokens"], prompt_tokens);
+    // The character tokenizer's end of turn is the newline: a reply is one line, without it.
+    assert!(!content.contains('\n'), "{content:?}");
+    // The prompt is the one chat template's: `System: Be brief.\nUser: Hi!\nAssistant:` in characters.
+    let history = [Message::system("Be brief."), Message::user("Hi!")];
+    let prompt = chat::encode_chat(&tokenizer(), &history, true).unwrap().ids;
+    assert_eq!(tokenizer().decode(&prompt).unwrap(), "System: Be brief.\nUser: Hi!\nAssistant:");
+    assert_eq!(resp["usage"]["prompt_tokens"], prompt.len());
 
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);

@@ -25,9 +25,30 @@ impl AdamWState {
         Self { m: vec![0.0; num_params], v: vec![0.0; num_params], step: 0 }
     }
 
-    /// One update of every trainable tensor; weight decay only where [`ParamKind::decays`].
+    /// One update of every trainable tensor; weight decay only where [`ParamKind::decays`]. A model with
+    /// LoRA adapters updates only them (every adapter tensor is a 2-D weight and decays), in their layout.
     pub fn update(&mut self, model: &mut Gpt, grads: &[f32], lr: f32, s: &OptimizerSettings) {
         self.step += 1;
+        if let Some(lora) = model.lora.as_mut() {
+            for entry in lora.layout.entries() {
+                let r = entry.range;
+                let hp = AdamW {
+                    lr,
+                    beta1: s.beta1,
+                    beta2: s.beta2,
+                    eps: s.eps,
+                    weight_decay: if entry.slot.decays() { s.weight_decay } else { 0.0 },
+                };
+                hp.update(
+                    &mut lora.params[r.clone()],
+                    &grads[r.clone()],
+                    &mut self.m[r.clone()],
+                    &mut self.v[r],
+                    self.step,
+                );
+            }
+            return;
+        }
         for kind in ParamKind::ALL {
             if !model.trainable(kind) {
                 continue;

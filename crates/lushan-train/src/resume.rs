@@ -21,6 +21,8 @@ pub const RESUME_DIR: &str = "resume";
 pub const STATE_FILE: &str = "state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const FORMAT_VERSION: u32 = 1;
+/// Where a LoRA run keeps its adapters inside the resume directory (the base weights beside it).
+pub const ADAPTER_DIR: &str = "adapter";
 
 /// Everything needed to continue a run bit-identically.
 #[derive(Debug, Clone)]
@@ -83,6 +85,10 @@ pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     checkpoint::save_model_dir(&tmp, &s.model.config, &s.model.params)?;
+    if s.model.lora.is_some() {
+        let adapter = tmp.join(ADAPTER_DIR);
+        checkpoint::adapter::save_adapter_dir(&adapter, &s.model, &String::from(s.train_config.init_from.clone()))?;
+    }
     if let Some(tokenizer) = &s.tokenizer {
         save_tokenizer(&tmp, tokenizer)?;
     }
@@ -156,16 +162,20 @@ pub fn load(out_dir: &Path) -> Result<ResumeState> {
         ));
     }
     let (config, params) = checkpoint::load_model_dir(&dir)?;
-    let model = Gpt::from_params(config, params)?;
+    let mut model = Gpt::from_params(config, params)?;
+    let adapter = dir.join(ADAPTER_DIR);
+    if checkpoint::adapter::is_adapter_dir(&adapter) {
+        model.lora = Some(lushan_model::Lora::load_peft(&adapter, &model.config)?);
+    }
     let opt_path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| resume_error(&opt_path, e.to_string()))?;
     let read = |name: &str| -> Result<Vec<f32>> {
         let t = tensors.tensor(name).map_err(|e| resume_error(&opt_path, format!("tensor `{name}`: {e}")))?;
-        if t.dtype() != Dtype::F32 || t.shape() != [model.num_params()] {
+        if t.dtype() != Dtype::F32 || t.shape() != [model.num_trainable()] {
             return Err(resume_error(
                 &opt_path,
-                format!("tensor `{name}` must be F32 [{}], got {:?} {:?}", model.num_params(), t.dtype(), t.shape()),
+                format!("tensor `{name}` must be F32 [{}], got {:?} {:?}", model.num_trainable(), t.dtype(), t.shape()),
             ));
         }
         Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
@@ -218,8 +228,14 @@ pub fn check_same_model(path: &Path, saved: &ModelConfig, wanted: &ModelConfig) 
     }
 }
 
-/// Writes the best model so far as a Hugging Face style directory, with the tokenizer file.
-pub fn save_best(out_dir: &Path, model: &Gpt, tokenizer: &Tokenizer) -> Result<()> {
+/// Writes the best model so far as a Hugging Face style directory, with the tokenizer file; a LoRA run
+/// writes its adapter (PEFT's files, naming `base_model`) instead of the weights.
+pub fn save_best(out_dir: &Path, model: &Gpt, tokenizer: &Tokenizer, base_model: &str) -> Result<()> {
+    if model.lora.is_some() {
+        checkpoint::adapter::save_adapter_dir(out_dir, model, base_model)?;
+        save_tokenizer(out_dir, tokenizer)?;
+        return Ok(());
+    }
     checkpoint::save_model_dir(out_dir, &model.config, &model.params)?;
     save_tokenizer(out_dir, tokenizer)?;
     Ok(())

@@ -88,9 +88,9 @@ impl TrainData {
         let tokenizer = match tokenizer {
             Some(t) => t.clone(),
             None if config.tokenizer == "char" => {
-                let mut text = jsonl_texts(&config.data)?;
+                let mut text = task_file_texts(&config.data)?;
                 if let Some(val) = config.val_data_path() {
-                    text.push_str(&jsonl_texts(val)?);
+                    text.push_str(&task_file_texts(val)?);
                 }
                 // The chat template's own characters (role labels, newline), which records need not contain.
                 text.push_str("System: User: Assistant:\n");
@@ -161,7 +161,7 @@ fn corpus_of(config: &TrainConfig) -> Result<PathBuf> {
     if config.data.extension().is_none_or(|e| e != "jsonl") {
         return Ok(config.data.clone());
     }
-    let text = jsonl_texts(&config.data)?;
+    let text = task_file_texts(&config.data)?;
     let dir = config.out_dir.join("data");
     std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
     let path = dir.join("corpus.txt");
@@ -170,8 +170,9 @@ fn corpus_of(config: &TrainConfig) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Every text of a JSONL (or CSV) task file, one record after another, separated by blank lines.
-fn jsonl_texts(path: &std::path::Path) -> Result<String> {
+/// Every text of a JSONL (or CSV) task file, one record after another, separated by blank lines: the
+/// unlabelled corpus a task's data holds (pre-training, tokenizer training).
+pub fn task_file_texts(path: &std::path::Path) -> Result<String> {
     let mut out = String::new();
     if crate::tasks::records::is_csv(path) {
         for r in crate::tasks::read_labeled(path)?.records {
@@ -187,12 +188,9 @@ fn jsonl_texts(path: &std::path::Path) -> Result<String> {
                 out.push_str(&prompt);
                 out.push_str(&completion);
             }
-            SftRecord::Messages(messages) => {
-                for m in messages {
-                    out.push_str(&m.content);
-                    out.push('\n');
-                }
-            }
+            // Conversations as the chat template renders them (turns ended by a newline), so a model
+            // pre-trained on them has seen the template's words.
+            SftRecord::Messages(messages) => out.push_str(&lushan_tokenizer::chat::render_chat(&messages, false, "\n")),
         }
         out.push_str("\n\n");
     }
@@ -385,8 +383,8 @@ impl Trainer {
             }
         };
         let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
-        let runner = BatchRunner::new(&model.config, b, t, replicas)?;
-        let trainable = model.num_params();
+        let runner = BatchRunner::for_model(&model.config, model.lora_shape(), b, t, replicas)?;
+        let trainable = model.num_trainable();
         if optimizer.m.is_empty() {
             optimizer = AdamWState::new(trainable);
         }
@@ -607,7 +605,11 @@ impl Trainer {
         }
         let saved_model = step > 0 && (improved || self.config.always_save_checkpoint);
         if saved_model {
-            resume::save_best(&self.config.out_dir, &self.model, &self.data.tokenizer)?;
+            let base = match &self.config.init_from {
+                crate::config::InitFrom::Dir(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+                crate::config::InitFrom::Scratch => PathBuf::new(),
+            };
+            resume::save_best(&self.config.out_dir, &self.model, &self.data.tokenizer, &base.display().to_string())?;
         }
         if step > 0 {
             self.save_resume()?;

@@ -273,7 +273,7 @@ fn sft_truncation_and_dropping_are_counted() {
         let full = prompt_len + tok.encode(&record_completion(&record.value)).expect("encode").len() + 1;
         truncated += usize::from(full > max_len + 1);
         // Trained targets are the positions ≥ prompt_len; the window keeps positions < max_len + 1.
-        dropped += usize::from(prompt_len >= max_len + 1);
+        dropped += usize::from(prompt_len > max_len);
     }
     assert!(truncated > dropped && dropped > 0, "the slice must exercise both ({truncated}, {dropped})");
     let data = SftData::build(&file, &tok, max_len).expect("build");
@@ -325,9 +325,11 @@ fn batches_are_padded_to_the_longest_example_in_them() {
         let n = example.ids.len() - 1;
         assert_eq!(&x[..n], &example.ids[..n]);
         assert!(x[n..].iter().all(|&id| id == 0) && y[n..].iter().all(|&t| t == IGNORE_INDEX));
-        for j in 0..n {
-            let expected = if example.trained[j + 1] { example.ids[j + 1] } else { IGNORE_INDEX };
-            assert_eq!(y[j], expected, "example {i} position {j}");
+        for (j, (&target, (&id, &trained))) in
+            y.iter().zip(example.ids[1..].iter().zip(&example.trained[1..])).enumerate()
+        {
+            let expected = if trained { id } else { IGNORE_INDEX };
+            assert_eq!(target, expected, "example {i} position {j}");
         }
         assert!(y[..n].contains(&IGNORE_INDEX) && y[..n].iter().any(|&t| t != IGNORE_INDEX));
     }

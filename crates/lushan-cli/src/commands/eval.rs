@@ -12,6 +12,9 @@ pub struct Args {
     /// Checkpoint directory.
     #[arg(long, default_value = "out/shakespeare-char")]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT's files) to merge into the model first.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// A token shard (.bin), a prepared data directory (its val.bin is used) or a text file.
     #[arg(long)]
     data: PathBuf,
@@ -24,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load(&args.model)?;
+    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     let tokens: Vec<u32> = if args.data.is_dir() {
         let path = args.data.join("val.bin");
         shard_tokens(&path, model.config.vocab_size)?

@@ -30,6 +30,9 @@ pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT's files) to merge into the model first.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Text to explain; it must fit the model's context.
     #[arg(long)]
     prompt: String,
@@ -94,7 +97,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .validate()
         .context("invalid sampling flags (--temperature, --sample-top-k, --top-p, --repetition-penalty)")?;
 
-    let (model, tokenizer) = model_dir::load(&args.model)?;
+    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     let config = &model.config;
     let prompt = tokenizer.encode(&args.prompt).context("encoding --prompt with the model's tokenizer")?;
     ensure!(!prompt.is_empty(), "--prompt encodes to no tokens: give some text to explain");

@@ -13,42 +13,62 @@ pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file).
     #[arg(long, default_value = "out/shakespeare-char")]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT's files) to merge into the model first.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Text to continue.
     #[arg(long, default_value = "\n")]
     prompt: String,
     #[arg(long, default_value_t = 500)]
     max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// Keep only the K most likely tokens.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Keep the most likely tokens whose probability adds up to P.
-    #[arg(long)]
-    top_p: Option<f32>,
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
 }
 
+/// The sampling flags `generate` and `chat` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens whose probability adds up to P.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The flags as a checked [`Sampling`]; an error names the flag.
+    pub fn sampling(&self) -> Result<Sampling> {
+        let sampling = Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+        };
+        sampling
+            .validate()
+            .context("invalid sampling flags (--temperature, --top-k, --top-p, --repetition-penalty)")?;
+        Ok(sampling)
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load(&args.model)?;
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
-    };
-    sampling.validate().context("invalid sampling flags (--temperature, --top-k, --top-p, --repetition-penalty)")?;
+    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    let sampling = args.sampling.sampling()?;
     anyhow::ensure!(!args.prompt.is_empty(), "--prompt must not be empty");
     let prompt = tokenizer.encode(&args.prompt).context("encoding --prompt with the model's tokenizer")?;
     let stdout = std::io::stdout();
     for i in 0..args.num_samples {
-        let seed = args.seed.wrapping_add(i as u64);
+        let seed = args.sampling.seed.wrapping_add(i as u64);
         let mut generator = Generator::new(&model, &prompt, sampling.clone(), seed, args.max_new_tokens)?;
         if generator.prompt_cropped() {
             eprintln!(

@@ -2,9 +2,12 @@
 
 pub mod bench;
 pub mod bench_serve;
+pub mod chat;
+pub mod classify;
 pub mod eval;
 pub mod explain;
 pub mod generate;
+pub mod merge;
 pub mod prepare;
 pub mod serve;
 pub mod tokenizer;

@@ -174,8 +174,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut trainer = BpeTrainer::new();
     let mut texts = Vec::with_capacity(args.files.len());
     for path in &args.files {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let text = utf8_text(&bytes).with_context(|| format!("reading {}", path.display()))?.to_owned();
+        // Task records (JSONL / CSV) contribute their texts, not their JSON syntax.
+        let text = if path.extension().is_some_and(|e| e == "jsonl" || e == "csv") {
+            lushan_train::trainer::task_file_texts(path)?
+        } else {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            utf8_text(&bytes).with_context(|| format!("reading {}", path.display()))?.to_owned()
+        };
         trainer.add_text(&text);
         texts.push(text);
     }

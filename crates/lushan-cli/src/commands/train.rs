@@ -5,7 +5,7 @@ use crate::plot::{LossCurves, render_loss_curve_png};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lushan_model::checkpoint::atomic_write;
-use lushan_model::{Generator, Gpt, Head, Sampling};
+use lushan_model::{Generator, Gpt, Head, Lora, LoraConfig, LoraTarget, Sampling};
 use lushan_tokenizer::Tokenizer;
 use lushan_train::tasks::{Task, TaskData};
 use lushan_train::{DataSource, TrainData};
@@ -53,7 +53,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
         _ => None,
     };
     println!("# resolved training configuration\n{}", toml::to_string(&config).unwrap_or_default());
-    let (data, model) = load_data_and_model(&config, init, args.resume.is_some())?;
+    let (data, mut model) = load_data_and_model(&config, init, args.resume.is_some())?;
+    if config.lora_rank > 0
+        && let Some(model) = model.as_mut()
+    {
+        let lora_config = LoraConfig {
+            rank: config.lora_rank,
+            alpha: config.lora_alpha,
+            dropout: config.lora_dropout,
+            targets: LoraTarget::parse_list(&config.lora_targets).context("--lora-targets")?,
+        };
+        lora_config.validate(&model.config).context("LoRA settings")?;
+        let lora = Lora::new(lora_config, &model.config, config.seed)?;
+        model.attach_lora(lora)?;
+        println!(
+            "LoRA: rank {}, alpha {}, on {}: {} trainable values ({:.2} % of {}); the base stays frozen",
+            config.lora_rank,
+            config.lora_alpha,
+            config.lora_targets,
+            model.num_trainable(),
+            100.0 * model.num_trainable() as f64 / model.num_params() as f64,
+            model.num_params()
+        );
+    }
     println!("data: {}", data.summary());
     let mut trainer = match &args.resume {
         Some(_) => Trainer::resume(config.clone(), data)?,
@@ -189,7 +211,10 @@ fn sample(trainer: &Trainer, tokens: usize, seed: u64) -> Result<()> {
     let tokenizer = &trainer.data.tokenizer;
     let prompt = tokenizer.encode("\n").or_else(|_| tokenizer.encode(" ")).unwrap_or_else(|_| vec![0]);
     let sampling = Sampling { temperature: 0.8, top_k: Some(200), ..Sampling::default() };
-    let mut generator = Generator::new(&trainer.model, &prompt, sampling, seed, tokens)?;
+    // Cached decoding reads plain weights: a LoRA run samples from its adapters merged into a copy.
+    let mut model = trainer.model.clone();
+    model.merge_lora()?;
+    let mut generator = Generator::new(&model, &prompt, sampling, seed, tokens)?;
     println!("--- sample ({tokens} tokens, temperature 0.8, top-k 200) ---");
     let mut out = Vec::new();
     while let Some(token) = generator.next_token()? {

@@ -2,6 +2,7 @@
 //! loadable by `transformers.GPT2LMHeadModel.from_pretrained(dir)`, and Hugging Face GPT-2 directories
 //! loadable by lushan. Tokenizer files and resume state live beside these but belong to other crates.
 
+pub mod adapter;
 pub mod atomic;
 pub mod hf_config;
 pub mod safetensors_io;

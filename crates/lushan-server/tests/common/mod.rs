@@ -30,12 +30,18 @@ pub fn model(block_size: usize, n_embd: usize) -> Gpt {
 }
 
 pub async fn start(block_size: usize, n_embd: usize, options: ServerOptions) -> TestServer {
-    let server = Server::new(model(block_size, n_embd), tokenizer(), options).unwrap();
+    serve(model(block_size, n_embd), tokenizer(), options).await
+}
+
+/// Serves `model` with `tokenizer` on 127.0.0.1:0.
+pub async fn serve(model: Gpt, tokenizer: Tokenizer, options: ServerOptions) -> TestServer {
+    let vocab = tokenizer.vocab_size();
+    let server = Server::new(model, tokenizer, options).unwrap();
     let metrics = server.metrics();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server.serve(listener, std::future::pending()));
-    TestServer { addr, metrics, vocab: tokenizer().vocab_size() }
+    TestServer { addr, metrics, vocab }
 }
 
 pub async fn small() -> TestServer {

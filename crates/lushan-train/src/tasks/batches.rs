@@ -64,7 +64,7 @@ impl PaddingStats {
         let longest = rows.iter().copied().max().unwrap_or(0);
         self.batches += 1;
         self.real += rows.iter().sum::<usize>() as u64;
-        self.padded += (longest * rows.len()) as u64;
+        self.padded += longest.saturating_mul(rows.len()) as u64;
     }
 
     pub fn add_batch(&mut self, batch: &TaskBatch) {

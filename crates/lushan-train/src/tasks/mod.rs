@@ -56,7 +56,7 @@ impl Task {
 
 /// Stream index mixed into the seed for the train/validation split, so the split never shares draws with
 /// the batch order even when both are given the same seed.
-const SPLIT_STREAM: u64 = 0x7370_6c69_74; // "split"
+const SPLIT_STREAM: u64 = 0x0073_706c_6974; // "split"
 
 /// Where the task data comes from and how it is cut.
 #[derive(Debug, Clone, PartialEq)]
