@@ -2,9 +2,6 @@
 //! columns, the count written in every cell, and each cell coloured by its share of the gold row (so a class
 //! with few examples is as readable as a big one). Text uses the embedded DejaVu Sans registered by `plot.rs`.
 
-// Until `lushan eval` draws it, the binary does not use the renderer outside tests.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use anyhow::{Context, anyhow, bail};
 use lushan_train::task_metrics::ClassificationReport;
 use plotters::coord::Shift;

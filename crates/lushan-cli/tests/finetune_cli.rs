@@ -83,6 +83,25 @@ fn lora_sft_writes_a_peft_adapter_that_generate_and_merge_agree_on() {
     assert_eq!(via_flag, via_merged);
     assert_ne!(via_merged, generate(&["--model", s(&base)]), "the adapter must change the model");
     fails(&["merge", "--model", s(&base), "--adapter", s(&out), "--out", s(&merged)], &["--overwrite"]);
+
+    // Masked loss on the answers and greedy answers scored against the references.
+    let eval = ok(&[
+        "eval",
+        "--model",
+        s(&out),
+        "--data",
+        s(&data),
+        "--generate",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(eval.stdout.trim()).unwrap();
+    assert_eq!(v["examples"], 4);
+    assert_eq!(v["generated"], 4);
+    assert!(v["masked_loss"].as_f64().unwrap() > 0.0 && v["chrf"].as_f64().is_some(), "{v}");
 }
 
 #[test]
@@ -106,12 +125,24 @@ fn classify_from_a_pretrained_lm_full_and_lora() {
         assert!(run.stdout.contains("val accuracy"), "{}", run.stdout);
         assert!(run.stdout.contains("[\"ham\", \"spam\"]"), "{}", run.stdout);
     }
+    // Task evaluation of the classifier: the report, the confusion matrix as text and PNG.
+    let png = dir.path().join("confusion.png");
+    let full = dir.path().join("cls-full");
+    let report = ok(&["eval", "--model", s(&full), "--data", s(&data), "--png", s(&png)]).stdout;
+    for needle in ["precision", "recall", "macro avg", "accuracy", "confusion matrix", "gold"] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let json = ok(&["eval", "--model", s(&full), "--data", s(&data), "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["texts"], 20);
+    let accuracy = v["report"]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{v}");
     // A classifier checkpoint with other labels is refused unless --reset-head.
     let relabelled = dir.path().join("relabelled.jsonl");
     let text = std::fs::read_to_string(&data).unwrap().replace("\"ham\"", "\"ok\"");
     std::fs::write(&relabelled, text).unwrap();
     let out = dir.path().join("again");
-    let full = dir.path().join("cls-full");
     let mut args =
         vec!["train", "--task", "classify", "--data", s(&relabelled), "--init-from", s(&full), "--out-dir", s(&out)];
     args.extend_from_slice(TINY);

@@ -61,7 +61,8 @@ pub struct Outcome {
     /// Tokens sampled (including an end-of-text token and tokens of a cut stop string).
     pub completion_tokens: usize,
     pub finish: Finish,
-    /// Per token, when `logprobs` was asked for (tokens wholly after a stop cut are dropped).
+    /// Per token, when `logprobs` was asked for (tokens wholly after a stop cut are dropped). A chat reply's
+    /// first token keeps the space its text lost (`Job::trim_leading_space`).
     pub logprobs: Vec<TokenLogprob>,
     /// The client went away and generation stopped early.
     pub cancelled: bool,

@@ -217,10 +217,19 @@ impl TrainConfig {
     /// Preset, then the TOML file, then the flags.
     pub fn resolve(preset: Preset, file: Option<&Path>, flags: &TrainOverrides) -> Result<Self> {
         let mut c = Self::preset(preset);
-        if let Some(path) = file {
-            c.apply(&read_overrides(path)?);
-        }
+        let from_file = match file {
+            Some(path) => read_overrides(path)?,
+            None => TrainOverrides::default(),
+        };
+        c.apply(&from_file);
         c.apply(flags);
+        // The cosine schedule ends where training ends unless its length was set explicitly: `--max-iters 300`
+        // alone must not leave a schedule made for the preset's 2000 steps.
+        let decay_set = from_file.lr_decay_iters.is_some() || flags.lr_decay_iters.is_some();
+        let iters_set = from_file.max_iters.is_some() || flags.max_iters.is_some();
+        if iters_set && !decay_set {
+            c.lr_decay_iters = c.max_iters;
+        }
         c.validate()?;
         if preset == Preset::FinetuneShakespeare && c.init_from == InitFrom::Scratch {
             return Err(TrainError::InvalidSetting {
@@ -355,6 +364,16 @@ mod tests {
         assert!(
             TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string().contains("--beta2")
         );
+    }
+
+    #[test]
+    fn the_schedule_follows_max_iters_unless_set() {
+        let flags = TrainOverrides { max_iters: Some(300), ..Default::default() };
+        assert_eq!(TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap().lr_decay_iters, 300);
+        let flags = TrainOverrides { max_iters: Some(300), lr_decay_iters: Some(1000), ..Default::default() };
+        assert_eq!(TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap().lr_decay_iters, 1000);
+        let c = TrainConfig::resolve(Preset::ShakespeareChar, None, &TrainOverrides::default()).unwrap();
+        assert_eq!((c.max_iters, c.lr_decay_iters), (2000, 2000));
     }
 
     #[test]

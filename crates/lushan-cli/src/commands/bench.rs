@@ -21,6 +21,9 @@ pub enum Bench {
     /// Serving throughput and latency: 1, 4 and 16 concurrent streaming clients against `lushan serve`
     /// (aggregate tokens/s, time to first token, inter-token latency p50/p99).
     Serve(super::bench_serve::Args),
+    /// Fine-tuning step throughput (classifier, masked SFT, LoRA) at the shapes of
+    /// `../shared/bench/hf_finetune_bench.py`: ms/step, tokens/s, trainable parameters, peak RSS.
+    Finetune(super::bench_finetune::Args),
 }
 
 #[derive(clap::Args)]
@@ -46,6 +49,7 @@ pub fn run(bench: Bench) -> Result<ExitCode> {
         Bench::Train(args) => train(args),
         Bench::Generate(args) => generate(args),
         Bench::Serve(args) => super::bench_serve::run(args),
+        Bench::Finetune(args) => super::bench_finetune::run(args),
     }
 }
 
@@ -187,7 +191,7 @@ pub struct GenerateArgs {
     batch: usize,
 }
 
-fn median(xs: &[f64]) -> f64 {
+pub(super) fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -381,14 +385,14 @@ fn measure_read_bandwidth() -> f64 {
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), in MiB; `None` where /proc is unavailable.
-fn peak_rss_mib() -> Option<f64> {
+pub(super) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
 
-fn fmt_mib(mib: Option<f64>) -> String {
+pub(super) fn fmt_mib(mib: Option<f64>) -> String {
     mib.map_or_else(|| "unavailable".into(), |m| format!("{m:.0} MiB"))
 }
 

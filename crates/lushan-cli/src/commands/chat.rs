@@ -25,6 +25,9 @@ pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file) of a language model.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT's files) to merge into the model first.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// A system message that starts the conversation (kept when old turns are dropped).
     #[arg(long)]
     system: Option<String>,
@@ -36,7 +39,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load(&args.model)?;
+    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     if let Head::Classifier { labels, .. } = &model.config.head {
         bail!(
             "{} is a classifier checkpoint (labels: {}); `lushan chat` needs a language model. Label texts with \
@@ -73,7 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut lines = stdin.lock();
     let mut line = String::new();
-    for number in 1.. {
+    for number in 1u64.. {
         if interactive {
             print!("> ");
             std::io::stdout().flush()?;

@@ -21,6 +21,9 @@ pub struct Args {
     /// Checkpoint directory of a classifier (config.json with id2label + model.safetensors + tokenizer file).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT's files) to merge into the model first.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Texts to label; without them (and without --file) texts are read from stdin, one per line.
     texts: Vec<String>,
     /// A file of texts: one per line, or JSONL records with a `text` field (chosen by a first line starting
@@ -33,7 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load(&args.model)?;
+    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     let labels = match &model.config.head {
         Head::Classifier { labels, .. } => labels.clone(),
         Head::LanguageModel => bail!(

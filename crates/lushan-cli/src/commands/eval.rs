@@ -1,5 +1,6 @@
 //! `lushan eval`: loss, perplexity and bits per character/byte of a checkpoint on held-out text.
 
+use super::eval_task;
 use crate::model_dir;
 use anyhow::{Context, Result};
 use lushan_model::{Activations, Mode};
@@ -24,10 +25,38 @@ pub struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Task records (.jsonl / .csv) with a language model: also answer each prompt greedily and score the
+    /// answers against the references (exact match, chrF).
+    #[arg(long)]
+    generate: bool,
+    /// Longest answer `--generate` produces.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Evaluate only the first N records of a task file.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// A classifier's confusion matrix as a PNG picture, written here.
+    #[arg(long, value_name = "FILE")]
+    png: Option<PathBuf>,
+    /// Sequences per forward pass on task records.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    if eval_task::is_task_file(&args.data) || model.config.num_labels() > 0 {
+        let options = eval_task::TaskEvalOptions {
+            generate: args.generate,
+            max_new_tokens: args.max_new_tokens,
+            limit: args.limit,
+            png: args.png.as_deref(),
+            json: args.json,
+            batch_size: args.batch_size,
+        };
+        eval_task::run(&model, &tokenizer, &args.data, &options)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let tokens: Vec<u32> = if args.data.is_dir() {
         let path = args.data.join("val.bin");
         shard_tokens(&path, model.config.vocab_size)?

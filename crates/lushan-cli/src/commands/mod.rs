@@ -1,10 +1,12 @@
 //! One file per subcommand, each with its `Args` and `run`.
 
 pub mod bench;
+pub mod bench_finetune;
 pub mod bench_serve;
 pub mod chat;
 pub mod classify;
 pub mod eval;
+pub mod eval_task;
 pub mod explain;
 pub mod generate;
 pub mod merge;
