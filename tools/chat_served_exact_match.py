@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Asks a running `lushan serve` every question of a chat JSONL file through the official `openai` client
+(`/v1/chat/completions`, greedy) and counts the answers equal to the taught one (whitespace-trimmed).
+
+    lushan serve --model OUT/final --port 8080 &
+    venv/bin/python tools/chat_served_exact_match.py http://127.0.0.1:8080/v1 DATA/train.jsonl [--limit N]
+
+For each record, the messages before its last assistant turn are sent; that turn is the reference. Prints
+the share of exact answers and a few misses; exits 1 if the server cannot be reached.
+"""
+import argparse
+import json
+import sys
+
+from openai import OpenAI
+
+ap = argparse.ArgumentParser()
+ap.add_argument("base_url")
+ap.add_argument("data")
+ap.add_argument("--limit", type=int, default=0)
+ap.add_argument("--max-tokens", type=int, default=64)
+args = ap.parse_args()
+
+client = OpenAI(base_url=args.base_url, api_key="none")
+model = client.models.list().data[0].id
+total = exact = 0
+misses = []
+with open(args.data, encoding="utf-8") as f:
+    for line in f:
+        if not line.strip():
+            continue
+        messages = json.loads(line)["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        reply = client.chat.completions.create(
+            model=model, messages=messages[:last], temperature=0, max_tokens=args.max_tokens
+        )
+        answer = (reply.choices[0].message.content or "").strip()
+        reference = messages[last]["content"].strip()
+        total += 1
+        if answer == reference:
+            exact += 1
+        elif len(misses) < 5:
+            misses.append((messages[last - 1]["content"], reference, answer))
+        if args.limit and total >= args.limit:
+            break
+for question, reference, answer in misses:
+    print(f"miss: {question!r}\n  taught:    {reference!r}\n  answered:  {answer!r}")
+print(f"{exact} of {total} answers equal the taught answer ({100.0 * exact / max(total, 1):.1f} %)")
