@@ -28,12 +28,15 @@ pub const MAX_SIDE: u32 = 8192;
 const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 /// Colour of the validation curve (matplotlib's "tab:orange").
 const VAL_COLOR: RGBColor = RGBColor(255, 127, 14);
+const ACCURACY_COLOR: RGBColor = RGBColor(44, 160, 44);
 
 /// Train and validation losses to draw. Each point is `(step, value)`;
 /// non-finite values are skipped, points need not be sorted.
 pub struct LossCurves<'a> {
     pub train: &'a [(u64, f32)],
     pub val: &'a [(u64, f32)],
+    /// A classifier's validation accuracy (0–1), drawn on the same axis; empty for other runs.
+    pub accuracy: &'a [(u64, f32)],
     pub title: &'a str,
 }
 
@@ -142,7 +145,8 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
 
     let train = clean(curves.train);
     let val = clean(curves.val);
-    let (x_range, y_range) = ranges(&[&train, &val]);
+    let accuracy = clean(curves.accuracy);
+    let (x_range, y_range) = ranges(&[&train, &val, &accuracy]);
     let y_format = YFormat::for_range(&y_range);
     // Ticks at zero can come out as tiny rounding residues (e.g. -1.4e14 on a 1e30 scale).
     let y_zero = (y_range.end - y_range.start) * 1e-9;
@@ -182,7 +186,7 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
         chart
             .configure_mesh()
             .x_desc("step")
-            .y_desc("loss")
+            .y_desc(if accuracy.is_empty() { "loss" } else { "loss / accuracy" })
             .axis_desc_style((FONT_FAMILY, label_size))
             .label_style((FONT_FAMILY, tick_size))
             .x_labels(x_labels)
@@ -222,6 +226,21 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
                     EmptyElement::at((x, y))
                         + PathElement::new([(0, 0), (20, 0)], VAL_COLOR.stroke_width(val_width))
                         + Circle::new((10, 0), marker, VAL_COLOR.filled())
+                });
+        }
+        if !accuracy.is_empty() {
+            any = true;
+            chart
+                .draw_series(LineSeries::new(accuracy.iter().copied(), ACCURACY_COLOR.stroke_width(val_width)))
+                .map_err(draw_err)?;
+            chart
+                .draw_series(accuracy.iter().map(|&p| TriangleMarker::new(p, marker, ACCURACY_COLOR.filled())))
+                .map_err(draw_err)?
+                .label("validation accuracy")
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new([(0, 0), (20, 0)], ACCURACY_COLOR.stroke_width(val_width))
+                        + TriangleMarker::new((10, 0), marker, ACCURACY_COLOR.filled())
                 });
         }
         if any {
@@ -284,7 +303,8 @@ mod tests {
         let train: Vec<(u64, f32)> =
             (0..100).map(|i| (i * 10, 8.0 * (-(i as f32) / 30.0).exp() + 2.5 + 0.1 * (i as f32).sin())).collect();
         let val: Vec<(u64, f32)> = (0..5).map(|i| (i * 250, 8.0 * (-(i as f32) * 25.0 / 30.0).exp() + 2.7)).collect();
-        let curves = LossCurves { train: &train, val: &val, title: "lushan loss (test run)" };
+        let curves =
+            LossCurves { train: &train, val: &val, accuracy: &[(0, 0.5), (10, 0.9)], title: "lushan loss (test run)" };
         let (w, h) = (900, 540);
         let bytes = render_loss_curve_png(&curves, w, h)?;
         assert!(bytes.starts_with(&PNG_SIGNATURE));
@@ -318,7 +338,7 @@ mod tests {
             (vec![(0, f32::MAX), (1, f32::MIN)], vec![]),
         ];
         for (train, val) in &cases {
-            let curves = LossCurves { train, val, title: "" };
+            let curves = LossCurves { train, val, accuracy: &[], title: "" };
             let bytes = render_loss_curve_png(&curves, 320, 240)?;
             if std::env::var_os("LUSHAN_PLOT_DEBUG").is_some() {
                 let n = train.len() * 10 + val.len();
@@ -347,7 +367,7 @@ mod tests {
 
     #[test]
     fn plot_rejects_bad_sizes() {
-        let curves = LossCurves { train: &[(0, 1.0)], val: &[], title: "t" };
+        let curves = LossCurves { train: &[(0, 1.0)], val: &[], accuracy: &[], title: "t" };
         assert!(render_loss_curve_png(&curves, 0, 0).is_err());
         assert!(render_loss_curve_png(&curves, 10, 600).is_err());
         assert!(render_loss_curve_png(&curves, 100_000, 600).is_err());

@@ -125,18 +125,35 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Adds the user's `text`, streams the reply to `out` (then a newline) and adds it to the history.
+    /// Adds the user's `text`, streams the reply to `out` (then a newline) and adds it to the history; on an
+    /// error the user's turn is taken back.
     fn reply(&mut self, text: &str, out: &mut impl Write) -> Result<()> {
         self.history.push(Message::user(text));
-        let prompt = match self.fit_prompt() {
-            Ok(prompt) => prompt,
+        match self.generate(out) {
+            Ok(reply) => {
+                self.history.push(Message::assistant(reply));
+                Ok(())
+            }
             Err(e) => {
                 self.history.pop();
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Streams the reply to the history (which ends with the user's turn) and returns its text.
+    fn generate(&mut self, out: &mut impl Write) -> Result<String> {
+        let (prompt, dropped) = self.fit_prompt()?;
         let block = self.model.config.block_size;
-        let max_new = self.max_new_tokens.min(block - prompt.len());
+        if dropped > 0 {
+            self.history.drain(..2 * dropped);
+            eprintln!(
+                "(the conversation no longer fit the model's context of {block} tokens: dropped the oldest \
+                 {dropped} exchange{})",
+                if dropped == 1 { "" } else { "s" }
+            );
+        }
+        let max_new = self.max_new_tokens.min(block.saturating_sub(prompt.len()));
         let seed = self.seed.wrapping_add(self.turns);
         self.turns += 1;
         let mut generator = Generator::new(self.model, &prompt, self.sampling.clone(), seed, max_new)?
@@ -156,30 +173,23 @@ impl Session<'_> {
         if generator.finish_reason() == Some(FinishReason::Length) {
             eprintln!("(the reply reached {max_new} tokens and was cut; see --max-new-tokens)");
         }
-        self.history.push(Message::assistant(reply.text));
-        Ok(())
+        Ok(reply.text)
     }
 
-    /// The prompt ids for the history (which ends with the user's turn): the oldest exchanges are dropped
-    /// until a reply of `--max-new-tokens` (at most half the context) fits after them.
-    fn fit_prompt(&mut self) -> Result<Vec<u32>> {
+    /// The prompt ids for the history (which ends with the user's turn) and how many of the oldest exchanges
+    /// (a user turn and its reply) must go so that a reply of `--max-new-tokens` (at most half the context)
+    /// fits after it. The system message always stays.
+    fn fit_prompt(&self) -> Result<(Vec<u32>, usize)> {
         let block = self.model.config.block_size;
         let room = self.max_new_tokens.min(block / 2).max(1);
         let mut dropped = 0;
         loop {
-            let messages: Vec<Message> = self.system.iter().chain(&self.history).cloned().collect();
+            let kept = &self.history[2 * dropped..];
+            let messages: Vec<Message> = self.system.iter().chain(kept).cloned().collect();
             let ids = chat::encode_chat(self.tokenizer, &messages, true)
                 .context("encoding the conversation with the model's tokenizer")?
                 .ids;
-            let fits = ids.len().saturating_add(room) <= block;
-            if fits || self.history.len() < 3 {
-                if dropped > 0 {
-                    eprintln!(
-                        "(the conversation no longer fit the model's context of {block} tokens: dropped the oldest \
-                         {dropped} exchange{})",
-                        if dropped == 1 { "" } else { "s" }
-                    );
-                }
+            if ids.len().saturating_add(room) <= block || kept.len() < 3 {
                 if ids.len() >= block {
                     bail!(
                         "the message is too long: with the template{} it is {} tokens, and the model's context is \
@@ -188,10 +198,8 @@ impl Session<'_> {
                         ids.len()
                     );
                 }
-                return Ok(ids);
+                return Ok((ids, dropped));
             }
-            // The oldest user turn and the reply to it.
-            self.history.drain(..2);
             dropped += 1;
         }
     }
@@ -258,7 +266,9 @@ mod tests {
             session.history.extend([Message::user(user), Message::assistant(reply)]);
         }
         session.history.push(Message::user("four"));
-        let ids = session.fit_prompt().unwrap();
+        let (ids, dropped) = session.fit_prompt().unwrap();
+        assert_eq!(dropped, 2);
+        session.history.drain(..2 * dropped);
         // 96 - 10 = 86 tokens for the prompt (one per character): all of it is 122, without the oldest exchange
         // 95, without the two oldest 67.
         let expected = [Message::system("be brief")].into_iter().chain(session.history.clone()).collect::<Vec<_>>();
@@ -267,13 +277,15 @@ mod tests {
         assert_eq!(ids, chat::encode_chat(&tokenizer, &expected, true).unwrap().ids);
         assert!(ids.len() + 10 <= 96);
         // A message that cannot fit even alone is an error, and the conversation keeps going without it.
-        session.history.clear();
+        session.history.truncate(2);
+        let before = session.history.clone();
         let long = "a".repeat(100);
         let mut out = Vec::new();
         let e = session.reply(&long, &mut out).unwrap_err().to_string();
         assert!(e.contains("too long") && e.contains("96"), "{e}");
         assert!(out.is_empty());
-        assert!(session.history.is_empty());
+        assert_eq!(session.history, before);
+        session.history.clear();
         session.reply("one", &mut out).unwrap();
         assert_eq!(session.history.len(), 2);
         assert_eq!(String::from_utf8(out).unwrap(), format!("{}\n", session.history[1].content));

@@ -230,6 +230,7 @@ struct Progress {
     out_dir: PathBuf,
     train_curve: Vec<(u64, f32)>,
     val_curve: Vec<(u64, f32)>,
+    accuracy_curve: Vec<(u64, f32)>,
     tokens_per_second: f64,
 }
 
@@ -246,6 +247,7 @@ impl Progress {
             out_dir: out_dir.to_path_buf(),
             train_curve: Vec::new(),
             val_curve: Vec::new(),
+            accuracy_curve: Vec::new(),
             tokens_per_second: 0.0,
         };
         // A resumed run continues the curve it had.
@@ -254,8 +256,9 @@ impl Progress {
                 lushan_train::metrics::MetricsLine::Step { step, loss, .. } if step <= start => {
                     p.train_curve.push((step, loss))
                 }
-                lushan_train::metrics::MetricsLine::Eval { step, val_loss, .. } if step <= start => {
-                    p.val_curve.push((step, val_loss))
+                lushan_train::metrics::MetricsLine::Eval { step, val_loss, val_accuracy, .. } if step <= start => {
+                    p.val_curve.push((step, val_loss));
+                    p.accuracy_curve.extend(val_accuracy.map(|a| (step, a)));
                 }
                 _ => {}
             }
@@ -264,7 +267,12 @@ impl Progress {
     }
 
     fn draw_curve(&self) {
-        let curves = LossCurves { train: &self.train_curve, val: &self.val_curve, title: "lushan training loss" };
+        let curves = LossCurves {
+            train: &self.train_curve,
+            val: &self.val_curve,
+            accuracy: &self.accuracy_curve,
+            title: "lushan training loss",
+        };
         let path = self.out_dir.join(LOSS_CURVE_FILE);
         let result = render_loss_curve_png(&curves, 900, 540).and_then(|png| Ok(atomic_write(&path, &png)?));
         if let Err(e) = result {
@@ -294,6 +302,7 @@ impl Observer for Progress {
 
     fn on_eval(&mut self, r: &EvalReport) {
         self.val_curve.push((r.step, r.val_loss));
+        self.accuracy_curve.extend(r.val_accuracy.map(|a| (r.step, a)));
         let saved = if r.saved_model { " (saved)" } else { "" };
         // `suspend` + `println!`, not `bar.println`: the latter prints nothing when the bar is hidden (output
         // not a terminal), which would drop the evaluation lines from logs and pipes.
