@@ -11,6 +11,9 @@ pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file); its name is the model id.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT's files) to merge into the model before serving.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8080)]
@@ -30,7 +33,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load(&args.model)?;
+    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     let dir = std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone());
     let model_id = dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
     let options = ServerOptions {
