@@ -12,7 +12,8 @@
 #   STEPS / WARMUP: timed / untimed steps per process (default 5 / 1); FORWARD_RUNS: lushan's forward-only
 #   passes for the forward/backward split (default 2); THREADS: threads of both (default 2:
 #   the script's default; lushan gets RAYON_NUM_THREADS); CASES: a subset of "classify sft lora-classify
-#   lora-sft". Needs a venv with torch + transformers + peft: see tools/README.md.
+#   lora-sft"; LUSHAN: the lushan binary to run (default target/release/lushan, built).
+#   Needs a venv with torch + transformers + peft: see tools/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
@@ -24,6 +25,7 @@ cases=${CASES:-classify sft lora-classify lora-sft}
 hf_script=${HF_SCRIPT:-../shared/bench/hf_finetune_bench.py}
 # shellcheck source=tools/bench_lib.sh
 source tools/bench_lib.sh
+bin=${LUSHAN:-$bin} # a copy of the binary, so that a rebuild during the run cannot swap it
 
 # json_fields KEY... : the values at these keys of the `JSON {...}` line on stdin, space-separated.
 json_fields() {

@@ -41,6 +41,20 @@ impl<'m> Generator<'m> {
         if prompt.is_empty() {
             return Err(ModelError::EmptyInput);
         }
+        if model.config.num_labels() > 0 {
+            return Err(ModelError::InvalidConfig {
+                field: "architectures",
+                reason: "is GPT2ForSequenceClassification: a classifier labels texts (`lushan classify`), it does \
+                         not generate them"
+                    .into(),
+            });
+        }
+        if model.lora.is_some() {
+            return Err(ModelError::InvalidLora {
+                field: "adapter",
+                reason: "cached decoding reads plain weights: merge the adapter first (`Gpt::merge_lora`)".into(),
+            });
+        }
         let sampler = Sampler::new(sampling, seed)?;
         let block = model.config.block_size;
         let window = &prompt[prompt.len().saturating_sub(block)..];

@@ -165,9 +165,10 @@ fn masked_targets_give_the_counted_positions_losses_and_gradients_of_a_full_forw
     let counted: Vec<usize> = (0..b * t).filter(|&i| masked[i] != IGNORE).collect();
     let want = counted.iter().map(|&i| a_full.losses[i] as f64).sum::<f64>() / counted.len() as f64;
     assert!((loss as f64 - want).abs() < 1e-6, "{loss} vs {want}");
-    for i in 0..b * t {
-        let expected = if masked[i] == IGNORE { 0.0 } else { a_full.losses[i] };
-        assert!((a_masked.losses[i] - expected).abs() < 1e-6, "position {i}");
+    for (i, (&target, (&got, &full_loss))) in masked.iter().zip(a_masked.losses.iter().zip(&a_full.losses)).enumerate()
+    {
+        let expected = if target == IGNORE { 0.0 } else { full_loss };
+        assert!((got - expected).abs() < 1e-6, "position {i}");
     }
     // Gradient of the masked mean = gradient of the full forward with a per-position weighting, checked by
     // finite differences on a few parameters.

@@ -109,7 +109,7 @@ pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
         format_version: FORMAT_VERSION,
         step: s.optimizer.step,
         loader_state: s.loader_state,
-        task_loader_state: s.task_loader_state.clone(),
+        task_loader_state: s.task_loader_state,
         dropout_rng_state: s.dropout_rng_state,
         best_val_loss: s.best_val_loss.is_finite().then_some(s.best_val_loss),
         best_val_accuracy: s.best_val_accuracy,
