@@ -10,9 +10,9 @@ stage tokenizer tokenizer train --vocab-size 8192 "$DATA/train.jsonl" --out "$OU
 TOKENIZER="$OUT/tokenizer"
 MODEL=(--n-layer 4 --n-head 4 --n-embd 128 --block-size 128 --dropout 0.1)
 COMMON=(--batch-size 32 --eval-interval 100 --eval-iters 8 --sample-tokens 0 --warmup-iters 50)
-SCRATCH=("${COMMON[@]}" --max-iters 800 --learning-rate 1e-3 --min-lr 1e-4)
-PRETRAIN=("${COMMON[@]}" --max-iters 1000 --learning-rate 1e-3 --min-lr 1e-4)
-FULL=("${COMMON[@]}" --block-size 128 --dropout 0.1 --max-iters 600 --learning-rate 3e-4 --min-lr 3e-5)
-LORA=("${COMMON[@]}" --block-size 128 --max-iters 600 --learning-rate 3e-3 --min-lr 3e-4 --weight-decay 0 \
+SCRATCH=("${COMMON[@]}" --max-iters 500 --learning-rate 1e-3 --min-lr 1e-4)
+PRETRAIN=("${COMMON[@]}" --max-iters 600 --learning-rate 1e-3 --min-lr 1e-4)
+FULL=("${COMMON[@]}" --block-size 128 --dropout 0.1 --max-iters 400 --learning-rate 3e-4 --min-lr 3e-5)
+LORA=("${COMMON[@]}" --block-size 128 --max-iters 400 --learning-rate 3e-3 --min-lr 3e-4 --weight-decay 0 \
   --lora-rank 8 --lora-alpha 16 --lora-dropout 0.05 --lora-targets all-linear)
 source "$(dirname "$0")/classify_recipe.sh"
