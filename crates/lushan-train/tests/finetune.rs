@@ -134,6 +134,48 @@ fn task_runs_resume_bit_identically() {
     }
 }
 
+#[test]
+fn lora_runs_train_only_the_adapters_and_resume_bit_identically() {
+    let (straight, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c = task_config(Task::Sft, "chat.jsonl", straight.path());
+    c.block_size = 96;
+    c.lora_rank = 2;
+    c.lora_dropout = 0.1;
+    c.learning_rate = 1e-2;
+    // The base's directory is not read by the trainer (the caller loads it); a LoRA run must name one.
+    c.init_from = lushan_train::InitFrom::Dir(straight.path().join("base"));
+    let make = |c: &TrainConfig, resume: bool| {
+        let data = TrainData::load_task(c, None, None).unwrap();
+        if resume {
+            return Trainer::resume(c.clone(), data).unwrap();
+        }
+        let mut model = Gpt::new(c.model_config(data.tokenizer.vocab_size()), 1).unwrap();
+        let lora = lushan_model::LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.1,
+            targets: lushan_model::LoraTarget::parse_list("c_attn,mlp.c_proj").unwrap(),
+        };
+        model.attach_lora(lushan_model::Lora::new(lora, &model.config, 5).unwrap()).unwrap();
+        Trainer::new(c.clone(), data, Some(model)).unwrap()
+    };
+    let mut a = make(&c, false);
+    let base = a.model.params.clone();
+    a.run(&mut (), &AtomicBool::new(false)).unwrap();
+    assert_eq!(a.model.params, base, "the base must stay frozen");
+    assert_eq!(a.optimizer.m.len(), a.model.lora.as_ref().unwrap().params.len(), "optimiser state for adapters only");
+    assert!(straight.path().join("adapter_model.safetensors").is_file());
+    let mut half = c.clone();
+    half.out_dir = split.path().to_path_buf();
+    half.max_iters = 4;
+    make(&half, false).run(&mut (), &AtomicBool::new(false)).unwrap();
+    half.max_iters = c.max_iters;
+    let mut b = make(&half, true);
+    b.run(&mut (), &AtomicBool::new(false)).unwrap();
+    assert_eq!(a.model.lora, b.model.lora, "resumed adapters differ");
+    assert_eq!(a.optimizer, b.optimizer);
+}
+
 /// `tests/fixtures/hf_gpt2_classifier_tiny` of the model crate: 3 AdamW steps by torch (lr 1e-2, β (0.9,
 /// 0.99), weight decay 0.1 on 2-D tensors, clipping at 1.0).
 #[test]
