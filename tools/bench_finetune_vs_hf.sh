@@ -35,7 +35,8 @@ d = json.load(sys.stdin)
 print(" ".join(str(d[k]) for k in sys.argv[1:]))' "$@"
 }
 
-ratio() { echo "$1 / $2" | bc -l; }
+# a / b to 2 decimals, truncated (never rounded up)
+ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
 table=()
 
 run_lushan() {
@@ -64,21 +65,21 @@ run_case() {
     fi
     read -r a b c lp e f g <<<"$l"
     lm+=("$a") lt+=("$b") lr+=("$c")
-    printf 'round %d  lushan:       %9.1f ms/step  %8.1f tok/s  peak %6.0f MiB  trainable %s  (forward %.0f ms, forward+backward %.0f ms, AdamW %.0f ms)\n' \
+    printf 'round %d  lushan:       %9.1f ms/step  %8.1f tok/s  peak %6.1f MiB  trainable %s  (forward %.0f ms, forward+backward %.0f ms, AdamW %.0f ms)\n' \
       "$i" "$a" "$b" "$c" "$lp" "$e" "$f" "$g"
     read -r a b c hp <<<"$h"
     hm+=("$a") ht+=("$b") hr+=("$c")
-    printf 'round %d  transformers: %9.1f ms/step  %8.1f tok/s  peak %6.0f MiB  trainable %s\n' "$i" "$a" "$b" "$c" "$hp"
+    printf 'round %d  transformers: %9.1f ms/step  %8.1f tok/s  peak %6.1f MiB  trainable %s\n' "$i" "$a" "$b" "$c" "$hp"
   done
   local ltm htm lmm hmm lrm hrm
   ltm=$(printf '%s\n' "${lt[@]}" | median) htm=$(printf '%s\n' "${ht[@]}" | median)
   lmm=$(printf '%s\n' "${lm[@]}" | median) hmm=$(printf '%s\n' "${hm[@]}" | median)
   lrm=$(printf '%s\n' "${lr[@]}" | median) hrm=$(printf '%s\n' "${hr[@]}" | median)
-  printf 'median  tokens/s  lushan %8.1f   transformers %8.1f   ratio %.2fx\n' "$ltm" "$htm" "$(ratio "$ltm" "$htm")"
-  printf 'median  peak RSS  lushan %6.0f MiB   transformers %6.0f MiB   ratio %.2fx\n' "$lrm" "$hrm" \
+  printf 'median  tokens/s  lushan %8.1f   transformers %8.1f   ratio %sx\n' "$ltm" "$htm" "$(ratio "$ltm" "$htm")"
+  printf 'median  peak RSS  lushan %6.1f MiB   transformers %6.1f MiB   ratio %sx\n' "$lrm" "$hrm" \
     "$(ratio "$lrm" "$hrm")"
   [ "$lp" = "$hp" ] || echo "note: trainable parameters differ: lushan $lp, transformers $hp"
-  table+=("$(printf '| %s | %.1f | %.1f | **%.2f×** | %.0f | %.0f | %.0f | %.0f | %.2f× | %s / %s |' "$name" "$ltm" "$htm" \
+  table+=("$(printf '| %s | %.1f | %.1f | **%s×** | %.1f | %.1f | %.1f | %.1f | %s× | %s / %s |' "$name" "$ltm" "$htm" \
     "$(ratio "$ltm" "$htm")" "$lmm" "$hmm" "$lrm" "$hrm" "$(ratio "$lrm" "$hrm")" "$lp" "$hp")")
 }
 
