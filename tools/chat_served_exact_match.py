@@ -10,9 +10,10 @@ the share of exact answers and a few misses; exits 1 if the server cannot be rea
 """
 import argparse
 import json
+import re
 import sys
 
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 ap = argparse.ArgumentParser()
 ap.add_argument("base_url")
@@ -23,7 +24,7 @@ args = ap.parse_args()
 
 client = OpenAI(base_url=args.base_url, api_key="none")
 model = client.models.list().data[0].id
-total = exact = 0
+total = exact = skipped = 0
 misses = []
 with open(args.data, encoding="utf-8") as f:
     for line in f:
@@ -31,9 +32,21 @@ with open(args.data, encoding="utf-8") as f:
             continue
         messages = json.loads(line)["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        reply = client.chat.completions.create(
-            model=model, messages=messages[:last], temperature=0, max_tokens=args.max_tokens
-        )
+        try:
+            reply = client.chat.completions.create(
+                model=model, messages=messages[:last], temperature=0, max_tokens=args.max_tokens
+            )
+        except BadRequestError as e:
+            # A long conversation leaves less room than --max-tokens: ask for what fits the context.
+            if "conversation has" in str(e):
+                skipped += 1  # longer than the model's context: the server refuses it
+                continue
+            found = re.search(r"prompt has (\d+) tokens.*context of (\d+)", str(e))
+            if not found or int(found[2]) <= int(found[1]):
+                raise
+            reply = client.chat.completions.create(
+                model=model, messages=messages[:last], temperature=0, max_tokens=int(found[2]) - int(found[1])
+            )
         answer = (reply.choices[0].message.content or "").strip()
         reference = messages[last]["content"].strip()
         total += 1
@@ -45,4 +58,5 @@ with open(args.data, encoding="utf-8") as f:
             break
 for question, reference, answer in misses:
     print(f"miss: {question!r}\n  taught:    {reference!r}\n  answered:  {answer!r}")
-print(f"{exact} of {total} answers equal the taught answer ({100.0 * exact / max(total, 1):.1f} %)")
+print(f"{exact} of {total} answers equal the taught answer ({100.0 * exact / max(total, 1):.1f} %); "
+      f"{skipped} conversations longer than the context skipped")
