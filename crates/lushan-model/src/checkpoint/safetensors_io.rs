@@ -124,27 +124,34 @@ impl View for HfTensor<'_> {
     }
 }
 
+/// Opens and memory-maps a safetensors file after validating its header (length, then every entry against
+/// the data's size), so nothing is allocated from a hostile header. Shared by every safetensors reader.
+pub(crate) fn map_checked(path: &Path) -> Result<memmap2::Mmap> {
+    let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len();
+    let header_len = check_header_length(path, &mut file, file_len)?;
+    // SAFETY: the map is read-only and owned by the caller. Mapped memory can change under us only if
+    // another process rewrites this file in place while we read it; lushan never does (every save writes a
+    // new file and renames it over the old one, so an open map keeps the old inode's bytes). Every read goes
+    // through slices bounds-checked against the header.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+    // `header_len` ≤ file length - 8 was checked above; `get` keeps a file that shrank since then a plain
+    // error (from safetensors, later) rather than a panic.
+    let header_end = usize::try_from(header_len).map_or(usize::MAX, |n| n.saturating_add(8));
+    if let Some(header) = map.get(8..header_end) {
+        check_header_entries(path, header, (map.len() - header_end) as u64)?;
+    }
+    Ok(map)
+}
+
 /// Reads `path` into a flat buffer in [`ParamLayout`] order for `cfg` (normally from `config.json`).
 ///
 /// Accepts names with or without the `transformer.` prefix, F32/F16/BF16 data, a `lm_head.weight`
 /// equal to `wte`, and the per-layer buffers in [`IGNORED_LAYER_BUFFERS`].
 pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     let layout = checked_layout(path, cfg)?;
-    let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
-    let mut file = File::open(path).map_err(io_err)?;
-    let file_len = file.metadata().map_err(io_err)?.len();
-    let header_len = check_header_length(path, &mut file, file_len)?;
-    // SAFETY: the map is read-only and dropped before returning. Mapped memory can change under us only
-    // if another process rewrites this file in place while we read it; lushan never does (every save
-    // writes a new file and renames it over the old one, so an open map keeps the old inode's bytes).
-    // Every read below goes through slices bounds-checked against the header.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-    // `header_len` ≤ file length - 8 was checked above; `get` keeps a file that shrank since then a plain
-    // error (from safetensors, below) rather than a panic.
-    let header_end = usize::try_from(header_len).map_or(usize::MAX, |n| n.saturating_add(8));
-    if let Some(header) = map.get(8..header_end) {
-        check_header_entries(path, header, (map.len() - header_end) as u64)?;
-    }
+    let map = map_checked(path)?;
     let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
     let found = match_tensors(&st, cfg)
         .map_err(|problems| ModelError::TensorMismatch { path: path.to_path_buf(), problems })?;
@@ -185,7 +192,7 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
 
 /// Rejects files too short for a header, or whose header length is absurd or beyond the file, before
 /// the file is mapped and parsed. Returns the header length.
-pub(crate) fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u64> {
+fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u64> {
     let not_safetensors = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
     if file_len < 8 {
         return Err(not_safetensors(format!(
@@ -214,7 +221,7 @@ pub(crate) fn check_header_length(path: &Path, file: &mut File, file_len: u64) -
 /// the last), an unknown dtype, offsets reversed or beyond the data section, a byte span other than
 /// shape × dtype, and overlapping tensors. A header that is not a JSON object, or an entry that is not a
 /// tensor description, is left to safetensors' own errors.
-pub(crate) fn check_header_entries(path: &Path, header: &[u8], data_len: u64) -> Result<()> {
+fn check_header_entries(path: &Path, header: &[u8], data_len: u64) -> Result<()> {
     let bad = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
     let parsed = std::str::from_utf8(header).ok().and_then(|text| serde_json::from_str::<Entries>(text).ok());
     let Some(Entries(entries)) = parsed else { return Ok(()) };

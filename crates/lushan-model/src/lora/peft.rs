@@ -18,14 +18,13 @@
 use super::peft_config::{self, AdapterSettings};
 use super::{Lora, LoraConfig, LoraSlot, LoraTarget};
 use crate::checkpoint::atomic_write;
-use crate::checkpoint::safetensors_io::{check_header_entries, check_header_length, decode_into, describe};
+use crate::checkpoint::safetensors_io::{decode_into, describe, map_checked};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
 use std::io;
 use std::path::Path;
 
@@ -123,19 +122,7 @@ impl Lora {
 
 /// Reads and checks the tensors, then builds the adapter.
 fn read_weights(path: &Path, config_path: &Path, settings: &AdapterSettings, model: &ModelConfig) -> Result<Lora> {
-    let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
-    let mut file = File::open(path).map_err(io_err)?;
-    let file_len = file.metadata().map_err(io_err)?.len();
-    let header_len = check_header_length(path, &mut file, file_len)?;
-    // SAFETY: the map is read-only and dropped before returning. Mapped memory can change under us only if
-    // another process rewrites this file in place while we read it; lushan never does (every save writes a
-    // new file and renames it over the old one). Every read goes through slices bounds-checked against the
-    // header, which is validated first.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-    let header_end = usize::try_from(header_len).map_or(usize::MAX, |n| n.saturating_add(8));
-    if let Some(header) = map.get(8..header_end) {
-        check_header_entries(path, header, (map.len() - header_end) as u64)?;
-    }
+    let map = map_checked(path)?;
     let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
     let found = match_tensors(&st, path, settings.rank, model)?;
 
