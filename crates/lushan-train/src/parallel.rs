@@ -179,15 +179,7 @@ impl BatchRunner {
             if labels == 0 {
                 return Vec::new();
             }
-            acts.logits
-                .chunks_exact(labels)
-                .map(|row| {
-                    row.iter()
-                        .enumerate()
-                        .fold((0, f32::NEG_INFINITY), |best, (i, &z)| if z > best.1 { (i, z) } else { best })
-                        .0 as u32
-                })
-                .collect()
+            acts.logits.chunks_exact(labels).map(|row| lushan_model::sampling::argmax(row) as u32).collect()
         };
         if let [single] = self.replicas.as_mut_slice() {
             single.acts.reshape(b, t)?;

@@ -68,11 +68,8 @@ fn classification(model: &Gpt, tokenizer: &Tokenizer, data: &Path, options: &Tas
         sequences.push(ids);
     }
     let classified = classify_batch(model, &sequences)?;
-    let predicted: Vec<u32> = classified
-        .probabilities
-        .iter()
-        .map(|p| p.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32)
-        .collect();
+    let predicted: Vec<u32> =
+        classified.probabilities.iter().map(|p| lushan_model::sampling::argmax(p) as u32).collect();
     let report = ClassificationReport::from_predictions(&labels, &gold, &predicted);
     // Mean cross-entropy of the gold labels, the loss training reports.
     let loss =
