@@ -6,6 +6,7 @@
 //! The caller has already checked that `prompt + max_tokens` fits the context, so the window never slides.
 
 use lushan_model::{Sampler, Sampling};
+use lushan_tokenizer::chat::ReplyStart;
 use lushan_tokenizer::{StreamDecoder, Tokenizer};
 
 /// One completion to generate.
@@ -95,8 +96,8 @@ pub struct Sequence<'t> {
     counts: Vec<u32>,
     adjusted: Vec<f32>,
     decoder: StreamDecoder<'t>,
-    /// A leading space is still to be dropped (`Job::trim_leading_space`, until the first text).
-    trim_space: bool,
+    /// A chat reply (`Job::trim_leading_space`): its first text drops the template's leading space.
+    reply_start: Option<ReplyStart>,
     out: String,
     /// Bytes of `out` emitted.
     sent: usize,
@@ -118,7 +119,7 @@ impl<'t> Sequence<'t> {
         let done = job.max_tokens == 0;
         Ok(Self {
             context: job.prompt.clone(),
-            trim_space: job.trim_leading_space,
+            reply_start: job.trim_leading_space.then(ReplyStart::default),
             job,
             tokenizer,
             sampler,
@@ -191,7 +192,7 @@ impl<'t> Sequence<'t> {
             .decoder
             .push(tok)
             .map_err(|e| lushan_model::ModelError::InvalidSampling { field: "token", reason: e.to_string() })?;
-        push_text(&mut self.out, &mut self.trim_space, &piece);
+        push_text(&mut self.out, &mut self.reply_start, &piece);
         self.token_ends.push(self.out.len());
         match scan(&self.out, self.sent, &self.job.stop) {
             Scan::Stop(at) => {
@@ -220,7 +221,7 @@ impl<'t> Sequence<'t> {
     pub fn finish(mut self, sink: &mut dyn Sink) -> Outcome {
         if !self.cancelled {
             if self.stopped_at.is_none() {
-                push_text(&mut self.out, &mut self.trim_space, &self.decoder.finish());
+                push_text(&mut self.out, &mut self.reply_start, &self.decoder.finish());
                 if let Scan::Stop(at) = scan(&self.out, self.sent, &self.job.stop) {
                     self.finish = Finish::Stop;
                     self.stopped_at = Some(at);
@@ -248,15 +249,12 @@ impl<'t> Sequence<'t> {
     }
 }
 
-/// Appends decoded text to `out`; while `trim_space` is set, the first text loses one leading space (a chat
-/// reply).
-fn push_text(out: &mut String, trim_space: &mut bool, piece: &str) {
-    let mut piece = piece;
-    if *trim_space && !piece.is_empty() {
-        *trim_space = false;
-        piece = piece.strip_prefix(' ').unwrap_or(piece);
-    }
-    out.push_str(piece);
+/// Appends decoded text to `out`; a chat reply's first text loses the template's leading space.
+fn push_text(out: &mut String, reply_start: &mut Option<ReplyStart>, piece: &str) {
+    out.push_str(match reply_start {
+        Some(start) => start.strip(piece),
+        None => piece,
+    });
 }
 
 /// The log-probability of `chosen` and of the `n` most likely tokens (most likely first), from

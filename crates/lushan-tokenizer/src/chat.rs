@@ -322,6 +322,24 @@ fn validate(messages: &[Message], last: Role) -> Result<()> {
     Ok(())
 }
 
+/// The template writes a reply as ` {content}`: as a generated reply streams, its first text loses that one
+/// leading space, so the reply shown (and sent back as history) is `content`. Later text passes unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplyStart {
+    done: bool,
+}
+
+impl ReplyStart {
+    /// `piece` without the template's space if it is the reply's first text (an empty piece is not text yet).
+    pub fn strip<'p>(&mut self, piece: &'p str) -> &'p str {
+        if self.done || piece.is_empty() {
+            return piece;
+        }
+        self.done = true;
+        piece.strip_prefix(' ').unwrap_or(piece)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +487,13 @@ mod tests {
         let tok = Tokenizer::Char(CharTokenizer::from_text("abc").expect("vocabulary"));
         assert!(matches!(end_of_turn(&tok), Err(ChatError::NoEndOfTurn)));
         assert!(matches!(encode_chat(&tok, &[Message::user("a")], true), Err(ChatError::NoEndOfTurn)));
+    }
+
+    #[test]
+    fn only_the_first_text_of_a_reply_loses_the_template_space() {
+        let mut start = ReplyStart::default();
+        assert_eq!([start.strip(""), start.strip(" Hi"), start.strip(" there")], ["", "Hi", " there"]);
+        let mut start = ReplyStart::default();
+        assert_eq!([start.strip("Hi"), start.strip(" x")], ["Hi", " x"]);
     }
 }

@@ -14,7 +14,7 @@ use crate::model_dir;
 use anyhow::{Context, Result, bail};
 use lushan_model::{FinishReason, Generator, Gpt, Head, Sampling};
 use lushan_tokenizer::Tokenizer;
-use lushan_tokenizer::chat::{self, Message};
+use lushan_tokenizer::chat::{self, Message, ReplyStart};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -211,18 +211,13 @@ impl Session<'_> {
 #[derive(Default)]
 struct ReplyText {
     text: String,
-    /// Some text has arrived (the space to drop was the first character of it, if any).
-    started: bool,
+    start: ReplyStart,
 }
 
 impl ReplyText {
     /// Appends `piece` and returns what of it to show.
     fn push<'p>(&mut self, piece: &'p str) -> &'p str {
-        let mut piece = piece;
-        if !self.started && !piece.is_empty() {
-            self.started = true;
-            piece = piece.strip_prefix(' ').unwrap_or(piece);
-        }
+        let piece = self.start.strip(piece);
         self.text.push_str(piece);
         piece
     }
