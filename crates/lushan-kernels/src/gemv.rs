@@ -95,6 +95,7 @@ use dot_rows_portable as dot_rows;
 /// prefetched [`PREFETCH`] elements ahead (the next rows of a stream follow it in memory).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
+#[allow(unsafe_code)]
 fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] {
     use std::arch::x86_64::*;
     const { assert!(LANES == 16) };
@@ -142,6 +143,7 @@ fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] 
 /// per multiply-add go. Each row's lanes, order and tail are those of [`dot_rows`]: bit-identical results.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
+#[allow(unsafe_code)]
 fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: usize) -> [[f32; R]; 2] {
     use std::arch::x86_64::*;
     const { assert!(LANES == 16) };

@@ -7,9 +7,12 @@
 //! - `backward` takes the input gradients first and **accumulates** into them (`+=`), so a caller must zero
 //!   a gradient buffer before the first contribution of a step.
 //! - Kernels never allocate per element, never do I/O, and know nothing about model configurations.
-//!   Wrong shapes are caller bugs and are caught by `debug_assert!`.
+//!   Wrong shapes are caller bugs: extents that unsafe code relies on are `assert!`ed in release builds too,
+//!   the rest are caught by `debug_assert!` (safe indexing bounds-checks them anyway).
 //! - Only loops whose outputs are disjoint per thread are parallel, so a result is bit-identical for a given
 //!   thread count; reductions use fixed-size chunks so they are bit-identical for any thread count.
+// Unsafe code is allowed only item by item, in kernels that measure faster for it, each with a SAFETY note.
+#![deny(unsafe_code)]
 
 pub mod adamw;
 pub mod attention;

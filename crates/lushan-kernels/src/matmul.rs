@@ -30,9 +30,11 @@ fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    debug_assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
-    debug_assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
-    debug_assert!((m - 1) * rsc + n <= c.len());
+    // Checked in release builds too: the column-split path below hands raw pointers to the GEMM, so these
+    // extents are what make it sound, and they cost nothing next to the product.
+    assert!(k == 0 || fits((m, k), (rsa, csa), a.len()), "matmul: A too short for its shape");
+    assert!(k == 0 || fits((k, n), (rsb, csb), b.len()), "matmul: B too short for its shape");
+    assert!(fits((m, n), (rsc, 1), c.len()), "matmul: C too short for its shape");
     let tasks = rayon::current_num_threads().max(1);
     if tasks > 1 && n > m {
         // Short and wide (prefill, small batches, big output layers): split the output columns, so each task
@@ -48,13 +50,21 @@ fn sgemm(
     });
 }
 
+/// Whether a `rows × cols` matrix (both ≥ 1) with strides `(rs, cs)` lies inside a slice of `len` elements:
+/// its last element, `(rows-1)·rs + (cols-1)·cs`, computed without overflow, is below `len`.
+fn fits((rows, cols): (usize, usize), (rs, cs): (usize, usize), len: usize) -> bool {
+    let last = (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c));
+    last.is_some_and(|last| last < len)
+}
+
 /// The output matrix shared by column-split tasks, each of which writes only its own columns.
 struct SharedOutput(*mut f32);
 // SAFETY: tasks write disjoint column ranges of the matrix behind the pointer (see `sgemm_split_columns`),
 // and the borrow it came from outlives the parallel loop.
+#[allow(unsafe_code)]
 unsafe impl Sync for SharedOutput {}
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, unsafe_code)]
 fn sgemm_split_columns(
     m: usize,
     k: usize,
@@ -101,7 +111,7 @@ fn sgemm_split_columns(
 
 /// Single-threaded strided GEMM, `C = alpha·A·B + beta·C`, for callers that are already inside a
 /// parallel task (attention works per batch element). Strides are `(row, column)` in elements.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, unsafe_code)]
 pub fn gemm_serial(
     (m, k, n): (usize, usize, usize),
     alpha: f32,
@@ -117,9 +127,9 @@ pub fn gemm_serial(
         return;
     }
     // Bounds are checked in release builds too: these are cheap next to the product.
-    assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_serial: A too short");
-    assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(), "gemm_serial: B too short");
-    assert!((m - 1) * rsc + (n - 1) * csc < c.len(), "gemm_serial: C too short");
+    assert!(k == 0 || fits((m, k), (rsa, csa), a.len()), "gemm_serial: A too short");
+    assert!(k == 0 || fits((k, n), (rsb, csb), b.len()), "gemm_serial: B too short");
+    assert!(fits((m, n), (rsc, csc), c.len()), "gemm_serial: C too short");
     // SAFETY: the assertions above bound every element sgemm reads from A and B and writes to C.
     unsafe {
         matrixmultiply::sgemm(
@@ -147,9 +157,9 @@ pub fn gemm_serial(
 /// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC).
 pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
     let n = inp.len() / c;
-    debug_assert_eq!(inp.len(), n * c);
-    debug_assert_eq!(out.len(), n * oc);
-    debug_assert_eq!(weight.len(), oc * c);
+    assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
+    assert_eq!(out.len(), n * oc, "matmul: output shape");
+    assert_eq!(weight.len(), oc * c, "matmul: weight shape");
     if n <= GEMV_MAX_ROWS {
         return forward_few_rows(out, inp, weight, bias, c, oc);
     }
@@ -171,9 +181,9 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
 /// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C).
 pub fn forward_accumulate(out: &mut [f32], inp: &[f32], weight: &[f32], c: usize, oc: usize) {
     let n = inp.len() / c;
-    debug_assert_eq!(inp.len(), n * c);
-    debug_assert_eq!(out.len(), n * oc);
-    debug_assert_eq!(weight.len(), oc * c);
+    assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
+    assert_eq!(out.len(), n * oc, "matmul: output shape");
+    assert_eq!(weight.len(), oc * c, "matmul: weight shape");
     sgemm(n, c, oc, inp, (c, 1), weight, (1, c), 1.0, out, oc);
 }
 
@@ -184,8 +194,8 @@ pub fn forward_accumulate(out: &mut [f32], inp: &[f32], weight: &[f32], c: usize
 /// `dinp`: (N, C); `dout`: (N, OC); `weight`: (OC, C).
 pub fn backward_input(dinp: &mut [f32], dout: &[f32], weight: &[f32], c: usize, oc: usize) {
     let n = dinp.len() / c;
-    debug_assert_eq!(dout.len(), n * oc);
-    debug_assert_eq!(weight.len(), oc * c);
+    assert_eq!(dout.len(), n * oc, "matmul: output-gradient shape");
+    assert_eq!(weight.len(), oc * c, "matmul: weight shape");
     sgemm(n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
 }
 
@@ -217,10 +227,10 @@ pub fn backward(
     oc: usize,
 ) {
     let n = inp.len() / c;
-    debug_assert_eq!(dout.len(), n * oc);
-    debug_assert_eq!(dweight.len(), oc * c);
+    assert_eq!(dout.len(), n * oc, "matmul: output-gradient shape");
+    assert_eq!(dweight.len(), oc * c, "matmul: weight-gradient shape");
     if let Some(dinp) = dinp {
-        debug_assert_eq!(dinp.len(), n * c);
+        assert_eq!(dinp.len(), n * c, "matmul: input-gradient shape");
         // dinp (N×C) += dout (N×OC) · W (OC×C).
         sgemm(n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
     }
@@ -286,6 +296,30 @@ mod tests {
     use super::*;
     use crate::gradcheck::*;
     use crate::rng::Rng;
+
+    // Release builds (the test profile here) must refuse slices too short for the shape before the GEMM's
+    // raw pointers could read or write past them.
+    #[test]
+    #[should_panic(expected = "matmul: weight shape")]
+    fn forward_refuses_a_short_weight_in_release_builds() {
+        let (n, c, oc) = (80, 16, 48); // more rows than the matrix-vector path takes: the GEMM path
+        let mut out = vec![0.0; n * oc];
+        forward(&mut out, &vec![1.0; n * c], &vec![1.0; oc * c - 1], None, c, oc);
+    }
+
+    #[test]
+    #[should_panic(expected = "C too short")]
+    fn gemm_serial_refuses_a_short_output() {
+        let mut c = vec![0.0; 8 * 8 - 1];
+        gemm_serial((8, 8, 8), 1.0, &[1.0; 64], (8, 1), &[1.0; 64], (8, 1), 0.0, &mut c, (8, 1));
+    }
+
+    #[test]
+    fn extents_do_not_overflow() {
+        assert!(fits((2, 3), (3, 1), 6));
+        assert!(!fits((2, 3), (3, 1), 5));
+        assert!(!fits((2, 2), (usize::MAX, 1), usize::MAX));
+    }
 
     fn reference(x: &[f64], w: &[f64], b: &[f64], c: usize, oc: usize) -> Vec<f64> {
         let mut out = Vec::new();
