@@ -1,14 +1,14 @@
 //! The confusion matrix of a classification eval as a PNG heat map: gold classes on rows, predicted classes on
 //! columns, the count written in every cell, and each cell coloured by its share of the gold row (so a class
-//! with few examples is as readable as a big one). Text uses the embedded DejaVu Sans registered by `plot.rs`.
+//! with few examples is as readable as a big one). Drawn with the shared toolkit in `crate::draw`.
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use lushan_train::task_metrics::ClassificationReport;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::plot::{FONT_FAMILY, ensure_font};
+use crate::draw::{BLUES, FONT_FAMILY, GREY_INK, INK, LIGHT_GREY as GRID, draw_err, ensure_font, text_width};
 
 /// Most classes drawn; beyond this the cells would be too small to read.
 pub const MAX_CLASSES: usize = 200;
@@ -17,55 +17,14 @@ const LABEL_CHARS: usize = 24;
 /// Longest title drawn, in characters.
 const TITLE_CHARS: usize = 120;
 
-const INK: RGBColor = RGBColor(34, 34, 34);
-const GREY_INK: RGBColor = RGBColor(100, 100, 100);
-const GRID: RGBColor = RGBColor(200, 200, 200);
-
 const TITLE_SIZE: f64 = 18.0;
 const NOTE_SIZE: f64 = 12.0;
 const LABEL_SIZE: f64 = 13.0;
 const PAD: u32 = 16;
 const COLORBAR_WIDTH: u32 = 14;
 
-/// ColorBrewer's Blues (matplotlib's "Blues", the usual confusion-matrix map): white to dark blue.
-const BLUES: [(u8, u8, u8); 9] = [
-    (247, 251, 255),
-    (222, 235, 247),
-    (198, 219, 239),
-    (158, 202, 225),
-    (107, 174, 214),
-    (66, 146, 198),
-    (33, 113, 181),
-    (8, 81, 156),
-    (8, 48, 107),
-];
-
-/// The colour for a share `t` in [0, 1] (clamped; NaN counts as 0).
-fn blues(t: f64) -> RGBColor {
-    let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
-    let x = t * (BLUES.len() - 1) as f64;
-    let i = (x.floor() as usize).min(BLUES.len() - 2);
-    let f = x - i as f64;
-    let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * f).round() as u8;
-    let (a, b) = (BLUES[i], BLUES[i + 1]);
-    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
-}
-
-fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("drawing the confusion matrix failed: {e}")
-}
-
 fn style(size: f64, color: &'static RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
     TextStyle::from((FONT_FAMILY, size).into_font()).color(color).pos(Pos::new(h, v))
-}
-
-/// Width in pixels of `text` at `size` (an estimate when the font cannot say).
-fn text_width(text: &str, size: f64) -> u32 {
-    (FONT_FAMILY, size)
-        .into_font()
-        .box_size(text)
-        .map(|(w, _)| w)
-        .unwrap_or_else(|_| (text.chars().count() as f64 * size * 0.62) as u32)
 }
 
 /// A label fit for an axis: control characters blanked, at most [`LABEL_CHARS`] characters.
@@ -138,7 +97,7 @@ pub fn render_confusion_png(report: &ClassificationReport, title: &str) -> anyho
     {
         let root = BitMapBackend::with_buffer(&mut buf, (lay.width, lay.height)).into_drawing_area();
         draw(&root, report, &labels, &title, &lay)?;
-        root.present().map_err(draw_err)?;
+        root.present().map_err(draw_err("the confusion matrix"))?;
     }
     encode_png(&buf, lay.width, lay.height)
 }
@@ -156,8 +115,9 @@ fn draw(
     let k = labels.len();
     let (gx, gy, c) = (lay.grid_x as i32, lay.grid_y as i32, lay.cell as i32);
     let side = k as i32 * c;
-    root.fill(&WHITE).map_err(draw_err)?;
-    let text = |s: &str, at: (i32, i32), st: &TextStyle| root.draw_text(s, st, at).map_err(draw_err);
+    root.fill(&WHITE).map_err(draw_err("the confusion matrix"))?;
+    let text =
+        |s: &str, at: (i32, i32), st: &TextStyle| root.draw_text(s, st, at).map_err(draw_err("the confusion matrix"));
 
     text(title, (PAD as i32, PAD as i32), &style(TITLE_SIZE, &INK, HPos::Left, VPos::Top))?;
     let note_y = (PAD + TITLE_SIZE as u32 + 8) as i32;
@@ -165,7 +125,7 @@ fn draw(
 
     if k == 0 {
         text("(no classes)", (gx, gy), &style(LABEL_SIZE, &GREY_INK, HPos::Left, VPos::Top))?;
-        root.present().map_err(draw_err)?;
+        root.present().map_err(draw_err("the confusion matrix"))?;
         return Ok(());
     }
 
@@ -176,7 +136,8 @@ fn draw(
             let count = report.count(g, p);
             let share = if row_total == 0 { 0.0 } else { count as f64 / row_total as f64 };
             let (x, y) = (gx + p as i32 * c, gy + g as i32 * c);
-            root.draw(&Rectangle::new([(x, y), (x + c, y + c)], blues(share).filled())).map_err(draw_err)?;
+            root.draw(&Rectangle::new([(x, y), (x + c, y + c)], BLUES.at(share as f32).filled()))
+                .map_err(draw_err("the confusion matrix"))?;
             let label = count.to_string();
             if text_width(&label, lay.count_size) + 4 <= lay.cell {
                 let ink = if share > 0.55 { &WHITE } else { &INK };
@@ -186,8 +147,10 @@ fn draw(
     }
     for i in 0..=k as i32 {
         let at = i * c;
-        root.draw(&PathElement::new([(gx, gy + at), (gx + side, gy + at)], GRID)).map_err(draw_err)?;
-        root.draw(&PathElement::new([(gx + at, gy), (gx + at, gy + side)], GRID)).map_err(draw_err)?;
+        root.draw(&PathElement::new([(gx, gy + at), (gx + side, gy + at)], GRID))
+            .map_err(draw_err("the confusion matrix"))?;
+        root.draw(&PathElement::new([(gx + at, gy), (gx + at, gy + side)], GRID))
+            .map_err(draw_err("the confusion matrix"))?;
     }
 
     // Row labels (gold) on the left, column labels (predicted) below, axis titles outside them.
@@ -219,10 +182,11 @@ fn draw(
     for row in 0..bar_h {
         let share = 1.0 - f64::from(row) / f64::from((bar_h - 1).max(1));
         let y = gy + row;
-        root.draw(&PathElement::new([(bar_x, y), (bar_x + COLORBAR_WIDTH as i32 - 1, y)], blues(share)))
-            .map_err(draw_err)?;
+        root.draw(&PathElement::new([(bar_x, y), (bar_x + COLORBAR_WIDTH as i32 - 1, y)], BLUES.at(share as f32)))
+            .map_err(draw_err("the confusion matrix"))?;
     }
-    root.draw(&Rectangle::new([(bar_x, gy), (bar_x + COLORBAR_WIDTH as i32, gy + bar_h)], GRID)).map_err(draw_err)?;
+    root.draw(&Rectangle::new([(bar_x, gy), (bar_x + COLORBAR_WIDTH as i32, gy + bar_h)], GRID))
+        .map_err(draw_err("the confusion matrix"))?;
     let tick_style = style(LABEL_SIZE, &GREY_INK, HPos::Left, VPos::Center);
     text("100%", (bar_x + COLORBAR_WIDTH as i32 + 6, gy + 6), &tick_style)?;
     text("0%", (bar_x + COLORBAR_WIDTH as i32 + 6, gy + bar_h - 6), &tick_style)?;
@@ -292,13 +256,13 @@ mod tests {
         // Sample each cell near its top-left corner (away from the count text and the grid lines).
         let cell_colour =
             |g: u32, p: u32| pixel(&pixels, w, lay.grid_x + p * lay.cell + 3, lay.grid_y + g * lay.cell + 3);
-        assert_eq!(cell_colour(0, 0), blues(0.75));
-        assert_eq!(cell_colour(0, 1), blues(0.25));
-        assert_eq!(cell_colour(1, 1), blues(1.0));
-        assert_eq!(cell_colour(1, 0), blues(0.0));
-        assert_eq!(cell_colour(2, 1), blues(2.0 / 3.0));
-        assert_eq!(blues(1.0), RGBColor(8, 48, 107));
-        assert_eq!(blues(0.0), RGBColor(247, 251, 255));
+        assert_eq!(cell_colour(0, 0), BLUES.at(0.75));
+        assert_eq!(cell_colour(0, 1), BLUES.at(0.25));
+        assert_eq!(cell_colour(1, 1), BLUES.at(1.0));
+        assert_eq!(cell_colour(1, 0), BLUES.at(0.0));
+        assert_eq!(cell_colour(2, 1), BLUES.at(2.0 / 3.0));
+        assert_eq!(BLUES.at(1.0), RGBColor(8, 48, 107));
+        assert_eq!(BLUES.at(0.0), RGBColor(247, 251, 255));
 
         // Counts: white text on the dark full cell, dark text on a pale one.
         let cell_pixels = |g: u32, p: u32, pred: &dyn Fn(RGBColor) -> bool| {

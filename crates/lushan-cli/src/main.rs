@@ -2,6 +2,7 @@
 
 mod commands;
 mod confusion_plot;
+mod draw;
 mod explain;
 mod model_dir;
 mod plot;

@@ -1,34 +1,20 @@
-//! Loss-curve rendering: draws train/validation loss against step into a PNG.
-//!
-//! Text is rendered with an embedded DejaVu Sans (see `assets/`), registered
-//! with plotters' `ab_glyph` backend, so no system fonts are needed.
+//! Loss-curve rendering: draws train/validation loss against step into a PNG, with the shared drawing
+//! toolkit's font and palette (`crate::draw`).
 
-// Until main.rs wires the renderer in, the binary does not use it outside tests.
-#![cfg_attr(not(test), allow(dead_code))]
-
-use std::sync::OnceLock;
-
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
 
-/// The embedded font (DejaVu Sans, Bitstream Vera licence; see `assets/DejaVuSans-LICENSE.txt`).
-static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-/// Font family name used for every piece of text. plotters' own defaults
-/// (legend, tick labels) use "sans-serif" too, so the font is registered under it.
-pub(crate) const FONT_FAMILY: &str = "sans-serif";
+use crate::draw::{BLUE, FONT_FAMILY, GREEN, ORANGE, draw_err, ensure_font};
 
 /// Smallest accepted image size; below this the axes and labels do not fit.
 pub const MIN_SIZE: (u32, u32) = (160, 120);
 /// Largest accepted image side.
 pub const MAX_SIDE: u32 = 8192;
 
-/// Colour of the training curve.
-const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
-/// Colour of the validation curve (matplotlib's "tab:orange").
-const VAL_COLOR: RGBColor = RGBColor(255, 127, 14);
-const ACCURACY_COLOR: RGBColor = RGBColor(44, 160, 44);
+/// Colours of the training curve, the validation curve and a classifier's accuracy.
+const TRAIN_COLOR: RGBColor = BLUE;
+const VAL_COLOR: RGBColor = ORANGE;
+const ACCURACY_COLOR: RGBColor = GREEN;
 
 /// Train and validation losses to draw. Each point is `(step, value)`;
 /// non-finite values are skipped, points need not be sorted.
@@ -38,13 +24,6 @@ pub struct LossCurves<'a> {
     /// A classifier's validation accuracy (0–1), drawn on the same axis; empty for other runs.
     pub accuracy: &'a [(u64, f32)],
     pub title: &'a str,
-}
-
-/// Registers the embedded font under [`FONT_FAMILY`] (once per process); other pictures draw text with it too.
-pub(crate) fn ensure_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok());
-    if ok { Ok(()) } else { bail!("the embedded DejaVu Sans font could not be loaded") }
 }
 
 /// Finite points sorted by step.
@@ -128,10 +107,6 @@ fn format_step(step: u64) -> String {
     format!("{text}{suffix}")
 }
 
-fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("drawing the loss curve failed: {e}")
-}
-
 /// Renders the curves as a `width` x `height` RGB PNG and returns the encoded bytes.
 ///
 /// Train loss is a thin blue line, validation loss an orange line with point
@@ -171,7 +146,7 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
     let mut buf = vec![0u8; width as usize * height as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_err)?;
+        root.fill(&WHITE).map_err(draw_err("the loss curve"))?;
 
         let mut chart = ChartBuilder::on(&root)
             .margin(margin)
@@ -179,7 +154,7 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
             .x_label_area_size(x_area)
             .y_label_area_size(y_area)
             .build_cartesian_2d(x_range, y_range)
-            .map_err(draw_err)?;
+            .map_err(draw_err("the loss curve"))?;
 
         let x_fmt = |x: &u64| format_step(*x);
         let y_fmt = |y: &f64| y_format.format(if y.abs() < y_zero { 0.0 } else { *y });
@@ -196,31 +171,31 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
             .bold_line_style(BLACK.mix(0.15))
             .light_line_style(BLACK.mix(0.05))
             .draw()
-            .map_err(draw_err)?;
+            .map_err(draw_err("the loss curve"))?;
 
         let mut any = false;
         if !train.is_empty() {
             any = true;
             chart
                 .draw_series(LineSeries::new(train.iter().copied(), TRAIN_COLOR.stroke_width(train_width)))
-                .map_err(draw_err)?
+                .map_err(draw_err("the loss curve"))?
                 .label("train")
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], TRAIN_COLOR.stroke_width(train_width)));
             if let [only] = train[..] {
                 // A one-point line is invisible; mark the point.
                 chart
                     .draw_series(std::iter::once(Circle::new(only, marker.div_ceil(2).max(2), TRAIN_COLOR.filled())))
-                    .map_err(draw_err)?;
+                    .map_err(draw_err("the loss curve"))?;
             }
         }
         if !val.is_empty() {
             any = true;
             chart
                 .draw_series(LineSeries::new(val.iter().copied(), VAL_COLOR.stroke_width(val_width)))
-                .map_err(draw_err)?;
+                .map_err(draw_err("the loss curve"))?;
             chart
                 .draw_series(val.iter().map(|&p| Circle::new(p, marker, VAL_COLOR.filled())))
-                .map_err(draw_err)?
+                .map_err(draw_err("the loss curve"))?
                 .label("validation")
                 .legend(move |(x, y)| {
                     EmptyElement::at((x, y))
@@ -232,10 +207,10 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
             any = true;
             chart
                 .draw_series(LineSeries::new(accuracy.iter().copied(), ACCURACY_COLOR.stroke_width(val_width)))
-                .map_err(draw_err)?;
+                .map_err(draw_err("the loss curve"))?;
             chart
                 .draw_series(accuracy.iter().map(|&p| TriangleMarker::new(p, marker, ACCURACY_COLOR.filled())))
-                .map_err(draw_err)?
+                .map_err(draw_err("the loss curve"))?
                 .label("validation accuracy")
                 .legend(move |(x, y)| {
                     EmptyElement::at((x, y))
@@ -251,9 +226,9 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.4))
                 .draw()
-                .map_err(draw_err)?;
+                .map_err(draw_err("the loss curve"))?;
         }
-        root.present().map_err(draw_err)?;
+        root.present().map_err(draw_err("the loss curve"))?;
     }
 
     let mut png_bytes = Vec::new();
