@@ -12,6 +12,7 @@ pub mod batcher;
 mod classify;
 pub mod engine;
 pub mod error;
+mod openai;
 mod playground;
 pub mod request;
 mod routes;
