@@ -90,7 +90,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub(crate) async fn read_body(st: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
     let limit = st.options.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let deadline = st.options.body_timeout;
+    // A whole-body deadline, not one per read: a client trickling a byte at a time is cut off too.
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::invalid("body", format!("the request body did not arrive within {} s", deadline.as_secs_f64()))
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+    })?;
+    let bytes = read.map_err(|_| {
         ApiError::invalid("body", format!("the request body is larger than {limit} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     })?;
