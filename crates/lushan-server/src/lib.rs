@@ -6,7 +6,8 @@
 //! inference's shape, also at `/predict`). Generation runs on one decoding thread that advances every running
 //! completion together ([`batcher`]), never on the async executor; a classifier has no decoding thread and
 //! answers the completion routes with a 400 pointing at `/classify`. At most `max_queue` requests are running
-//! or waiting, beyond that requests get 429 at once.
+//! or waiting, beyond that requests get 429 at once. Connections are served by `listen.rs`: a request's headers
+//! and body each have a deadline, and at most `max_connections` are open at once.
 
 pub mod batcher;
 mod classify;

@@ -1,7 +1,9 @@
 //! The web playground: `GET /` serves one self-contained page (no external resources, works offline) and
 //! `POST /v1/explain` returns the [`Explanation`] of a text — the same JSON as `lushan explain --format json`
-//! — for the page to draw: per-token probabilities and alternatives, attention of every layer and head, and
-//! the logit lens. Generation itself goes through the ordinary `POST /v1/completions` (streamed).
+//! — for the page to draw: per-token probabilities and alternatives, attention of every layer and head (or of
+//! those listed in `attention_layers` / `attention_heads`; the others come back empty), and the logit lens.
+//! Its cost grows with the square of the prompt, so prompts are capped (`ServerOptions::max_explain_tokens`),
+//! the attention it may carry is bounded, and at most [`EXPLAIN_CONCURRENCY`] run at once. Generation itself goes through the ordinary `POST /v1/completions` (streamed).
 
 use crate::error::ApiError;
 use crate::{AppState, request};
