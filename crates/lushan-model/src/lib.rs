@@ -21,7 +21,7 @@ pub use classify::{Classified, classify_batch};
 pub use config::{Head, ModelConfig, PositionEncoding};
 pub use decode::{BatchScratch, DecodeState};
 pub use error::{ModelError, Result};
-pub use generate::{FinishReason, Generator};
+pub use generate::{FinishReason, Generation, Generator, Penalties};
 pub use gpt::{Gpt, Mode};
 pub use inspect::{ExplainOptions, Explanation, explain};
 pub use lora::{Lora, LoraConfig, LoraLayout, LoraTarget};

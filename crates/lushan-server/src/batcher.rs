@@ -121,10 +121,14 @@ fn run(model: &Gpt, tokenizer: &Tokenizer, rx: &Receiver<Work>, max_batch: usize
                 running.push(r);
             }
         }
-        // Sequences whose client left stop here, before costing another step.
+        // Sequences whose client left stop here, before costing another step; one whose context is full
+        // (requests are checked to fit, so this is a safeguard) ends as `max_tokens` would.
         for r in running.iter_mut() {
             if r.seq.wants_more() && r.abandoned() {
                 r.seq.cancel();
+            }
+            if r.state.cache.len() >= model.config.block_size {
+                r.seq.end_at_context();
             }
         }
         retire_finished(&mut running);
@@ -135,14 +139,16 @@ fn run(model: &Gpt, tokenizer: &Tokenizer, rx: &Receiver<Work>, max_batch: usize
         metrics.batch_steps.fetch_add(1, Ordering::Relaxed);
         metrics.peak_batch.fetch_max(tokens.len() as u64, Ordering::Relaxed);
         let mut states: Vec<&mut DecodeState> = running.iter_mut().map(|r| &mut r.state).collect();
-        if let Err(e) = model.decode_batch(&mut states, &tokens, &mut scratch) {
-            for r in running.drain(..) {
-                let _ = r.done.send(Err(format!("decoding failed: {e}")));
-            }
-            continue;
+        if model.decode_batch(&mut states, &tokens, &mut scratch).is_err() {
+            // The batch checks every sequence before it changes any: decode them one by one instead, so that
+            // only the sequence at fault fails and the others go on.
+            decode_one_by_one(model, &mut running);
         }
         for r in running.iter_mut() {
             let Running { seq, state, sink, on_token, error, .. } = r;
+            if !seq.wants_more() {
+                continue;
+            }
             match seq.step(state.logits(), sink.as_mut()) {
                 Ok(()) => on_token(),
                 Err(e) => {
@@ -159,7 +165,7 @@ fn run(model: &Gpt, tokenizer: &Tokenizer, rx: &Receiver<Work>, max_batch: usize
 /// gone, or a one-token completion), after answering its `done`.
 fn admit<'t>(model: &Gpt, tokenizer: &'t Tokenizer, work: Work, mut state: DecodeState) -> Option<Running<'t>> {
     let Work { job, mut sink, on_token, done } = work;
-    let mut seq = match Sequence::new(job, tokenizer, model.config.vocab_size) {
+    let mut seq = match Sequence::new(job, tokenizer) {
         Ok(seq) => seq,
         Err(e) => {
             let _ = done.send(Err(format!("invalid sampling settings: {e}")));
@@ -186,6 +192,17 @@ fn admit<'t>(model: &Gpt, tokenizer: &'t Tokenizer, work: Work, mut state: Decod
     }
     finish(r);
     None
+}
+
+/// Feeds each running sequence its last token alone; one that fails is cancelled with its error.
+fn decode_one_by_one(model: &Gpt, running: &mut [Running]) {
+    for r in running.iter_mut() {
+        let token = r.seq.last_token();
+        if let Err(e) = model.decode(&mut r.state, &[token]) {
+            r.seq.cancel();
+            r.error = Some(format!("decoding failed: {e}"));
+        }
+    }
 }
 
 fn retire_finished(running: &mut Vec<Running>) {

@@ -1,11 +1,12 @@
-//! One completion's side of decoding: the same [`Sampler`] as the CLI's `Generator`, with the OpenAI additions
-//! applied to the logits before sampling (presence / frequency penalties), log-probabilities of the raw logits,
-//! and stop strings matched in the decoded text across token boundaries. The model itself is run by the
-//! [`crate::batcher`].
+//! One completion's side of decoding: the model crate's [`Generation`] makes every token-level decision
+//! (sampling, presence / frequency penalties, stop tokens, `max_tokens`, the finish reason) exactly as
+//! `lushan generate` does; this adds only what is about text and transport: decoding, stop strings matched
+//! across token boundaries, log-probabilities of the raw logits, and streaming of text that became final.
+//! The model itself is run by the [`crate::batcher`].
 //!
 //! The caller has already checked that `prompt + max_tokens` fits the context, so the window never slides.
 
-use lushan_model::{Sampler, Sampling};
+use lushan_model::{FinishReason, Generation, Penalties, Sampling};
 use lushan_tokenizer::chat::ReplyStart;
 use lushan_tokenizer::{StreamDecoder, Tokenizer};
 
@@ -16,10 +17,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampling: Sampling,
     pub seed: u64,
-    /// Subtracted once from the logit of every token already generated (OpenAI semantics).
-    pub presence_penalty: f32,
-    /// Subtracted from a token's logit once per time it was already generated.
-    pub frequency_penalty: f32,
+    /// OpenAI's presence / frequency penalties.
+    pub penalties: Penalties,
     /// Generation ends before the first occurrence of any of these in the completion text.
     pub stop: Vec<String>,
     /// Generation ends at any of these token ids, which add no text (`<|endoftext|>`; chat's end of turn).
@@ -29,22 +28,6 @@ pub struct Job {
     pub trim_leading_space: bool,
     /// Return this many alternatives per token (and the chosen token's log-probability).
     pub logprobs: Option<usize>,
-}
-
-/// Why a completion ended, as the OpenAI API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    Stop,
-    Length,
-}
-
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-        }
-    }
 }
 
 /// Log-probabilities of one generated token, from `log_softmax(logits)` before any sampling transform.
@@ -61,7 +44,7 @@ pub struct Outcome {
     pub text: String,
     /// Tokens sampled (including an end-of-text token and tokens of a cut stop string).
     pub completion_tokens: usize,
-    pub finish: Finish,
+    pub finish: FinishReason,
     /// Per token, when `logprobs` was asked for (tokens wholly after a stop cut are dropped). A chat reply's
     /// first token keeps the space its text lost (`Job::trim_leading_space`).
     pub logprobs: Vec<TokenLogprob>,
@@ -86,15 +69,12 @@ pub trait Sink {
 pub struct Collect;
 impl Sink for Collect {}
 
-/// One completion being generated: sampling, penalties, stop strings and streaming of final text, fed one
-/// position's logits at a time by the [`crate::batcher`] (batched with the other running sequences).
+/// One completion being generated: its [`Generation`] plus text, stop strings and streaming of final text,
+/// fed one position's logits at a time by the [`crate::batcher`] (batched with the other running sequences).
 pub struct Sequence<'t> {
+    generation: Generation,
     job: Job,
     tokenizer: &'t Tokenizer,
-    sampler: Sampler,
-    context: Vec<u32>,
-    counts: Vec<u32>,
-    adjusted: Vec<f32>,
     decoder: StreamDecoder<'t>,
     /// A chat reply (`Job::trim_leading_space`): its first text drops the template's leading space.
     reply_start: Option<ReplyStart>,
@@ -106,36 +86,29 @@ pub struct Sequence<'t> {
     logprobs: Vec<TokenLogprob>,
     /// Byte length of `out` after each token, to drop tokens past a cut.
     token_ends: Vec<usize>,
-    generated: usize,
-    finish: Finish,
     cancelled: bool,
     stopped_at: Option<usize>,
-    done: bool,
 }
 
 impl<'t> Sequence<'t> {
-    pub fn new(job: Job, tokenizer: &'t Tokenizer, vocab_size: usize) -> lushan_model::Result<Self> {
-        let sampler = Sampler::new(job.sampling.clone(), job.seed)?;
-        let done = job.max_tokens == 0;
+    /// Errs (naming the setting) when the job's sampling settings or penalties have no meaning.
+    pub fn new(job: Job, tokenizer: &'t Tokenizer) -> lushan_model::Result<Self> {
+        let generation = Generation::new(&job.prompt, job.sampling.clone(), job.seed, job.max_tokens)?
+            .with_stop_tokens(&job.stop_tokens)
+            .with_penalties(job.penalties)?;
         Ok(Self {
-            context: job.prompt.clone(),
+            generation,
             reply_start: job.trim_leading_space.then(ReplyStart::default),
             job,
             tokenizer,
-            sampler,
-            counts: vec![0; vocab_size],
-            adjusted: Vec::with_capacity(vocab_size),
             decoder: tokenizer.stream_decoder(),
             out: String::new(),
             sent: 0,
             lp_sent: 0,
             logprobs: Vec::new(),
             token_ends: Vec::new(),
-            generated: 0,
-            finish: Finish::Length,
             cancelled: false,
             stopped_at: None,
-            done,
         })
     }
 
@@ -145,47 +118,36 @@ impl<'t> Sequence<'t> {
 
     /// False once the sequence needs no more logits.
     pub fn wants_more(&self) -> bool {
-        !self.done
+        !(self.cancelled || self.generation.is_finished())
     }
 
     /// The token to feed the model next (the one sampled last).
     pub fn last_token(&self) -> u32 {
-        self.context[self.context.len() - 1]
+        self.generation.last_token()
     }
 
     /// The client went away: stop without emitting anything more.
     pub fn cancel(&mut self) {
         self.cancelled = true;
-        self.done = true;
+    }
+
+    /// The model's context is full: end as `max_tokens` would.
+    pub fn end_at_context(&mut self) {
+        self.generation.stop_at_length();
     }
 
     /// Samples the next token from `logits` (the model's output after the last token fed) and passes any
     /// text that became final to `sink`.
     pub fn step(&mut self, logits: &[f32], sink: &mut dyn Sink) -> lushan_model::Result<()> {
-        if self.done {
+        if self.cancelled {
             return Ok(());
         }
-        self.adjusted.clear();
-        self.adjusted.extend_from_slice(logits);
-        let job = &self.job;
-        if job.presence_penalty != 0.0 || job.frequency_penalty != 0.0 {
-            for (z, &c) in self.adjusted.iter_mut().zip(&self.counts) {
-                if c > 0 {
-                    *z -= job.presence_penalty + job.frequency_penalty * c as f32;
-                }
-            }
-        }
-        let tok = self.sampler.sample(&self.adjusted, &self.context);
-        if let Some(n) = job.logprobs {
+        let Some(tok) = self.generation.next_token(logits) else { return Ok(()) };
+        if let Some(n) = self.job.logprobs {
             self.logprobs.push(token_logprobs(logits, tok, n, self.tokenizer));
         }
-        self.generated += 1;
-        self.context.push(tok);
-        self.counts[tok as usize] += 1;
         if self.job.stop_tokens.contains(&tok) {
-            self.finish = Finish::Stop;
             self.token_ends.push(self.out.len());
-            self.done = true;
             return Ok(());
         }
         let piece = self
@@ -197,9 +159,7 @@ impl<'t> Sequence<'t> {
         match scan(&self.out, self.sent, &self.job.stop) {
             Scan::Stop(at) => {
                 self.stopped_at = Some(at);
-                self.finish = Finish::Stop;
-                self.done = true;
-                return Ok(());
+                self.generation.stop();
             }
             Scan::Emit(upto) if upto > self.sent => {
                 let through = fully_before(&self.token_ends, upto).min(self.logprobs.len());
@@ -211,9 +171,6 @@ impl<'t> Sequence<'t> {
             }
             Scan::Emit(_) => {}
         }
-        if self.generated >= self.job.max_tokens {
-            self.done = true;
-        }
         Ok(())
     }
 
@@ -223,7 +180,7 @@ impl<'t> Sequence<'t> {
             if self.stopped_at.is_none() {
                 push_text(&mut self.out, &mut self.reply_start, &self.decoder.finish());
                 if let Scan::Stop(at) = scan(&self.out, self.sent, &self.job.stop) {
-                    self.finish = Finish::Stop;
+                    self.generation.stop();
                     self.stopped_at = Some(at);
                 }
             }
@@ -241,8 +198,8 @@ impl<'t> Sequence<'t> {
         }
         Outcome {
             text: self.out,
-            completion_tokens: self.generated,
-            finish: self.finish,
+            completion_tokens: self.generation.generated(),
+            finish: self.generation.finish_reason().unwrap_or(FinishReason::Length),
             logprobs: self.logprobs,
             cancelled: self.cancelled,
         }
@@ -363,14 +320,13 @@ mod tests {
             max_tokens: 3,
             sampling: Sampling::greedy(),
             seed: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
+            penalties: Penalties::default(),
             stop: Vec::new(),
             stop_tokens: Vec::new(),
             trim_leading_space: false,
             logprobs: Some(1),
         };
-        let mut seq = Sequence::new(job, &tokenizer, vocab).unwrap();
+        let mut seq = Sequence::new(job, &tokenizer).unwrap();
         let mut sink = Recorder::default();
         let mut logits = vec![0.0f32; vocab];
         for (step, &tok) in chosen.iter().enumerate() {
@@ -383,7 +339,7 @@ mod tests {
         // The first byte's log-probability travels with the character it completes.
         assert_eq!(sink.logprobs, 3);
         let outcome = seq.finish(&mut sink);
-        assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.finish), ("éx", 3, Finish::Length));
+        assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.finish), ("éx", 3, FinishReason::Length));
     }
 
     #[test]
@@ -400,14 +356,13 @@ mod tests {
             max_tokens: 10,
             sampling: Sampling::greedy(),
             seed: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
+            penalties: Penalties::default(),
             stop: Vec::new(),
             stop_tokens: vec![eot],
             trim_leading_space: true,
             logprobs: None,
         };
-        let mut seq = Sequence::new(job, &tokenizer, vocab).unwrap();
+        let mut seq = Sequence::new(job, &tokenizer).unwrap();
         let mut sink = Recorder::default();
         let mut logits = vec![0.0f32; vocab];
         for &tok in &chosen {
@@ -420,7 +375,10 @@ mod tests {
         }
         assert!(!seq.wants_more());
         let outcome = seq.finish(&mut sink);
-        assert_eq!((outcome.text.as_str(), outcome.completion_tokens, outcome.finish), ("Hi there", 3, Finish::Stop));
+        assert_eq!(
+            (outcome.text.as_str(), outcome.completion_tokens, outcome.finish),
+            ("Hi there", 3, FinishReason::Stop)
+        );
         assert_eq!(sink.pieces.concat(), "Hi there");
     }
 

@@ -6,12 +6,15 @@
 //! inference's shape, also at `/predict`). Generation runs on one decoding thread that advances every running
 //! completion together ([`batcher`]), never on the async executor; a classifier has no decoding thread and
 //! answers the completion routes with a 400 pointing at `/classify`. At most `max_queue` requests are running
-//! or waiting, beyond that requests get 429 at once.
+//! or waiting, beyond that requests get 429 at once. Connections are served by `listen.rs`: a request's headers
+//! and body each have a deadline, and at most `max_connections` are open at once.
 
 pub mod batcher;
 mod classify;
 pub mod engine;
 pub mod error;
+mod listen;
+mod openai;
 mod playground;
 pub mod request;
 mod routes;
@@ -25,6 +28,7 @@ use lushan_tokenizer::Tokenizer;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -41,11 +45,35 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Most sequences decoded together; more wait for a free place in the batch.
     pub max_batch: usize,
+    /// A request's headers must arrive within this (also how long an idle keep-alive connection stays).
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this once its handler reads it; later gets 408.
+    pub body_timeout: Duration,
+    /// Most connections open at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Most prompt tokens `/v1/explain` takes (its work and answer grow with the square of the prompt).
+    pub max_explain_tokens: usize,
 }
 
 impl ServerOptions {
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Well under the usual 1024 file descriptors a process may open.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+    pub const DEFAULT_MAX_EXPLAIN_TOKENS: usize = 512;
+
     pub fn new(model_id: impl Into<String>) -> Self {
-        Self { model_id: model_id.into(), api_key: None, max_queue: 64, max_body_bytes: 2_000_000, max_batch: 16 }
+        Self {
+            model_id: model_id.into(),
+            api_key: None,
+            max_queue: 64,
+            max_body_bytes: 2_000_000,
+            max_batch: 16,
+            header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
+            body_timeout: Self::DEFAULT_BODY_TIMEOUT,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_explain_tokens: Self::DEFAULT_MAX_EXPLAIN_TOKENS,
+        }
     }
 }
 
@@ -66,6 +94,10 @@ pub struct Metrics {
     pub peak_batch: AtomicU64,
     /// Decoding steps run (each advances every running completion by one token).
     pub batch_steps: AtomicU64,
+    /// Connections open now.
+    pub open_connections: AtomicU64,
+    /// Most connections open at once so far.
+    pub peak_connections: AtomicU64,
 }
 
 pub(crate) struct AppState {
@@ -75,6 +107,8 @@ pub(crate) struct AppState {
     pub batcher: Option<Batcher>,
     pub options: ServerOptions,
     pub queue: Arc<Semaphore>,
+    /// Places for `/v1/explain` computations running at once.
+    pub explain_slots: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub created: u64,
 }
@@ -127,7 +161,9 @@ impl Server {
             }
             Head::Classifier { .. } => None,
         };
-        let state = AppState { model, tokenizer, batcher, options, queue, metrics, created: unix_time() };
+        let explain_slots = Arc::new(Semaphore::new(playground::EXPLAIN_CONCURRENCY));
+        let state =
+            AppState { model, tokenizer, batcher, options, queue, explain_slots, metrics, created: unix_time() };
         Ok(Self { state: Arc::new(state) })
     }
 
@@ -145,7 +181,12 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await?;
+        let options = &self.state.options;
+        let limits = listen::ConnectionLimits {
+            header_timeout: options.header_timeout,
+            max_connections: options.max_connections,
+        };
+        listen::serve(listener, self.router(), limits, self.metrics(), shutdown).await;
         Ok(())
     }
 

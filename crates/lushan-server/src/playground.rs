@@ -1,7 +1,9 @@
 //! The web playground: `GET /` serves one self-contained page (no external resources, works offline) and
 //! `POST /v1/explain` returns the [`Explanation`] of a text — the same JSON as `lushan explain --format json`
-//! — for the page to draw: per-token probabilities and alternatives, attention of every layer and head, and
-//! the logit lens. Generation itself goes through the ordinary `POST /v1/completions` (streamed).
+//! — for the page to draw: per-token probabilities and alternatives, attention of every layer and head (or of
+//! those listed in `attention_layers` / `attention_heads`; the others come back empty), and the logit lens.
+//! Its cost grows with the square of the prompt, so prompts are capped (`ServerOptions::max_explain_tokens`),
+//! the attention it may carry is bounded, and at most [`EXPLAIN_CONCURRENCY`] run at once. Generation itself goes through the ordinary `POST /v1/completions` (streamed).
 
 use crate::error::ApiError;
 use crate::{AppState, request};
@@ -24,10 +26,13 @@ const INDEX_HTML: &str = include_str!("playground/index.html");
 const DEFAULT_TOP_K: usize = 5;
 /// Most alternatives per position: beyond this the page has no room and the JSON only grows.
 const MAX_TOP_K: usize = 20;
-/// Most attention numbers (`n_layer × n_head × T²`) one explanation may carry. The JSON grows with the square
-/// of the prompt, so a GPT-2-sized model at its full context would answer with gigabytes; ≈ 16 M numbers is
-/// ≈ 150 MB of JSON, already more than a browser tab draws comfortably.
-const MAX_ATTENTION_VALUES: usize = 1 << 24;
+/// Most attention numbers (selected layers × selected heads × T²) one explanation may carry. The JSON grows
+/// with the square of the prompt, so a GPT-2-sized model at its full context would answer with gigabytes;
+/// ≈ 4 M numbers is ≈ 40 MB of JSON.
+const MAX_ATTENTION_VALUES: usize = 1 << 22;
+/// Explanations computed at once: each holds every activation of its prompt and builds a large answer, so
+/// more wait their turn (in the request queue) rather than multiply the memory.
+pub(crate) const EXPLAIN_CONCURRENCY: usize = 2;
 
 /// `GET /` (public) and `POST /v1/explain` (behind `auth`, the same API-key check as the other `/v1/*`
 /// routes; it is passed in so that the key is checked in one place only).
@@ -52,6 +57,28 @@ async fn index() -> Response {
 struct ExplainRequest {
     ids: Vec<u32>,
     top_k: usize,
+    /// Whether the attention of each layer, and of each head, is returned (`attention_layers` /
+    /// `attention_heads`; all by default).
+    layers: Vec<bool>,
+    heads: Vec<bool>,
+}
+
+/// The indices listed in `key` (each below `count`) as a mask; every index when absent.
+fn selection(map: &Map<String, Value>, key: &'static str, count: usize) -> Result<Vec<bool>, ApiError> {
+    let items = match map.get(key) {
+        None | Some(Value::Null) => return Ok(vec![true; count]),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::invalid(key, format!("`{key}` must be a list of indices"))),
+    };
+    let mut mask = vec![false; count];
+    for item in items {
+        let index = item.as_u64().and_then(|i| usize::try_from(i).ok()).filter(|&i| i < count);
+        let index = index.ok_or_else(|| {
+            ApiError::invalid(key, format!("`{key}` holds {item}; the indices are 0 to {}", count.saturating_sub(1)))
+        })?;
+        mask[index] = true;
+    }
+    Ok(mask)
 }
 
 fn parse_request(st: &AppState, map: &Map<String, Value>) -> Result<ExplainRequest, ApiError> {
@@ -76,17 +103,26 @@ fn parse_request(st: &AppState, map: &Map<String, Value>) -> Result<ExplainReque
             format!("the prompt has {} tokens; the model's context is {}", ids.len(), cfg.block_size),
         ));
     }
-    let attention = cfg.n_layer * cfg.n_head * ids.len() * ids.len();
-    if attention > MAX_ATTENTION_VALUES {
+    let cap = st.options.max_explain_tokens;
+    if ids.len() > cap {
         return Err(ApiError::invalid(
             "prompt",
+            format!("the prompt has {} tokens; /v1/explain takes at most {cap}", ids.len()),
+        ));
+    }
+    let layers = selection(map, "attention_layers", cfg.n_layer)?;
+    let heads = selection(map, "attention_heads", cfg.n_head)?;
+    let maps = layers.iter().filter(|&&l| l).count() * heads.iter().filter(|&&h| h).count();
+    let attention = ids.len().checked_mul(ids.len()).and_then(|square| square.checked_mul(maps));
+    if attention.is_none_or(|values| values > MAX_ATTENTION_VALUES) {
+        return Err(ApiError::invalid(
+            "attention_layers",
             format!(
-                "the prompt has {} tokens: its attention ({} layers × {} heads × {}²) would be {attention} numbers, \
-                 more than the {MAX_ATTENTION_VALUES} one explanation may carry; shorten it",
+                "the prompt has {} tokens: the attention of {maps} maps ({}² each) would be more than the \
+                 {MAX_ATTENTION_VALUES} numbers one explanation may carry; select fewer layers \
+                 (`attention_layers`) or heads (`attention_heads`), or shorten the prompt",
                 ids.len(),
-                cfg.n_layer,
-                cfg.n_head,
-                ids.len()
+                ids.len(),
             ),
         ));
     }
@@ -94,7 +130,7 @@ fn parse_request(st: &AppState, map: &Map<String, Value>) -> Result<ExplainReque
     if !(1..=MAX_TOP_K).contains(&top_k) {
         return Err(ApiError::invalid("top_k", format!("`top_k` must be between 1 and {MAX_TOP_K}, got {top_k}")));
     }
-    Ok(ExplainRequest { ids, top_k })
+    Ok(ExplainRequest { ids, top_k, layers, heads })
 }
 
 async fn explain_route(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
@@ -103,16 +139,33 @@ async fn explain_route(State(st): State<Arc<AppState>>, body: Body) -> Result<Re
     // A forward pass over the whole prompt with every activation kept: as heavy as a generation, so it takes
     // a place in the same queue and runs off the async executor.
     let permit = st.queue_slot()?;
+    // The slots are never closed, so acquiring only waits.
+    let explaining = st.explain_slots.clone().acquire_owned().await;
     let state = st.clone();
-    let explanation: Explanation = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+    let body = tokio::task::spawn_blocking(move || {
+        let _slots = (permit, explaining);
         // A single id always decodes (they were just encoded); should one not, the page shows its number.
         let token_text = |id: u32| state.tokenizer.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"));
         let options = ExplainOptions { top_k: req.top_k, ..ExplainOptions::default() };
-        explain(&state.model, &req.ids, &token_text, &options)
+        let mut explanation = explain(&state.model, &req.ids, &token_text, &options)
+            .map_err(|e| ApiError::internal(format!("explain failed: {e}")))?;
+        keep_selected_attention(&mut explanation, &req.layers, &req.heads);
+        // Serialised here, off the executor and while the slot is held: the answer is the large allocation.
+        serde_json::to_vec(&explanation).map_err(|e| ApiError::internal(format!("cannot write the explanation: {e}")))
     })
     .await
-    .map_err(|e| ApiError::internal(format!("explain panicked: {e}")))?
-    .map_err(|e| ApiError::internal(format!("explain failed: {e}")))?;
-    Ok(axum::Json(explanation).into_response())
+    .map_err(|e| ApiError::internal(format!("explain panicked: {e}")))??;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Empties the attention maps of layers and heads not selected (the lists keep their length, so that
+/// `probs[layer][head]` still indexes by layer and head).
+fn keep_selected_attention(explanation: &mut Explanation, layers: &[bool], heads: &[bool]) {
+    for (layer, &keep_layer) in explanation.attention.probs.iter_mut().zip(layers) {
+        for (head, &keep_head) in layer.iter_mut().zip(heads) {
+            if !(keep_layer && keep_head) {
+                *head = Vec::new();
+            }
+        }
+    }
 }

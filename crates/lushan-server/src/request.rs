@@ -3,7 +3,7 @@
 
 use crate::engine::Job;
 use crate::error::ApiError;
-use lushan_model::Sampling;
+use lushan_model::{ModelError, Penalties, Sampling};
 use lushan_tokenizer::Tokenizer;
 use lushan_tokenizer::chat::{self, Message, Role};
 use serde_json::{Map, Value};
@@ -49,7 +49,7 @@ pub fn get_usize(map: &Map<String, Value>, key: &'static str) -> Result<Option<u
     present(map, key)
         .map(|v| {
             v.as_u64()
-                .map(|u| u as usize)
+                .and_then(|u| usize::try_from(u).ok())
                 .ok_or_else(|| ApiError::invalid(key, format!("`{key}` must be an integer ≥ 0")))
         })
         .transpose()
@@ -62,10 +62,11 @@ pub fn get_bool(map: &Map<String, Value>, key: &'static str) -> Result<bool, Api
         .map(|b| b.unwrap_or(false))
 }
 
-fn finite_f32(map: &Map<String, Value>, key: &'static str) -> Result<Option<f32>, ApiError> {
-    match get_f64(map, key)? {
-        Some(x) if !(x as f32).is_finite() => Err(ApiError::invalid(key, format!("`{key}` must be finite"))),
-        x => Ok(x.map(|x| x as f32)),
+/// A sampling setting the model crate refused, as a 400 naming the API parameter (the same name).
+fn setting_error(e: ModelError) -> ApiError {
+    match e {
+        ModelError::InvalidSampling { field, reason } => ApiError::invalid(field, format!("`{field}` {reason}")),
+        other => ApiError::bad_body(other.to_string()),
     }
 }
 
@@ -92,8 +93,7 @@ pub struct Common {
     pub stop: Vec<String>,
     pub seed: Option<u64>,
     pub stream: bool,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
+    pub penalties: Penalties,
     /// Token ids that end a completion without being part of its text (set by the route, not the request).
     pub stop_tokens: Vec<u32>,
     /// Drop one space at the start of the text (chat: the template writes a reply as ` {content}`).
@@ -101,33 +101,21 @@ pub struct Common {
 }
 
 pub fn common(map: &Map<String, Value>) -> Result<Common, ApiError> {
-    let temperature = finite_f32(map, "temperature")?.unwrap_or(1.0);
-    if temperature < 0.0 {
-        return Err(ApiError::invalid("temperature", format!("`temperature` must be ≥ 0, got {temperature}")));
-    }
-    let top_p = finite_f32(map, "top_p")?;
-    if let Some(p) = top_p
-        && !(p > 0.0 && p <= 1.0)
-    {
-        return Err(ApiError::invalid("top_p", format!("`top_p` must be in (0, 1], got {p}")));
-    }
-    let top_k = get_usize(map, "top_k")?;
-    if top_k == Some(0) {
-        return Err(ApiError::invalid("top_k", "`top_k` must be at least 1"));
-    }
-    let repetition_penalty = finite_f32(map, "repetition_penalty")?.unwrap_or(1.0);
-    if repetition_penalty <= 0.0 {
-        return Err(ApiError::invalid("repetition_penalty", "`repetition_penalty` must be > 0"));
-    }
-    let penalty = |key: &'static str| -> Result<f32, ApiError> {
-        let p = finite_f32(map, key)?.unwrap_or(0.0);
-        if !(-2.0..=2.0).contains(&p) {
-            return Err(ApiError::invalid(key, format!("`{key}` must be between -2 and 2, got {p}")));
-        }
-        Ok(p)
+    let number = |key: &'static str| -> Result<Option<f32>, ApiError> { Ok(get_f64(map, key)?.map(|x| x as f32)) };
+    // The model crate checks the settings (one validation for the CLI and the API); its field names are the
+    // API's parameter names.
+    let sampling = Sampling {
+        temperature: number("temperature")?.unwrap_or(1.0),
+        top_k: get_usize(map, "top_k")?,
+        top_p: number("top_p")?,
+        repetition_penalty: number("repetition_penalty")?.unwrap_or(1.0),
     };
-    let presence_penalty = penalty("presence_penalty")?;
-    let frequency_penalty = penalty("frequency_penalty")?;
+    sampling.validate().map_err(setting_error)?;
+    let penalties = Penalties {
+        presence: number("presence_penalty")?.unwrap_or(0.0),
+        frequency: number("frequency_penalty")?.unwrap_or(0.0),
+    };
+    penalties.validate().map_err(setting_error)?;
     let n = get_usize(map, "n")?.unwrap_or(1);
     if n == 0 || n > MAX_CHOICES {
         return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_CHOICES}, got {n}")));
@@ -155,13 +143,12 @@ pub fn common(map: &Map<String, Value>) -> Result<Common, ApiError> {
     };
     Ok(Common {
         max_tokens,
-        sampling: Sampling { temperature, top_k, top_p, repetition_penalty },
+        sampling,
         n,
         stop,
         seed: get_u64(map, "seed")?,
         stream: get_bool(map, "stream")?,
-        presence_penalty,
-        frequency_penalty,
+        penalties,
         stop_tokens: Vec::new(),
         trim_leading_space: false,
     })
@@ -270,7 +257,7 @@ pub fn jobs(
     vocab_size: usize,
     prompt_param: &'static str,
 ) -> Result<Vec<Job>, ApiError> {
-    if prompts.len() * common.n > MAX_CHOICES {
+    if prompts.len().checked_mul(common.n).is_none_or(|choices| choices > MAX_CHOICES) {
         return Err(ApiError::invalid("n", format!("at most {MAX_CHOICES} choices (prompts × n) per request")));
     }
     let base_seed = common.seed.unwrap_or_else(random_seed);
@@ -303,8 +290,7 @@ pub fn jobs(
                 max_tokens,
                 sampling: common.sampling.clone(),
                 seed: base_seed.wrapping_add(index),
-                presence_penalty: common.presence_penalty,
-                frequency_penalty: common.frequency_penalty,
+                penalties: common.penalties,
                 stop: common.stop.clone(),
                 stop_tokens: common.stop_tokens.clone(),
                 trim_leading_space: common.trim_leading_space,

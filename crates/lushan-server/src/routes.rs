@@ -3,6 +3,7 @@
 use crate::batcher::{Done, Work};
 use crate::engine::{self, Collect, Job, Outcome, Sink, TokenLogprob};
 use crate::error::ApiError;
+use crate::openai::{ChunkFormat, Kind, StreamSink, full_response, logprobs_json, prompt_tokens, sse};
 use crate::request::{self, MAX_CHAT_TOP_LOGPROBS, MAX_LOGPROBS};
 use crate::{AppState, unix_time};
 use axum::Router;
@@ -89,7 +90,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub(crate) async fn read_body(st: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
     let limit = st.options.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let deadline = st.options.body_timeout;
+    // A whole-body deadline, not one per read: a client trickling a byte at a time is cut off too.
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::invalid("body", format!("the request body did not arrive within {} s", deadline.as_secs_f64()))
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+    })?;
+    let bytes = read.map_err(|_| {
         ApiError::invalid("body", format!("the request body is larger than {limit} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     })?;
@@ -127,16 +134,6 @@ async fn detokenize(State(st): St, body: Body) -> Result<Response, ApiError> {
     };
     let text = st.tokenizer.decode(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
     Ok(axum::Json(json!({"prompt": text})).into_response())
-}
-
-/// What differs between the two completion routes.
-#[derive(Clone)]
-enum Kind {
-    /// `/v1/completions`: prompt texts to echo (when `echo`), `logprobs` count, and with both, the
-    /// log-probabilities of each prompt's tokens.
-    Text { echo: Option<Vec<String>>, logprobs: Option<usize>, prompt_logprobs: Option<Vec<Vec<TokenLogprob>>> },
-    /// `/v1/chat/completions`, with `logprobs: true` when asked for.
-    Chat { logprobs: bool },
 }
 
 async fn completions(State(st): St, body: Body) -> Response {
@@ -224,7 +221,7 @@ async fn dispatch(st: Arc<AppState>, id: String, started: Instant, prepared: Pre
             outcomes.push(outcome_of(&st, done.await)?);
         }
         drop(permit);
-        let body = full_response(&st, &id, &jobs, n, &kind, &outcomes);
+        let body = full_response(&st.options.model_id, &id, &jobs, n, &kind, &outcomes);
         log(&id, StatusCode::OK, prompt_tokens(&jobs, n), outcomes.iter().map(|o| o.completion_tokens).sum(), started);
         Ok(axum::Json(body).into_response())
     }
@@ -297,161 +294,6 @@ async fn prompt_token_logprobs(
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt scoring panicked: {e}")))?
-}
-
-fn prompt_tokens(jobs: &[Job], n: usize) -> usize {
-    jobs.iter().step_by(n.max(1)).map(|j| j.prompt.len()).sum()
-}
-
-fn usage(jobs: &[Job], n: usize, completion: usize) -> Value {
-    let prompt = prompt_tokens(jobs, n);
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
-fn full_response(st: &AppState, id: &str, jobs: &[Job], n: usize, kind: &Kind, outcomes: &[Outcome]) -> Value {
-    let completion: usize = outcomes.iter().map(|o| o.completion_tokens).sum();
-    let (object, choices): (&str, Vec<Value>) = match kind {
-        Kind::Text { echo, logprobs, prompt_logprobs } => {
-            let choices = outcomes
-                .iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    let prefix = echo.as_ref().map_or("", |texts| texts[i / n.max(1)].as_str());
-                    let logprobs = logprobs.map(|_| match prompt_logprobs {
-                        Some(prompts) => {
-                            let all: Vec<TokenLogprob> =
-                                prompts[i / n.max(1)].iter().chain(&o.logprobs).cloned().collect();
-                            logprobs_json(&all, 0).0
-                        }
-                        None => logprobs_json(&o.logprobs, prefix.chars().count()).0,
-                    });
-                    json!({"index": i, "text": format!("{prefix}{}", o.text), "logprobs": logprobs,
-                           "finish_reason": o.finish.as_str()})
-                })
-                .collect();
-            ("text_completion", choices)
-        }
-        Kind::Chat { logprobs } => {
-            let choices = outcomes
-                .iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    let lp = logprobs.then(|| chat_logprobs_json(&o.logprobs));
-                    json!({"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": lp,
-                           "finish_reason": o.finish.as_str()})
-                })
-                .collect();
-            ("chat.completion", choices)
-        }
-    };
-    json!({"id": id, "object": object, "created": unix_time(), "model": st.options.model_id, "choices": choices,
-           "usage": usage(jobs, n, completion)})
-}
-
-/// OpenAI's legacy `logprobs` object for `tokens`, whose text starts at character `start` of the choice's text
-/// (after any echo); also returns the offset after them. A token nothing predicts (the first of an echoed
-/// prompt) has `null` log-probability and alternatives.
-fn logprobs_json(tokens: &[TokenLogprob], start: usize) -> (Value, usize) {
-    let mut offset = start;
-    let mut offsets = Vec::new();
-    for t in tokens {
-        offsets.push(offset);
-        offset += t.token.chars().count();
-    }
-    let top: Vec<Value> = tokens
-        .iter()
-        .map(|t| {
-            if t.logprob.is_nan() {
-                Value::Null
-            } else {
-                Value::Object(t.top.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect())
-            }
-        })
-        .collect();
-    let logprob = |t: &TokenLogprob| if t.logprob.is_nan() { Value::Null } else { json!(t.logprob) };
-    let value = json!({
-        "tokens": tokens.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
-        "token_logprobs": tokens.iter().map(logprob).collect::<Vec<_>>(),
-        "top_logprobs": top,
-        "text_offset": offsets,
-    });
-    (value, offset)
-}
-
-/// The chat API's `logprobs` object: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`.
-fn chat_logprobs_json(tokens: &[TokenLogprob]) -> Value {
-    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
-    let content: Vec<Value> = tokens
-        .iter()
-        .map(|t| {
-            let mut e = entry(&t.token, t.logprob);
-            e["top_logprobs"] = Value::Array(t.top.iter().map(|(s, lp)| entry(s, *lp)).collect());
-            e
-        })
-        .collect();
-    json!({"content": content, "refusal": null})
-}
-
-/// How one streamed choice's chunks look.
-#[derive(Clone)]
-struct ChunkFormat {
-    id: String,
-    model: String,
-    created: u64,
-    chat: bool,
-    /// `Some` when log-probabilities were asked for.
-    logprobs: bool,
-}
-
-impl ChunkFormat {
-    fn chunk(&self, index: usize, text: Option<&str>, role: bool, finish: Option<&str>, lp: Option<Value>) -> Value {
-        let choice = if self.chat {
-            let mut delta = Map::new();
-            if role {
-                delta.insert("role".into(), json!("assistant"));
-            }
-            if let Some(t) = text {
-                delta.insert("content".into(), json!(t));
-            }
-            json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish})
-        } else {
-            json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
-        };
-        let object = if self.chat { "chat.completion.chunk" } else { "text_completion" };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
-    }
-}
-
-/// Sends each piece of one choice's text as an SSE chunk, without ever blocking the decoding thread (the
-/// channel is unbounded; a slow reader holds at most its own completion). Dead once the client has gone.
-struct StreamSink {
-    tx: mpsc::UnboundedSender<Bytes>,
-    format: ChunkFormat,
-    index: usize,
-    /// Characters of the choice's text so far, for `text_offset` (legacy completions).
-    offset: usize,
-}
-
-impl Sink for StreamSink {
-    fn alive(&self) -> bool {
-        !self.tx.is_closed()
-    }
-    fn emit(&mut self, text: &str, logprobs: &[TokenLogprob]) -> bool {
-        let lp = self.format.logprobs.then(|| {
-            if self.format.chat {
-                chat_logprobs_json(logprobs)
-            } else {
-                let (value, end) = logprobs_json(logprobs, self.offset);
-                self.offset = end;
-                value
-            }
-        });
-        self.tx.send(sse(&self.format.chunk(self.index, Some(text), false, None, lp))).is_ok()
-    }
-}
-
-fn sse(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
 }
 
 fn stream_response(

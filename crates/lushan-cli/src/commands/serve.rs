@@ -3,8 +3,10 @@
 use crate::model_dir;
 use anyhow::{Context, Result};
 use lushan_server::{Server, ServerOptions};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,9 +32,35 @@ pub struct Args {
     /// Larger request bodies get 413.
     #[arg(long, default_value_t = 2_000_000)]
     max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers before its connection is closed (also how long an
+    /// idle keep-alive connection stays open).
+    #[arg(long, value_name = "SECONDS", default_value_t = ServerOptions::DEFAULT_HEADER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's whole body; later gets 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServerOptions::DEFAULT_BODY_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    body_timeout: u64,
+    /// Most connections open at once; more wait until one closes (keep it under the file-descriptor limit).
+    #[arg(long, default_value_t = ServerOptions::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+}
+
+/// True when `host` is reachable only from this machine (`localhost` or a loopback address).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    if args.api_key.is_none() && !is_loopback(&args.host) {
+        eprintln!(
+            "warning: serving on {} without --api-key: anyone who can reach this address can use the model; \
+             pass --api-key KEY, or --host 127.0.0.1 to serve this machine only",
+            args.host
+        );
+    }
     let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     let dir = std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone());
     let model_id = dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
@@ -42,10 +70,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_queue: args.max_queue as usize,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch as usize,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
+        max_connections: args.max_connections as usize,
+        max_explain_tokens: ServerOptions::DEFAULT_MAX_EXPLAIN_TOKENS,
     };
     Server::new(model, tokenizer, options)
         .context("lushan serve: cannot start the decoding thread")?
         .run_blocking(&args.host, args.port)
         .context("lushan serve")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_hosts_count_as_private() {
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "::", "192.168.1.5", "example.com"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
 }
