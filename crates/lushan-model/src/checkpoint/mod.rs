@@ -9,8 +9,8 @@ pub mod safetensors_io;
 mod tensor_match;
 
 pub use header::{MAX_HEADER_BYTES, MAX_HEADER_ENTRIES};
-pub use lushan_fs::{atomic_write, atomic_write_with, remove_stale_temp_files};
 pub use hf_config::{parse_config_json, write_config_json};
+pub use lushan_fs::{atomic_write, atomic_write_with, remove_stale_temp_files};
 pub use safetensors_io::{load_safetensors, save_safetensors};
 
 use crate::config::ModelConfig;

@@ -8,6 +8,7 @@
 
 use super::header::{check_header_entries, check_header_length};
 use super::hf_config::check_size;
+use super::tensor_match::{Mismatch, match_tensors};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::params::{ParamKind, ParamLayout};
@@ -15,7 +16,6 @@ use lushan_fs::atomic_write;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
 use std::borrow::Cow;
-use super::tensor_match::{Mismatch, match_tensors};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;

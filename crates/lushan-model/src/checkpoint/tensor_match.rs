@@ -83,8 +83,7 @@ pub(super) fn match_tensors<'data>(
         if view.shape() != expected_shape.as_slice() {
             misshaped.push(|| format!("`{name}` has shape {:?}, expected {expected_shape:?}", view.shape()));
         } else if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            misshaped
-                .push(|| format!("`{name}` has dtype {:?}; only F32, F16 and BF16 are supported", view.dtype()));
+            misshaped.push(|| format!("`{name}` has dtype {:?}; only F32, F16 and BF16 are supported", view.dtype()));
         } else if name == LM_HEAD && lm_head_allowed {
             lm_head = Some((name, view));
         } else if let Some(key) = slot {
@@ -104,7 +103,12 @@ pub(super) fn match_tensors<'data>(
         })
         .collect();
 
-    let groups = [(missing, "missing tensors"), (unexpected, "unexpected tensors"), (misshaped, "tensors of the wrong shape or dtype"), (duplicated, "duplicated tensors")];
+    let groups = [
+        (missing, "missing tensors"),
+        (unexpected, "unexpected tensors"),
+        (misshaped, "tensors of the wrong shape or dtype"),
+        (duplicated, "duplicated tensors"),
+    ];
     let total: u128 = groups.iter().map(|(p, _)| p.count).sum();
     if total == 0 && summary.is_empty() {
         return Ok(Found { params, lm_head });
