@@ -38,7 +38,7 @@ fn a_config_with_a_billion_layers_is_compared_with_the_file_not_enumerated() {
         let message = err.to_string();
         assert_eq!(*total, missing, "{message}");
         assert!(problems.len() <= 8, "the message lists a few names, not every one: {message}");
-        assert!(message.contains(&format!("but the file holds 28")), "{message}");
+        assert!(message.contains("but the file holds 28"), "{message}");
         assert!(message.contains("missing tensor `transformer.h.2.ln_1.weight`"), "{message}");
         assert!(message.contains(&format!("… and {} more missing tensors", missing - 5)), "{message}");
         assert!(message.contains("bytes of tensor data"), "{message}");
