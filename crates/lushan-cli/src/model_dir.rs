@@ -25,8 +25,8 @@ pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
     let (config, params) =
         checkpoint::load_model_dir(dir).with_context(|| format!("loading model from {}", dir.display()))?;
     let model = Gpt::from_params(config, params)?;
-    let tokenizer =
-        lushan_train::data::load_tokenizer(dir).with_context(|| format!("loading tokenizer from {}", dir.display()))?;
+    // The tokenizer crate's error names the file, so no extra context is added.
+    let tokenizer = Tokenizer::load_dir(dir)?;
     anyhow::ensure!(
         tokenizer.vocab_size() == model.config.vocab_size,
         "{}: the tokenizer has {} tokens but the model's vocab_size is {}",

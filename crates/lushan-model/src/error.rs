@@ -56,8 +56,10 @@ pub enum ModelError {
 
     /// Every missing, unexpected, mis-shaped or mistyped tensor of a weights file, listed together so one
     /// run shows the whole mismatch instead of one problem per attempt.
-    #[error("{path}: the tensors do not match config.json ({} problem(s)):\n  - {}", .problems.len(), .problems.join("\n  - "))]
-    TensorMismatch { path: PathBuf, problems: Vec<String> },
+    /// Long lists are cut: each kind of problem names its first few tensors and counts the rest, so
+    /// `problems` (the lines shown) can be fewer than `total`.
+    #[error("{path}: the tensors do not match config.json ({total} problem(s)):\n  - {}", .problems.join("\n  - "))]
+    TensorMismatch { path: PathBuf, problems: Vec<String>, total: u64 },
 
     /// A LoRA setting without meaning (rank 0, a target no module matches…), naming the setting.
     #[error("invalid LoRA setting `{field}`: {reason}")]

@@ -64,6 +64,16 @@ pub enum TokenizerError {
     #[error("cannot read {path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
 
+    #[error("cannot write {path}: {source}")]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+
+    #[error("{path} not found: the directory has no tokenizer file; re-run `lushan prepare`")]
+    TokenizerFileMissing { path: std::path::PathBuf },
+
+    /// A problem inside a tokenizer file whose own message does not name the file.
+    #[error("{path}: {source}")]
+    InFile { path: std::path::PathBuf, source: Box<TokenizerError> },
+
     #[error("{file} is not valid JSON: {source}")]
     FileJson { file: String, source: serde_json::Error },
 

@@ -20,13 +20,12 @@
 //! to the BPE reader ([`Bpe::from_tokenizer_json_file`]), whose errors name the first field that is not
 //! GPT-2's.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::bpe::files::{TOKENIZER_CONFIG_JSON, TOKENIZER_JSON, read};
+use crate::bpe::files::{TOKENIZER_CONFIG_JSON, TOKENIZER_JSON, read, write_file};
 use crate::error::{Result, TokenizerError, VocabError};
 use crate::{Bpe, CharTokenizer, Tokenizer};
 
@@ -86,10 +85,10 @@ impl CharTokenizer {
         vec![(TOKENIZER_JSON, self.hf_tokenizer_json()), (TOKENIZER_CONFIG_JSON, self.hf_tokenizer_config_json())]
     }
 
-    /// Writes [`CharTokenizer::hf_files`] into `dir` (created if needed), each through a temporary file and
-    /// a rename; returns the paths written.
+    /// Writes [`CharTokenizer::hf_files`] into `dir` (created if needed), each crash-safely; returns the
+    /// paths written.
     pub fn write_hf_files(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|source| TokenizerError::Io { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| TokenizerError::Write { path: dir.to_owned(), source })?;
         let mut written = Vec::new();
         for (name, text) in self.hf_files() {
             let path = dir.join(name);
@@ -206,29 +205,10 @@ pub fn load_tokenizer_json_file(path: &Path) -> Result<Tokenizer> {
 /// (either kind), else the BPE files [`Bpe::from_dir`] knows.
 pub fn load_hf_dir(dir: &Path) -> Result<Tokenizer> {
     let tokenizer_json = dir.join(TOKENIZER_JSON);
-    if tokenizer_json.is_file() {
+    if tokenizer_json.exists() {
         return load_tokenizer_json_file(&tokenizer_json);
     }
     Bpe::from_dir(dir).map(Tokenizer::Bpe)
-}
-
-/// Writes a file through a temporary sibling (named after this process) and a rename, so a reader never
-/// sees half a file.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| TokenizerError::Io { path: path.to_owned(), source };
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
 }
 
 #[cfg(test)]

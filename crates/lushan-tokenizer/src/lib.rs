@@ -14,6 +14,7 @@ pub mod char_level;
 pub mod chat;
 pub mod error;
 pub mod hf_export;
+mod persist;
 
 pub use bpe::decode::StreamDecoder;
 pub use bpe::train::{BpeTrainer, TrainOptions, TrainReport};
@@ -137,7 +138,7 @@ impl Tokenizer {
         let path = Path::new(spec);
         if path.is_dir() {
             let own = path.join(TOKENIZER_FILE);
-            if own.is_file() {
+            if own.exists() {
                 return Self::from_json_file(&own);
             }
             return hf_export::load_hf_dir(path);

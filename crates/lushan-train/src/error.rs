@@ -81,8 +81,9 @@ pub enum TrainError {
         source: lushan_tokenizer::TokenizerError,
     },
 
-    #[error("{path} not found: the directory has no tokenizer file; re-run `lushan prepare`")]
-    TokenizerMissing { path: PathBuf },
+    /// Reading or writing a tokenizer directory; the tokenizer crate's error names the file.
+    #[error(transparent)]
+    TokenizerFiles(lushan_tokenizer::TokenizerError),
 
     // ---- task data: classification and SFT records, batches (owned by the tasks module) ----
     #[error("{path}:{line}: the line is longer than {limit} bytes; a record must fit in one line of at most 16 MiB")]

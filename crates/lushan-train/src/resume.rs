@@ -1,16 +1,16 @@
 //! Resume state beside the checkpoint: `out_dir/resume/` holds the latest model, both AdamW moments and a
 //! `state.json` (step, RNG states, data cursor, full training config, format version).
 //!
-//! A save writes a complete new directory `resume.tmp`, then swaps it in with renames, so a crash at any
-//! moment leaves either the old or the new state complete (`resume.old` is picked up if the crash fell
-//! between the two renames).
+//! A save writes a complete new directory `resume.tmp`, then swaps it in with [`lushan_fs::replace_dir`], so
+//! a crash at any moment leaves either the old or the new state complete (`resume.old` is picked up if the
+//! crash fell between the two renames).
 
 use crate::config::TrainConfig;
-use crate::data::save_tokenizer;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamWState;
 use crate::tasks::TaskLoaderState;
-use lushan_model::checkpoint::{self, atomic_write};
+use lushan_fs::atomic_write;
+use lushan_model::checkpoint;
 use lushan_model::{Gpt, ModelConfig};
 use lushan_tokenizer::Tokenizer;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -71,8 +71,8 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+fn save_tokenizer(dir: &Path, tokenizer: &Tokenizer) -> Result<()> {
+    tokenizer.save_dir(dir).map(drop).map_err(TrainError::TokenizerFiles)
 }
 
 /// Writes the resume state for `out_dir` atomically (see the module docs).
@@ -120,19 +120,7 @@ pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
     let json = serde_json::to_string_pretty(&state).map_err(|e| resume_error(&tmp, e.to_string()))?;
     let state_path = tmp.join(STATE_FILE);
     atomic_write(&state_path, json.as_bytes()).map_err(io(&state_path))?;
-    sync_dir(&tmp)?;
-    if live.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(&live, &old).map_err(io(&live))?;
-    }
-    std::fs::rename(&tmp, &live).map_err(io(&tmp))?;
-    sync_dir(out_dir)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
+    lushan_fs::replace_dir(&tmp, &live, &old).map_err(|e| TrainError::Io { path: e.path, source: e.source })
 }
 
 /// The directory holding the latest complete resume state.
@@ -152,7 +140,7 @@ pub fn locate(out_dir: &Path) -> Result<PathBuf> {
 pub fn load(out_dir: &Path) -> Result<ResumeState> {
     let dir = locate(out_dir)?;
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let text = lushan_fs::read_to_string_regular(&state_path).map_err(io(&state_path))?;
     let state: StateFile =
         serde_json::from_str(&text).map_err(|e| resume_error(&state_path, format!("invalid state file: {e}")))?;
     if state.format_version != FORMAT_VERSION {
@@ -168,7 +156,7 @@ pub fn load(out_dir: &Path) -> Result<ResumeState> {
         model.lora = Some(lushan_model::Lora::load_peft(&adapter, &model.config)?);
     }
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
+    let bytes = lushan_fs::read_regular(&opt_path).map_err(io(&opt_path))?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| resume_error(&opt_path, e.to_string()))?;
     let read = |name: &str| -> Result<Vec<f32>> {
         let t = tensors.tensor(name).map_err(|e| resume_error(&opt_path, format!("tensor `{name}`: {e}")))?;
@@ -193,7 +181,7 @@ pub fn load(out_dir: &Path) -> Result<ResumeState> {
         evals_without_improvement: state.evals_without_improvement,
         data_description: state.data_description,
         train_config: state.train_config,
-        tokenizer: crate::data::load_tokenizer(&dir).ok(),
+        tokenizer: Tokenizer::load_dir(&dir).ok(),
     })
 }
 
@@ -201,7 +189,7 @@ pub fn load(out_dir: &Path) -> Result<ResumeState> {
 pub fn saved_config(out_dir: &Path) -> Result<TrainConfig> {
     let dir = locate(out_dir)?;
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let text = lushan_fs::read_to_string_regular(&state_path).map_err(io(&state_path))?;
     let state: StateFile =
         serde_json::from_str(&text).map_err(|e| resume_error(&state_path, format!("invalid state file: {e}")))?;
     Ok(state.train_config)

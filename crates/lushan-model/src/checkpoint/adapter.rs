@@ -27,9 +27,10 @@ pub struct AdapterInfo {
     pub head: Head,
 }
 
-/// Whether `dir` holds a PEFT adapter.
+/// Whether `dir` holds a PEFT adapter (an `adapter_config.json` of any file type: one that is not a regular
+/// file is then refused by name when read, instead of the directory being taken for something else).
 pub fn is_adapter_dir(dir: &Path) -> bool {
-    dir.join(ADAPTER_CONFIG_FILE).is_file()
+    dir.join(ADAPTER_CONFIG_FILE).exists()
 }
 
 /// Writes `model`'s adapters into `dir` as a PEFT adapter plus [`ADAPTER_INFO_FILE`].
@@ -49,7 +50,7 @@ pub fn save_adapter_dir(dir: &Path, model: &Gpt, base_model: &str) -> Result<()>
 /// Reads [`ADAPTER_INFO_FILE`] when present.
 pub fn read_adapter_info(dir: &Path) -> Result<Option<AdapterInfo>> {
     let path = dir.join(ADAPTER_INFO_FILE);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match lushan_fs::read_to_string_regular(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(ModelError::Io { path, source }),

@@ -3,12 +3,14 @@
 //! loadable by lushan. Tokenizer files and resume state live beside these but belong to other crates.
 
 pub mod adapter;
-pub mod atomic;
+mod header;
 pub mod hf_config;
 pub mod safetensors_io;
+mod tensor_match;
 
-pub use atomic::{atomic_write, atomic_write_with, remove_stale_temp_files};
+pub use header::{MAX_HEADER_BYTES, MAX_HEADER_ENTRIES};
 pub use hf_config::{parse_config_json, write_config_json};
+pub use lushan_fs::{atomic_write, atomic_write_with, remove_stale_temp_files};
 pub use safetensors_io::{load_safetensors, save_safetensors};
 
 use crate::config::ModelConfig;
@@ -66,7 +68,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
     }
 
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|source| {
+    let text = lushan_fs::read_to_string_regular(&config_path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
             checkpoint_error(&config_path, "missing: a model directory needs its Hugging Face GPT-2 config.json".into())
         } else {

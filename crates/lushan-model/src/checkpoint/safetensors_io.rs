@@ -6,20 +6,17 @@
 //! `config.json`, and all problems are reported together. The header is validated before anything large
 //! is allocated, and a truncated or corrupted file is an error, never a panic.
 
-use super::atomic::atomic_write;
+use super::header::{check_header_entries, check_header_length};
 use super::hf_config::check_size;
+use super::tensor_match::{Mismatch, match_tensors};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::params::{ParamKind, ParamLayout};
+use lushan_fs::atomic_write;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::fs::File;
-use std::io::Read;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
@@ -32,9 +29,6 @@ pub const LM_HEAD: &str = "lm_head.weight";
 /// Per-layer non-parameter buffers (the causal mask and its fill value) that older `transformers`
 /// versions saved; they carry no learned values, so they are skipped by name.
 pub const IGNORED_LAYER_BUFFERS: [&str; 2] = ["attn.bias", "attn.masked_bias"];
-
-/// safetensors' own header limit; checked first so a hostile length never reaches the parser.
-const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Layers a kind is stored for: one tensor per layer for per-layer kinds, a single tensor otherwise.
 pub fn hf_layers(kind: ParamKind, cfg: &ModelConfig) -> Range<usize> {
@@ -128,7 +122,8 @@ impl View for HfTensor<'_> {
 /// the data's size), so nothing is allocated from a hostile header. Shared by every safetensors reader.
 pub(crate) fn map_checked(path: &Path) -> Result<memmap2::Mmap> {
     let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
-    let mut file = File::open(path).map_err(io_err)?;
+    // Refuses a FIFO, socket or device before `open`, which would block on a FIFO until a writer appears.
+    let mut file = lushan_fs::open_regular(path).map_err(io_err)?;
     let file_len = file.metadata().map_err(io_err)?.len();
     let header_len = check_header_length(path, &mut file, file_len)?;
     // SAFETY: the map is read-only and owned by the caller. Mapped memory can change under us only if
@@ -148,21 +143,24 @@ pub(crate) fn map_checked(path: &Path) -> Result<memmap2::Mmap> {
 /// Reads `path` into a flat buffer in [`ParamLayout`] order for `cfg` (normally from `config.json`).
 ///
 /// Accepts names with or without the `transformer.` prefix, F32/F16/BF16 data, a `lm_head.weight`
-/// equal to `wte`, and the per-layer buffers in [`IGNORED_LAYER_BUFFERS`].
+/// equal to `wte`, and the per-layer buffers in [`IGNORED_LAYER_BUFFERS`]. Refuses weights that are not
+/// finite (NaN or ±infinity), naming the tensor: a model holding one computes nothing but NaN.
 pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     let layout = checked_layout(path, cfg)?;
     let map = map_checked(path)?;
     let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
-    let found = match_tensors(&st, cfg)
-        .map_err(|problems| ModelError::TensorMismatch { path: path.to_path_buf(), problems })?;
+    let found = match_tensors(&st, cfg, layout.total()).map_err(|Mismatch { problems, total }| {
+        ModelError::TensorMismatch { path: path.to_path_buf(), problems, total }
+    })?;
 
     // Shapes now match the config and the data lies in the file, so this allocation is at most twice
     // the file's size (F16 → F32).
     let mut params = vec![0.0f32; layout.total()];
-    for ((kind, layer), view) in &found.params {
+    for ((kind, layer), name, view) in &found.params {
         let dst = &mut params[layout.layer_range(*kind, *layer)];
         if kind.hf_transposed() {
             let hf = decode(view);
+            check_finite(path, name, &hf)?;
             let (cols, rows) = (view.shape()[0], view.shape()[1]); // HF (in, out) → ours (out, in)
             for o in 0..rows {
                 for i in 0..cols {
@@ -171,6 +169,7 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
             }
         } else {
             decode_into(view, dst);
+            check_finite(path, name, dst)?;
         }
     }
     if let Some((name, view)) = found.lm_head {
@@ -190,182 +189,19 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
     Ok(params)
 }
 
-/// Rejects files too short for a header, or whose header length is absurd or beyond the file, before
-/// the file is mapped and parsed. Returns the header length.
-fn check_header_length(path: &Path, file: &mut File, file_len: u64) -> Result<u64> {
-    let not_safetensors = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
-    if file_len < 8 {
-        return Err(not_safetensors(format!(
-            "it is {file_len} bytes long, too short for the 8-byte header length (empty or truncated)"
-        )));
-    }
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    let header_len = u64::from_le_bytes(prefix);
-    if header_len > file_len - 8 {
-        return Err(not_safetensors(format!(
-            "the header claims {header_len} bytes but only {} follow the length prefix (truncated or not safetensors)",
-            file_len - 8
-        )));
-    }
-    if header_len > MAX_HEADER_BYTES {
-        return Err(not_safetensors(format!(
-            "the header is {header_len} bytes, over the {MAX_HEADER_BYTES}-byte limit"
-        )));
-    }
-    Ok(header_len)
-}
-
-/// Checks the header's tensor entries by name before safetensors parses them, for what safetensors would
-/// let through or report without naming the tensor: a name listed twice (a JSON map silently keeps only
-/// the last), an unknown dtype, offsets reversed or beyond the data section, a byte span other than
-/// shape × dtype, and overlapping tensors. A header that is not a JSON object, or an entry that is not a
-/// tensor description, is left to safetensors' own errors.
-fn check_header_entries(path: &Path, header: &[u8], data_len: u64) -> Result<()> {
-    let bad = |what: String| checkpoint_error(path, format!("not a valid safetensors file: {what}"));
-    let parsed = std::str::from_utf8(header).ok().and_then(|text| serde_json::from_str::<Entries>(text).ok());
-    let Some(Entries(entries)) = parsed else { return Ok(()) };
-    let mut seen = HashSet::new();
-    let mut spans = Vec::new();
-    for (name, value) in entries {
-        if !seen.insert(name.clone()) {
-            return Err(bad(format!("the header lists `{name}` twice")));
-        }
-        if name == "__metadata__" {
-            continue;
-        }
-        let Ok(RawInfo { dtype, shape, data_offsets: (start, end) }) = serde_json::from_value::<RawInfo>(value) else {
-            continue;
-        };
-        let Ok(known) = serde_json::from_value::<Dtype>(Value::String(dtype.clone())) else {
-            return Err(bad(format!("tensor `{name}` has unknown dtype `{dtype}`")));
-        };
-        if end < start {
-            return Err(bad(format!("tensor `{name}` has data_offsets [{start}, {end}], which end before they start")));
-        }
-        if end > data_len {
-            return Err(bad(format!(
-                "tensor `{name}` has data_offsets [{start}, {end}], beyond the {data_len}-byte data section \
-                 (truncated file?)"
-            )));
-        }
-        let bits = shape.iter().try_fold(known.bitsize() as u64, |acc, &d| acc.checked_mul(d));
-        match bits {
-            Some(bits) if bits % 8 == 0 && bits / 8 == end - start => {}
-            Some(bits) => {
-                return Err(bad(format!(
-                    "tensor `{name}` of dtype {known} and shape {shape:?} needs {} bytes, but its data_offsets \
-                     [{start}, {end}] span {} bytes",
-                    bits.div_ceil(8),
-                    end - start
-                )));
-            }
-            None => return Err(bad(format!("tensor `{name}` has shape {shape:?}, too large to address"))),
-        }
-        spans.push((start, end, name));
-    }
-    spans.sort();
-    for pair in spans.windows(2) {
-        let ((s0, e0, a), (s1, e1, b)) = (&pair[0], &pair[1]);
-        if s1 < e0 {
-            return Err(bad(format!("tensors `{a}` [{s0}, {e0}] and `{b}` [{s1}, {e1}] overlap")));
-        }
-    }
-    Ok(())
-}
-
-/// One tensor's header entry as written, before any check.
-#[derive(serde::Deserialize)]
-struct RawInfo {
-    dtype: String,
-    shape: Vec<u64>,
-    data_offsets: (u64, u64),
-}
-
-/// A JSON object's entries in file order, duplicates kept (a map would drop them).
-struct Entries(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct EntriesVisitor;
-        impl<'de> Visitor<'de> for EntriesVisitor {
-            type Value = Entries;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    out.push(entry);
-                }
-                Ok(Entries(out))
-            }
-        }
-        deserializer.deserialize_map(EntriesVisitor)
-    }
-}
-
-/// The file's tensors, matched against the config.
-struct Found<'data> {
-    params: Vec<((ParamKind, usize), TensorView<'data>)>,
-    lm_head: Option<(String, TensorView<'data>)>,
-}
-
-/// Matches every tensor in the file to a parameter, the ignore list or `lm_head`; any missing,
-/// unexpected, duplicated, mis-shaped or mistyped tensor becomes one line of the returned problem list.
-fn match_tensors<'data>(st: &SafeTensors<'data>, cfg: &ModelConfig) -> std::result::Result<Found<'data>, Vec<String>> {
-    let mut expected: HashMap<String, (ParamKind, usize)> = HashMap::new();
-    for kind in ParamKind::ALL {
-        for layer in hf_layers(kind, cfg) {
-            expected.insert(kind.hf_name(layer), (kind, layer));
-        }
-    }
-    let ignored: Vec<String> =
-        (0..cfg.n_layer).flat_map(|l| IGNORED_LAYER_BUFFERS.iter().map(move |b| format!("h.{l}.{b}"))).collect();
-
-    let mut tensors = st.tensors();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let (mut unexpected, mut misshaped, mut duplicated) = (Vec::new(), Vec::new(), Vec::new());
-    let mut seen: HashMap<String, String> = HashMap::new();
-    let mut params = Vec::new();
-    let mut lm_head = None;
-    for (name, view) in tensors {
-        let short = name.strip_prefix(HF_PREFIX).unwrap_or(&name).to_string();
-        if let Some(first) = seen.insert(short.clone(), name.clone()) {
-            duplicated.push(format!("`{name}` and `{first}` are the same tensor, stored twice"));
-            continue;
-        }
-        let lm_head_allowed = cfg.num_labels() == 0;
-        let expected_shape = if name == LM_HEAD && lm_head_allowed {
-            ParamKind::Wte.shape(cfg)
-        } else if let Some(&(kind, _)) = expected.get(&short) {
-            hf_shape(kind, cfg)
-        } else if ignored.contains(&short) {
-            continue;
-        } else {
-            unexpected.push(format!("unexpected tensor `{name}` (shape {:?})", view.shape()));
-            continue;
-        };
-        if view.shape() != expected_shape.as_slice() {
-            misshaped.push(format!("`{name}` has shape {:?}, expected {expected_shape:?}", view.shape()));
-        } else if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            misshaped.push(format!("`{name}` has dtype {:?}; only F32, F16 and BF16 are supported", view.dtype()));
-        } else if name == LM_HEAD && lm_head_allowed {
-            lm_head = Some((name, view));
-        } else if let Some(&key) = expected.get(&short) {
-            params.push((key, view));
-        }
-    }
-    let mut missing: Vec<String> = expected
-        .iter()
-        .filter(|(short, _)| !seen.contains_key(*short))
-        .map(|(_, &(kind, layer))| {
-            format!("missing tensor `{}` (shape {:?})", hf_full_name(kind, layer), hf_shape(kind, cfg))
-        })
-        .collect();
-    missing.sort();
-    let problems: Vec<String> = missing.into_iter().chain(unexpected).chain(misshaped).chain(duplicated).collect();
-    if problems.is_empty() { Ok(Found { params, lm_head }) } else { Err(problems) }
+/// Refuses a tensor holding NaN or ±infinity, naming it, the first such index and how many there are.
+pub(crate) fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()> {
+    let Some(first) = values.iter().position(|x| !x.is_finite()) else { return Ok(()) };
+    let count = values.iter().filter(|x| !x.is_finite()).count();
+    Err(checkpoint_error(
+        path,
+        format!(
+            "tensor `{name}` holds {} at index {first} ({count} of its {} values are not finite): the weights \
+             are corrupt or training diverged, and a model with them computes only NaN",
+            values[first],
+            values.len()
+        ),
+    ))
 }
 
 fn decode(view: &TensorView<'_>) -> Vec<f32> {

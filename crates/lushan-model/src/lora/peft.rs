@@ -18,7 +18,7 @@
 use super::peft_config::{self, AdapterSettings};
 use super::{Lora, LoraConfig, LoraSlot, LoraTarget};
 use crate::checkpoint::atomic_write;
-use crate::checkpoint::safetensors_io::{decode_into, describe, map_checked};
+use crate::checkpoint::safetensors_io::{check_finite, decode_into, describe, map_checked};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use safetensors::tensor::TensorView;
@@ -108,7 +108,7 @@ impl Lora {
             });
         }
         let config_path = dir.join(ADAPTER_CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|source| {
+        let text = lushan_fs::read_to_string_regular(&config_path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 checkpoint_error(&config_path, "missing: a PEFT adapter directory needs its adapter_config.json".into())
             } else {
@@ -139,7 +139,9 @@ fn read_weights(path: &Path, config_path: &Path, settings: &AdapterSettings, mod
     let mut lora = Lora::from_params(config, model, vec![0.0; total])?;
     for entry in lora.layout.entries() {
         if let Some(view) = found.get(&entry.slot) {
-            decode_into(view, &mut lora.params[entry.range]);
+            let values = &mut lora.params[entry.range];
+            decode_into(view, values);
+            check_finite(path, &entry.slot.peft_name(), values)?;
         }
     }
     Ok(lora)

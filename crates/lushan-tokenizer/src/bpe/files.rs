@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -244,8 +243,9 @@ fn from_vocab_and_merges_bytes(vocab: &[u8], merges: &[u8], vocab_file: &str, me
     Bpe::from_parts(parts_from_strings(vocab, merges, lines, &[], vocab_file, merges_file)?)
 }
 
+/// Reads a vocabulary file, refusing anything but a regular file (a FIFO would block forever).
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_owned(), source })
+    lushan_fs::read_regular(path).map_err(|source| TokenizerError::Io { path: path.to_owned(), source })
 }
 
 impl Bpe {
@@ -265,13 +265,14 @@ impl Bpe {
     /// Reads a BPE tokenizer from a directory holding, in this order of preference, `tokenizer.json`,
     /// `vocab.json` + `merges.txt`, or `encoder.json` + `vocab.bpe`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        // `exists`, not `is_file`: a FIFO or directory under one of these names is refused by name when read.
         let tokenizer_json = dir.join(TOKENIZER_JSON);
-        if tokenizer_json.is_file() {
+        if tokenizer_json.exists() {
             return Self::from_tokenizer_json_file(&tokenizer_json);
         }
         for (vocab, merges) in [(VOCAB_JSON, MERGES_TXT), (ENCODER_JSON, VOCAB_BPE)] {
             let (vocab, merges) = (dir.join(vocab), dir.join(merges));
-            if vocab.is_file() || merges.is_file() {
+            if vocab.exists() || merges.exists() {
                 return Self::from_vocab_and_merges(&vocab, &merges);
             }
         }
@@ -321,7 +322,7 @@ impl Bpe {
     /// if needed), which `transformers`' `AutoTokenizer.from_pretrained(dir)` loads as a GPT-2 tokenizer.
     /// Returns the paths written.
     pub fn write_hf_files(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|source| TokenizerError::Io { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| TokenizerError::Write { path: dir.to_owned(), source })?;
         let files = [
             (VOCAB_JSON, self.vocab_json()),
             (MERGES_TXT, self.merges_txt()),
@@ -448,25 +449,7 @@ impl Bpe {
     }
 }
 
-/// Writes a file through a temporary sibling and a rename, so a reader never sees half a file.
-pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| TokenizerError::Io { path: path.to_owned(), source };
-    // Same scheme as lushan's checkpoint writer (`.<name>.tmp-<pid>-<n>`, swept after a crash): write, fsync,
-    // rename, fsync the directory, so a kill never leaves a half-written vocabulary under the real name.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+/// Writes a file crash-safely (see [`lushan_fs::atomic_write`]): a reader never sees half a vocabulary.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    lushan_fs::atomic_write(path, bytes).map_err(|source| TokenizerError::Write { path: path.to_owned(), source })
 }

@@ -166,76 +166,14 @@ pub fn encode_file_with(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> 
     tokenizer.encode(&text).map_err(|source| TrainError::Tokenizer { path: path.to_path_buf(), source })
 }
 
-/// Reads `dir/lushan-tokenizer.json`, or when it is absent the Hugging Face files (`tokenizer.json`,
-/// `vocab.json` + `merges.txt`, `encoder.json` + `vocab.bpe`).
+/// [`Tokenizer::load_dir`], for the training crate's callers.
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
-    let path = dir.join(TOKENIZER_FILE);
-    if !path.is_file() {
-        // A Hugging Face directory: tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe.
-        let hf = ["tokenizer.json", "vocab.json", "encoder.json"].iter().any(|f| dir.join(f).is_file());
-        if hf {
-            return Tokenizer::load(&dir.to_string_lossy())
-                .map_err(|source| TrainError::Tokenizer { path: dir.to_path_buf(), source });
-        }
-    }
-    let json = fs::read_to_string(&path).map_err(|source| match source.kind() {
-        ErrorKind::NotFound => TrainError::TokenizerMissing { path: path.clone() },
-        _ => TrainError::Io { path: path.clone(), source },
-    })?;
-    Tokenizer::from_json(&json).map_err(|source| TrainError::Tokenizer { path, source })
+    Tokenizer::load_dir(dir).map_err(TrainError::TokenizerFiles)
 }
 
-/// Writes the tokenizer into `dir`, each file atomically, and returns the path of `lushan-tokenizer.json`
-/// (used by checkpoint saving and streaming prepare, so every such directory carries its vocabulary): first
-/// the Hugging Face files (`tokenizer.json` + `tokenizer_config.json`, and for BPE `vocab.json` +
-/// `merges.txt`), so that `transformers`' `AutoTokenizer.from_pretrained(dir)` loads it, then
-/// `lushan-tokenizer.json`, which lushan reads first.
-///
-/// A directory that already holds this tokenizer (the same `lushan-tokenizer.json` and every Hugging Face
-/// file) is left alone: training saves the best model again and again with the same tokenizer, and GPT-2's
-/// files are megabytes. When the tokenizer differs, the old `lushan-tokenizer.json` is removed before the
-/// Hugging Face files are rewritten, so a crash in between never leaves it beside another tokenizer's files.
+/// [`Tokenizer::save_dir`], for the training crate's callers.
 pub fn save_tokenizer(dir: &Path, tokenizer: &Tokenizer) -> Result<PathBuf> {
-    let path = dir.join(TOKENIZER_FILE);
-    let json = tokenizer.to_json();
-    let unchanged = fs::read(&path).is_ok_and(|old| old == json.as_bytes())
-        && hf_file_names(tokenizer).iter().all(|name| dir.join(name).is_file());
-    if unchanged {
-        return Ok(path);
-    }
-    match fs::remove_file(&path) {
-        Err(source) if source.kind() != ErrorKind::NotFound => return Err(TrainError::Io { path, source }),
-        _ => {}
-    }
-    write_hf_files(dir, tokenizer)?;
-    write_tokenizer_json(&path, &json)?;
-    Ok(path)
-}
-
-/// The Hugging Face files [`save_tokenizer`] writes for this kind of tokenizer.
-fn hf_file_names(tokenizer: &Tokenizer) -> Vec<&'static str> {
-    use lushan_tokenizer::bpe::files::{MERGES_TXT, TOKENIZER_CONFIG_JSON, TOKENIZER_JSON, VOCAB_JSON};
-    match tokenizer {
-        Tokenizer::Char(t) => t.hf_files().into_iter().map(|(name, _)| name).collect(),
-        Tokenizer::Bpe(_) => vec![VOCAB_JSON, MERGES_TXT, TOKENIZER_JSON, TOKENIZER_CONFIG_JSON],
-    }
-}
-
-fn write_hf_files(dir: &Path, tokenizer: &Tokenizer) -> Result<()> {
-    match tokenizer {
-        Tokenizer::Char(t) => {
-            for (name, text) in t.hf_files() {
-                let path = dir.join(name);
-                atomic_write(&path, |w| w.write_all(text.as_bytes()))
-                    .map_err(|source| TrainError::Io { path: path.clone(), source })?;
-            }
-        }
-        // Bpe writes each file through a temporary file and a rename too.
-        Tokenizer::Bpe(t) => {
-            t.write_hf_files(dir).map_err(|source| TrainError::Tokenizer { path: dir.to_path_buf(), source })?;
-        }
-    }
-    Ok(())
+    tokenizer.save_dir(dir).map_err(TrainError::TokenizerFiles)
 }
 
 /// Writes `lushan-tokenizer.json` alone: `prepare_char`'s data directories hold only lushan's file.
@@ -288,76 +226,4 @@ pub(crate) fn missing_or_io(path: &Path, source: std::io::Error) -> TrainError {
 /// The inputs as one comma-separated string, for errors about the corpus as a whole.
 pub(crate) fn corpus_label(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
-mod tests {
-    use super::*;
-
-    fn char_tokenizer() -> Tokenizer {
-        Tokenizer::Char(CharTokenizer::from_text("First Citizen:\r\n床前明月光 🙂\n").unwrap())
-    }
-
-    fn hf_tokenizer_kind(dir: &Path) -> String {
-        let json: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
-        json["model"]["type"].as_str().unwrap().to_owned()
-    }
-
-    #[test]
-    fn save_tokenizer_writes_lushan_and_hugging_face_files() {
-        let gpt2 = Tokenizer::gpt2().unwrap();
-        for (tokenizer, files, kind) in [
-            (char_tokenizer(), &["tokenizer.json", "tokenizer_config.json"][..], "WordLevel"),
-            (gpt2, &["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"][..], "BPE"),
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = save_tokenizer(dir.path(), &tokenizer).unwrap();
-            assert_eq!(path, dir.path().join(TOKENIZER_FILE));
-            let mut names: Vec<String> = fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            let mut expected: Vec<String> = files.iter().map(|f| f.to_string()).collect();
-            expected.push(TOKENIZER_FILE.to_owned());
-            expected.sort();
-            assert_eq!(names, expected, "no temporary files are left");
-            assert_eq!(hf_tokenizer_kind(dir.path()), kind);
-            assert_eq!(load_tokenizer(dir.path()).unwrap(), tokenizer);
-            // Without lushan's file, the Hugging Face files alone give the same tokenizer.
-            fs::remove_file(&path).unwrap();
-            assert_eq!(load_tokenizer(dir.path()).unwrap(), tokenizer);
-        }
-    }
-
-    #[test]
-    fn saving_the_same_tokenizer_again_leaves_the_files_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let tokenizer = char_tokenizer();
-        save_tokenizer(dir.path(), &tokenizer).unwrap();
-        let config = dir.path().join("tokenizer_config.json");
-        fs::write(&config, "marker").unwrap();
-        save_tokenizer(dir.path(), &tokenizer).unwrap();
-        assert_eq!(fs::read_to_string(&config).unwrap(), "marker", "an unchanged tokenizer is not rewritten");
-        // A missing Hugging Face file makes the next save write them all again.
-        fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
-        save_tokenizer(dir.path(), &tokenizer).unwrap();
-        assert!(fs::read_to_string(&config).unwrap().contains("PreTrainedTokenizerFast"));
-        assert_eq!(hf_tokenizer_kind(dir.path()), "WordLevel");
-    }
-
-    #[test]
-    fn saving_another_tokenizer_rewrites_every_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (chars, gpt2) = (char_tokenizer(), Tokenizer::gpt2().unwrap());
-        for (tokenizer, kind) in [(&chars, "WordLevel"), (&gpt2, "BPE"), (&chars, "WordLevel")] {
-            save_tokenizer(dir.path(), tokenizer).unwrap();
-            assert_eq!(&load_tokenizer(dir.path()).unwrap(), tokenizer);
-            assert_eq!(hf_tokenizer_kind(dir.path()), kind);
-            let config = fs::read_to_string(dir.path().join("tokenizer_config.json")).unwrap();
-            assert_eq!(config.contains("GPT2Tokenizer"), kind == "BPE", "{config}");
-        }
-    }
 }

@@ -1,5 +1,5 @@
-//! Crash-safe file replacement (DESIGN.md §6): a reader sees either the old file or the complete new one,
-//! never a half-written checkpoint, even if the process dies or the machine loses power mid-save.
+//! Crash-safe replacement of files and directories (DESIGN.md §6): a reader sees either the old version or
+//! the complete new one, never a half-written one, even if the process dies or the machine loses power.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -53,8 +53,9 @@ fn temp_path(path: &Path) -> io::Result<PathBuf> {
     Ok(parent_dir(path).join(temp_name))
 }
 
-/// Removes temporary files that a killed process left in `dir` (our `.<name>.tmp-<pid>-<n>` files whose
-/// process is gone). Returns how many were removed. Files of live processes are left alone.
+/// Removes temporary files that a killed process left in `dir` (the `.<name>.tmp-<pid>-<n>` files of
+/// [`atomic_write`] whose process is gone). Returns how many were removed. Files of live processes are left
+/// alone: they may be a concurrent save in progress.
 pub fn remove_stale_temp_files(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     let entries = match fs::read_dir(dir) {
@@ -98,6 +99,42 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// A failed step of [`replace_dir`], naming the path it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct PathError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Replaces the directory `live` with the complete directory `staged`, both in the same parent.
+///
+/// `staged` is fsynced, the current `live` (if any) is renamed to `backup`, `staged` is renamed to `live`,
+/// the parent is fsynced, and `backup` is removed. A crash at any moment leaves a complete directory under
+/// `live` or, between the two renames, under `backup`; readers should look there when `live` is missing.
+/// A `backup` left by such a crash is replaced.
+pub fn replace_dir(staged: &Path, live: &Path, backup: &Path) -> Result<(), PathError> {
+    let at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PathError { path, source }
+    };
+    sync_dir(staged).map_err(at(staged))?;
+    if live.exists() {
+        if backup.exists() {
+            fs::remove_dir_all(backup).map_err(at(backup))?;
+        }
+        fs::rename(live, backup).map_err(at(live))?;
+    }
+    fs::rename(staged, live).map_err(at(staged))?;
+    let parent = parent_dir(live);
+    sync_dir(parent).map_err(at(parent))?;
+    if backup.exists() {
+        fs::remove_dir_all(backup).map_err(at(backup))?;
+    }
+    Ok(())
+}
+
 /// Makes a rename in `dir` durable. Directories cannot be opened for syncing on Windows; there the
 /// rename is as durable as the file system makes it.
 #[cfg(unix)]
@@ -112,60 +149,5 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stale_temp_files_of_dead_processes_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join(".model.safetensors.tmp-4294967-3");
-        let mine = dir.path().join(format!(".config.json.tmp-{}-0", std::process::id()));
-        let other = dir.path().join("model.safetensors");
-        for p in [&dead, &mine, &other] {
-            fs::write(p, b"x").unwrap();
-        }
-        assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 1);
-        assert!(!dead.exists() && mine.exists() && other.exists());
-        assert_eq!(remove_stale_temp_files(&dir.path().join("missing")).unwrap(), 0);
-        assert_eq!(temp_file_pid(".a.b.tmp-12-7"), Some(12));
-        assert_eq!(temp_file_pid("a.tmp-12-7"), None);
-    }
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn writes_and_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        atomic_write(&path, b"first").unwrap();
-        atomic_write(&path, b"second").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"second");
-        assert_eq!(entries(dir.path()), vec!["a.bin"]);
-    }
-
-    #[test]
-    fn failed_write_keeps_the_old_file_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        atomic_write(&path, b"old").unwrap();
-        let err = atomic_write_with(&path, |f| {
-            f.write_all(b"partial")?;
-            Err(io::Error::other("disk full"))
-        })
-        .unwrap_err();
-        assert_eq!(err.to_string(), "disk full");
-        assert_eq!(fs::read(&path).unwrap(), b"old");
-        assert_eq!(entries(dir.path()), vec!["a.bin"]);
-    }
-
-    #[test]
-    fn missing_directory_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(atomic_write(&dir.path().join("no/such/dir/a.bin"), b"x").is_err());
-    }
-}
+#[path = "write_tests.rs"]
+mod tests;
