@@ -1,4 +1,5 @@
 //! `lushan`: train, evaluate, sample from and inspect GPT models on the CPU. This file only dispatches.
+#![forbid(unsafe_code)]
 
 mod commands;
 mod confusion_plot;

@@ -1,5 +1,7 @@
 //! The GPT-2 model: configuration, one parameter layout, forward and backward over preallocated buffers,
 //! cached decoding, sampling, generation and Hugging Face compatible checkpoints.
+// Unsafe code only item by item (memory-mapping a checkpoint), each with a SAFETY note.
+#![deny(unsafe_code)]
 
 pub mod activations;
 mod adapter_pass;

@@ -8,6 +8,7 @@
 //! answers the completion routes with a 400 pointing at `/classify`. At most `max_queue` requests are running
 //! or waiting, beyond that requests get 429 at once. Connections are served by `listen.rs`: a request's headers
 //! and body each have a deadline, and at most `max_connections` are open at once.
+#![forbid(unsafe_code)]
 
 pub mod batcher;
 mod classify;

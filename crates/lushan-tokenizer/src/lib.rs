@@ -8,6 +8,7 @@
 //!
 //! [`Tokenizer::encode`] treats special-token text such as `<|endoftext|>` as plain text (see the policies
 //! in [`bpe`]); [`Tokenizer::encode_with_special`] is the explicit way in.
+#![forbid(unsafe_code)]
 
 pub mod bpe;
 pub mod char_level;

@@ -120,6 +120,7 @@ impl View for HfTensor<'_> {
 
 /// Opens and memory-maps a safetensors file after validating its header (length, then every entry against
 /// the data's size), so nothing is allocated from a hostile header. Shared by every safetensors reader.
+#[allow(unsafe_code)]
 pub(crate) fn map_checked(path: &Path) -> Result<memmap2::Mmap> {
     let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
     // Refuses a FIFO, socket or device before `open`, which would block on a FIFO until a writer appears.
