@@ -3,6 +3,7 @@
 mod commands;
 mod confusion_plot;
 mod explain;
+mod interrupt;
 mod model_dir;
 mod plot;
 
