@@ -205,7 +205,7 @@ pub enum TrainError {
     )]
     NonFiniteGradient { step: u64, norm: f32 },
 
-    #[error("the run does not fit in memory: it needs about {needed}, but only {available} is available; {advice}")]
+    #[error("the run does not fit in memory: it needs {needed}, but {available}; {advice}")]
     TooLarge { needed: String, available: String, advice: String },
 
     #[error(

@@ -99,7 +99,7 @@ impl MemoryEstimate {
 
     fn describe(&self) -> String {
         format!(
-            "{} in all: model weights {}, gradients + AdamW moments + checkpoint copies {}, activations {}, \
+            "about {} in all: model weights {}, gradients + AdamW moments + checkpoint copies {}, activations {}, \
              attention maps {}, logits {}, token batches {}",
             human(self.total()),
             human(self.weights),
@@ -211,19 +211,23 @@ fn cgroup_headroom() -> Option<u64> {
 pub fn check_fits(s: &RunShape, available: Option<u64>) -> Result<MemoryEstimate> {
     let Some(estimate) = estimate(s) else {
         return Err(TrainError::TooLarge {
-            needed: "more than 16 EiB (the sizes overflow 64 bits)".to_owned(),
-            available: available.map_or_else(|| "unknown".to_owned(), human),
+            needed: "more than 16 EiB (its sizes overflow 64-bit byte counts)".to_owned(),
+            available: available.map_or_else(|| "no machine has that much".to_owned(), available_clause),
             advice: largest_flag(s),
         });
     };
     match available {
         Some(available) if estimate.total() > available => Err(TrainError::TooLarge {
             needed: estimate.describe(),
-            available: human(available),
+            available: available_clause(available),
             advice: estimate.advice().to_owned(),
         }),
         _ => Ok(estimate),
     }
+}
+
+fn available_clause(bytes: u64) -> String {
+    format!("only {} is available", human(bytes))
 }
 
 /// For a shape too large to even count: the flag whose value is largest.

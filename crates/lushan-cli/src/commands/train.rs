@@ -198,11 +198,14 @@ fn resolve(args: &Args) -> Result<TrainConfig> {
         Some(dir) => {
             let mut config = lushan_train::resume::saved_config(dir)?;
             note_ignored_with_resume(args, dir);
+            let init_from = config.init_from.clone();
             if let Some(file) = &args.config {
                 config.apply(&lushan_train::config::read_overrides(file)?);
             }
             config.apply(&args.settings);
+            // Resuming continues the saved run: its directory and its starting point stay (see the note above).
             config.out_dir = dir.clone();
+            config.init_from = init_from;
             config.validate()?;
             Ok(config)
         }
