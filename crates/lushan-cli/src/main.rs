@@ -5,6 +5,7 @@ mod commands;
 mod confusion_plot;
 mod draw;
 mod explain;
+mod interrupt;
 mod model_dir;
 mod plot;
 

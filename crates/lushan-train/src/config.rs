@@ -262,6 +262,16 @@ impl TrainConfig {
                 return bad(name, "must be at least 1".into());
             }
         }
+        if self.gradient_accumulation_steps > MAX_GRADIENT_ACCUMULATION_STEPS {
+            return bad(
+                "gradient_accumulation_steps",
+                format!(
+                    "must be at most {MAX_GRADIENT_ACCUMULATION_STEPS} micro-batches per update, got {} (raise \
+                     --batch-size instead for larger updates)",
+                    self.gradient_accumulation_steps
+                ),
+            );
+        }
         if self.eval_interval == 0 || self.log_interval == 0 {
             let name = if self.eval_interval == 0 { "eval_interval" } else { "log_interval" };
             return bad(name, "must be at least 1".into());
@@ -270,6 +280,16 @@ impl TrainConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(name, format!("must be a finite number ≥ 0, got {v}"));
             }
+        }
+        if self.decay_lr && self.min_lr > self.learning_rate {
+            return Err(TrainError::InvalidSetting {
+                name: "--min-lr".into(),
+                reason: format!(
+                    "{} is above --learning-rate {}: the schedule decays from --learning-rate down to --min-lr, \
+                     so --min-lr must not exceed it (or pass --decay-lr false for a constant rate)",
+                    self.min_lr, self.learning_rate
+                ),
+            });
         }
         for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&v) {
@@ -293,6 +313,29 @@ impl TrainConfig {
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad("val_fraction", format!("must be in (0, 1), got {}", self.val_fraction));
+        }
+        // The run's settings are saved as text (train_config.toml, resume/state.json) at its first checkpoint;
+        // a path that is not UTF-8 cannot be written there, so it is refused before any work is done.
+        let init_dir = match &self.init_from {
+            InitFrom::Dir(dir) => dir.as_path(),
+            InitFrom::Scratch => Path::new(""),
+        };
+        for (name, path) in [
+            ("data", self.data.as_path()),
+            ("val_data", &self.val_data),
+            ("out_dir", &self.out_dir),
+            ("init_from", init_dir),
+        ] {
+            if path.to_str().is_none() {
+                return bad(
+                    name,
+                    format!(
+                        "the path {} is not valid UTF-8; the run's settings are saved as UTF-8 text \
+                         (train_config.toml, resume/state.json), so choose a path with a UTF-8 name",
+                        path.display()
+                    ),
+                );
+            }
         }
         self.model_config(2).validate().map_err(|e| match e {
             lushan_model::ModelError::InvalidConfig { field, reason } => TrainError::InvalidSetting {
@@ -324,6 +367,10 @@ impl TrainConfig {
         self.batch_size * self.block_size * self.gradient_accumulation_steps
     }
 }
+
+/// The most micro-batches one update may accumulate: more would make a single step last for hours while
+/// nothing is saved (a larger update should come from a larger --batch-size).
+pub const MAX_GRADIENT_ACCUMULATION_STEPS: usize = 65_536;
 
 /// Reads a TOML file of settings (the same names as the flags, with underscores).
 pub fn read_overrides(path: &Path) -> Result<TrainOverrides> {

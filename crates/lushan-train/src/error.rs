@@ -56,6 +56,13 @@ pub enum TrainError {
     )]
     CorpusTooShort { path: PathBuf, tokens: usize, window: usize },
 
+    #[error(
+        "{path} changed while the run was reading it: it had {expected} bytes when opened and has {actual} now; \
+         a shard must not be rewritten or truncated during a run (restore it, or prepare new data into another \
+         directory) — the run stopped, keeping its checkpoint; continue with `lushan train --resume`"
+    )]
+    ShardChanged { path: PathBuf, expected: u64, actual: u64 },
+
     #[error("invalid data argument `{name}` = {value}: {expected}")]
     DataArgument { name: &'static str, value: String, expected: String },
 
@@ -198,6 +205,15 @@ pub enum TrainError {
          lower --learning-rate or --grad-clip)"
     )]
     NonFiniteGradient { step: u64, norm: f32 },
+
+    #[error("the run does not fit in memory: it needs {needed}, but {available}; {advice}")]
+    TooLarge { needed: String, available: String, advice: String },
+
+    #[error(
+        "{path} is locked by another training run (process {pid}); two runs on one --out-dir would overwrite \
+         each other's checkpoints and metrics — wait for it, stop it, or choose another --out-dir"
+    )]
+    Locked { path: PathBuf, pid: String },
 
     #[error("{path}: cannot resume: {message}")]
     Resume { path: PathBuf, message: String },

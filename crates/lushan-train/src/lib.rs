@@ -4,6 +4,8 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod lock;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod parallel;

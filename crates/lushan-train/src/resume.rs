@@ -216,6 +216,79 @@ pub fn check_same_model(path: &Path, saved: &ModelConfig, wanted: &ModelConfig) 
     }
 }
 
+/// A resumed run saves its best model into `out_dir` itself, so `resume/` must belong to the run that owns
+/// the directory: its settings (`train_config.toml`, written when that run started) — or, without them, its
+/// best model (`config.json`) — must describe the same model. A `resume/` copied from another run would
+/// otherwise overwrite the directory's model with a different one. Names every field that differs.
+pub fn check_matches_directory(out_dir: &Path, resumed: &ResumeState) -> Result<()> {
+    let settings_path = out_dir.join(SETTINGS_FILE);
+    let settings = std::fs::read_to_string(&settings_path).ok().and_then(|t| toml::from_str::<TrainConfig>(&t).ok());
+    let (file, diffs) = match settings {
+        Some(settings) => (SETTINGS_FILE, settings_differences(&settings, &resumed.train_config)),
+        None => {
+            let config_path = out_dir.join(checkpoint::CONFIG_FILE);
+            let text = match std::fs::read_to_string(&config_path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => return Err(TrainError::Io { path: config_path, source }),
+            };
+            let directory = checkpoint::parse_config_json(&text, &config_path)?;
+            (checkpoint::CONFIG_FILE, model_differences(&directory, &resumed.model.config))
+        }
+    };
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> =
+        diffs.into_iter().map(|(name, dir, res)| format!("{name}: {dir} in {file}, {res} in {RESUME_DIR}/")).collect();
+    Err(resume_error(
+        out_dir,
+        format!(
+            "{RESUME_DIR}/ holds another run's model than the directory's {file} ({}); resuming would overwrite \
+             the directory's model, so the run is refused — resume the directory the state was saved in",
+            fields.join("; ")
+        ),
+    ))
+}
+
+/// The settings file every run writes into its output directory when it starts.
+pub const SETTINGS_FILE: &str = "train_config.toml";
+
+/// (setting, a's value, b's value) for each model-shaping setting in which two runs differ.
+fn settings_differences(a: &TrainConfig, b: &TrainConfig) -> Vec<(&'static str, String, String)> {
+    [
+        ("task", a.task.as_str().to_owned(), b.task.as_str().to_owned()),
+        ("block_size", a.block_size.to_string(), b.block_size.to_string()),
+        ("n_layer", a.n_layer.to_string(), b.n_layer.to_string()),
+        ("n_head", a.n_head.to_string(), b.n_head.to_string()),
+        ("n_embd", a.n_embd.to_string(), b.n_embd.to_string()),
+        ("position_encoding", format!("{:?}", a.position_encoding), format!("{:?}", b.position_encoding)),
+    ]
+    .into_iter()
+    .filter(|(_, x, y)| x != y)
+    .collect()
+}
+
+/// (field, a's value, b's value) for each shape field in which two model configs differ.
+fn model_differences(a: &ModelConfig, b: &ModelConfig) -> Vec<(&'static str, String, String)> {
+    let labels = |c: &ModelConfig| match &c.head {
+        lushan_model::Head::Classifier { labels, .. } => format!("{labels:?}"),
+        _ => "none (a language model)".to_owned(),
+    };
+    [
+        ("vocab_size", a.vocab_size.to_string(), b.vocab_size.to_string()),
+        ("block_size", a.block_size.to_string(), b.block_size.to_string()),
+        ("n_layer", a.n_layer.to_string(), b.n_layer.to_string()),
+        ("n_head", a.n_head.to_string(), b.n_head.to_string()),
+        ("n_embd", a.n_embd.to_string(), b.n_embd.to_string()),
+        ("position_encoding", format!("{:?}", a.position_encoding), format!("{:?}", b.position_encoding)),
+        ("labels", labels(a), labels(b)),
+    ]
+    .into_iter()
+    .filter(|(_, x, y)| x != y)
+    .collect()
+}
+
 /// Writes the best model so far as a Hugging Face style directory, with the tokenizer file; a LoRA run
 /// writes its adapter (PEFT's files, naming `base_model`) instead of the weights.
 pub fn save_best(out_dir: &Path, model: &Gpt, tokenizer: &Tokenizer, base_model: &str) -> Result<()> {

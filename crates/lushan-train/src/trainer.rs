@@ -6,6 +6,7 @@ use crate::data::{
     Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_tokenizer, prepare_streaming, prepare_with,
 };
 use crate::error::{Result, TrainError};
+use crate::memory::{self, RunShape};
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use crate::parallel::{BatchRunner, choose_replicas};
@@ -68,17 +69,8 @@ impl TrainData {
             Some(t) => t.clone(),
             None => load_tokenizer(&dir)?,
         };
-        let vocab = Some(tokenizer.vocab_size());
-        let train = Shard::open(&dir.join(TRAIN_SHARD), vocab)?;
-        let val = Shard::open(&dir.join(VAL_SHARD), vocab)?;
-        for shard in [&train, &val] {
-            if shard.description() != tokenizer.describe() {
-                return Err(TrainError::VocabMismatch {
-                    data: format!("{} ({})", shard.description(), shard.path().display()),
-                    model_vocab: tokenizer.vocab_size(),
-                });
-            }
-        }
+        let train = Shard::open_for(&dir.join(TRAIN_SHARD), &tokenizer)?;
+        let val = Shard::open_for(&dir.join(VAL_SHARD), &tokenizer)?;
         Ok(Self { tokenizer, source: DataSource::Shards { train, val } })
     }
 
@@ -254,6 +246,13 @@ enum Feed {
     },
 }
 
+/// A feed's data cursor, saved at the start of an update to undo an interrupted one.
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    Shards(u64),
+    Task(crate::tasks::TaskLoaderState),
+}
+
 /// Loss (and accuracy) over a set of evaluation batches.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalFigures {
@@ -278,6 +277,29 @@ pub struct Trainer {
     metrics: MetricsLog,
 }
 
+/// Refuses a run whose buffers would not fit in memory, before they are allocated (see [`crate::memory`]):
+/// the model of `model_config` (already in memory when `loaded` is given) trained on `data` with `config`'s
+/// batch shape.
+pub fn check_memory(
+    config: &TrainConfig,
+    model_config: &lushan_model::ModelConfig,
+    data: &TrainData,
+    loaded: Option<&Gpt>,
+) -> Result<()> {
+    let seq_len = match &data.source {
+        DataSource::Shards { .. } => config.block_size,
+        DataSource::Task(task) => task.longest_example().clamp(1, config.block_size),
+    };
+    let mut shape = RunShape::of(model_config, config.batch_size, seq_len);
+    shape.eval_batches = config.eval_iters;
+    shape.model_loaded = loaded.is_some();
+    shape.frozen_base = loaded.is_some_and(|m| m.lora.is_some());
+    let params = memory::parameter_count(&shape).and_then(|p| usize::try_from(p).ok()).unwrap_or(usize::MAX);
+    let replicas = choose_replicas(config.data_parallel, params, config.batch_size);
+    shape.replica_grads = if replicas > 1 { replicas } else { 0 };
+    memory::check_fits(&shape, memory::available_memory()).map(|_| ())
+}
+
 /// The id task batches are padded with: the classifier's `pad_token_id`, else the end-of-turn token.
 fn pad_id(model: &Gpt, tokenizer: &Tokenizer) -> u32 {
     model.config.pad_token_id().or_else(|| lushan_tokenizer::chat::end_of_turn(tokenizer).ok()).unwrap_or(0)
@@ -290,7 +312,11 @@ impl Trainer {
         let vocab = data.tokenizer.vocab_size();
         let model = match model {
             Some(m) => m,
-            None => Gpt::new(config.model_config(vocab), config.seed)?,
+            None => {
+                let model_config = config.model_config(vocab);
+                check_memory(&config, &model_config, &data, None)?;
+                Gpt::new(model_config, config.seed)?
+            }
         };
         if model.config.vocab_size != vocab {
             return Err(TrainError::VocabMismatch {
@@ -348,6 +374,7 @@ impl Trainer {
             }
             _ => {}
         }
+        check_memory(&config, &model.config, &data, Some(&model))?;
         let (feed, t) = match &data.source {
             DataSource::Shards { train, val } => {
                 let t = config.block_size;
@@ -417,6 +444,7 @@ impl Trainer {
         let vocab = data.tokenizer.vocab_size();
         let wanted = config.model_config(vocab);
         resume::check_same_model(&config.out_dir, &state.model.config, &wanted)?;
+        resume::check_matches_directory(&config.out_dir, &state)?;
         if state.data_description != data.description() {
             return Err(TrainError::Resume {
                 path: config.out_dir.clone(),
@@ -465,16 +493,71 @@ impl Trainer {
 
     /// One update over `gradient_accumulation_steps` micro-batches.
     pub fn step(&mut self) -> Result<StepReport> {
+        let never = AtomicBool::new(false);
+        match self.step_unless(&never)? {
+            Some(report) => Ok(report),
+            None => Err(TrainError::InvalidSetting { name: "stop".into(), reason: "raised without a signal".into() }),
+        }
+    }
+
+    /// One update, unless `stop` is raised before one of its micro-batches: then the partial update is
+    /// dropped and the data cursor and dropout RNG are put back where the update began, so the trainer is
+    /// exactly at its last completed step (and a resume state saved now continues bit-identically). A long
+    /// gradient accumulation thus stops within one micro-batch of a Ctrl-C.
+    ///
+    /// Also when reading a batch fails (a shard changed on disk) the cursors are put back, so the caller
+    /// can still save the last completed step.
+    pub fn step_unless(&mut self, stop: &AtomicBool) -> Result<Option<StepReport>> {
+        let cursors = self.cursors();
+        match self.accumulate(stop) {
+            Ok(Some(done)) => self.finish_step(done).map(Some),
+            Ok(None) => {
+                self.restore_cursors(cursors)?;
+                Ok(None)
+            }
+            Err(e) => {
+                if matches!(e, TrainError::ShardChanged { .. } | TrainError::Io { .. }) {
+                    self.restore_cursors(cursors)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the data and the dropout masks stand: restoring it undoes a partial update's draws.
+    fn cursors(&self) -> (Cursor, u64) {
+        let feed = match &self.feed {
+            Feed::Shards { loader, .. } => Cursor::Shards(loader.state()),
+            Feed::Task { loader, .. } => Cursor::Task(loader.state()),
+        };
+        (feed, self.dropout_rng.state())
+    }
+
+    fn restore_cursors(&mut self, (feed, dropout): (Cursor, u64)) -> Result<()> {
+        match (&mut self.feed, feed) {
+            (Feed::Shards { loader, .. }, Cursor::Shards(state)) => loader.set_state(state),
+            (Feed::Task { loader, .. }, Cursor::Task(state)) => loader.set_state(state)?,
+            _ => {}
+        }
+        self.dropout_rng = Rng::from_state(dropout);
+        Ok(())
+    }
+
+    /// The micro-batches of one update: (loss sum, tokens, start time), or `None` when `stop` was raised.
+    fn accumulate(&mut self, stop: &AtomicBool) -> Result<Option<(f64, usize, Instant)>> {
         let start = Instant::now();
         let k = self.config.gradient_accumulation_steps;
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
         let mut tokens = 0usize;
         for _ in 0..k {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             let dropout_seed = self.dropout_rng.next_u64();
             let loss = match &mut self.feed {
                 Feed::Shards { loader, inputs, targets, .. } => {
-                    loader.next_batch(inputs, targets);
+                    loader.next_batch(inputs, targets)?;
                     tokens += inputs.len();
                     self.runner.forward_backward(
                         &self.model,
@@ -510,6 +593,12 @@ impl Trainer {
             }
             loss_sum += loss as f64;
         }
+        Ok(Some((loss_sum, tokens, start)))
+    }
+
+    /// Clips, updates the weights and reports the step whose micro-batches `accumulate` ran.
+    fn finish_step(&mut self, (loss_sum, tokens, start): (f64, usize, Instant)) -> Result<StepReport> {
+        let k = self.config.gradient_accumulation_steps;
         let grad_norm = clip_grad_norm(&mut self.grads, self.config.grad_clip);
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFiniteGradient { step: self.optimizer.step + 1, norm: grad_norm });
@@ -655,11 +744,19 @@ impl Trainer {
             observer.on_eval(&report);
         }
         while self.optimizer.step < self.config.max_iters {
-            if stop.load(Ordering::Relaxed) {
-                self.save_resume()?;
-                return Ok(RunEnd::Interrupted);
-            }
-            let report = self.step()?;
+            let report = match self.step_unless(stop) {
+                Ok(Some(report)) => report,
+                Ok(None) => {
+                    self.save_resume()?;
+                    return Ok(RunEnd::Interrupted);
+                }
+                Err(e @ TrainError::ShardChanged { .. }) => {
+                    // The work since the last evaluation is kept: the trainer is at its last completed step.
+                    self.save_resume()?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             observer.on_step(&report);
             let step = self.optimizer.step;
             if step.is_multiple_of(self.config.eval_interval) || step == self.config.max_iters {

@@ -61,8 +61,8 @@ fn prepare_first_20kb_of_tinyshakespeare_end_to_end() {
     assert_eq!((train.len(), val.len()), (18_000, 2_000));
     assert_eq!(train.description(), report.description);
     let mut ids = vec![0; train.len() + val.len()];
-    train.copy_window(0, &mut ids[..train.len()]);
-    val.copy_window(0, &mut ids[train.len()..]);
+    train.copy_window(0, &mut ids[..train.len()]).unwrap();
+    val.copy_window(0, &mut ids[train.len()..]).unwrap();
     assert_eq!(tokenizer.decode(&ids).unwrap(), text);
 }
 

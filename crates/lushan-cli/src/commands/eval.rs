@@ -4,6 +4,7 @@ use super::eval_task;
 use crate::model_dir;
 use anyhow::{Context, Result};
 use lushan_model::{Activations, Mode};
+use lushan_tokenizer::Tokenizer;
 use lushan_train::data::Shard;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,9 +60,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let tokens: Vec<u32> = if args.data.is_dir() {
         let path = args.data.join("val.bin");
-        shard_tokens(&path, model.config.vocab_size)?
+        shard_tokens(&path, &tokenizer)?
     } else if args.data.extension().is_some_and(|e| e == "bin") {
-        shard_tokens(&args.data, model.config.vocab_size)?
+        shard_tokens(&args.data, &tokenizer)?
     } else {
         lushan_train::data::encode_file_with(&tokenizer, &args.data)?
     };
@@ -114,9 +115,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn shard_tokens(path: &std::path::Path, vocab_size: usize) -> Result<Vec<u32>> {
-    let shard = Shard::open(path, Some(vocab_size)).with_context(|| format!("reading {}", path.display()))?;
+/// Every token of a shard made with the model's tokenizer; a shard made with another one is refused, as
+/// `lushan train` refuses it (the same check: [`Shard::open_for`]).
+fn shard_tokens(path: &std::path::Path, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    let shard = Shard::open_for(path, tokenizer).with_context(|| format!("reading {}", path.display()))?;
     let mut tokens = vec![0u32; shard.len()];
-    shard.copy_window(0, &mut tokens);
+    shard.copy_window(0, &mut tokens).with_context(|| format!("reading {}", path.display()))?;
     Ok(tokens)
 }

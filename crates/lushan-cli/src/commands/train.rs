@@ -7,13 +7,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lushan_model::checkpoint::atomic_write;
 use lushan_model::{Generator, Gpt, Head, Lora, LoraConfig, LoraTarget, Sampling};
 use lushan_tokenizer::Tokenizer;
+use lushan_train::lock::RunLock;
 use lushan_train::tasks::{Task, TaskData};
 use lushan_train::{DataSource, TrainData};
 use lushan_train::{EvalReport, InitFrom, Observer, Preset, RunEnd, StepReport, TrainConfig, TrainOverrides, Trainer};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -37,6 +36,9 @@ pub const LOSS_CURVE_FILE: &str = "loss.png";
 pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let mut config = resolve(&args)?;
+    // Before anything is written into the directory (tokenized data, metrics, checkpoints): one run per
+    // directory. Creating the lock also proves the directory can be created and written.
+    let lock = RunLock::acquire(&config.out_dir).context("locking the output directory")?;
     let init = match (config.init_from.clone(), &args.resume) {
         (InitFrom::Dir(dir), None) => {
             let (mut model, tokenizer) = model_dir::load(&dir)?;
@@ -52,7 +54,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         _ => None,
     };
-    println!("# resolved training configuration\n{}", toml::to_string(&config).unwrap_or_default());
+    let settings_text = toml::to_string(&config).context("writing the resolved settings as TOML")?;
+    println!("# resolved training configuration\n{settings_text}");
     let (data, mut model) = load_data_and_model(&config, init, args.resume.is_some())?;
     if config.lora_rank > 0
         && let Some(model) = model.as_mut()
@@ -82,8 +85,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         None => Trainer::new(config.clone(), data, model)?,
     };
     let out_dir = config.out_dir.clone();
-    let settings_path = out_dir.join("train_config.toml");
-    atomic_write(&settings_path, toml::to_string(&config).unwrap_or_default().as_bytes())
+    let settings_path = out_dir.join(lushan_train::resume::SETTINGS_FILE);
+    let settings_text = toml::to_string(&config).context("writing the resolved settings as TOML")?;
+    atomic_write(&settings_path, settings_text.as_bytes())
         .with_context(|| format!("writing {}", settings_path.display()))?;
     println!(
         "model: {} parameters ({} layers, {} heads, {} channels, context {}); starting at step {}",
@@ -95,18 +99,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         trainer.step_count()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if handler_flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting without saving");
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C handler")?;
+    // `exit` skips destructors: a second signal removes the lock file itself.
+    let lock_path = lock.path().to_path_buf();
+    let stop = crate::interrupt::install(move || {
+        let _ = std::fs::remove_file(&lock_path);
+    })?;
 
     let mut progress = Progress::new(&config, trainer.step_count(), &out_dir)?;
-    let end = trainer.run(&mut progress, &stop);
+    let end = trainer.run(&mut progress, stop.flag());
     progress.bar.finish_and_clear();
     let end = end?;
     progress.draw_curve();
@@ -117,12 +117,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match end {
         RunEnd::Interrupted => {
             println!(
-                "interrupted at step {}: resume state saved to {}/resume (continue with `lushan train --resume {}`)",
+                "interrupted at step {} by {}: resume state saved to {}/resume (continue with `lushan train \
+                 --resume {}`)",
                 trainer.step_count(),
+                stop.signal_name(),
                 out_dir.display(),
                 out_dir.display()
             );
-            return Ok(ExitCode::from(130));
+            return Ok(ExitCode::from(stop.exit_code()));
         }
         RunEnd::EarlyStopped => println!(
             "early stopping at step {}: validation loss did not improve for {} evaluations",
@@ -182,6 +184,7 @@ fn load_data_and_model(
                 None => {
                     let mut cfg = config.model_config(data.tokenizer.vocab_size());
                     cfg.head = Head::Classifier { labels, pad_token_id: pad };
+                    lushan_train::trainer::check_memory(config, &cfg, &data, None)?;
                     Gpt::new(cfg, config.seed)?
                 }
             };
@@ -194,15 +197,38 @@ fn resolve(args: &Args) -> Result<TrainConfig> {
     match &args.resume {
         Some(dir) => {
             let mut config = lushan_train::resume::saved_config(dir)?;
+            note_ignored_with_resume(args, dir);
+            let init_from = config.init_from.clone();
             if let Some(file) = &args.config {
                 config.apply(&lushan_train::config::read_overrides(file)?);
             }
             config.apply(&args.settings);
+            // Resuming continues the saved run: its directory and its starting point stay (see the note above).
             config.out_dir = dir.clone();
+            config.init_from = init_from;
             config.validate()?;
             Ok(config)
         }
         None => Ok(TrainConfig::resolve(args.preset, args.config.as_deref(), &args.settings)?),
+    }
+}
+
+/// `--resume DIR` continues the run saved in DIR, into DIR, from the weights saved there: an output
+/// directory or starting checkpoint given as well is not used, and the user is told so.
+fn note_ignored_with_resume(args: &Args, dir: &Path) {
+    if let Some(out) = args.settings.out_dir.as_ref().filter(|out| *out != dir) {
+        eprintln!(
+            "note: --out-dir {} is ignored: --resume {} continues the run in its own directory",
+            out.display(),
+            dir.display()
+        );
+    }
+    if let Some(init) = &args.settings.init_from {
+        eprintln!(
+            "note: --init-from {} is ignored: --resume {} continues from the weights saved there",
+            String::from(init.clone()),
+            dir.display()
+        );
     }
 }
 

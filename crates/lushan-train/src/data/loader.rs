@@ -34,12 +34,13 @@ impl Loader {
     }
 
     /// Fills `inputs` and `targets` (each `batch_size × block_size`, row-major) with random windows;
-    /// `targets` is `inputs` shifted left by one token.
+    /// `targets` is `inputs` shifted left by one token. Errors when the shard's file changed since it was
+    /// opened.
     ///
     /// # Panics
     /// If a buffer is not exactly `batch_size × block_size` long: buffers are allocated once by the
     /// caller for the loader's shape, so a mismatch is a bug, not bad input.
-    pub fn next_batch(&mut self, inputs: &mut [u32], targets: &mut [u32]) {
+    pub fn next_batch(&mut self, inputs: &mut [u32], targets: &mut [u32]) -> Result<()> {
         let (b, t) = (self.batch_size, self.block_size);
         assert!(
             inputs.len() == b * t && targets.len() == b * t,
@@ -52,8 +53,9 @@ impl Loader {
         let starts = (self.shard.len() - t) as u64;
         for (x, y) in inputs.chunks_exact_mut(t).zip(targets.chunks_exact_mut(t)) {
             let start = self.rng.below(starts) as usize;
-            fill_window(&self.shard, start, x, y);
+            fill_window(&self.shard, start, x, y)?;
         }
+        Ok(())
     }
 
     /// The whole resumable state (the RNG state), to be stored in a resume file.
@@ -93,14 +95,14 @@ pub fn eval_batches(
 ) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
     let mut loader = Loader::new(shard, batch_size, block_size, seed)?;
     loader.rng = Rng::derive(seed, EVAL_STREAM);
-    Ok((0..n_batches)
+    (0..n_batches)
         .map(|_| {
             let mut inputs = vec![0; batch_size * block_size];
             let mut targets = vec![0; batch_size * block_size];
-            loader.next_batch(&mut inputs, &mut targets);
-            (inputs, targets)
+            loader.next_batch(&mut inputs, &mut targets)?;
+            Ok((inputs, targets))
         })
-        .collect())
+        .collect()
 }
 
 /// One window of [`sequential_windows`]: inputs are tokens `start .. start+len`, targets
@@ -130,8 +132,7 @@ impl Window {
                 window: self.start + self.len + 1,
             });
         }
-        fill_window(shard, self.start, &mut inputs[..self.len], &mut targets[..self.len]);
-        Ok(())
+        fill_window(shard, self.start, &mut inputs[..self.len], &mut targets[..self.len])
     }
 }
 
@@ -176,9 +177,9 @@ pub fn sequential_windows(shard: &Shard, block_size: usize) -> Result<Sequential
 }
 
 /// Copies `x = data[start..start+T]` and `y = data[start+1..start+T+1]`.
-fn fill_window(shard: &Shard, start: usize, x: &mut [u32], y: &mut [u32]) {
-    shard.copy_window(start, x);
-    shard.copy_window(start + 1, y);
+fn fill_window(shard: &Shard, start: usize, x: &mut [u32], y: &mut [u32]) -> Result<()> {
+    shard.copy_window(start, x)?;
+    shard.copy_window(start + 1, y)
 }
 
 fn check_dims(shard: &Shard, batch_size: usize, block_size: usize) -> Result<()> {
@@ -217,7 +218,7 @@ mod tests {
     fn batch(loader: &mut Loader) -> (Vec<u32>, Vec<u32>) {
         let n = loader.batch_size() * loader.block_size();
         let (mut x, mut y) = (vec![0; n], vec![0; n]);
-        loader.next_batch(&mut x, &mut y);
+        loader.next_batch(&mut x, &mut y).unwrap();
         (x, y)
     }
 
@@ -315,7 +316,7 @@ mod tests {
     fn wrong_buffer_size_panics() {
         let (_dir, shard) = counting_shard(100);
         let mut loader = Loader::new(&shard, 2, 4, 0).unwrap();
-        loader.next_batch(&mut [0; 8], &mut [0; 7]);
+        let _ = loader.next_batch(&mut [0; 8], &mut [0; 7]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Token shards: a corpus encoded once by `lushan prepare`, memory-mapped by training and evaluation.
+//! Token shards: a corpus encoded once by `lushan prepare`, read by training and evaluation.
 //!
 //! Layout (all integers little-endian):
 //!
@@ -19,8 +19,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use memmap2::Mmap;
 
 use crate::error::{Result, TrainError};
 use lushan_model::checkpoint::atomic_write_with as atomic_write;
@@ -91,21 +89,34 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize, tokenizer_des
     .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }
 
-/// A validated, memory-mapped token shard. Cloning shares the mapping (a reference count), so a loader
-/// and an evaluator can each hold the same shard.
+/// A validated token shard, read with positioned reads (`pread`). Cloning shares the open file (a
+/// reference count), so a loader and an evaluator can each hold the same shard.
+///
+/// Not memory-mapped: a mapped file that another process truncates kills the reader with SIGBUS at the next
+/// touch of a vanished page, whereas a read of a truncated file is a short read — here a named error
+/// ([`TrainError::ShardChanged`]). Training reads a few windows per step, so the system calls cost nothing
+/// measurable; the page cache serves them as it served the mapping.
 #[derive(Debug, Clone)]
 pub struct Shard {
     path: PathBuf,
-    map: Arc<Mmap>,
+    file: Arc<File>,
+    /// The file's length when it was validated; every read checks it is unchanged.
+    file_len: u64,
     /// Byte offset of the first token.
-    body_start: usize,
+    body_start: u64,
     len: usize,
     width: u32,
     description: String,
+    /// The vocabulary the ids were checked against at open; reads re-check ids, so a file rewritten in
+    /// place cannot feed an out-of-range id to the model.
+    vocab_size: Option<usize>,
 }
 
+/// Bytes read per system call when a read spans many tokens (checking ids, copying a whole shard).
+const READ_CHUNK: usize = 1 << 16;
+
 impl Shard {
-    /// Maps and validates a shard; with `vocab_size`, also checks every id so a shard from another
+    /// Opens and validates a shard; with `vocab_size`, also checks every id so a shard from another
     /// tokenizer cannot index past the embedding table.
     pub fn open(path: &Path, vocab_size: Option<usize>) -> Result<Shard> {
         let io = |source: std::io::Error| TrainError::Io { path: path.to_path_buf(), source };
@@ -113,27 +124,51 @@ impl Shard {
             std::io::ErrorKind::NotFound => TrainError::ShardMissing { path: path.to_path_buf() },
             _ => io(source),
         })?;
-        if file.metadata().map_err(io)?.len() == 0 {
+        let file_len = file.metadata().map_err(io)?.len();
+        if file_len == 0 {
             return Err(TrainError::NotAShard { path: path.to_path_buf() });
         }
-        // SAFETY: the file is opened read-only and the map is only read, through bounds-checked slices, after
-        // the header and body length below have been validated. The remaining hazard of any file mapping is
-        // another process truncating the file while it is mapped; our own writers never do that (they
-        // replace shards by renaming a new file over the name, which leaves this inode intact).
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let header = parse_header(path, &map)?;
+        // The fixed header, then the description its length field announces (bounded by the file's size,
+        // which `parse_header` checks before anything that long is read).
+        let mut fixed = vec![0u8; FIXED_HEADER_LEN.min(usize::try_from(file_len).unwrap_or(usize::MAX))];
+        read_exact_at(&file, &mut fixed, 0).map_err(io)?;
+        let description_len = if fixed.len() == FIXED_HEADER_LEN { le_u32(&fixed, 24) as u64 } else { 0 };
+        let header_len = (FIXED_HEADER_LEN as u64).saturating_add(description_len).min(file_len);
+        let mut header = vec![0u8; usize::try_from(header_len).unwrap_or(usize::MAX)];
+        read_exact_at(&file, &mut header, 0).map_err(io)?;
+        let parsed = parse_header(path, &header, file_len)?;
         let shard = Shard {
             path: path.to_path_buf(),
-            map: Arc::new(map),
-            body_start: header.body_start,
-            len: header.len,
-            width: header.width,
-            description: header.description,
+            file: Arc::new(file),
+            file_len,
+            body_start: parsed.body_start as u64,
+            len: parsed.len,
+            width: parsed.width,
+            description: parsed.description,
+            vocab_size: None,
         };
-        if let Some(vocab_size) = vocab_size {
-            shard.check_ids(vocab_size)?;
+        match vocab_size {
+            Some(vocab_size) => {
+                shard.check_ids(vocab_size)?;
+                Ok(Shard { vocab_size: Some(vocab_size), ..shard })
+            }
+            None => Ok(shard),
         }
-        Ok(shard)
+    }
+
+    /// Opens a shard for a model with `tokenizer`: refuses a shard made by another tokenizer (its stored
+    /// description differs) before looking at a single id, then checks every id against the vocabulary.
+    /// Training and `lushan eval` both open shards this way.
+    pub fn open_for(path: &Path, tokenizer: &lushan_tokenizer::Tokenizer) -> Result<Shard> {
+        let shard = Shard::open(path, None)?;
+        if shard.description() != tokenizer.describe() {
+            return Err(TrainError::VocabMismatch {
+                data: format!("{} ({})", shard.description(), path.display()),
+                model_vocab: tokenizer.vocab_size(),
+            });
+        }
+        shard.check_ids(tokenizer.vocab_size())?;
+        Ok(Shard { vocab_size: Some(tokenizer.vocab_size()), ..shard })
     }
 
     /// Number of tokens.
@@ -163,59 +198,126 @@ impl Shard {
     ///
     /// # Panics
     /// If `i >= len()` (a caller bug, like indexing a slice).
-    pub fn token(&self, i: usize) -> u32 {
+    pub fn token(&self, i: usize) -> Result<u32> {
         let mut one = [0u32; 1];
-        self.copy_window(i, &mut one);
-        one[0]
+        self.copy_window(i, &mut one)?;
+        Ok(one[0])
     }
 
-    /// Copies tokens `start .. start + out.len()` into `out`, widening to u32, without allocating.
+    /// Copies tokens `start .. start + out.len()` into `out`, widening to u32. Errors when the file changed
+    /// size since it was opened (or an id is out of the checked vocabulary's range).
     ///
     /// # Panics
     /// If the window runs past `len()` (a caller bug, like indexing a slice).
-    pub fn copy_window(&self, start: usize, out: &mut [u32]) {
+    pub fn copy_window(&self, start: usize, out: &mut [u32]) -> Result<()> {
         assert!(
             start <= self.len && out.len() <= self.len - start,
             "window {start}..{} is outside the shard's {} tokens",
             start + out.len(),
             self.len
         );
-        let width = self.width as usize;
-        let from = self.body_start + start * width;
-        let bytes = &self.map[from..from + out.len() * width];
-        if width == 2 {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = u32::from(u16::from_le_bytes([b[0], b[1]]));
+        self.check_unchanged()?;
+        let vocab_size = self.vocab_size;
+        let path = &self.path;
+        let mut filled = 0;
+        self.read_tokens(start, out.len(), |ids| {
+            for (o, id) in out[filled..].iter_mut().zip(ids) {
+                if vocab_size.is_some_and(|v| id as usize >= v) {
+                    return Err(TrainError::TokenOutOfRange {
+                        path: path.clone(),
+                        id,
+                        index: start + filled,
+                        vocab_size: vocab_size.unwrap_or(0),
+                    });
+                }
+                *o = id;
+                filled += 1;
             }
-        } else {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Errors on the first id `>= vocab_size`, naming it and its index.
     pub fn check_ids(&self, vocab_size: usize) -> Result<()> {
-        let body = &self.map[self.body_start..];
-        let bad = if self.width == 2 {
-            if vocab_size > usize::from(u16::MAX) {
-                return Ok(()); // every u16 is in range
+        if self.width == 2 && vocab_size > usize::from(u16::MAX) {
+            return Ok(()); // every u16 is in range
+        }
+        let mut index = 0;
+        self.read_tokens(0, self.len, |ids| {
+            for id in ids {
+                if id as usize >= vocab_size {
+                    return Err(TrainError::TokenOutOfRange { path: self.path.clone(), id, index, vocab_size });
+                }
+                index += 1;
             }
-            body.chunks_exact(2)
-                .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))
-                .enumerate()
-                .find(|&(_, id)| id as usize >= vocab_size)
-        } else {
-            body.chunks_exact(4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .enumerate()
-                .find(|&(_, id)| id as usize >= vocab_size)
-        };
-        match bad {
-            Some((index, id)) => Err(TrainError::TokenOutOfRange { path: self.path.clone(), id, index, vocab_size }),
-            None => Ok(()),
+            Ok(())
+        })
+    }
+
+    /// The error for a file whose length is no longer the one validated at open, if it is not.
+    fn check_unchanged(&self) -> Result<()> {
+        let actual = self.file.metadata().map_err(|source| TrainError::Io { path: self.path.clone(), source })?.len();
+        if actual != self.file_len {
+            return Err(TrainError::ShardChanged { path: self.path.clone(), expected: self.file_len, actual });
+        }
+        Ok(())
+    }
+
+    /// Reads tokens `start .. start + count` in chunks, handing each chunk's ids to `visit`.
+    fn read_tokens(
+        &self,
+        start: usize,
+        count: usize,
+        mut visit: impl FnMut(&mut dyn Iterator<Item = u32>) -> Result<()>,
+    ) -> Result<()> {
+        let width = self.width as usize;
+        let mut buf = vec![0u8; READ_CHUNK.min(count.saturating_mul(width))];
+        let per_chunk = (buf.len() / width).max(1);
+        let mut done = 0;
+        while done < count {
+            let n = per_chunk.min(count - done);
+            let bytes = &mut buf[..n * width];
+            let offset = self.body_start + ((start + done) * width) as u64;
+            read_exact_at(&self.file, bytes, offset).map_err(|source| self.read_error(source))?;
+            if width == 2 {
+                visit(&mut bytes.chunks_exact(2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))))?;
+            } else {
+                visit(&mut bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])))?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// A failed read: a file cut short since it was opened says so; other failures are I/O errors.
+    fn read_error(&self, source: std::io::Error) -> TrainError {
+        if source.kind() == std::io::ErrorKind::UnexpectedEof
+            && let Err(changed) = self.check_unchanged()
+        {
+            return changed;
+        }
+        TrainError::Io { path: self.path.clone(), source }
+    }
+}
+
+/// Fills `buf` from `offset` of `file` without moving a shared cursor (clones read concurrently).
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
         }
     }
+    Ok(())
 }
 
 struct Header {
@@ -225,18 +327,16 @@ struct Header {
     description: String,
 }
 
-fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+/// Validates a shard's header: `bytes` is the start of a file of `file_len` bytes — the fixed header and
+/// the description, or as much of them as the file holds.
+fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header> {
     let path_buf = || path.to_path_buf();
     if bytes.len() < SHARD_MAGIC.len() || &bytes[..SHARD_MAGIC.len()] != SHARD_MAGIC {
         return Err(TrainError::NotAShard { path: path_buf() });
     }
-    let truncated = |expected: usize| TrainError::ShardHeaderTruncated {
-        path: path_buf(),
-        expected: expected as u64,
-        actual: bytes.len() as u64,
-    };
-    if bytes.len() < FIXED_HEADER_LEN {
-        return Err(truncated(FIXED_HEADER_LEN));
+    let truncated = |expected: u64| TrainError::ShardHeaderTruncated { path: path_buf(), expected, actual: file_len };
+    if file_len < FIXED_HEADER_LEN as u64 || bytes.len() < FIXED_HEADER_LEN {
+        return Err(truncated(FIXED_HEADER_LEN as u64));
     }
     let version = le_u32(bytes, 8);
     if version != SHARD_VERSION {
@@ -247,19 +347,28 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         return Err(TrainError::ShardWidth { path: path_buf(), found: width });
     }
     let count = le_u64(bytes, 16);
-    let body_start = FIXED_HEADER_LEN.saturating_add(le_u32(bytes, 24) as usize);
-    if bytes.len() < body_start {
+    let body_start = FIXED_HEADER_LEN as u64 + u64::from(le_u32(bytes, 24));
+    if file_len < body_start || (bytes.len() as u64) < body_start {
         return Err(truncated(body_start));
     }
+    // Within `bytes`, so within usize.
+    let body_start = body_start as usize;
     let description = std::str::from_utf8(&bytes[FIXED_HEADER_LEN..body_start])
         .map_err(|source| TrainError::ShardDescription { path: path_buf(), source })?
         .to_owned();
-    let actual = (bytes.len() - body_start) as u64;
+    let actual = file_len - body_start as u64;
     let expected = count.saturating_mul(u64::from(width));
     if actual != expected {
         return Err(TrainError::ShardSize { path: path_buf(), count, width, expected, actual });
     }
-    Ok(Header { body_start, len: (bytes.len() - body_start) / width as usize, width, description })
+    let len = usize::try_from(count).map_err(|_| TrainError::ShardSize {
+        path: path_buf(),
+        count,
+        width,
+        expected,
+        actual,
+    })?;
+    Ok(Header { body_start, len, width, description })
 }
 
 /// Reads a little-endian u32 at `at`; the caller has checked that `bytes` is long enough.

@@ -42,9 +42,9 @@ fn round_trip_u16() {
     let shard = Shard::open(&path, Some(65)).unwrap();
     assert_eq!((shard.len(), shard.token_width()), (1000, 2));
     assert_eq!(shard.description(), "char:65");
-    assert!((0..1000).all(|i| shard.token(i) == tokens[i]));
+    assert!((0..1000).all(|i| shard.token(i).unwrap() == tokens[i]));
     let mut window = vec![0; 37];
-    shard.copy_window(963, &mut window);
+    shard.copy_window(963, &mut window).unwrap();
     assert_eq!(window, tokens[963..]);
 }
 
@@ -57,7 +57,7 @@ fn round_trip_u32() {
     let shard = Shard::open(&path, Some(70_000)).unwrap();
     assert_eq!(shard.token_width(), 4);
     let mut all = vec![0; tokens.len()];
-    shard.copy_window(0, &mut all);
+    shard.copy_window(0, &mut all).unwrap();
     assert_eq!(all, tokens);
     assert_eq!(shard.description(), "bpe:70000");
 }
@@ -71,7 +71,7 @@ fn width_switches_above_65536() {
     let path = dir.path().join("edge.bin");
     write_shard(&path, &[65_535, 0], 65_536, "x").unwrap();
     let shard = Shard::open(&path, Some(65_536)).unwrap();
-    assert_eq!((shard.token_width(), shard.token(0)), (2, 65_535));
+    assert_eq!((shard.token_width(), shard.token(0).unwrap()), (2, 65_535));
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn valid_fixture_opens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.bin");
     std::fs::write(&path, valid()).unwrap();
-    assert_eq!(Shard::open(&path, Some(10)).unwrap().token(9), 9);
+    assert_eq!(Shard::open(&path, Some(10)).unwrap().token(9).unwrap(), 9);
 }
 
 #[test]
@@ -187,5 +187,48 @@ fn window_past_the_end_panics() {
     let path = dir.path().join("ok.bin");
     std::fs::write(&path, valid()).unwrap();
     let shard = Shard::open(&path, None).unwrap();
-    shard.copy_window(8, &mut [0; 3]);
+    let _ = shard.copy_window(8, &mut [0; 3]);
+}
+
+#[test]
+fn a_shard_cut_short_after_opening_is_a_named_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(TRAIN_SHARD);
+    let tokens: Vec<u32> = (0..1000).map(|i| i % 65).collect();
+    write_shard(&path, &tokens, 65, "char:65").unwrap();
+    let shard = Shard::open(&path, Some(65)).unwrap();
+    let mut window = [0; 16];
+    shard.copy_window(900, &mut window).unwrap();
+    let full = std::fs::metadata(&path).unwrap().len();
+    std::fs::File::options().write(true).open(&path).unwrap().set_len(full / 2).unwrap();
+    // Even a window still inside the shorter file is refused: the shard is no longer the one validated.
+    for start in [0, 900] {
+        let message = shard.copy_window(start, &mut window).unwrap_err().to_string();
+        assert!(message.contains("changed while the run was reading it"), "{message}");
+        assert!(message.contains(&format!("{full} bytes")) && message.contains("--resume"), "{message}");
+    }
+}
+
+#[test]
+fn ids_rewritten_in_place_out_of_range_are_refused_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.bin");
+    std::fs::write(&path, valid()).unwrap();
+    let shard = Shard::open(&path, Some(10)).unwrap();
+    let mut bytes = valid();
+    let last = bytes.len() - 2;
+    bytes[last..].copy_from_slice(&500u16.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap(); // same length, same inode
+    let message = shard.copy_window(0, &mut [0; 10]).unwrap_err().to_string();
+    assert!(message.contains("token id 500 at index 9"), "{message}");
+}
+
+#[test]
+fn open_for_refuses_another_tokenizers_shard_before_checking_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.bin");
+    std::fs::write(&path, valid()).unwrap();
+    let tokenizer: lushan_tokenizer::Tokenizer = lushan_tokenizer::CharTokenizer::from_text("abc").unwrap().into();
+    let message = Shard::open_for(&path, &tokenizer).unwrap_err().to_string();
+    assert!(message.contains("vocabulary mismatch") && message.contains("char:10"), "{message}");
 }

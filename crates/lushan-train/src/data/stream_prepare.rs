@@ -183,7 +183,7 @@ mod tests {
     fn shard_ids(path: &Path) -> Vec<u32> {
         let shard = Shard::open(path, None).unwrap();
         let mut ids = vec![0; shard.len()];
-        shard.copy_window(0, &mut ids);
+        shard.copy_window(0, &mut ids).unwrap();
         ids
     }
 

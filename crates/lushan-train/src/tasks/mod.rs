@@ -122,6 +122,15 @@ impl TaskData {
         }
     }
 
+    /// Tokens in the longest example of either split: the longest sequence a batch can hold.
+    pub fn longest_example(&self) -> usize {
+        let (train, val) = match self {
+            TaskData::Classify { train, val } => (train.lengths(), val.lengths()),
+            TaskData::Sft { train, val } => (train.lengths(), val.lengths()),
+        };
+        train.into_iter().chain(val).max().unwrap_or(0)
+    }
+
     /// The training batch of the examples at `indices` (from [`TaskLoader::next_indices`]).
     pub fn train_batch(&self, indices: &[usize], pad_id: u32) -> Result<TaskBatch> {
         match self {
