@@ -1,5 +1,6 @@
 //! Training: token shards and the batch loader, the optimiser, schedules, the training loop, resume state and
 //! evaluation.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod data;
