@@ -11,6 +11,12 @@ use std::path::Path;
 /// written by `lushan train --lora-rank R` loads its base (named in `lushan-adapter.json`) and merges the
 /// adapter into it.
 pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
+    anyhow::ensure!(
+        dir.exists(),
+        "model directory {} does not exist: train one with `lushan train --out-dir {}`, or pass --model DIR",
+        dir.display(),
+        dir.display()
+    );
     if adapter::is_adapter_dir(dir) && !dir.join(checkpoint::WEIGHTS_FILE).exists() {
         let base = adapter::adapter_base(dir)?.filter(|b| !b.as_os_str().is_empty()).with_context(|| {
             format!(
@@ -22,8 +28,8 @@ pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
         })?;
         return load_with(&base, Some(dir));
     }
-    let (config, params) =
-        checkpoint::load_model_dir(dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    // The checkpoint's errors name the directory or file, so no context repeats it.
+    let (config, params) = checkpoint::load_model_dir(dir)?;
     let model = Gpt::from_params(config, params)?;
     // The tokenizer crate's error names the file, so no extra context is added.
     let tokenizer = Tokenizer::load_dir(dir)?;

@@ -109,10 +109,10 @@ pub enum TokenizerError {
 
     // ---- BPE training ----
     #[error(
-        "vocabulary size {requested} is too small: byte-level BPE needs at least {minimum} \
-         (256 bytes + the special tokens)"
+        "vocabulary size {requested} is out of range: byte-level BPE needs at least {minimum} (256 bytes + the \
+         special tokens) and token ids are 32-bit, so at most {maximum}"
     )]
-    VocabTooSmall { requested: usize, minimum: usize },
+    VocabSizeOutOfRange { requested: usize, minimum: usize, maximum: usize },
 
     #[error("cannot train a tokenizer on an empty corpus")]
     EmptyCorpus,

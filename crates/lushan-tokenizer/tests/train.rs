@@ -115,7 +115,7 @@ fn bad_options_are_errors() {
     let mut trainer = BpeTrainer::new();
     trainer.add_text("hello");
     let err = trainer.train(&TrainOptions::new(100)).unwrap_err();
-    assert!(matches!(err, TokenizerError::VocabTooSmall { requested: 100, minimum: 257 }), "{err}");
+    assert!(matches!(err, TokenizerError::VocabSizeOutOfRange { requested: 100, minimum: 257, .. }), "{err}");
     assert!(err.to_string().contains("at least 257"), "{err}");
     let err = BpeTrainer::new().train(&TrainOptions::new(1000)).unwrap_err();
     assert!(err.to_string().contains("empty corpus"), "{err}");

@@ -99,7 +99,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn load(spec: &str) -> Result<Tokenizer> {
-    Tokenizer::load(spec).with_context(|| format!("loading tokenizer {spec:?}"))
+    // The tokenizer crate names the file or spec in its errors: no context that repeats it.
+    Ok(Tokenizer::load(spec)?)
 }
 
 /// The bytes of FILE, or of standard input for none or `-`; and a name for messages.

@@ -116,8 +116,9 @@ impl BpeTrainer {
     /// Learns merges until the vocabulary has `options.vocab_size` ids (or no pair is frequent enough).
     pub fn train(self, options: &TrainOptions) -> Result<(Bpe, TrainReport)> {
         let minimum = 256 + options.special_tokens.len();
-        if options.vocab_size < minimum || u32::try_from(options.vocab_size).is_err() {
-            return Err(TokenizerError::VocabTooSmall { requested: options.vocab_size, minimum });
+        let maximum = u32::MAX as usize;
+        if !(minimum..=maximum).contains(&options.vocab_size) {
+            return Err(TokenizerError::VocabSizeOutOfRange { requested: options.vocab_size, minimum, maximum });
         }
         if self.counts.is_empty() {
             return Err(TokenizerError::EmptyCorpus);
