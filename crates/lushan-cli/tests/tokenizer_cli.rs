@@ -172,7 +172,7 @@ fn bad_input_fails_with_a_message_naming_it() {
     fails(
         &["tokenizer", "train", SHAKESPEARE, "--vocab-size", "100", "--out", s(&dir.path().join("t"))],
         b"",
-        &["vocabulary size 100 is too small", "257"],
+        &["vocabulary size 100 is out of range", "257"],
     );
     fails(&["tokenizer", "train", SHAKESPEARE], b"", &["--out"]);
 }
