@@ -390,6 +390,7 @@ impl Trainer {
             DataSource::Task(task) => {
                 let pad_id = pad_id(&model, &data.tokenizer);
                 let lengths = task.train_lengths();
+                let longest_train = lengths.iter().copied().max().unwrap_or(1);
                 let loader = TaskLoader::new(lengths.clone(), b, config.seed)?;
                 // A fixed sample of training examples, as many as `eval_iters` batches, to report the
                 // training loss on the same footing as the validation loss.
@@ -404,7 +405,7 @@ impl Trainer {
                         reason: "no validation examples: give --val-data FILE or a --val-fraction above 0".into(),
                     });
                 }
-                let t = task.train_lengths().into_iter().max().unwrap_or(1).clamp(1, config.block_size);
+                let t = longest_train.clamp(1, config.block_size);
                 let t = eval_val.iter().chain(&eval_train).map(|batch| batch.t).fold(t, usize::max);
                 (Feed::Task { loader, eval_train, eval_val, pad_id }, t.min(config.block_size))
             }
