@@ -106,7 +106,7 @@ impl Timing {
     /// One line, as llama-cli ends with: how long the prompt took to read and how fast tokens came.
     fn line(&self) -> String {
         format!(
-            "timing: prompt {} tokens; prefill {} tokens in {:.1} ms ({} tokens/s); decode {} tokens in {:.1} ms \
+            "timing: prompt {} tokens; prefill {} tokens in {:.2} ms ({} tokens/s); decode {} tokens in {:.2} ms \
              ({} tokens/s)",
             self.prompt_tokens,
             self.prefill_tokens,
