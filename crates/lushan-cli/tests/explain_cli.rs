@@ -272,7 +272,9 @@ fn bad_input_fails_with_a_message_naming_the_flag() {
 fn help_names_the_flags() {
     let out = lushan(&["explain", "--help"]);
     assert_eq!(out.code, 0, "{out:?}");
-    for flag in ["--model", "--prompt", "--format", "--out", "--png", "--alternatives", "--layer", "--head", "--generate"] {
+    for flag in
+        ["--model", "--prompt", "--format", "--out", "--png", "--alternatives", "--layer", "--head", "--generate"]
+    {
         assert!(out.stdout.contains(flag), "help lacks {flag}: {out:?}");
     }
     for flag in ["--temperature", "--top-k", "--top-p", "--seed", "--neighbors", "--neighbor-count"] {

@@ -57,7 +57,16 @@ async fn page_is_one_self_contained_html_document() {
     ] {
         assert!(page.contains(&format!("id=\"{id}\"")), "no element #{id}");
     }
-    for call in ["'/v1/completions'", "'/v1/explain'", "stream: true", "body.top_p", "body.repetition_penalty", "Authorization", "autorun", "data-state"] {
+    for call in [
+        "'/v1/completions'",
+        "'/v1/explain'",
+        "stream: true",
+        "body.top_p",
+        "body.repetition_penalty",
+        "Authorization",
+        "autorun",
+        "data-state",
+    ] {
         assert!(page.contains(call), "the page never mentions {call}");
     }
     // Offline: nothing is loaded from elsewhere.

@@ -84,7 +84,11 @@ fn prompt_text(args: &Args) -> Result<String> {
                 e.utf8_error().valid_up_to()
             )
         })?;
-        anyhow::ensure!(!text.is_empty(), "--prompt-file {} is empty: give a file with text to continue", path.display());
+        anyhow::ensure!(
+            !text.is_empty(),
+            "--prompt-file {} is empty: give a file with text to continue",
+            path.display()
+        );
         return Ok(text);
     }
     let text = args.positional_prompt.as_ref().or(args.prompt.as_ref()).map_or("\n", String::as_str);
