@@ -7,7 +7,10 @@
 #   2. checks the DOM: streamed tokens in #output, the explained tokens, the attention row, the logit lens;
 #   3. flips the logit lens through every layer, switches attention layer and head, hovers an explained token
 #      and a streamed one, and checks the alternatives tooltip appears;
-#   4. takes a screenshot and checks it is a PNG of the requested window size and not blank.
+#   4. checks the colour legends (viridis, 0 to 1, beside every probability colouring and heat map), the heat
+#      maps' axes (token labels drawn, axis titles), and that at 820 px width nothing overflows sideways;
+#   5. moves the pointer away (no tooltip over the headings), takes a screenshot and checks it is a PNG of the
+#      requested window size and not blank.
 # Any uncaught exception, console.error/assert or browser log entry of level "error" fails the check.
 #
 # Why not `--virtual-time-budget` with `--dump-dom`/`--screenshot`: virtual time does not wait for a streamed
@@ -66,7 +69,8 @@ if not kind.startswith("text/html") or 'id="lens"' not in page:
     print(f"check_playground: FAIL: GET {base}/ is not the playground page ({kind})", file=sys.stderr)
     sys.exit(1)
 
-query = urllib.parse.urlencode({"prompt": prompt, "max_tokens": 40, "temperature": 0.8, "seed": 7, "autorun": 1})
+query = urllib.parse.urlencode({"prompt": prompt, "max_tokens": 40, "temperature": 0.8, "top_p": 0.95,
+                                "repetition_penalty": 1.1, "seed": 7, "autorun": 1})
 url = f"{base}/?{query}"
 
 # --remote-debugging-pipe: Chromium reads commands on fd 3 and writes answers and events on fd 4, each a JSON
@@ -264,7 +268,7 @@ def run():
                   "document.querySelector('#ex-tokens .chip:nth-child(3)')")
     if not selected:
         raise Fail("hovering an explained token did not select it")
-    # Hovering a streamed token shows its alternatives; the screenshot is taken with the tooltip open.
+    # Hovering a streamed token shows its alternatives.
     js("window.scrollTo(0, 0)")
     hover("#output .tok")
     tip = js("""(() => { const t = document.getElementById('tip');
@@ -273,6 +277,58 @@ def run():
         raise Fail(f"hovering a streamed token did not show its alternatives: {tip}")
     say(f"hover: the tooltip lists {tip['rows']} alternatives")
 
+    # Legends: each names its scale, reads 0 … 1 and shows viridis from its first stop to its last.
+    legends = js("""(() => [...document.querySelectorAll('.legend')].map((e) => {
+        const bar = e.querySelector('.bar');
+        const box = e.getBoundingClientRect();
+        return { id: e.id, text: e.textContent.replace(/\\s+/g, ' ').trim(), shown: box.width > 0 && box.height > 0,
+                 gradient: bar ? getComputedStyle(bar).backgroundImage : '' };
+    }))()""")
+    expected = {"legend-generation", "legend-tokens", "legend-attention-row", "legend-attention", "legend-lens",
+                "legend-lens-map"}
+    found = {legend["id"] for legend in legends}
+    if not expected <= found:
+        raise Fail(f"legends missing: {sorted(expected - found)}")
+    for legend in legends:
+        g = legend["gradient"].replace(" ", "")
+        if not legend["shown"] or not legend["text"].endswith("0 1") or "rgb(68,1,84)" not in g \
+                or "rgb(253,231,37)" not in g:
+            raise Fail(f"legend {legend['id']} is not a shown viridis scale from 0 to 1: {legend}")
+    say(f"legends: {', '.join(sorted(found))}")
+    # Heat maps: token labels on their axes and axis titles (drawn in the canvas; the page records them).
+    for canvas, axes in (("attn-canvas", "query × key"), ("lens-canvas", "layer × position")):
+        drawn = js(f"(() => {{ const c = document.getElementById('{canvas}'); "
+                   f"return [c.dataset.axes || '', Number(c.dataset.labels || 0)]; }})()")
+        if drawn[0] != axes or drawn[1] < counts["explained"] // 4:
+            raise Fail(f"#{canvas} has no axes {axes!r} with token labels: {drawn}")
+    # The same colours as the report: a token chip is painted with viridis, its text readable on it.
+    chip = js("getComputedStyle(document.querySelector('#ex-tokens .chip:nth-child(2)')).backgroundColor")
+    say(f"a token chip is painted {chip}")
+    # Space is shown as the report shows it.
+    chips = js("[...document.querySelectorAll('#ex-tokens .chip')].map((c) => c.textContent)")
+    if any(" " in c for c in chips):
+        raise Fail(f"an explained token shows a bare space instead of \u2423: {chips!r}")
+
+    # 820 px wide: nothing may stick out sideways (heat maps scale down, the grid becomes one column).
+    call("Emulation.setDeviceMetricsOverride", {"width": 820, "height": HEIGHT, "deviceScaleFactor": 1,
+                                                "mobile": False}, s)
+    widths = js("""(() => {
+        const view = document.documentElement.clientWidth;
+        const wide = [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > view + 1)
+            .map((e) => e.id || e.className || e.tagName).slice(0, 8);
+        return { page: document.documentElement.scrollWidth, view, wide };
+    })()""")
+    if widths["page"] > widths["view"] or widths["wide"]:
+        raise Fail(f"at 820 px the page overflows sideways: {widths}")
+    say(f"820 px: page {widths['page']} px wide, nothing sticks out")
+    call("Emulation.setDeviceMetricsOverride",
+         {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False}, s)
+
+    # The screenshot shows the page, not a tooltip over its headings.
+    js("window.scrollTo(0, 0)")
+    call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": WIDTH - 4, "y": 4}, s)
+    if js("getComputedStyle(document.getElementById('tip')).display") != "none":
+        raise Fail("the tooltip stays open after the pointer left")
     shot = call("Page.captureScreenshot", {"format": "png"}, s)["data"]
     path = os.path.join(out, "playground.png")
     with open(path, "wb") as f:

@@ -156,7 +156,7 @@ fn json_has_every_number_with_the_right_shapes() {
 fn json_goes_to_out_when_given() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("explanation.json");
-    let out = ok(&explain_args(&["--format", "json", "--out", s(&path), "--top-k", "3"]));
+    let out = ok(&explain_args(&["--format", "json", "--out", s(&path), "--alternatives", "3"]));
     assert!(out.stdout.trim().is_empty(), "stdout should be empty when --out takes the JSON: {out:?}");
     let explanation: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(len(&explanation["next_token"][0]["top"]), 3);
@@ -202,7 +202,7 @@ fn png_dir_pictures_decode_with_their_declared_sizes() {
 
 #[test]
 fn generate_adds_the_sampling_view() {
-    let explanation = json(&["--generate", "5", "--temperature", "0.9", "--sample-top-k", "10", "--seed", "3"]);
+    let explanation = json(&["--generate", "5", "--temperature", "0.9", "--top-k", "10", "--seed", "3"]);
     let sampling = &explanation["sampling"];
     assert_eq!(len(&sampling["steps"]), 5);
     assert_eq!(sampling["top_k"], 10);
@@ -254,7 +254,8 @@ fn bad_input_fails_with_a_message_naming_the_flag() {
     fails(&explain_args(&["--neighbors", "soft"]), &["--neighbors \"soft\"", "4 tokens"]);
     fails(&explain_args(&["--neighbors", "Ж"]), &["--neighbors \"Ж\""]);
     fails(&explain_args(&["--neighbors", "#100000"]), &["--neighbors \"#100000\"", "out of range"]);
-    fails(&explain_args(&["--top-k", "0"]), &["--top-k"]);
+    fails(&explain_args(&["--alternatives", "0"]), &["--alternatives"]);
+    fails(&explain_args(&["--generate", "2", "--top-k", "0"]), &["--top-k"]);
     fails(&explain_args(&["--temperature", "-1"]), &["--temperature"]);
     fails(&explain_args(&["--top-p", "2"]), &["--top-p"]);
     fails(&explain_args(&["--format", "xml"]), &["--format"]);
@@ -271,10 +272,12 @@ fn bad_input_fails_with_a_message_naming_the_flag() {
 fn help_names_the_flags() {
     let out = lushan(&["explain", "--help"]);
     assert_eq!(out.code, 0, "{out:?}");
-    for flag in ["--model", "--prompt", "--format", "--out", "--png", "--top-k", "--layer", "--head", "--generate"] {
+    for flag in
+        ["--model", "--prompt", "--format", "--out", "--png", "--alternatives", "--layer", "--head", "--generate"]
+    {
         assert!(out.stdout.contains(flag), "help lacks {flag}: {out:?}");
     }
-    for flag in ["--temperature", "--sample-top-k", "--top-p", "--seed", "--neighbors", "--neighbor-count"] {
+    for flag in ["--temperature", "--top-k", "--top-p", "--seed", "--neighbors", "--neighbor-count"] {
         assert!(out.stdout.contains(flag), "help lacks {flag}: {out:?}");
     }
 }

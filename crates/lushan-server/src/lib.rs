@@ -199,10 +199,28 @@ impl Server {
             let listener =
                 TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
             let local = listener.local_addr()?;
-            eprintln!("serving `{}` on http://{local} (Ctrl-C to stop)", self.state.options.model_id);
+            eprintln!("{}", serving_line(&self.state.options.model_id, local));
             self.serve(listener, shutdown_signal()).await
         })
     }
+}
+
+/// What is where, said once at start: the address listened on, the playground page and the base URL an
+/// OpenAI client takes. An unspecified address (0.0.0.0, ::) cannot be browsed to: the URLs then name this
+/// machine's loopback, which it also answers on.
+pub fn serving_line(model_id: &str, local: std::net::SocketAddr) -> String {
+    let mut browsable = local;
+    if local.ip().is_unspecified() {
+        browsable.set_ip(if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!(
+        "serving `{model_id}` on http://{local} (Ctrl-C to stop): playground http://{browsable}/ · \
+         OpenAI-compatible API base URL http://{browsable}/v1"
+    )
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

@@ -35,6 +35,8 @@ async fn page_is_one_self_contained_html_document() {
         "max-tokens",
         "temperature",
         "top-k",
+        "top-p",
+        "repetition-penalty",
         "api-key",
         "generate",
         "explain",
@@ -46,11 +48,25 @@ async fn page_is_one_self_contained_html_document() {
         "lens",
         "lens-layer",
         "lens-canvas",
+        "legend-generation",
+        "legend-tokens",
+        "legend-attention",
+        "legend-lens",
+        "legend-lens-map",
         "error",
     ] {
         assert!(page.contains(&format!("id=\"{id}\"")), "no element #{id}");
     }
-    for call in ["'/v1/completions'", "'/v1/explain'", "stream: true", "Authorization", "autorun", "data-state"] {
+    for call in [
+        "'/v1/completions'",
+        "'/v1/explain'",
+        "stream: true",
+        "body.top_p",
+        "body.repetition_penalty",
+        "Authorization",
+        "autorun",
+        "data-state",
+    ] {
         assert!(page.contains(call), "the page never mentions {call}");
     }
     // Offline: nothing is loaded from elsewhere.

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 #[command(allow_negative_numbers = true)] // so `--temperature -1` reaches the validation that names the flag
 pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file) of a language model.
-    #[arg(long)]
+    #[arg(short = 'm', long)]
     model: PathBuf,
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     system: Option<String>,
     /// Most tokens of one reply.
-    #[arg(long, default_value_t = 256)]
+    #[arg(short = 'n', long, visible_alias = "max-tokens", alias = "n-predict", default_value_t = 256)]
     max_new_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,

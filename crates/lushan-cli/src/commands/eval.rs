@@ -12,7 +12,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint directory.
-    #[arg(long, default_value = "out/shakespeare-char")]
+    #[arg(short = 'm', long, default_value = "out/shakespeare-char")]
     model: PathBuf,
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     generate: bool,
     /// Longest answer `--generate` produces.
-    #[arg(long, default_value_t = 128)]
+    #[arg(short = 'n', long, visible_alias = "max-tokens", alias = "n-predict", default_value_t = 128)]
     max_new_tokens: usize,
     /// Evaluate only the first N records of a task file.
     #[arg(long)]

@@ -2,11 +2,11 @@
 //! maps, the logit lens, optionally a sampled continuation and embedding neighbours — as a self-contained
 //! HTML report (default), JSON (`--format json`) and/or PNG pictures (`--png DIR`).
 
+use crate::commands::generate::SamplingArgs;
 use crate::explain::pictures::{self, Picture};
 use crate::explain::{HeadSelection, html, text};
 use crate::model_dir;
 use anyhow::{Context, Result, bail, ensure};
-use lushan_model::Sampling;
 use lushan_model::inspect::{ExplainOptions, explain};
 use lushan_tokenizer::Tokenizer;
 use std::io::Write;
@@ -28,14 +28,17 @@ pub enum Format {
 #[command(allow_negative_numbers = true)] // so `--layer -1` reaches the validation that names the flag
 pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file).
-    #[arg(long)]
+    #[arg(short = 'm', long)]
     model: PathBuf,
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    /// Text to explain (the same as --prompt); it must fit the model's context.
+    #[arg(value_name = "PROMPT", conflicts_with = "prompt", required_unless_present = "prompt")]
+    positional_prompt: Option<String>,
     /// Text to explain; it must fit the model's context.
-    #[arg(long)]
-    prompt: String,
+    #[arg(short = 'p', long)]
+    prompt: Option<String>,
     /// html: a report file (default explain.html) and a summary on stdout; json: every number, on stdout
     /// unless --out is given.
     #[arg(long, value_enum, default_value_t = Format::Html)]
@@ -48,7 +51,7 @@ pub struct Args {
     png: Option<PathBuf>,
     /// Alternatives listed per position, per logit-lens cell and per sampling step.
     #[arg(long, default_value_t = 5, value_name = "N")]
-    top_k: usize,
+    alternatives: usize,
     /// Layer whose attention heads are drawn large (1-based; default: the last layer).
     #[arg(long, value_name = "L")]
     layer: Option<i64>,
@@ -58,21 +61,9 @@ pub struct Args {
     /// Generate N tokens after the prompt and show the distribution each was drawn from.
     #[arg(long, default_value_t = 0, value_name = "N")]
     generate: usize,
-    /// Sampling temperature for --generate (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// Sampling for --generate keeps only the K most likely tokens (`lushan generate --top-k`).
-    #[arg(long, value_name = "K")]
-    sample_top_k: Option<usize>,
-    /// Sampling for --generate keeps the most likely tokens whose probability adds up to P.
-    #[arg(long, value_name = "P")]
-    top_p: Option<f32>,
-    /// Sampling for --generate: penalty on tokens already in the context (1 = none).
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
-    /// Seed of the sampling for --generate (the same seed gives `lushan generate`'s text).
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
+    /// How --generate samples: the flags of `lushan generate`, with the same defaults.
+    #[command(flatten, next_help_heading = "Sampling for --generate")]
+    sampling: SamplingArgs,
     /// Tokens whose nearest neighbours in the token embedding to show: each TOKEN is text that encodes to
     /// exactly one token, or #ID for a token id.
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
@@ -84,22 +75,24 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     // Checks that need no model come first, so a typo fails fast.
-    ensure!(!args.prompt.is_empty(), "--prompt must not be empty: give the text to explain");
-    ensure!(args.top_k >= 1, "--top-k must be at least 1 (how many alternatives to list), got 0");
-    ensure!(args.neighbor_count >= 1, "--neighbor-count must be at least 1, got 0");
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_k: args.sample_top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
+    let Some(prompt_text) = args.positional_prompt.as_deref().or(args.prompt.as_deref()) else {
+        bail!("give the text to explain, as an argument or with --prompt")
     };
-    sampling
-        .validate()
-        .context("invalid sampling flags (--temperature, --sample-top-k, --top-p, --repetition-penalty)")?;
+    ensure!(!prompt_text.is_empty(), "--prompt must not be empty: give the text to explain");
+    ensure!(args.alternatives >= 1, "--alternatives must be at least 1 (how many alternatives to list), got 0");
+    ensure!(args.neighbor_count >= 1, "--neighbor-count must be at least 1, got 0");
+    let sampling = args.sampling.sampling()?;
+    if args.generate == 0 && args.sampling.top_k.is_some() {
+        // --top-k once counted the alternatives here; it now samples, as in `lushan generate`.
+        eprintln!(
+            "note: --top-k limits the sampling of --generate (off here); the alternatives listed per position \
+             are set with --alternatives"
+        );
+    }
 
     let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
     let config = &model.config;
-    let prompt = tokenizer.encode(&args.prompt).context("encoding --prompt with the model's tokenizer")?;
+    let prompt = tokenizer.encode(prompt_text).context("encoding --prompt with the model's tokenizer")?;
     ensure!(!prompt.is_empty(), "--prompt encodes to no tokens: give some text to explain");
     ensure!(
         prompt.len() <= config.block_size,
@@ -119,10 +112,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let options = ExplainOptions {
-        top_k: args.top_k,
+        top_k: args.alternatives,
         generate: args.generate,
         sampling,
-        seed: args.seed,
+        seed: args.sampling.seed,
         neighbors,
         neighbor_count: args.neighbor_count,
     };
@@ -153,7 +146,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Format::Html => {
             let Some(pictures) = &pictures else { bail!("internal: the pictures were not drawn") };
             let model_name = args.model.display().to_string();
-            let context = html::ReportContext { prompt: &args.prompt, model: &model_name };
+            let context = html::ReportContext { prompt: prompt_text, model: &model_name };
             let report = html::render(&explanation, pictures, &context);
             let path = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_REPORT));
             write_file(&path, report.as_bytes(), "--out")?;

@@ -2,7 +2,7 @@
 
 use crate::model_dir;
 use anyhow::{Context, Result};
-use lushan_server::{Server, ServerOptions};
+use lushan_server::{Server, ServerError, ServerOptions};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint directory (config.json + model.safetensors + tokenizer file); its name is the model id.
-    #[arg(long)]
+    #[arg(short = 'm', long)]
     model: PathBuf,
     /// A LoRA adapter directory (PEFT's files) to merge into the model before serving.
     #[arg(long, value_name = "DIR")]
@@ -53,6 +53,11 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// True when listening failed because something else already listens on that address.
+fn bind_in_use(e: &ServerError) -> bool {
+    matches!(e, ServerError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     if args.api_key.is_none() && !is_loopback(&args.host) {
         eprintln!(
@@ -75,10 +80,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_connections: args.max_connections as usize,
         max_explain_tokens: ServerOptions::DEFAULT_MAX_EXPLAIN_TOKENS,
     };
-    Server::new(model, tokenizer, options)
-        .context("lushan serve: cannot start the decoding thread")?
-        .run_blocking(&args.host, args.port)
-        .context("lushan serve")?;
+    let server = Server::new(model, tokenizer, options).context("cannot start the decoding thread")?;
+    match server.run_blocking(&args.host, args.port) {
+        // The error names the address and the OS's reason once; the next step is ours to add.
+        Err(e) if bind_in_use(&e) => Err(anyhow::anyhow!(
+            "{e}; another program (another `lushan serve`?) holds port {}: stop it, or pass another --port (0 \
+             picks a free one)",
+            args.port
+        )),
+        result => Ok(result?),
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 

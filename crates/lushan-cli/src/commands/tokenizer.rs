@@ -38,6 +38,10 @@ pub struct EncodeArgs {
     /// One id per line instead of space-separated.
     #[arg(long)]
     lines: bool,
+    /// One token per line: its id, a tab, and its text (quoted and escaped, so spaces and newlines show; bytes
+    /// that are not a whole UTF-8 character as \xNN).
+    #[arg(long, conflicts_with = "lines")]
+    show_tokens: bool,
     /// Threads for BPE encoding (the ids do not depend on it); default: all cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -129,6 +133,14 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
         (other, false) => other.encode(text)?,
         (other, true) => other.encode_with_special(text)?,
     };
+    if args.show_tokens {
+        let mut out = String::with_capacity(ids.len() * 12);
+        for &id in &ids {
+            let bytes = tokenizer.decode_bytes(&[id]).with_context(|| format!("decoding token {id}"))?;
+            out.push_str(&format!("{id}\t{}\n", quoted_token(&bytes)));
+        }
+        return write_stdout(out.as_bytes());
+    }
     let separator = if args.lines { '\n' } else { ' ' };
     let mut out = String::with_capacity(ids.len() * 6);
     for (i, id) in ids.iter().enumerate() {
@@ -158,6 +170,20 @@ fn decode(args: DecodeArgs) -> Result<ExitCode> {
     }
     let decoded = tokenizer.decode_bytes(&ids).with_context(|| format!("decoding {name}"))?;
     write_stdout(&decoded)
+}
+
+/// A token's text in double quotes with Rust's escapes (`\n`, `\"`, …), and any bytes that are not a whole
+/// UTF-8 character (a byte-level token can hold part of one) as `\xNN`.
+fn quoted_token(bytes: &[u8]) -> String {
+    let mut quoted = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        quoted.extend(chunk.valid().chars().flat_map(char::escape_debug));
+        for byte in chunk.invalid() {
+            quoted.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Writes everything to standard output; a closed pipe (`| head`) is not an error.
@@ -251,4 +277,19 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted_token;
+
+    #[test]
+    fn token_text_shows_spaces_newlines_quotes_and_partial_characters() {
+        assert_eq!(quoted_token(b" the"), r#"" the""#);
+        assert_eq!(quoted_token(b"\n"), r#""\n""#);
+        assert_eq!(quoted_token(b"\"hi\""), r#""\"hi\"""#);
+        // The first two bytes of "好" (e5 a5 bd): not a whole character.
+        assert_eq!(quoted_token(&[0xe5, 0xa5]), r#""\xe5\xa5""#);
+        assert_eq!(quoted_token("好".as_bytes()), "\"好\"");
+    }
 }
