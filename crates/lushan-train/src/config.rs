@@ -66,8 +66,11 @@ impl TryFrom<String> for InitFrom {
     }
 }
 
+#[path = "config_help.rs"]
+mod help;
+
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident $(| $alias:literal)? : $ty:ty = $default:expr ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident $(| $alias:literal)* : $ty:ty = $default:expr ),* $(,)?) => {
         /// Every training setting, resolved.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -79,7 +82,20 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct TrainOverrides {
-            $( $(#[doc = $doc])* #[arg(long $(, visible_alias = $alias)?)] pub $name: Option<$ty>, )*
+            $(
+                $(#[doc = $doc])*
+                // The help line is the doc comment plus the default (per preset where they differ); a boolean
+                // works bare (`--always-save-checkpoint` = `--always-save-checkpoint true`).
+                #[arg(
+                    long,
+                    $(visible_alias = $alias,)*
+                    help = help::describe(stringify!($name), concat!($($doc),*)),
+                    help_heading = help::heading(stringify!($name)),
+                    num_args = help::value_count(stringify!($ty)),
+                    default_missing_value = "true",
+                )]
+                pub $name: Option<$ty>,
+            )*
         }
 
         impl TrainConfig {
@@ -134,26 +150,41 @@ settings! {
     early_stopping_patience: u64 = 0,
     /// Micro-batches per update.
     gradient_accumulation_steps: usize = 1,
+    /// Sequences per micro-batch.
     batch_size: usize = 12,
+    /// Context length: tokens per training sequence (the model's maximum context).
     block_size: usize = 64,
+    /// Transformer blocks.
     n_layer: usize = 4,
+    /// Attention heads per block (must divide --n-embd).
     n_head: usize = 4,
+    /// Embedding width (channels).
     n_embd: usize = 128,
+    /// Dropout probability in training (0 = off).
     dropout: f32 = 0.0,
     /// `learned` (GPT-2) or `sinusoidal` (fixed, as in the original Transformer).
     position_encoding: PositionEncoding = PositionEncoding::Learned,
-    learning_rate: f32 = 1e-3,
-    max_iters: u64 = 2000,
+    /// Peak learning rate (reached after the warm-up).
+    learning_rate | "lr": f32 = 1e-3,
+    /// Updates (optimiser steps) to train for.
+    max_iters | "iters" | "steps": u64 = 2000,
+    /// AdamW weight decay (applied to matrices, not to biases or layer norms).
     weight_decay: f32 = 0.1,
+    /// AdamW β1 (momentum of the gradient's mean).
     beta1: f32 = 0.9,
+    /// AdamW β2 (momentum of the gradient's square).
     beta2: f32 = 0.99,
     /// Clip the global gradient norm to this (0 = off).
     grad_clip: f32 = 1.0,
     /// Warm up then cosine-decay the learning rate (false = constant).
     decay_lr: bool = true,
+    /// Updates over which the learning rate rises linearly from 0 to --learning-rate.
     warmup_iters: u64 = 100,
+    /// Update at which the cosine decay reaches --min-lr; follows --max-iters unless set.
     lr_decay_iters: u64 = 2000,
+    /// Learning rate at the end of the decay.
     min_lr: f32 = 1e-4,
+    /// Seed of the initialisation, the batch order and dropout: the same seed gives the same run.
     seed: u64 = 1337,
     /// Replicas the batch is split over, one per core (0 = automatic: one per core for models up to 30M
     /// parameters, otherwise 1 with every kernel split over the cores instead).

@@ -318,6 +318,7 @@ fn resume_is_bit_identical() {
             .map(|line| match line {
                 MetricsLine::Step { step, loss, .. } => format!("step {step} {}", loss.to_bits()),
                 MetricsLine::Eval { step, val_loss, .. } => format!("eval {step} {}", val_loss.to_bits()),
+                MetricsLine::Saved { step, reason, .. } => format!("saved {step} {reason}"),
             })
             .collect()
     };
