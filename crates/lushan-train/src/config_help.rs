@@ -18,8 +18,8 @@ pub const FINE_TUNING: &str = "Fine-tuning";
 pub fn heading(name: &str) -> &'static str {
     match name {
         "task" | "data" | "val_data" | "tokenizer" | "val_fraction" => DATA,
-        "batch_size" | "block_size" | "n_layer" | "n_head" | "n_embd" | "dropout" | "position_encoding" => MODEL,
-        "learning_rate" | "weight_decay" | "beta1" | "beta2" | "grad_clip" | "gradient_accumulation_steps"
+        "block_size" | "n_layer" | "n_head" | "n_embd" | "dropout" | "position_encoding" => MODEL,
+        "learning_rate" | "batch_size" | "weight_decay" | "beta1" | "beta2" | "grad_clip" | "gradient_accumulation_steps"
         | "seed" | "data_parallel" => OPTIMISER,
         "max_iters" | "decay_lr" | "warmup_iters" | "lr_decay_iters" | "min_lr" => SCHEDULE,
         "eval_interval" | "eval_iters" | "early_stopping_patience" => EVALUATION,
@@ -39,24 +39,29 @@ pub fn describe(name: &str, doc: &str) -> String {
     format!("{text} [{}]", default_note(name))
 }
 
-/// `default: VALUE` when every preset starts from the same value, else each preset's value.
+/// `default: VALUE` when every preset starts from the same value, else `default: preset's: VALUE (VALUE for
+/// PRESET, …)`: the default preset's value, then each other preset's that differs from it.
 fn default_note(name: &str) -> String {
-    let values: Vec<(String, String)> = preset_tables()
+    let values: Vec<(&str, String)> = preset_tables()
         .iter()
-        .map(|(preset, table)| (preset.clone(), table.get(name).map(show).unwrap_or_else(|| "none".to_owned())))
+        .map(|(preset, table)| (preset.as_str(), table.get(name).map(show).unwrap_or_else(|| "none".to_owned())))
         .collect();
-    let first = values.first().map(|(_, v)| v.clone()).unwrap_or_default();
-    if values.iter().all(|(_, v)| *v == first) {
-        return format!("default: {first}");
+    let Some(((_, first), others)) = values.split_first() else { return String::new() };
+    let differing: Vec<String> =
+        others.iter().filter(|(_, v)| v != first).map(|(preset, v)| format!("{v} for {preset}")).collect();
+    if differing.is_empty() {
+        format!("default: {first}")
+    } else {
+        format!("default: preset's: {first} ({})", differing.join(", "))
     }
-    let each: Vec<String> = values.iter().map(|(preset, v)| format!("{v} for {preset}")).collect();
-    format!("default: preset's: {}", each.join(", "))
 }
 
 fn show(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) if s.is_empty() => "none".to_owned(),
         toml::Value::String(s) => s.clone(),
+        // The settings are f32: their shortest decimal, not the f64 widening's digits.
+        toml::Value::Float(f) => (*f as f32).to_string(),
         other => other.to_string(),
     }
 }
@@ -85,7 +90,8 @@ mod tests {
         assert_eq!(default_note("seed"), "default: 1337");
         assert_eq!(default_note("val_data"), "default: none");
         let iters = default_note("max_iters");
-        assert!(iters.starts_with("default: preset's: 2000 for shakespeare-char, 5000 for baby-gpt"), "{iters}");
+        assert!(iters.starts_with("default: preset's: 2000 (5000 for baby-gpt, 600000 for gpt2"), "{iters}");
+        assert_eq!(default_note("learning_rate").split(' ').nth(2), Some("0.001"));
         assert!(describe("seed", " Seed of\n the run.").starts_with("Seed of the run. [default: 1337]"));
     }
 }

@@ -25,6 +25,9 @@ pub struct Args {
     /// Starting settings.
     #[arg(long, value_enum, default_value_t = Preset::ShakespeareChar)]
     preset: Preset,
+    // The settings come first so that their headings are listed in their order (Data, Model, …, Output).
+    #[command(flatten)]
+    settings: TrainOverrides,
     /// Continue the run whose checkpoint directory is DIR, bit-identically (flags may change e.g. --max-iters).
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     resume: Option<PathBuf>,
@@ -32,8 +35,6 @@ pub struct Args {
     /// refused so that no trained model is lost).
     #[arg(long, help_heading = "Output")]
     overwrite: bool,
-    #[command(flatten)]
-    settings: TrainOverrides,
 }
 
 pub const LOSS_CURVE_FILE: &str = "loss.png";
