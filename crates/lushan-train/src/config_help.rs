@@ -19,8 +19,15 @@ pub fn heading(name: &str) -> &'static str {
     match name {
         "task" | "data" | "val_data" | "tokenizer" | "val_fraction" => DATA,
         "block_size" | "n_layer" | "n_head" | "n_embd" | "dropout" | "position_encoding" => MODEL,
-        "learning_rate" | "batch_size" | "weight_decay" | "beta1" | "beta2" | "grad_clip" | "gradient_accumulation_steps"
-        | "seed" | "data_parallel" => OPTIMISER,
+        "learning_rate"
+        | "batch_size"
+        | "weight_decay"
+        | "beta1"
+        | "beta2"
+        | "grad_clip"
+        | "gradient_accumulation_steps"
+        | "seed"
+        | "data_parallel" => OPTIMISER,
         "max_iters" | "decay_lr" | "warmup_iters" | "lr_decay_iters" | "min_lr" => SCHEDULE,
         "eval_interval" | "eval_iters" | "early_stopping_patience" => EVALUATION,
         "init_from" | "reset_head" | "lora_rank" | "lora_alpha" | "lora_dropout" | "lora_targets" => FINE_TUNING,

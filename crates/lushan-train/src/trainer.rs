@@ -480,9 +480,9 @@ impl Trainer {
         trainer.best_val_accuracy = state.best_val_accuracy;
         trainer.evals_without_improvement = state.evals_without_improvement;
         let step = trainer.optimizer.step;
-        trainer.best_model_saved = crate::metrics::read_metrics(&trainer.config.out_dir)?.iter().any(|line| {
-            matches!(line, crate::metrics::MetricsLine::Eval { step: at, saved_model: true, .. } if *at <= step)
-        });
+        trainer.best_model_saved = crate::metrics::read_metrics(&trainer.config.out_dir)?.iter().any(
+            |line| matches!(line, crate::metrics::MetricsLine::Eval { step: at, saved_model: true, .. } if *at <= step),
+        );
         Ok(trainer)
     }
 

@@ -226,21 +226,10 @@ const BUNDLED_CORPUS: &[u8] = include_bytes!("../../../../data/tinyshakespeare.t
 fn check_inputs(config: &mut TrainConfig) -> Result<bool> {
     let default_data = TrainConfig::preset(Preset::ShakespeareChar).data;
     let bundled = config.task == Task::Lm && config.data == default_data && !config.data.exists();
-    if bundled {
-        let copy = config.out_dir.join("data").join(default_data.file_name().unwrap_or_default());
-        println!(
-            "{} is not in the current directory: training on the copy of tiny Shakespeare built into lushan \
-             (written to {})",
-            default_data.display(),
-            copy.display()
-        );
-        config.data = copy;
-        return Ok(true);
-    }
     let missing = |flag: &str, path: &Path, expected: &str| {
         anyhow::anyhow!("{flag} {}: no such file or directory (expected {expected})", path.display())
     };
-    if !config.data.exists() {
+    if !bundled && !config.data.exists() {
         let expected = match config.task {
             Task::Lm => "a text file, a directory of text files, JSON Lines, or a directory made by `lushan prepare`",
             Task::Classify => "a JSONL or CSV file of labelled texts",
@@ -263,7 +252,17 @@ fn check_inputs(config: &mut TrainConfig) -> Result<bool> {
         }
         _ => {}
     }
-    Ok(false)
+    if bundled {
+        let copy = config.out_dir.join("data").join(default_data.file_name().unwrap_or_default());
+        println!(
+            "{} is not in the current directory: training on the copy of tiny Shakespeare built into lushan \
+             (written to {})",
+            default_data.display(),
+            copy.display()
+        );
+        config.data = copy;
+    }
+    Ok(bundled)
 }
 
 fn write_bundled_corpus(path: &Path) -> Result<()> {
