@@ -43,12 +43,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let mut config = resolve(&args)?;
     let bundled = check_inputs(&mut config)?;
-    if args.resume.is_none() {
-        refuse_existing_checkpoint(&config.out_dir, args.overwrite)?;
-    }
     // Before anything is written into the directory (tokenized data, metrics, checkpoints): one run per
     // directory. Creating the lock also proves the directory can be created and written.
     let lock = RunLock::acquire(&config.out_dir).context("locking the output directory")?;
+    // After the lock, so that a directory another run is training into is named as such.
+    if args.resume.is_none() {
+        refuse_existing_checkpoint(&config.out_dir, args.overwrite)?;
+    }
     if bundled {
         write_bundled_corpus(&config.data)?;
     }
