@@ -754,11 +754,8 @@ impl Trainer {
     }
 
     /// Trains until `max_iters`, early stopping, or `stop` being raised (then the resume state is saved).
-    ///
-    /// A run that ends before any evaluation saved a best model (stopped before the first evaluation, or no
-    /// evaluation beat the untrained model) saves its current model into `out_dir` all the same, recorded in
-    /// metrics.jsonl as not the best (`"best": false` with the reason), so the directory always holds a model
-    /// `generate` can load; [`Trainer::saved_not_best`] then names its step.
+    /// A run that ends before any evaluation saved a best model saves its current model all the same, marked
+    /// `"best": false` in metrics.jsonl, so the directory always holds a model `generate` loads.
     pub fn run(&mut self, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<RunEnd> {
         let end = self.run_until_end(observer, stop)?;
         if !self.best_model_saved {
