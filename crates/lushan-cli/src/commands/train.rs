@@ -25,9 +25,10 @@ pub struct Args {
     /// Starting settings.
     #[arg(long, value_enum, default_value_t = Preset::ShakespeareChar)]
     preset: Preset,
-    // The settings come first so that their headings are listed in their order (Data, Model, …, Output).
+    // The settings come first so that their headings are listed in their order (Data, Model, …, Output);
+    // boxed, as they are large beside the other commands' arguments.
     #[command(flatten)]
-    settings: TrainOverrides,
+    settings: Box<TrainOverrides>,
     /// Continue the run whose checkpoint directory is DIR, bit-identically (flags may change e.g. --max-iters).
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     resume: Option<PathBuf>,
