@@ -66,8 +66,11 @@ impl TryFrom<String> for InitFrom {
     }
 }
 
+#[path = "config_help.rs"]
+mod help;
+
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident $(| $alias:literal)? : $ty:ty = $default:expr ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident $(| $alias:literal)* : $ty:ty = $default:expr ),* $(,)?) => {
         /// Every training setting, resolved.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -79,7 +82,20 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct TrainOverrides {
-            $( $(#[doc = $doc])* #[arg(long $(, visible_alias = $alias)?)] pub $name: Option<$ty>, )*
+            $(
+                $(#[doc = $doc])*
+                // The help line is the doc comment plus the default (per preset where they differ); a boolean
+                // works bare (`--always-save-checkpoint` = `--always-save-checkpoint true`).
+                #[arg(
+                    long,
+                    $(visible_alias = $alias,)*
+                    help = help::describe(stringify!($name), concat!($($doc),*)),
+                    help_heading = help::heading(stringify!($name)),
+                    num_args = help::value_count(stringify!($ty)),
+                    default_missing_value = "true",
+                )]
+                pub $name: Option<$ty>,
+            )*
         }
 
         impl TrainConfig {
@@ -100,11 +116,76 @@ settings! {
     /// `GPT2ForSequenceClassification` head) or `sft` (next-token loss on completions / assistant replies only).
     task: Task = Task::Lm,
     /// Training data: a text file (or directory of text files) to tokenize per character, or a directory
-    /// made by `lushan prepare` (train.bin, val.bin, lushan-tokenizer.json).
+    /// made by `lushan prepare` (train.bin, val.bin, lushan-tokenizer.json). The default corpus is built into
+    /// lushan, so it is found from any directory.
     data: PathBuf = PathBuf::from("data/tinyshakespeare.txt"),
     /// Validation records for `classify` / `sft` (JSONL, or CSV for classify); empty = hold out
     /// `val_fraction` of `data`.
     val_data: PathBuf = PathBuf::new(),
+    /// How text `data` is tokenized: `char` (a vocabulary of the corpus's characters), `gpt2` (GPT-2's
+    /// byte-level BPE) or a tokenizer directory/file. Ignored for prepared data and when fine-tuning (the
+    /// checkpoint's tokenizer is used).
+    tokenizer: String = "char".to_owned(),
+    /// Fraction of a text corpus held out for validation when `data` is text.
+    val_fraction: f64 = 0.1,
+    /// Transformer blocks.
+    n_layer: usize = 4,
+    /// Attention heads per block (must divide --n-embd).
+    n_head: usize = 4,
+    /// Embedding width (channels).
+    n_embd: usize = 128,
+    /// Context length: tokens per training sequence (the model's maximum context).
+    block_size: usize = 64,
+    /// Dropout probability in training (0 = off).
+    dropout: f32 = 0.0,
+    /// `learned` (GPT-2) or `sinusoidal` (fixed, as in the original Transformer).
+    position_encoding: PositionEncoding = PositionEncoding::Learned,
+    /// Peak learning rate (reached after the warm-up).
+    learning_rate | "lr": f32 = 1e-3,
+    /// Sequences per micro-batch.
+    batch_size: usize = 12,
+    /// Micro-batches per update.
+    gradient_accumulation_steps: usize = 1,
+    /// AdamW weight decay (applied to matrices, not to biases or layer norms).
+    weight_decay: f32 = 0.1,
+    /// AdamW β1 (momentum of the gradient's mean).
+    beta1: f32 = 0.9,
+    /// AdamW β2 (momentum of the gradient's square).
+    beta2: f32 = 0.99,
+    /// Clip the global gradient norm to this (0 = off).
+    grad_clip: f32 = 1.0,
+    /// Seed of the initialisation, the batch order and dropout: the same seed gives the same run.
+    seed: u64 = 1337,
+    /// Replicas the batch is split over, one per core (0 = automatic: one per core for models up to 30M
+    /// parameters, otherwise 1 with every kernel split over the cores instead).
+    data_parallel: usize = 0,
+    /// Updates (optimiser steps) to train for.
+    max_iters | "iters" | "steps": u64 = 2000,
+    /// Warm up then cosine-decay the learning rate (false = constant).
+    decay_lr: bool = true,
+    /// Updates over which the learning rate rises linearly from 0 to --learning-rate.
+    warmup_iters: u64 = 100,
+    /// Update at which the cosine decay reaches --min-lr; follows --max-iters unless set.
+    lr_decay_iters: u64 = 2000,
+    /// Learning rate at the end of the decay.
+    min_lr: f32 = 1e-4,
+    /// Evaluate (and maybe checkpoint) every N updates.
+    eval_interval: u64 = 250,
+    /// Batches per split in each evaluation.
+    eval_iters: usize = 20,
+    /// Stop after this many evaluations without improvement (0 = never).
+    early_stopping_patience: u64 = 0,
+    /// Checkpoint directory: the best model (Hugging Face layout), `resume/`, metrics.jsonl and loss.png.
+    out_dir | "out": PathBuf = PathBuf::from("out/shakespeare-char"),
+    /// Write a metrics line (and, when stdout is not a terminal, a progress line) every N updates.
+    log_interval: u64 = 10,
+    /// Save the model at every evaluation, not only when validation loss improves.
+    always_save_checkpoint: bool = false,
+    /// Characters/tokens sampled from the model when training ends (0 = none).
+    sample_tokens: usize = 300,
+    /// `scratch`, or a checkpoint directory to fine-tune (lushan's or Hugging Face's GPT-2 layout): the
+    /// model's shape and tokenizer come from it, the optimiser starts fresh.
+    init_from: InitFrom = InitFrom::Scratch,
     /// `classify` from a classifier checkpoint whose labels differ from the data's: start a new score head.
     reset_head: bool = false,
     /// LoRA rank (0 = full fine-tuning): the base stays frozen and only adapters (and a classifier's score
@@ -117,55 +198,6 @@ settings! {
     /// Linear layers that get adapters (PEFT names): `c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`
     /// (`c_proj` = both projections, `all-linear` = all four), comma-separated.
     lora_targets: String = "c_attn".to_owned(),
-    /// Checkpoint directory: the best model (Hugging Face layout), `resume/`, metrics.jsonl and loss.png.
-    out_dir | "out": PathBuf = PathBuf::from("out/shakespeare-char"),
-    /// `scratch`, or a checkpoint directory to fine-tune (lushan's or Hugging Face's GPT-2 layout): the
-    /// model's shape and tokenizer come from it, the optimiser starts fresh.
-    init_from: InitFrom = InitFrom::Scratch,
-    /// Evaluate (and maybe checkpoint) every N updates.
-    eval_interval: u64 = 250,
-    /// Batches per split in each evaluation.
-    eval_iters: usize = 20,
-    /// Write a metrics line every N updates.
-    log_interval: u64 = 10,
-    /// Save the model at every evaluation, not only when validation loss improves.
-    always_save_checkpoint: bool = false,
-    /// Stop after this many evaluations without improvement (0 = never).
-    early_stopping_patience: u64 = 0,
-    /// Micro-batches per update.
-    gradient_accumulation_steps: usize = 1,
-    batch_size: usize = 12,
-    block_size: usize = 64,
-    n_layer: usize = 4,
-    n_head: usize = 4,
-    n_embd: usize = 128,
-    dropout: f32 = 0.0,
-    /// `learned` (GPT-2) or `sinusoidal` (fixed, as in the original Transformer).
-    position_encoding: PositionEncoding = PositionEncoding::Learned,
-    learning_rate: f32 = 1e-3,
-    max_iters: u64 = 2000,
-    weight_decay: f32 = 0.1,
-    beta1: f32 = 0.9,
-    beta2: f32 = 0.99,
-    /// Clip the global gradient norm to this (0 = off).
-    grad_clip: f32 = 1.0,
-    /// Warm up then cosine-decay the learning rate (false = constant).
-    decay_lr: bool = true,
-    warmup_iters: u64 = 100,
-    lr_decay_iters: u64 = 2000,
-    min_lr: f32 = 1e-4,
-    seed: u64 = 1337,
-    /// Replicas the batch is split over, one per core (0 = automatic: one per core for models up to 30M
-    /// parameters, otherwise 1 with every kernel split over the cores instead).
-    data_parallel: usize = 0,
-    /// How text `data` is tokenized: `char` (a vocabulary of the corpus's characters), `gpt2` (GPT-2's
-    /// byte-level BPE) or a tokenizer directory/file. Ignored for prepared data and when fine-tuning (the
-    /// checkpoint's tokenizer is used).
-    tokenizer: String = "char".to_owned(),
-    /// Fraction of a text corpus held out for validation when `data` is text.
-    val_fraction: f64 = 0.1,
-    /// Characters/tokens sampled from the model when training ends (0 = none).
-    sample_tokens: usize = 300,
 }
 
 impl TrainConfig {

@@ -30,6 +30,14 @@ pub enum MetricsLine {
         improved: bool,
         saved_model: bool,
     },
+    /// The model saved without being the best evaluated one: the run ended (`reason`: `interrupted`,
+    /// `early_stopped`, `finished`) before any evaluation had saved a model, so the directory gets the
+    /// model as it was at `step`, to be usable by `generate`.
+    Saved {
+        step: u64,
+        best: bool,
+        reason: String,
+    },
 }
 
 /// Appends metrics lines, flushed after each.
@@ -89,6 +97,13 @@ impl MetricsLog {
             improved: r.improved,
             saved_model: r.saved_model,
         })
+    }
+}
+
+impl MetricsLog {
+    /// Records that the model at `step` was saved though no evaluation found it the best.
+    pub fn saved_not_best(&mut self, step: u64, reason: &str) -> Result<()> {
+        self.write(&MetricsLine::Saved { step, best: false, reason: reason.to_owned() })
     }
 }
 

@@ -274,6 +274,10 @@ pub struct Trainer {
     pub best_val_loss: f32,
     pub best_val_accuracy: Option<f32>,
     pub evals_without_improvement: u64,
+    /// Whether an evaluation of this run (or of the run it resumes) saved a best model into the directory.
+    best_model_saved: bool,
+    /// The step of the model saved when the run ended before any evaluation had saved one (see [`Trainer::run`]).
+    pub saved_not_best: Option<u64>,
     metrics: MetricsLog,
 }
 
@@ -435,6 +439,8 @@ impl Trainer {
             best_val_loss: f32::INFINITY,
             best_val_accuracy: None,
             evals_without_improvement: 0,
+            best_model_saved: false,
+            saved_not_best: None,
             metrics,
         })
     }
@@ -474,6 +480,10 @@ impl Trainer {
         trainer.best_val_loss = state.best_val_loss;
         trainer.best_val_accuracy = state.best_val_accuracy;
         trainer.evals_without_improvement = state.evals_without_improvement;
+        let step = trainer.optimizer.step;
+        trainer.best_model_saved = crate::metrics::read_metrics(&trainer.config.out_dir)?.iter().any(
+            |line| matches!(line, crate::metrics::MetricsLine::Eval { step: at, saved_model: true, .. } if *at <= step),
+        );
         Ok(trainer)
     }
 
@@ -695,11 +705,8 @@ impl Trainer {
         }
         let saved_model = step > 0 && (improved || self.config.always_save_checkpoint);
         if saved_model {
-            let base = match &self.config.init_from {
-                crate::config::InitFrom::Dir(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
-                crate::config::InitFrom::Scratch => PathBuf::new(),
-            };
-            resume::save_best(&self.config.out_dir, &self.model, &self.data.tokenizer, &base.display().to_string())?;
+            self.save_model()?;
+            self.best_model_saved = true;
         }
         if step > 0 {
             self.save_resume()?;
@@ -714,6 +721,15 @@ impl Trainer {
         };
         self.metrics.eval(&report)?;
         Ok(report)
+    }
+
+    /// Writes the current model with its tokenizer into `out_dir` (for a LoRA run, its adapter).
+    fn save_model(&self) -> Result<()> {
+        let base = match &self.config.init_from {
+            crate::config::InitFrom::Dir(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            crate::config::InitFrom::Scratch => PathBuf::new(),
+        };
+        resume::save_best(&self.config.out_dir, &self.model, &self.data.tokenizer, &base.display().to_string())
     }
 
     /// Writes `out_dir/resume` atomically.
@@ -739,7 +755,24 @@ impl Trainer {
     }
 
     /// Trains until `max_iters`, early stopping, or `stop` being raised (then the resume state is saved).
+    /// A run that ends before any evaluation saved a best model saves its current model all the same, marked
+    /// `"best": false` in metrics.jsonl, so the directory always holds a model `generate` loads.
     pub fn run(&mut self, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<RunEnd> {
+        let end = self.run_until_end(observer, stop)?;
+        if !self.best_model_saved {
+            let reason = match end {
+                RunEnd::Finished => "finished",
+                RunEnd::EarlyStopped => "early_stopped",
+                RunEnd::Interrupted => "interrupted",
+            };
+            self.save_model()?;
+            self.metrics.saved_not_best(self.optimizer.step, reason)?;
+            self.saved_not_best = Some(self.optimizer.step);
+        }
+        Ok(end)
+    }
+
+    fn run_until_end(&mut self, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<RunEnd> {
         if self.optimizer.step == 0 {
             let report = self.eval_and_checkpoint()?;
             observer.on_eval(&report);

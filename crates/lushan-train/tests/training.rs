@@ -318,6 +318,7 @@ fn resume_is_bit_identical() {
             .map(|line| match line {
                 MetricsLine::Step { step, loss, .. } => format!("step {step} {}", loss.to_bits()),
                 MetricsLine::Eval { step, val_loss, .. } => format!("eval {step} {}", val_loss.to_bits()),
+                MetricsLine::Saved { step, reason, .. } => format!("saved {step} {reason}"),
             })
             .collect()
     };
@@ -613,4 +614,23 @@ fn block_size_longer_than_model_context_is_an_error() {
     let mut trainer =
         Trainer::new(shorter.clone(), TrainData::load(&shorter).unwrap(), Some(Gpt::new(short, 1).unwrap())).unwrap();
     assert!(trainer.step().unwrap().loss.is_finite());
+}
+
+#[test]
+fn a_run_whose_evaluations_never_improve_still_leaves_its_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_corpus(tmp.path());
+    let mut cfg = tiny_config(&data, &tmp.path().join("out"));
+    // Learning rate 0: the evaluation after the update equals the untrained model's, so none saves a model.
+    cfg.learning_rate = 0.0;
+    cfg.decay_lr = false;
+    cfg.max_iters = 1;
+    cfg.eval_interval = 1;
+    let mut trainer = new_trainer(&cfg);
+    assert_eq!(trainer.run(&mut (), &AtomicBool::new(false)).unwrap(), RunEnd::Finished);
+    assert_eq!(trainer.saved_not_best, Some(1));
+    assert!(cfg.out_dir.join(WEIGHTS_FILE).is_file() && cfg.out_dir.join(TOKENIZER_FILE).is_file());
+    let last = read_metrics(&cfg.out_dir).unwrap().pop();
+    let expected = MetricsLine::Saved { step: 1, best: false, reason: "finished".into() };
+    assert_eq!(last, Some(expected));
 }

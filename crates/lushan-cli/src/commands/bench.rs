@@ -41,7 +41,65 @@ pub struct TrainArgs {
     #[arg(long)]
     vocab_size: Option<usize>,
     #[command(flatten)]
-    settings: TrainOverrides,
+    settings: BenchTrainSettings,
+}
+
+/// The training settings that change a step's work (the shape, the batch, the optimiser); the rest of
+/// `lushan train`'s (data, schedule, evaluation, output) do not enter a benchmark. Unset = the preset's.
+#[derive(clap::Args)]
+pub struct BenchTrainSettings {
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Tokens per sequence (the context length).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Transformer blocks.
+    #[arg(long)]
+    n_layer: Option<usize>,
+    /// Attention heads per block.
+    #[arg(long)]
+    n_head: Option<usize>,
+    /// Embedding width.
+    #[arg(long)]
+    n_embd: Option<usize>,
+    /// Dropout probability (the preset's; 0 for baby-gpt, as the PyTorch reference figures).
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// `learned` or `sinusoidal` position encoding.
+    #[arg(long)]
+    position_encoding: Option<lushan_model::PositionEncoding>,
+    /// Micro-batches per update.
+    #[arg(long)]
+    gradient_accumulation_steps: Option<usize>,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    /// Data-parallel replicas (0 = automatic).
+    #[arg(long)]
+    data_parallel: Option<usize>,
+    /// Seed of the initialisation and the random tokens.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl From<BenchTrainSettings> for TrainOverrides {
+    fn from(s: BenchTrainSettings) -> Self {
+        TrainOverrides {
+            batch_size: s.batch_size,
+            block_size: s.block_size,
+            n_layer: s.n_layer,
+            n_head: s.n_head,
+            n_embd: s.n_embd,
+            dropout: s.dropout,
+            position_encoding: s.position_encoding,
+            gradient_accumulation_steps: s.gradient_accumulation_steps,
+            grad_clip: s.grad_clip,
+            data_parallel: s.data_parallel,
+            seed: s.seed,
+            ..TrainOverrides::default()
+        }
+    }
 }
 
 pub fn run(bench: Bench) -> Result<ExitCode> {
@@ -55,7 +113,7 @@ pub fn run(bench: Bench) -> Result<ExitCode> {
 
 /// Same work per step as `lushan train` (forward, backward, clip, AdamW) on random tokens.
 fn train(args: TrainArgs) -> Result<ExitCode> {
-    let mut settings = args.settings.clone();
+    let mut settings = TrainOverrides::from(args.settings);
     if args.preset == Preset::BabyGpt && settings.dropout.is_none() {
         settings.dropout = Some(0.0); // the PyTorch reference figures are without dropout
     }

@@ -11,6 +11,7 @@ use lushan_train::lock::RunLock;
 use lushan_train::tasks::{Task, TaskData};
 use lushan_train::{DataSource, TrainData};
 use lushan_train::{EvalReport, InitFrom, Observer, Preset, RunEnd, StepReport, TrainConfig, TrainOverrides, Trainer};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -24,11 +25,17 @@ pub struct Args {
     /// Starting settings.
     #[arg(long, value_enum, default_value_t = Preset::ShakespeareChar)]
     preset: Preset,
-    /// Continue the run whose checkpoint directory is DIR, bit-identically (flags may change e.g. --max-iters).
-    #[arg(long, value_name = "DIR")]
-    resume: Option<PathBuf>,
+    // The settings come first so that their headings are listed in their order (Data, Model, …, Output);
+    // boxed, as they are large beside the other commands' arguments.
     #[command(flatten)]
-    settings: TrainOverrides,
+    settings: Box<TrainOverrides>,
+    /// Continue the run whose checkpoint directory is DIR, bit-identically (flags may change e.g. --max-iters).
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
+    resume: Option<PathBuf>,
+    /// Train into an --out-dir that already holds a checkpoint, replacing it (without this, such a directory is
+    /// refused so that no trained model is lost).
+    #[arg(long, help_heading = "Output")]
+    overwrite: bool,
 }
 
 pub const LOSS_CURVE_FILE: &str = "loss.png";
@@ -36,9 +43,17 @@ pub const LOSS_CURVE_FILE: &str = "loss.png";
 pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let mut config = resolve(&args)?;
+    let bundled = check_inputs(&mut config)?;
     // Before anything is written into the directory (tokenized data, metrics, checkpoints): one run per
     // directory. Creating the lock also proves the directory can be created and written.
     let lock = RunLock::acquire(&config.out_dir).context("locking the output directory")?;
+    // After the lock, so that a directory another run is training into is named as such.
+    if args.resume.is_none() {
+        refuse_existing_checkpoint(&config.out_dir, args.overwrite)?;
+    }
+    if bundled {
+        write_bundled_corpus(&config.data)?;
+    }
     let init = match (config.init_from.clone(), &args.resume) {
         (InitFrom::Dir(dir), None) => {
             let (mut model, tokenizer) = model_dir::load(&dir)?;
@@ -106,6 +121,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })?;
 
     let mut progress = Progress::new(&config, trainer.step_count(), &out_dir)?;
+    progress.plain_lines = !std::io::stdout().is_terminal();
     let end = trainer.run(&mut progress, stop.flag());
     progress.bar.finish_and_clear();
     let end = end?;
@@ -114,6 +130,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(acc) => format!("{:.4} (accuracy {:.2} %)", trainer.best_val_loss, 100.0 * acc),
         None => format!("{:.4}", trainer.best_val_loss),
     };
+    if let Some(step) = trainer.saved_not_best {
+        println!(
+            "no evaluation saved a best model, so the model at step {step} is saved in {} (marked \"best\": false \
+             in {}); sample it with `lushan generate --model {}`",
+            out_dir.display(),
+            lushan_train::metrics::METRICS_FILE,
+            out_dir.display()
+        );
+    }
     match end {
         RunEnd::Interrupted => {
             println!(
@@ -193,6 +218,91 @@ fn load_data_and_model(
     }
 }
 
+/// Tiny Shakespeare, built into the binary: the default `--data` works from any directory and after
+/// `cargo install`.
+const BUNDLED_CORPUS: &[u8] = include_bytes!("../../../../data/tinyshakespeare.txt");
+
+/// Checks that every input the settings name exists, before anything is printed or written. The default
+/// corpus, when not found relative to the current directory, is taken from the binary: `config.data` then
+/// points at the copy to be written into the output directory, and `true` is returned.
+fn check_inputs(config: &mut TrainConfig) -> Result<bool> {
+    let default_data = TrainConfig::preset(Preset::ShakespeareChar).data;
+    let bundled = config.task == Task::Lm && config.data == default_data && !config.data.exists();
+    let missing = |flag: &str, path: &Path, expected: &str| {
+        anyhow::anyhow!("{flag} {}: no such file or directory (expected {expected})", path.display())
+    };
+    if !bundled && !config.data.exists() {
+        let expected = match config.task {
+            Task::Lm => "a text file, a directory of text files, JSON Lines, or a directory made by `lushan prepare`",
+            Task::Classify => "a JSONL or CSV file of labelled texts",
+            Task::Sft => "a JSONL file of prompt/completion or chat records",
+        };
+        return Err(missing("--data", &config.data, expected));
+    }
+    if let Some(val) = config.val_data_path().filter(|path| !path.exists()) {
+        return Err(missing("--val-data", val, "a file of validation records"));
+    }
+    match &config.init_from {
+        InitFrom::Dir(dir) if !dir.exists() => {
+            return Err(missing("--init-from", dir, "`scratch` or a checkpoint directory"));
+        }
+        InitFrom::Scratch if !["char", "gpt2"].contains(&config.tokenizer.as_str()) => {
+            let path = Path::new(&config.tokenizer);
+            if !path.exists() {
+                return Err(missing("--tokenizer", path, "`char`, `gpt2`, or a tokenizer file or directory"));
+            }
+        }
+        _ => {}
+    }
+    if bundled {
+        let copy = config.out_dir.join("data").join(default_data.file_name().unwrap_or_default());
+        println!(
+            "{} is not in the current directory: training on the copy of tiny Shakespeare built into lushan \
+             (written to {})",
+            default_data.display(),
+            copy.display()
+        );
+        config.data = copy;
+    }
+    Ok(bundled)
+}
+
+fn write_bundled_corpus(path: &Path) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|bytes| bytes == BUNDLED_CORPUS) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    atomic_write(path, BUNDLED_CORPUS).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A new run refuses a directory that holds another run's checkpoint (its best model or resume state),
+/// unless `--overwrite` says to replace it.
+fn refuse_existing_checkpoint(out_dir: &Path, overwrite: bool) -> Result<()> {
+    let holds_checkpoint = [
+        lushan_model::checkpoint::CONFIG_FILE,
+        lushan_model::checkpoint::WEIGHTS_FILE,
+        lushan_train::resume::RESUME_DIR,
+        "resume.old",
+    ]
+    .iter()
+    .any(|name| out_dir.join(name).exists())
+        || lushan_model::checkpoint::adapter::is_adapter_dir(out_dir);
+    if !holds_checkpoint {
+        return Ok(());
+    }
+    if overwrite {
+        println!("--overwrite: the checkpoint in {} is replaced by this run's", out_dir.display());
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--out-dir {dir} already holds a checkpoint: continue that run with `lushan train --resume {dir}`, \
+         choose another --out-dir, or pass --overwrite to replace it",
+        dir = out_dir.display()
+    )
+}
+
 fn resolve(args: &Args) -> Result<TrainConfig> {
     match &args.resume {
         Some(dir) => {
@@ -258,6 +368,11 @@ struct Progress {
     val_curve: Vec<(u64, f32)>,
     accuracy_curve: Vec<(u64, f32)>,
     tokens_per_second: f64,
+    seconds_per_step: f64,
+    /// Print a plain line every `log_interval` steps (for logs, pipes and notebooks, where the bar is hidden).
+    plain_lines: bool,
+    log_interval: u64,
+    max_iters: u64,
 }
 
 impl Progress {
@@ -275,6 +390,10 @@ impl Progress {
             val_curve: Vec::new(),
             accuracy_curve: Vec::new(),
             tokens_per_second: 0.0,
+            seconds_per_step: 0.0,
+            plain_lines: false,
+            log_interval: config.log_interval,
+            max_iters: config.max_iters,
         };
         // A resumed run continues the curve it had.
         for line in lushan_train::metrics::read_metrics(out_dir).unwrap_or_default() {
@@ -310,11 +429,22 @@ impl Progress {
 impl Observer for Progress {
     fn on_step(&mut self, r: &StepReport) {
         // Smoothed throughput so the ETA and tokens/s do not jitter.
-        self.tokens_per_second = if self.tokens_per_second == 0.0 {
-            r.tokens_per_second
-        } else {
-            0.9 * self.tokens_per_second + 0.1 * r.tokens_per_second
-        };
+        let smooth = |average: f64, now: f64| if average == 0.0 { now } else { 0.9 * average + 0.1 * now };
+        self.tokens_per_second = smooth(self.tokens_per_second, r.tokens_per_second);
+        self.seconds_per_step = smooth(self.seconds_per_step, r.seconds);
+        if self.plain_lines && r.step.is_multiple_of(self.log_interval) {
+            let eta = self.seconds_per_step * self.max_iters.saturating_sub(r.step) as f64;
+            println!(
+                "step {}/{}: loss {:.4}, lr {:.2e}, {:.0} tokens/s, {:.1} ms/step, ETA {}",
+                r.step,
+                self.max_iters,
+                r.loss,
+                r.lr,
+                self.tokens_per_second,
+                self.seconds_per_step * 1e3,
+                format_duration(eta)
+            );
+        }
         self.train_curve.push((r.step, r.loss));
         self.bar.set_position(r.step);
         self.bar.set_message(format!(
@@ -339,5 +469,29 @@ impl Observer for Progress {
         if r.step > 0 {
             self.draw_curve();
         }
+    }
+}
+
+/// `1h02m`, `3m05s` or `42s`.
+fn format_duration(seconds: f64) -> String {
+    let total = seconds.max(0.0).round() as u64;
+    let (hours, minutes, seconds) = (total / 3600, total / 60 % 60, total % 60);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, _) => format!("{minutes}m{seconds:02}s"),
+        _ => format!("{hours}h{minutes:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(format_duration(42.4), "42s");
+        assert_eq!(format_duration(185.0), "3m05s");
+        assert_eq!(format_duration(3720.0), "1h02m");
+        assert_eq!(format_duration(f64::NAN), "0s");
     }
 }
