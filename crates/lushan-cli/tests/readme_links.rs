@@ -122,6 +122,15 @@ fn every_relative_link_in_the_readmes_and_docs_resolves_inside_the_repository() 
         assert!(file.is_file(), "{} is missing", file.display());
         problems.extend(broken_links(&root, file));
     }
+    // The READMEs are read on GitHub and after a clone: a path above the repository (a link or a `code`
+    // mention) names something the reader does not have.
+    for readme in &files[..2] {
+        for (number, line) in std::fs::read_to_string(readme).unwrap().lines().enumerate() {
+            if line.contains("../") {
+                problems.push(format!("{}:{}: a path outside the repository: {line}", readme.display(), number + 1));
+            }
+        }
+    }
     assert!(problems.is_empty(), "broken links:\n{}", problems.join("\n"));
 }
 
