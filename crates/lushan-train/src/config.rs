@@ -432,6 +432,17 @@ mod tests {
     }
 
     #[test]
+    fn tang_poems_needs_the_corpus_path_and_keeps_its_shape() {
+        let msg = TrainConfig::resolve(Preset::TangPoems, None, &TrainOverrides::default()).unwrap_err().to_string();
+        assert!(msg.contains("--data") && msg.contains("tang-poems"), "{msg}");
+        let flags = TrainOverrides { data: Some(PathBuf::from("quantangshi.txt")), ..Default::default() };
+        let c = TrainConfig::resolve(Preset::TangPoems, None, &flags).unwrap();
+        assert_eq!((c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size), (4, 4, 128, 64, 16));
+        assert_eq!((c.max_iters, c.lr_decay_iters, c.tokenizer.as_str()), (1500, 1500, "char"));
+        assert_eq!(c.out_dir, PathBuf::from("out/tang-poems"));
+    }
+
+    #[test]
     fn the_schedule_follows_max_iters_unless_set() {
         let flags = TrainOverrides { max_iters: Some(300), ..Default::default() };
         assert_eq!(TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap().lr_decay_iters, 300);
