@@ -24,6 +24,9 @@ pub enum Preset {
     /// nanoGPT's `finetune_shakespeare`: from `--init-from DIR`, lr 3e-5 constant, batch 1 × 32 accumulated,
     /// 20 iterations, evaluation every 5.
     FinetuneShakespeare,
+    /// A character-level GPT on Tang poems (全唐诗) from the file given with `--data`: 4 layers, 4 heads,
+    /// 128 channels, context 64, batch 16, 1500 iters, writing to `out/tang-poems`.
+    TangPoems,
 }
 
 /// Where the weights come from.
@@ -243,6 +246,15 @@ impl TrainConfig {
             c.eval_iters = 40;
             c.sample_tokens = 200;
         }
+        if preset == Preset::TangPoems {
+            // No bundled corpus: `resolve` asks for `--data` rather than train on Shakespeare by mistake.
+            c.data = PathBuf::new();
+            c.out_dir = PathBuf::from("out/tang-poems");
+            c.batch_size = 16;
+            c.max_iters = 1500;
+            c.lr_decay_iters = 1500;
+            c.sample_tokens = 200;
+        }
         c
     }
 
@@ -267,6 +279,12 @@ impl TrainConfig {
             return Err(TrainError::InvalidSetting {
                 name: "--init-from".into(),
                 reason: "the finetune-shakespeare preset needs a checkpoint directory to start from".into(),
+            });
+        }
+        if preset == Preset::TangPoems && c.data.as_os_str().is_empty() {
+            return Err(TrainError::InvalidSetting {
+                name: "--data".into(),
+                reason: "the tang-poems preset needs the corpus file, e.g. --data PATH/quantangshi.txt".into(),
             });
         }
         Ok(c)
@@ -443,6 +461,17 @@ mod tests {
         assert!(
             TrainConfig::resolve(Preset::ShakespeareChar, None, &flags).unwrap_err().to_string().contains("--beta2")
         );
+    }
+
+    #[test]
+    fn tang_poems_needs_the_corpus_path_and_keeps_its_shape() {
+        let msg = TrainConfig::resolve(Preset::TangPoems, None, &TrainOverrides::default()).unwrap_err().to_string();
+        assert!(msg.contains("--data") && msg.contains("tang-poems"), "{msg}");
+        let flags = TrainOverrides { data: Some(PathBuf::from("quantangshi.txt")), ..Default::default() };
+        let c = TrainConfig::resolve(Preset::TangPoems, None, &flags).unwrap();
+        assert_eq!((c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size), (4, 4, 128, 64, 16));
+        assert_eq!((c.max_iters, c.lr_decay_iters, c.tokenizer.as_str()), (1500, 1500, "char"));
+        assert_eq!(c.out_dir, PathBuf::from("out/tang-poems"));
     }
 
     #[test]
