@@ -37,9 +37,9 @@ for t in "${targets[@]}"; do
     status=1
   fi
   seconds=$(( $(date +%s) - start ))
-  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
+  runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -ao '[0-9]*$' || echo '?')
+  cov=$(grep -ao 'cov: [0-9]*' "$log" | tail -1 | grep -ao '[0-9]*' || echo '?')
+  ft=$(grep -ao 'ft: [0-9]*' "$log" | tail -1 | grep -ao '[0-9]*' || echo '?')
   printf '%-16s %12s %8s %8s %10s  %s\n' "$t" "$runs" "$cov" "$ft" "$seconds" "$outcome"
 done
 exit $status
