@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{BIN, Output, corpus, fails, lushan, ok, s};
+use common::{Output, corpus, fails, lushan, ok, s, saved_step, spawn, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A model and run small enough that 20 steps take well under a second.
@@ -69,34 +69,6 @@ fn step_lines(out: &Path) -> usize {
     // Read leniently: the file may be mid-write while a run is going.
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
     text.lines().filter(|l| l.contains("\"kind\":\"step\"")).count()
-}
-
-/// The step of the resume state a restart would pick up (`resume/`, else `resume.old/` after a crash
-/// between the two renames of a save).
-fn saved_step(out: &Path) -> Option<u64> {
-    ["resume", "resume.old"].iter().find_map(|d| {
-        let text = std::fs::read_to_string(out.join(d).join("state.json")).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
-    })
-}
-
-/// Polls `cond` every few milliseconds; false if `timeout` passed first.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    cond()
-}
-
-/// Starts `lushan ARGS` in the background with stdout/stderr going to files in `dir`.
-fn spawn(args: &[&str], dir: &Path) -> Child {
-    let stdout = std::fs::File::create(dir.join("bg.stdout")).unwrap();
-    let stderr = std::fs::File::create(dir.join("bg.stderr")).unwrap();
-    Command::new(BIN).args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().unwrap()
 }
 
 /// Waits (at most `timeout`, then kills it) for a background run and collects what it wrote.

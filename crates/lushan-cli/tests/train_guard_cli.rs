@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BIN, Output, corpus, fails, ok, s};
+use common::{BIN, Output, corpus, fails, ok, s, saved_step, spawn, wait_for};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,31 +60,6 @@ fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a s
 fn step_lines(out: &Path) -> usize {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
     text.lines().filter(|l| l.contains("\"kind\":\"step\"")).count()
-}
-
-/// The step of the saved resume state.
-fn saved_step(out: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(out.join("resume/state.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
-}
-
-/// Polls `cond` every few milliseconds; false if `timeout` passed first.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cond()
-}
-
-/// Starts `lushan ARGS` in the background with stdout/stderr going to files in `dir`.
-fn spawn(args: &[&str], dir: &Path) -> Child {
-    let stdout = std::fs::File::create(dir.join("bg.stdout")).unwrap();
-    let stderr = std::fs::File::create(dir.join("bg.stderr")).unwrap();
-    Command::new(BIN).args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().unwrap()
 }
 
 /// Waits until the background run has done `steps` logged steps (killing it and failing otherwise).

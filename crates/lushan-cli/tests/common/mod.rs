@@ -2,7 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses a subset; tests may unwrap
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lushan");
 pub const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/tinyshakespeare.txt");
@@ -59,4 +60,31 @@ pub fn corpus(dir: &Path) -> PathBuf {
     let path = dir.join("small.txt");
     std::fs::write(&path, &text[..20_000]).unwrap();
     path
+}
+
+/// The step of the saved resume state (in `resume/`, or in `resume.old/` between the two renames of a save).
+pub fn saved_step(out: &Path) -> Option<u64> {
+    ["resume", "resume.old"].iter().find_map(|d| {
+        let text = std::fs::read_to_string(out.join(d).join("state.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+    })
+}
+
+/// Polls `cond` every few milliseconds; false if `timeout` passed first.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cond()
+}
+
+/// Starts `lushan ARGS` in the background with stdout/stderr going to files in `dir`.
+pub fn spawn(args: &[&str], dir: &Path) -> Child {
+    let stdout = std::fs::File::create(dir.join("bg.stdout")).unwrap();
+    let stderr = std::fs::File::create(dir.join("bg.stderr")).unwrap();
+    Command::new(BIN).args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().unwrap()
 }
