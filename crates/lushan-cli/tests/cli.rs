@@ -9,46 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A model and run small enough that 20 steps take well under a second.
-const TINY: &[&str] = &[
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "32",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--max-iters",
-    "20",
-    "--eval-interval",
-    "10",
-    "--eval-iters",
-    "2",
-    "--sample-tokens",
-    "20",
-    "--warmup-iters",
-    "2",
-    "--lr-decay-iters",
-    "20",
-];
-
-/// `train --data DATA --out-dir OUT` with the [`TINY`] settings, overridden or extended by the `--flag value`
-/// pairs of `extra` (clap rejects a flag given twice).
+/// `common::train_args` with a 20-token closing sample, which some tests read.
 fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut pairs: Vec<[&str; 2]> = TINY.chunks(2).map(|p| [p[0], p[1]]).collect();
-    for p in extra.chunks(2) {
-        assert_eq!(p.len(), 2, "extra flags come in pairs: {extra:?}");
-        match pairs.iter_mut().find(|q| q[0] == p[0]) {
-            Some(q) => q[1] = p[1],
-            None => pairs.push([p[0], p[1]]),
-        }
-    }
-    let mut args = vec!["train", "--data", s(data), "--out-dir", s(out)];
-    args.extend(pairs.into_iter().flatten());
-    args
+    let extra: Vec<&str> = ["--sample-tokens", "20"].into_iter().chain(extra.iter().copied()).collect();
+    common::train_args(data, out, &extra)
 }
 
 /// A temporary directory with the corpus and a tiny model trained on it in `out/`.

@@ -6,56 +6,15 @@
 
 mod common;
 
-use common::{BIN, Output, corpus, fails, ok, s, saved_step, spawn, wait_for};
+use common::{BIN, Output, corpus, fails, ok, s, saved_step, spawn, train_args, wait_for};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TASKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lushan-train/tests/fixtures/tasks");
 
-/// A model and run small enough that 20 steps take well under a second (as in cli.rs).
-const TINY: &[&str] = &[
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "32",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--max-iters",
-    "20",
-    "--eval-interval",
-    "10",
-    "--eval-iters",
-    "2",
-    "--sample-tokens",
-    "0",
-    "--warmup-iters",
-    "2",
-    "--lr-decay-iters",
-    "20",
-];
-
 /// A run that goes on until it is stopped.
 const ENDLESS: &[&str] = &["--max-iters", "100000", "--eval-interval", "1000", "--lr-decay-iters", "100000"];
-
-/// `train --data DATA --out-dir OUT` with the [`TINY`] settings, overridden or extended by `extra`'s pairs.
-fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut pairs: Vec<[&str; 2]> = TINY.chunks(2).map(|p| [p[0], p[1]]).collect();
-    for p in extra.chunks(2) {
-        assert_eq!(p.len(), 2, "extra flags come in pairs: {extra:?}");
-        match pairs.iter_mut().find(|q| q[0] == p[0]) {
-            Some(q) => q[1] = p[1],
-            None => pairs.push([p[0], p[1]]),
-        }
-    }
-    let mut args = vec!["train", "--data", s(data), "--out-dir", s(out)];
-    args.extend(pairs.into_iter().flatten());
-    args
-}
 
 fn step_lines(out: &Path) -> usize {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();

@@ -88,3 +88,46 @@ pub fn spawn(args: &[&str], dir: &Path) -> Child {
     let stderr = std::fs::File::create(dir.join("bg.stderr")).unwrap();
     Command::new(BIN).args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().unwrap()
 }
+
+/// The tiny run most CLI tests train: 1 layer, 2 heads, 32 channels, context 16, batch 4, 20 steps evaluated
+/// every 10 on 2 batches, no closing sample (well under a second).
+pub const TINY: &[&str] = &[
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-iters",
+    "20",
+    "--eval-interval",
+    "10",
+    "--eval-iters",
+    "2",
+    "--sample-tokens",
+    "0",
+    "--warmup-iters",
+    "2",
+    "--lr-decay-iters",
+    "20",
+];
+
+/// `train --data DATA --out-dir OUT` with the [`TINY`] settings, overridden or extended by the `--flag value`
+/// pairs of `extra` (clap rejects a flag given twice).
+pub fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut pairs: Vec<[&str; 2]> = TINY.chunks(2).map(|p| [p[0], p[1]]).collect();
+    for p in extra.chunks(2) {
+        assert_eq!(p.len(), 2, "extra flags come in pairs: {extra:?}");
+        match pairs.iter_mut().find(|q| q[0] == p[0]) {
+            Some(q) => q[1] = p[1],
+            None => pairs.push([p[0], p[1]]),
+        }
+    }
+    let mut args = vec!["train", "--data", s(data), "--out-dir", s(out)];
+    args.extend(pairs.into_iter().flatten());
+    args
+}
