@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{Output, corpus, fails, lushan, ok, s, saved_step, spawn, wait_for};
+use common::{corpus, fails, finish, lushan, ok, s, saved_step, spawn, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `common::train_args` with a 20-token closing sample, which some tests read.
@@ -33,29 +33,6 @@ fn step_lines(out: &Path) -> usize {
     // Read leniently: the file may be mid-write while a run is going.
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
     text.lines().filter(|l| l.contains("\"kind\":\"step\"")).count()
-}
-
-/// Waits (at most `timeout`, then kills it) for a background run and collects what it wrote.
-fn finish(mut child: Child, dir: &Path, timeout: Duration) -> Output {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("background run did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let out = Output {
-        code: std::os::unix::process::ExitStatusExt::signal(&status).map_or(status.code().unwrap_or(-1), |s| 128 + s),
-        stdout: std::fs::read_to_string(dir.join("bg.stdout")).unwrap(),
-        stderr: std::fs::read_to_string(dir.join("bg.stderr")).unwrap(),
-    };
-    assert!(!out.stderr.contains("panicked"), "background run panicked: {out:?}");
-    out
 }
 
 /// The step number in "… at step N …" after `prefix`.

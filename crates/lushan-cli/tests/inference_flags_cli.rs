@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BIN, corpus, fails, lushan, ok, s};
+use common::{BIN, corpus, fails, lushan, ok, s, train_args};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,35 +21,10 @@ fn model() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         let data = corpus(&dir);
         let out = dir.join("model");
-        ok(&[
-            "train",
-            "--data",
-            s(&data),
-            "--out-dir",
-            s(&out),
-            "--n-layer",
-            "1",
-            "--n-head",
-            "2",
-            "--n-embd",
-            "32",
-            "--block-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--max-iters",
-            "2",
-            "--eval-interval",
-            "2",
-            "--eval-iters",
-            "1",
-            "--sample-tokens",
-            "0",
-            "--warmup-iters",
-            "1",
-            "--lr-decay-iters",
-            "2",
-        ]);
+        // The shared tiny run, with a longer context and only two steps.
+        let flags = ["--block-size", "32", "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"];
+        let schedule = ["--warmup-iters", "1", "--lr-decay-iters", "2"];
+        ok(&train_args(&data, &out, &[&flags[..], &schedule[..]].concat()));
         out
     })
 }

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{BIN, Output, corpus, fails, ok, s, saved_step, spawn, train_args, wait_for};
+use common::{BIN, corpus, fails, finish, ok, s, saved_step, spawn, train_args, wait_for};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TASKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lushan-train/tests/fixtures/tasks");
 
@@ -28,30 +28,6 @@ fn wait_for_steps(child: &mut Child, out: &Path, steps: usize) {
         child.wait().unwrap();
         panic!("no {steps} step lines in metrics.jsonl within 60 s");
     }
-}
-
-/// Waits (at most `timeout`, then kills it) for a background run; the exit code is 128 + the signal for a
-/// process killed by one (as a shell reports it).
-fn finish(mut child: Child, dir: &Path, timeout: Duration) -> Output {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("background run did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let out = Output {
-        code: std::os::unix::process::ExitStatusExt::signal(&status).map_or(status.code().unwrap_or(-1), |s| 128 + s),
-        stdout: std::fs::read_to_string(dir.join("bg.stdout")).unwrap(),
-        stderr: std::fs::read_to_string(dir.join("bg.stderr")).unwrap(),
-    };
-    assert!(!out.stderr.contains("panicked"), "background run panicked: {out:?}");
-    out
 }
 
 fn signal(child: &Child, name: &str) {

@@ -131,3 +131,27 @@ pub fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&
     args.extend(pairs.into_iter().flatten());
     args
 }
+
+/// Waits (at most `timeout`, then kills it) for a background run; the exit code is 128 + the signal for a
+/// process killed by one (as a shell reports it).
+pub fn finish(mut child: Child, dir: &Path, timeout: Duration) -> Output {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("background run did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = Output {
+        code: std::os::unix::process::ExitStatusExt::signal(&status).map_or(status.code().unwrap_or(-1), |s| 128 + s),
+        stdout: std::fs::read_to_string(dir.join("bg.stdout")).unwrap(),
+        stderr: std::fs::read_to_string(dir.join("bg.stderr")).unwrap(),
+    };
+    assert!(!out.stderr.contains("panicked"), "background run panicked: {out:?}");
+    out
+}
