@@ -71,10 +71,6 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn save_tokenizer(dir: &Path, tokenizer: &Tokenizer) -> Result<()> {
-    tokenizer.save_dir(dir).map(drop).map_err(TrainError::TokenizerFiles)
-}
-
 /// Writes the resume state for `out_dir` atomically (see the module docs).
 pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
     let tmp = out_dir.join(format!("{RESUME_DIR}.tmp"));
@@ -90,7 +86,7 @@ pub fn save(out_dir: &Path, s: &ResumeState) -> Result<()> {
         checkpoint::adapter::save_adapter_dir(&adapter, &s.model, &String::from(s.train_config.init_from.clone()))?;
     }
     if let Some(tokenizer) = &s.tokenizer {
-        save_tokenizer(&tmp, tokenizer)?;
+        crate::data::save_tokenizer(&tmp, tokenizer)?;
     }
     let (m, v) = (f32_bytes(&s.optimizer.m), f32_bytes(&s.optimizer.v));
     let shape = vec![s.optimizer.m.len()];
@@ -294,10 +290,10 @@ fn model_differences(a: &ModelConfig, b: &ModelConfig) -> Vec<(&'static str, Str
 pub fn save_best(out_dir: &Path, model: &Gpt, tokenizer: &Tokenizer, base_model: &str) -> Result<()> {
     if model.lora.is_some() {
         checkpoint::adapter::save_adapter_dir(out_dir, model, base_model)?;
-        save_tokenizer(out_dir, tokenizer)?;
+        crate::data::save_tokenizer(out_dir, tokenizer)?;
         return Ok(());
     }
     checkpoint::save_model_dir(out_dir, &model.config, &model.params)?;
-    save_tokenizer(out_dir, tokenizer)?;
+    crate::data::save_tokenizer(out_dir, tokenizer)?;
     Ok(())
 }
