@@ -66,6 +66,9 @@ pub struct Activations {
     /// Rows (of B·T) whose target counts, when a forward with targets ignored some; empty otherwise.
     pub(crate) counted_rows: Vec<usize>,
     pub(crate) scratch: Scratch,
+    /// How many leading layers (with the embeddings) hold an unedited eval-mode forward of `inputs`, so that
+    /// [`Gpt::forward_edited`](crate::Gpt::forward_edited) can start at the first edited layer. 0 when unknown.
+    pub(crate) clean_layers: usize,
 }
 
 /// Gradient and temporary buffers shared across layers.
@@ -171,6 +174,7 @@ impl Activations {
             inputs: Vec::new(),
             counted_rows: Vec::new(),
             scratch: Scratch::default(),
+            clean_layers: 0,
         };
         acts.resize_all(b, t);
         Ok(acts)
@@ -239,6 +243,7 @@ impl Activations {
         fit(&mut s.lora_dh, if lora_on { n * d.lora_rank } else { 0 });
         self.b = b;
         self.t = t;
+        self.clean_layers = 0;
     }
 
     /// Makes the buffers describe a (b, t) batch, up to the shape they were allocated for, without

@@ -32,6 +32,11 @@ pub enum ModelError {
     #[error("invalid explain option `{field}`: {reason}")]
     InvalidExplainOption { field: &'static str, reason: String },
 
+    /// A forward-pass edit (ablation, patching) at a site or rows the model or batch does not have, or with
+    /// values of the wrong length.
+    #[error("invalid intervention: {reason}")]
+    InvalidEdit { reason: String },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

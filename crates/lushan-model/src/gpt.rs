@@ -9,6 +9,7 @@ use crate::adapter_pass::{self, Adapter};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
 use crate::head;
+use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
 use crate::params::{ParamKind, ParamLayout, init_gpt2};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
@@ -148,6 +149,61 @@ impl Gpt {
         targets: Option<&[u32]>,
         mode: Mode,
     ) -> Result<Option<f32>> {
+        acts.clean_layers = 0;
+        let loss = self.run_forward(acts, inputs, targets, mode, &[], 0)?;
+        if mode == Mode::Eval {
+            acts.clean_layers = self.config.n_layer + 1;
+        }
+        Ok(loss)
+    }
+
+    /// An eval-mode [`forward`](Self::forward) with `edits` applied where they name (ablation, activation
+    /// patching, a spliced-in reconstruction of the residual stream); see [`crate::intervene`].
+    ///
+    /// When `acts` already hold a forward of the same `inputs` whose residual streams up to the first edited
+    /// layer were not edited (a plain eval forward, or an edited one whose edits sat at later layers), the
+    /// layers before the first edit are not recomputed: a sweep over every head costs about half the forwards
+    /// it names, and less when it visits the layers last to first.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward), and [`ModelError::InvalidEdit`] for a layer, head, batch element or
+    /// position out of range or a patch of the wrong length.
+    pub fn forward_edited(
+        &self,
+        acts: &mut Activations,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        edits: &[Edit],
+    ) -> Result<Option<f32>> {
+        for edit in edits {
+            edit.validate(&self.config, acts.b, acts.t)?;
+        }
+        // Residual stream `s` is the input of layer `s` (0: the embeddings; `n_layer`: the final layer norm's).
+        let first_dirty_stream = |edit: &Edit| match edit.site {
+            Site::ResidPre { layer } => layer,
+            site => site.layer() + 1,
+        };
+        let first_edited_layer = edits.iter().map(|e| e.site.layer()).min().unwrap_or(self.config.n_layer);
+        let clean = if acts.inputs.as_slice() == inputs { acts.clean_layers } else { 0 };
+        let start = if clean == 0 { 0 } else { first_edited_layer.min(clean - 1) };
+        let resume_from = if clean == 0 { None } else { Some(start) };
+        acts.clean_layers = 0;
+        let loss = self.run_forward(acts, inputs, targets, Mode::Eval, edits, resume_from.map_or(0, |s| s + 1))?;
+        acts.clean_layers = edits.iter().map(first_dirty_stream).min().unwrap_or(self.config.n_layer + 1);
+        Ok(loss)
+    }
+
+    /// The forward pass behind [`forward`](Self::forward) and [`forward_edited`](Self::forward_edited).
+    /// `resume` is 0 for a whole pass, or `1 + l` to start at layer `l` over residual streams already in `acts`.
+    fn run_forward(
+        &self,
+        acts: &mut Activations,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        mode: Mode,
+        edits: &[Edit],
+        resume: usize,
+    ) -> Result<Option<f32>> {
         let (b, t) = (acts.b, acts.t);
         let cfg = &self.config;
         let labels = cfg.num_labels();
@@ -209,15 +265,22 @@ impl Gpt {
             ..
         } = acts;
 
-        encoder::forward(encoded, inputs, p.wte, p.wpe, t, 0, c);
-        if let Some(rng) = seeds.as_mut() {
-            scratch.branch.copy_from_slice(encoded);
-            dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+        let first_layer = resume.saturating_sub(1);
+        if resume == 0 {
+            encoder::forward(encoded, inputs, p.wte, p.wpe, t, 0, c);
+            if let Some(rng) = seeds.as_mut() {
+                scratch.branch.copy_from_slice(encoded);
+                dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+            }
         }
-        for l in 0..cfg.n_layer {
+        for l in first_layer..cfg.n_layer {
             let w = p.layer(l);
             let (before, rest) = layers.split_at_mut(l);
             let a = &mut rest[0];
+            if intervene::touches(edits, Site::ResidPre { layer: l }) {
+                let stream = if l == 0 { &mut *encoded } else { &mut before[l - 1].residual3 };
+                intervene::apply(edits, Site::ResidPre { layer: l }, stream, cfg, b, t);
+            }
             let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
             layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
             matmul::forward(&mut a.qkv, &a.ln1, w.qkv_w, Some(w.qkv_b), c, 3 * c);
@@ -227,6 +290,9 @@ impl Gpt {
                 adapter_pass::forward(&ad, &mut a.qkv, &a.ln1, h, m, &mut scratch.lora_x, lora_seeds.next_u64());
             }
             attention::forward(&mut a.atty, &mut a.att, &a.qkv, t, c, nh);
+            for head in 0..nh {
+                intervene::apply(edits, Site::HeadZ { layer: l, head }, &mut a.atty, cfg, b, t);
+            }
             matmul::forward(&mut scratch.branch, &a.atty, w.attn_proj_w, Some(w.attn_proj_b), c, c);
             if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
                 let [_, h, ..] = &mut a.lora_hidden;
@@ -245,6 +311,7 @@ impl Gpt {
                 dropout::forward(&mut scratch.branch2, &mut a.attn_mask, &scratch.branch, cfg.dropout, rng.next_u64());
                 std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
             }
+            intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
             residual::forward(&mut a.residual2, x, &scratch.branch);
             layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
             matmul::forward(&mut a.fch, &a.ln2, w.fc_w, Some(w.fc_b), c, 4 * c);
@@ -272,7 +339,13 @@ impl Gpt {
                 dropout::forward(&mut scratch.branch2, &mut a.mlp_mask, &scratch.branch, cfg.dropout, rng.next_u64());
                 std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
             }
+            intervene::apply(edits, Site::MlpOut { layer: l }, &mut scratch.branch, cfg, b, t);
             residual::forward(&mut a.residual3, &a.residual2, &scratch.branch);
+        }
+        let final_stream = Site::ResidPre { layer: cfg.n_layer };
+        if intervene::touches(edits, final_stream) {
+            let last = layers.last_mut().map_or(&mut *encoded, |a| &mut a.residual3);
+            intervene::apply(edits, final_stream, last, cfg, b, t);
         }
         let last = layers.last().map_or(&*encoded, |a| &a.residual3);
         layernorm::forward(lnf, lnf_mean, lnf_rstd, last, p.lnf_w, p.lnf_b, c, eps);

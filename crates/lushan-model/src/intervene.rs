@@ -1,0 +1,144 @@
+//! Edits to the forward pass for interpretability: zero or overwrite the residual stream, one head's output,
+//! or a block's attention / MLP output at chosen rows — the hooks TransformerLens calls `hook_resid_pre`,
+//! `hook_z`, `hook_attn_out` and `hook_mlp_out`. Ablation, activation patching and a sparse autoencoder
+//! spliced into the residual stream are all one [`Edit`] list given to [`Gpt::forward_edited`].
+//!
+//! [`Gpt::forward_edited`]: crate::Gpt::forward_edited
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+/// Where in the forward pass an edit applies (0-based layers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// The residual stream entering block `layer`; `layer == n_layer` is the stream entering the final layer
+    /// norm. Width C.
+    ResidPre { layer: usize },
+    /// One head's attention-weighted values before the output projection (TransformerLens' `z`): channels
+    /// `head·hs .. (head+1)·hs` of the attention output. Width `hs = C / n_head`. Zeroing it removes the head's
+    /// contribution; the projection's bias stays.
+    HeadZ { layer: usize, head: usize },
+    /// What the attention sub-block adds to the residual stream (after the projection and its bias). Width C.
+    AttnOut { layer: usize },
+    /// What the MLP sub-block adds to the residual stream (after its down projection and bias). Width C.
+    MlpOut { layer: usize },
+}
+
+impl Site {
+    /// The layer whose computation the edit changes first: nothing before it needs recomputing.
+    pub fn layer(self) -> usize {
+        match self {
+            Site::ResidPre { layer } | Site::HeadZ { layer, .. } | Site::AttnOut { layer } | Site::MlpOut { layer } => {
+                layer
+            }
+        }
+    }
+
+    /// `(offset, width)` of the edited channels within a row of C values.
+    fn channels(self, cfg: &ModelConfig) -> (usize, usize) {
+        match self {
+            Site::HeadZ { head, .. } => {
+                let hs = cfg.n_embd / cfg.n_head;
+                (head * hs, hs)
+            }
+            _ => (0, cfg.n_embd),
+        }
+    }
+}
+
+/// What an edit writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Patch {
+    /// Zero ablation.
+    Zero,
+    /// Values for the edited channels: either one row (`width` values) written at every selected row — mean
+    /// ablation — or one row per selected row, in (batch, position) order — patching from another run.
+    Set(Vec<f32>),
+}
+
+/// One edit: `patch` written at `site` for the selected rows (`None` selects every batch element / position).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edit {
+    pub site: Site,
+    pub batch: Option<usize>,
+    pub position: Option<usize>,
+    pub patch: Patch,
+}
+
+impl Edit {
+    /// Zero-ablates `site` everywhere.
+    pub fn zero(site: Site) -> Self {
+        Self { site, batch: None, position: None, patch: Patch::Zero }
+    }
+
+    /// Writes `values` (one row, or one per selected row) at `site`.
+    pub fn set(site: Site, batch: Option<usize>, position: Option<usize>, values: Vec<f32>) -> Self {
+        Self { site, batch, position, patch: Patch::Set(values) }
+    }
+
+    /// Checks the site, the rows and the patch's length against the model and a (b, t) batch.
+    pub(crate) fn validate(&self, cfg: &ModelConfig, b: usize, t: usize) -> Result<()> {
+        let bad = |reason: String| Err(ModelError::InvalidEdit { reason });
+        let (layer, layers) = match self.site {
+            Site::ResidPre { layer } => (layer, cfg.n_layer + 1),
+            site => (site.layer(), cfg.n_layer),
+        };
+        if layer >= layers {
+            return bad(format!("layer {layer} is out of range: the model has {} layers (0-based)", cfg.n_layer));
+        }
+        if let Site::HeadZ { head, .. } = self.site
+            && head >= cfg.n_head
+        {
+            return bad(format!("head {head} is out of range: each layer has {} heads (0-based)", cfg.n_head));
+        }
+        if let Some(batch) = self.batch.filter(|&x| x >= b) {
+            return bad(format!("batch element {batch} is out of range: the batch has {b}"));
+        }
+        if let Some(position) = self.position.filter(|&x| x >= t) {
+            return bad(format!("position {position} is out of range: the sequence has {t} tokens"));
+        }
+        if let Patch::Set(values) = &self.patch {
+            let (_, width) = self.site.channels(cfg);
+            let rows = self.batch.map_or(b, |_| 1) * self.position.map_or(t, |_| 1);
+            if values.len() != width && values.len() != width * rows {
+                return bad(format!(
+                    "{} values given for {:?}: expected {width} (one row) or {} ({rows} rows of {width})",
+                    values.len(),
+                    self.site,
+                    width * rows
+                ));
+            }
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return bad(format!("value {index} of the patch for {:?} is not finite", self.site));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies every edit of `edits` at `site` to `buf`, a (b, t, C) buffer.
+pub(crate) fn apply(edits: &[Edit], site: Site, buf: &mut [f32], cfg: &ModelConfig, b: usize, t: usize) {
+    let c = cfg.n_embd;
+    for edit in edits.iter().filter(|e| e.site == site) {
+        let (offset, width) = site.channels(cfg);
+        let batches = edit.batch.map_or(0..b, |x| x..x + 1);
+        let mut row_index = 0;
+        for bi in batches {
+            let positions = edit.position.map_or(0..t, |x| x..x + 1);
+            for ti in positions {
+                let row = &mut buf[(bi * t + ti) * c + offset..][..width];
+                match &edit.patch {
+                    Patch::Zero => row.fill(0.0),
+                    Patch::Set(values) if values.len() == width => row.copy_from_slice(values),
+                    Patch::Set(values) => row.copy_from_slice(&values[row_index * width..][..width]),
+                }
+                row_index += 1;
+            }
+        }
+    }
+}
+
+/// Whether any edit of `edits` is at `site` (so the common case of none costs one scan).
+pub(crate) fn touches(edits: &[Edit], site: Site) -> bool {
+    edits.iter().any(|e| e.site == site)
+}
