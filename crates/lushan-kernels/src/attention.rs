@@ -9,8 +9,19 @@ use crate::softmax::softmax_in_place;
 use crate::vector::{axpy, dot};
 use rayon::prelude::*;
 
-/// Forward, per batch element and head as matrix products: `S = scale·Q·Kᵀ`, causal softmax of each row
-/// of `S` in place (the probabilities are kept in `att`), then `O = P·V`.
+/// Query rows computed together. Causal attention needs, for query rows `r0..r1`, only the keys `0..r1`:
+/// going a block of rows at a time skips all but a thin band of the zero upper triangle, so at T = 256 the
+/// products do 56 % of the full `T × T` work, and at T = 1024 51 %.
+const QUERY_BLOCK: usize = 32;
+
+/// The query-row blocks `(r0, r1)` of a length-`t` sequence.
+fn query_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(QUERY_BLOCK).map(move |r0| (r0, (r0 + QUERY_BLOCK).min(t)))
+}
+
+/// Forward, per batch element and head as matrix products over blocks of query rows `r0..r1`:
+/// `S[r0..r1, ..r1] = scale·Q[r0..r1]·K[..r1]ᵀ`, causal softmax of each row of `S` in place (the
+/// probabilities are kept in `att`, zero above the diagonal), then `O[r0..r1] = P[r0..r1, ..r1]·V[..r1]`.
 ///
 /// # Shapes
 /// `out`: (B, T, C); `att`: (B, NH, T, T); `qkv`: (B, T, 3C) laid out `[q | k | v]` per position, head `h`
@@ -26,12 +37,26 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], t: usize, c: usize
         |((out, att), qkv)| {
             for (h, p) in att.chunks_exact_mut(t * t).enumerate() {
                 let (q, k, v) = (&qkv[h * hs..], &qkv[c + h * hs..], &qkv[2 * c + h * hs..]);
-                gemm_serial((t, hs, t), scale, q, (c3, 1), k, (1, c3), 0.0, p, (t, 1));
-                for (tq, row) in p.chunks_exact_mut(t).enumerate() {
-                    softmax_in_place(&mut row[..=tq]);
-                    row[tq + 1..].fill(0.0);
+                for (r0, r1) in query_blocks(t) {
+                    let rows = r1 - r0;
+                    gemm_serial(
+                        (rows, hs, r1),
+                        scale,
+                        &q[r0 * c3..],
+                        (c3, 1),
+                        k,
+                        (1, c3),
+                        0.0,
+                        &mut p[r0 * t..],
+                        (t, 1),
+                    );
+                    for (tq, row) in p[r0 * t..r1 * t].chunks_exact_mut(t).enumerate().map(|(i, row)| (r0 + i, row)) {
+                        softmax_in_place(&mut row[..=tq]);
+                        row[tq + 1..].fill(0.0);
+                    }
+                    let o = &mut out[r0 * c + h * hs..];
+                    gemm_serial((rows, r1, hs), 1.0, &p[r0 * t..], (t, 1), v, (c3, 1), 0.0, o, (c, 1));
                 }
-                gemm_serial((t, t, hs), 1.0, p, (t, 1), v, (c3, 1), 0.0, &mut out[h * hs..], (c, 1));
             }
         },
     );
@@ -69,17 +94,29 @@ pub fn backward(
             for (h, p) in att.chunks_exact(t * t).enumerate() {
                 let (q, k, v) = (&qkv[h * hs..], &qkv[c + h * hs..], &qkv[2 * c + h * hs..]);
                 let dout_h = &dout[h * hs..];
-                gemm_serial((t, t, hs), 1.0, p, (1, t), dout_h, (c, 1), 1.0, &mut dqkv[2 * c + h * hs..], (c3, 1));
-                gemm_serial((t, hs, t), 1.0, dout_h, (c, 1), v, (1, c3), 0.0, ds, (t, 1));
-                for (tq, (d, p)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
-                    let weighted = dot(&p[..=tq], &d[..=tq]);
-                    for (d, &p) in d[..=tq].iter_mut().zip(&p[..=tq]) {
-                        *d = p * (*d - weighted) * scale;
+                // Query rows r0..r1 touch keys ..r1 only (P and dS are zero above the diagonal).
+                for (r0, r1) in query_blocks(t) {
+                    let rows = r1 - r0;
+                    let (p_blk, dout_blk) = (&p[r0 * t..], &dout_h[r0 * c..]);
+                    let dv = &mut dqkv[2 * c + h * hs..];
+                    gemm_serial((r1, rows, hs), 1.0, p_blk, (1, t), dout_blk, (c, 1), 1.0, dv, (c3, 1));
+                    let ds_blk = &mut ds[r0 * t..];
+                    gemm_serial((rows, hs, r1), 1.0, dout_blk, (c, 1), v, (1, c3), 0.0, ds_blk, (t, 1));
+                    let p_rows = p[r0 * t..r1 * t].chunks_exact(t);
+                    for (i, (d, p)) in ds[r0 * t..r1 * t].chunks_exact_mut(t).zip(p_rows).enumerate() {
+                        let tq = r0 + i;
+                        let weighted = dot(&p[..=tq], &d[..=tq]);
+                        for (d, &p) in d[..=tq].iter_mut().zip(&p[..=tq]) {
+                            *d = p * (*d - weighted) * scale;
+                        }
+                        d[tq + 1..].fill(0.0);
                     }
-                    d[tq + 1..].fill(0.0);
+                    let ds_blk = &ds[r0 * t..];
+                    let dq = &mut dqkv[r0 * c3 + h * hs..];
+                    gemm_serial((rows, r1, hs), 1.0, ds_blk, (t, 1), k, (c3, 1), 1.0, dq, (c3, 1));
+                    let dk = &mut dqkv[c + h * hs..];
+                    gemm_serial((r1, rows, hs), 1.0, ds_blk, (1, t), &q[r0 * c3..], (c3, 1), 1.0, dk, (c3, 1));
                 }
-                gemm_serial((t, t, hs), 1.0, ds, (t, 1), k, (c3, 1), 1.0, &mut dqkv[h * hs..], (c3, 1));
-                gemm_serial((t, t, hs), 1.0, ds, (1, t), q, (c3, 1), 1.0, &mut dqkv[c + h * hs..], (c3, 1));
             }
         });
 }
@@ -249,5 +286,7 @@ mod tests {
         check(3, 5, 9, 3);
         check(1, 7, 8, 4);
         check(2, 19, 12, 3);
+        // Longer than one query block: the blocked products must still see every earlier key.
+        check(1, 2 * QUERY_BLOCK + 5, 8, 2);
     }
 }
