@@ -3,7 +3,9 @@
 //! — for the page to draw: per-token probabilities and alternatives, attention of every layer and head (or of
 //! those listed in `attention_layers` / `attention_heads`; the others come back empty), and the logit lens.
 //! Its cost grows with the square of the prompt, so prompts are capped (`ServerOptions::max_explain_tokens`),
-//! the attention it may carry is bounded, and at most [`EXPLAIN_CONCURRENCY`] run at once. Generation itself goes through the ordinary `POST /v1/completions` (streamed).
+//! the attention it may carry is bounded, and at most [`EXPLAIN_CONCURRENCY`] run at once. Generation itself goes through the ordinary `POST /v1/completions` (streamed);
+//! `/v1/explain` also takes `ablate` (heads / MLPs switched off, folded into a copy of the weights) with
+//! `generate` tokens drawn at `temperature` from `seed`, so the page can switch a head off and regenerate.
 
 use crate::error::ApiError;
 use crate::{AppState, request};
@@ -15,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lushan_model::inspect::{ExplainOptions, Explanation, explain};
+use lushan_model::{Ablation, ModelError, Sampling};
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +29,8 @@ const INDEX_HTML: &str = include_str!("playground/index.html");
 const DEFAULT_TOP_K: usize = 5;
 /// Most alternatives per position: beyond this the page has no room and the JSON only grows.
 const MAX_TOP_K: usize = 20;
+/// Most tokens `/v1/explain` generates after the prompt (`generate`): the sampling view is for reading.
+const MAX_EXPLAIN_GENERATE: usize = 64;
 /// Most attention numbers (selected layers × selected heads × T²) one explanation may carry. The JSON grows
 /// with the square of the prompt, so a GPT-2-sized model at its full context would answer with gigabytes;
 /// ≈ 4 M numbers is ≈ 40 MB of JSON.
@@ -61,6 +66,57 @@ struct ExplainRequest {
     /// `attention_heads`; all by default).
     layers: Vec<bool>,
     heads: Vec<bool>,
+    /// Heads and MLPs switched off (zero ablation) for the whole explanation and its generated tokens.
+    ablations: Vec<Ablation>,
+    /// Tokens generated after the prompt (the sampling view), drawn at `temperature` from `seed`.
+    generate: usize,
+    temperature: f32,
+    seed: u64,
+}
+
+/// `ablate`: a list of `{"layer": L, "head": H}` (switch a head off) and `{"layer": L, "mlp": true}` (switch
+/// a block's MLP off), 0-based.
+fn ablations(map: &Map<String, Value>, n_layer: usize, n_head: usize) -> Result<Vec<Ablation>, ApiError> {
+    let items = match map.get("ablate") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::invalid("ablate", "`ablate` must be a list of {layer, head} or {layer, mlp}")),
+    };
+    let index = |item: &Value, key: &str, count: usize| -> Result<Option<usize>, ApiError> {
+        match item.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => {
+                value.as_u64().and_then(|i| usize::try_from(i).ok()).filter(|&i| i < count).map(Some).ok_or_else(|| {
+                    ApiError::invalid(
+                        "ablate",
+                        format!("`ablate` {key} {value} is out of range: 0 to {}", count.saturating_sub(1)),
+                    )
+                })
+            }
+        }
+    };
+    items
+        .iter()
+        .map(|item| {
+            if !item.is_object() {
+                return Err(ApiError::invalid(
+                    "ablate",
+                    format!("`ablate` holds {item}; expected {{layer, head}} or {{layer, mlp}}"),
+                ));
+            }
+            let layer = index(item, "layer", n_layer)?
+                .ok_or_else(|| ApiError::invalid("ablate", format!("`ablate` entry {item} has no `layer`")))?;
+            let mlp = item.get("mlp").and_then(Value::as_bool).unwrap_or(false);
+            match (index(item, "head", n_head)?, mlp) {
+                (Some(head), false) => Ok(Ablation::Head { layer, head }),
+                (None, true) => Ok(Ablation::Mlp { layer }),
+                _ => Err(ApiError::invalid(
+                    "ablate",
+                    format!("`ablate` entry {item} must name either a `head` or `mlp: true`"),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The indices listed in `key` (each below `count`) as a mask; every index when absent.
@@ -130,7 +186,27 @@ fn parse_request(st: &AppState, map: &Map<String, Value>) -> Result<ExplainReque
     if !(1..=MAX_TOP_K).contains(&top_k) {
         return Err(ApiError::invalid("top_k", format!("`top_k` must be between 1 and {MAX_TOP_K}, got {top_k}")));
     }
-    Ok(ExplainRequest { ids, top_k, layers, heads })
+    let ablations = ablations(map, cfg.n_layer, cfg.n_head)?;
+    let generate = request::get_usize(map, "generate")?.unwrap_or(0);
+    if generate > MAX_EXPLAIN_GENERATE {
+        return Err(ApiError::invalid(
+            "generate",
+            format!("`generate` must be at most {MAX_EXPLAIN_GENERATE} tokens, got {generate}"),
+        ));
+    }
+    if ids.len() + generate > cfg.block_size {
+        return Err(ApiError::invalid(
+            "generate",
+            format!(
+                "the prompt ({} tokens) and {generate} generated tokens exceed the model's context of {}",
+                ids.len(),
+                cfg.block_size
+            ),
+        ));
+    }
+    let temperature = request::get_f64(map, "temperature")?.map_or(1.0, |t| t as f32);
+    let seed = request::get_u64(map, "seed")?.unwrap_or(0);
+    Ok(ExplainRequest { ids, top_k, layers, heads, ablations, generate, temperature, seed })
 }
 
 async fn explain_route(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
@@ -146,9 +222,26 @@ async fn explain_route(State(st): State<Arc<AppState>>, body: Body) -> Result<Re
         let _slots = (permit, explaining);
         // A single id always decodes (they were just encoded); should one not, the page shows its number.
         let token_text = |id: u32| state.tokenizer.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"));
-        let options = ExplainOptions { top_k: req.top_k, ..ExplainOptions::default() };
-        let mut explanation = explain(&state.model, &req.ids, &token_text, &options)
-            .map_err(|e| ApiError::internal(format!("explain failed: {e}")))?;
+        let sampling = Sampling { temperature: req.temperature, ..Sampling::default() };
+        let options = ExplainOptions {
+            top_k: req.top_k,
+            generate: req.generate,
+            sampling,
+            seed: req.seed,
+            ..ExplainOptions::default()
+        };
+        // Switched-off components are folded into a copy of the weights (only when some are asked for).
+        let ablated = match req.ablations.is_empty() {
+            true => None,
+            false => Some(state.model.ablated(&req.ablations).map_err(|e| ApiError::invalid("ablate", e.to_string()))?),
+        };
+        let model = ablated.as_ref().unwrap_or(&state.model);
+        let mut explanation = explain(model, &req.ids, &token_text, &options).map_err(|e| match e {
+            ModelError::InvalidSampling { field, .. } | ModelError::InvalidExplainOption { field, .. } => {
+                ApiError::invalid(field, e.to_string())
+            }
+            e => ApiError::internal(format!("explain failed: {e}")),
+        })?;
         keep_selected_attention(&mut explanation, &req.layers, &req.heads);
         // Serialised here, off the executor and while the slot is held: the answer is the large allocation.
         serde_json::to_vec(&explanation).map_err(|e| ApiError::internal(format!("cannot write the explanation: {e}")))

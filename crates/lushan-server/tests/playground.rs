@@ -136,6 +136,16 @@ async fn explain_errors_name_their_param() {
         (json!({"prompt": "ab", "top_k": -1}), "top_k"),
         (json!({"prompt": "ab", "top_k": "5"}), "top_k"),
         (json!({"prompt": "ab", "model": 7}), "model"),
+        (json!({"prompt": "ab", "ablate": [{"layer": 2, "head": 0}]}), "ablate"),
+        (json!({"prompt": "ab", "ablate": [{"layer": 0, "head": 2}]}), "ablate"),
+        (json!({"prompt": "ab", "ablate": [{"layer": 0}]}), "ablate"),
+        (json!({"prompt": "ab", "ablate": [{"head": 0}]}), "ablate"),
+        (json!({"prompt": "ab", "ablate": [{"layer": 0, "head": 1, "mlp": true}]}), "ablate"),
+        (json!({"prompt": "ab", "ablate": {"layer": 0}}), "ablate"),
+        (json!({"prompt": "ab", "ablate": [3]}), "ablate"),
+        (json!({"prompt": "ab", "generate": 65}), "generate"),
+        (json!({"prompt": "a".repeat(120), "generate": 9}), "generate"),
+        (json!({"prompt": "ab", "generate": 2, "temperature": -1.0}), "temperature"),
     ];
     for (body, param) in cases {
         let (status, answer) = post_explain(s.addr, body.clone()).await;
@@ -159,6 +169,37 @@ async fn explain_errors_name_their_param() {
     }
     // A refused request never took a place in the queue.
     assert_eq!(s.metrics.rejected.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_components_off_explains_and_regenerates_with_the_ablated_model() {
+    let s = small().await;
+    let prompt = "hello world";
+    let request =
+        |ablate: Value| json!({"prompt": prompt, "generate": 6, "temperature": 0.0, "seed": 3, "ablate": ablate});
+    let (status, body) = post_explain(s.addr, request(json!([]))).await;
+    assert_eq!(status, 200, "{body}");
+    let plain: Explanation = serde_json::from_value(body).unwrap();
+    assert_eq!(plain.sampling.as_ref().map(|view| view.steps.len()), Some(6), "six tokens were asked for");
+
+    let ablate = json!([{"layer": 0, "head": 1}, {"layer": 1, "mlp": true}]);
+    let (status, body) = post_explain(s.addr, request(ablate)).await;
+    assert_eq!(status, 200, "{body}");
+    let switched_off: Explanation = serde_json::from_value(body).unwrap();
+    // Exactly the library's explanation of the model with those components folded out.
+    let tok = tokenizer();
+    let ids = tok.encode(prompt).unwrap();
+    let text = |id: u32| tok.decode(&[id]).unwrap();
+    let ablations = [lushan_model::Ablation::Head { layer: 0, head: 1 }, lushan_model::Ablation::Mlp { layer: 1 }];
+    let options = ExplainOptions {
+        generate: 6,
+        sampling: lushan_model::Sampling { temperature: 0.0, ..Default::default() },
+        seed: 3,
+        ..ExplainOptions::default()
+    };
+    let expected = explain(&model(128, 32).ablated(&ablations).unwrap(), &ids, &text, &options).unwrap();
+    assert_eq!(switched_off, expected);
+    assert_ne!(switched_off.next_token, plain.next_token, "switching a head and an MLP off changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
