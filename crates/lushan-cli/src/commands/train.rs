@@ -153,11 +153,11 @@ fn run_in(args: Args, mut group: CliGroup) -> Result<ExitCode> {
     }
     // Every rank checks the same settings against the same data, so they fail (or not) together.
     let ranks = group.size();
-    let group = group.0;
-    let mut trainer = match &args.resume {
-        Some(_) => Trainer::resume_in(group, config.clone(), data)?,
-        None => Trainer::new_in(group, config.clone(), data, model)?,
+    let trainer = match &args.resume {
+        Some(_) => Trainer::resume_in(group.0.clone(), config.clone(), data),
+        None => Trainer::new_in(group.0.clone(), config.clone(), data, model),
     };
+    let mut trainer = group.agree("setting up the run", trainer.map_err(anyhow::Error::from))?;
     let out_dir = config.out_dir.clone();
     if writer {
         let settings_path = out_dir.join(lushan_train::resume::SETTINGS_FILE);

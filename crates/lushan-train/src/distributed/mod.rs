@@ -14,6 +14,8 @@
 pub mod mpi_world;
 
 use crate::error::{Result, TrainError};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// What the training loop needs from the processes of a job. Every call is collective: every rank makes the
@@ -70,10 +72,11 @@ pub struct CommStats {
     pub calls: u64,
 }
 
-/// A job's communicator and what its gradient sums cost.
-#[derive(Debug)]
+/// A job's communicator and what its gradient sums cost. Clones share the communicator (the CLI keeps one
+/// to agree on the outcome of building the trainer that owns another), each counting its own sums.
+#[derive(Debug, Clone)]
 pub struct Group {
-    comm: Box<dyn Communicator>,
+    comm: Rc<RefCell<Box<dyn Communicator>>>,
     stats: CommStats,
 }
 
@@ -85,20 +88,20 @@ impl Default for Group {
 
 impl Group {
     pub fn new(comm: Box<dyn Communicator>) -> Self {
-        Self { comm, stats: CommStats::default() }
+        Self { comm: Rc::new(RefCell::new(comm)), stats: CommStats::default() }
     }
 
     pub fn rank(&self) -> usize {
-        self.comm.rank()
+        self.comm.borrow().rank()
     }
 
     pub fn size(&self) -> usize {
-        self.comm.size()
+        self.comm.borrow().size()
     }
 
     /// Whether this process writes the run's files (rank 0 alone does).
     pub fn is_writer(&self) -> bool {
-        self.comm.rank() == 0
+        self.comm.borrow().rank() == 0
     }
 
     pub fn stats(&self) -> CommStats {
@@ -106,7 +109,7 @@ impl Group {
     }
 
     pub fn describe(&self) -> String {
-        self.comm.describe()
+        self.comm.borrow().describe()
     }
 
     /// Sums the ranks' gradients (no-op, and not counted, for one process).
@@ -115,7 +118,7 @@ impl Group {
             return;
         }
         let start = Instant::now();
-        self.comm.sum_f32(grads);
+        self.comm.borrow_mut().sum_f32(grads);
         self.stats.seconds += start.elapsed().as_secs_f64();
         self.stats.bytes += (std::mem::size_of_val(grads)) as u64;
         self.stats.calls += 1;
@@ -123,7 +126,7 @@ impl Group {
 
     pub fn sum_f64(&mut self, values: &mut [f64]) {
         if self.size() > 1 {
-            self.comm.sum_f64(values);
+            self.comm.borrow_mut().sum_f64(values);
         }
     }
 
@@ -143,26 +146,38 @@ impl Group {
         let mut mine = vec![0u8; STATUS_BYTES];
         if let Err(e) = &local {
             mine[0] = 1;
-            let text = e.to_string();
+            let text = match e {
+                TrainError::Distributed(message) => message.clone(),
+                e => e.to_string(),
+            };
             let cut = floor_char_boundary(&text, STATUS_BYTES - 3);
             let len = u16::try_from(cut).unwrap_or(0);
             mine[1..3].copy_from_slice(&len.to_le_bytes());
             mine[3..3 + usize::from(len)].copy_from_slice(&text.as_bytes()[..usize::from(len)]);
         }
-        let all = self.comm.all_gather(&mine);
-        let failures: Vec<String> = all
-            .chunks_exact(STATUS_BYTES)
-            .enumerate()
-            .filter(|(_, status)| status[0] != 0)
-            .map(|(rank, status)| {
-                let len = usize::from(u16::from_le_bytes([status[1], status[2]])).min(STATUS_BYTES - 3);
-                format!("rank {rank}: {}", String::from_utf8_lossy(&status[3..3 + len]))
-            })
-            .collect();
+        let all = self.comm.borrow_mut().all_gather(&mine);
+        // (message, ranks that failed with it), in rank order: one line for ranks that failed alike.
+        let mut failures: Vec<(String, Vec<usize>)> = Vec::new();
+        for (rank, status) in all.chunks_exact(STATUS_BYTES).enumerate().filter(|(_, status)| status[0] != 0) {
+            let len = usize::from(u16::from_le_bytes([status[1], status[2]])).min(STATUS_BYTES - 3);
+            let message = String::from_utf8_lossy(&status[3..3 + len]).into_owned();
+            match failures.iter_mut().find(|(m, _)| *m == message) {
+                Some((_, ranks)) => ranks.push(rank),
+                None => failures.push((message, vec![rank])),
+            }
+        }
         if failures.is_empty() {
             return local;
         }
-        Err(TrainError::Distributed(format!("{stage} failed on {}", failures.join("; "))))
+        let lines: Vec<String> = failures
+            .into_iter()
+            .map(|(message, ranks)| {
+                let names: Vec<String> = ranks.iter().map(usize::to_string).collect();
+                let plural = if ranks.len() > 1 { "s" } else { "" };
+                format!("rank{plural} {}: {message}", names.join(", "))
+            })
+            .collect();
+        Err(TrainError::Distributed(format!("{stage} failed on {}", lines.join("; "))))
     }
 
     /// Checks that every rank runs the same settings on the same data: ranks started with different
@@ -170,7 +185,7 @@ impl Group {
     pub fn check_same_inputs(&mut self, config_hash: u64, data_hash: u64) -> Result<()> {
         let mut mine = config_hash.to_le_bytes().to_vec();
         mine.extend_from_slice(&data_hash.to_le_bytes());
-        let all = self.comm.all_gather(&mine);
+        let all = self.comm.borrow_mut().all_gather(&mine);
         let mut problems = Vec::new();
         let word = |chunk: &[u8], at: usize| {
             let mut b = [0u8; 8];
@@ -196,7 +211,7 @@ impl Group {
     }
 
     pub fn abort(&self, code: i32) -> ! {
-        self.comm.abort(code)
+        self.comm.borrow().abort(code)
     }
 }
 
