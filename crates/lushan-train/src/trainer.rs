@@ -657,7 +657,10 @@ impl Trainer {
         let loss_sum = sums[0];
         // After the sums, so that every rank of a job stops at the same step with the same error.
         if !loss_sum.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step: self.optimizer.step + 1, loss: (loss_sum / k as f64) as f32 });
+            return Err(TrainError::NonFiniteLoss {
+                step: self.optimizer.step + 1,
+                loss: (loss_sum / k as f64) as f32,
+            });
         }
         Ok(Some((loss_sum, tokens, start)))
     }

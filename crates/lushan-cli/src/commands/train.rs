@@ -96,7 +96,8 @@ fn run_in(args: Args, mut group: CliGroup) -> Result<ExitCode> {
     // Before anything is written into the directory (tokenized data, metrics, checkpoints): one run per
     // directory. Creating the lock also proves the directory can be created and written. Rank 0 alone
     // writes into it.
-    let lock = group.agree("locking the output directory", writer.then(|| prepare_out_dir(&args, &config, bundled)).transpose())?;
+    let lock = group
+        .agree("locking the output directory", writer.then(|| prepare_out_dir(&args, &config, bundled)).transpose())?;
     let init = match (config.init_from.clone(), &args.resume) {
         (InitFrom::Dir(dir), None) => {
             let (mut model, tokenizer) = group.agree("loading the starting checkpoint", model_dir::load(&dir))?;

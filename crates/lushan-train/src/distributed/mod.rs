@@ -240,7 +240,13 @@ pub struct RankSlice<'a> {
 }
 
 impl<'a> RankSlice<'a> {
-    pub fn of(rank: usize, ranks: usize, inputs: &'a [u32], targets: &'a [u32], (b, t): (usize, usize)) -> Option<Self> {
+    pub fn of(
+        rank: usize,
+        ranks: usize,
+        inputs: &'a [u32],
+        targets: &'a [u32],
+        (b, t): (usize, usize),
+    ) -> Option<Self> {
         if ranks <= 1 {
             return Some(Self { inputs, targets, b, share: 1.0 });
         }
@@ -375,6 +381,93 @@ mod tests {
         group.sum_gradients(&mut grads);
         assert_eq!(grads, vec![1.0; 4]);
         assert_eq!(group.stats().calls, 0);
+    }
+
+    /// Rank 0 of a pretend job whose other ranks contribute `others` to every all-gather.
+    struct PretendJob {
+        others: Vec<Box<dyn Fn(&[u8]) -> Vec<u8>>>,
+    }
+
+    impl std::fmt::Debug for PretendJob {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "PretendJob of {} ranks", self.size())
+        }
+    }
+
+    impl Communicator for PretendJob {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            1 + self.others.len()
+        }
+        fn sum_f32(&mut self, values: &mut [f32]) {
+            values.iter_mut().for_each(|v| *v *= self.size() as f32);
+        }
+        fn sum_f64(&mut self, values: &mut [f64]) {
+            values.iter_mut().for_each(|v| *v *= self.size() as f64);
+        }
+        fn all_gather(&mut self, mine: &[u8]) -> Vec<u8> {
+            let mut all = mine.to_vec();
+            for other in &self.others {
+                all.extend(other(mine));
+            }
+            all
+        }
+        fn abort(&self, code: i32) -> ! {
+            panic!("abort {code}")
+        }
+        fn describe(&self) -> String {
+            "pretend".into()
+        }
+    }
+
+    fn failing(message: &'static str) -> Box<dyn Fn(&[u8]) -> Vec<u8>> {
+        Box::new(move |mine: &[u8]| {
+            let mut status = vec![0u8; mine.len()];
+            status[0] = 1;
+            status[1..3].copy_from_slice(&(message.len() as u16).to_le_bytes());
+            status[3..3 + message.len()].copy_from_slice(message.as_bytes());
+            status
+        })
+    }
+
+    #[test]
+    fn every_rank_learns_which_rank_failed_and_why() {
+        let same = || -> Box<dyn Fn(&[u8]) -> Vec<u8>> { Box::new(|mine: &[u8]| mine.to_vec()) };
+        let mut group = Group::new(Box::new(PretendJob { others: vec![same(), failing("data.txt: no such file")] }));
+        let err = group.agree("reading the data", Ok(())).unwrap_err().to_string();
+        assert!(err.contains("reading the data failed on rank 2: data.txt: no such file"), "{err}");
+        assert!(!err.contains("rank 1"), "{err}");
+
+        let mut group = Group::new(Box::new(PretendJob { others: vec![failing("bad"), failing("bad")] }));
+        let err = group.agree::<()>("setting up", Err(TrainError::Distributed("bad".into()))).unwrap_err();
+        assert!(err.to_string().contains("failed on ranks 0, 1, 2: bad"), "{err}");
+
+        let mut group = Group::new(Box::new(PretendJob { others: vec![same()] }));
+        assert_eq!(group.agree("start", Ok(5)).ok(), Some(5));
+        assert!(group.check_same_inputs(1, 2).is_ok());
+        let mut grads = vec![1.0f32, 2.0];
+        group.sum_gradients(&mut grads);
+        assert_eq!((grads, group.stats().bytes, group.stats().calls), (vec![2.0, 4.0], 8, 1));
+    }
+
+    #[test]
+    fn ranks_with_other_settings_or_data_are_named() {
+        let other_config: Box<dyn Fn(&[u8]) -> Vec<u8>> = Box::new(|mine: &[u8]| {
+            let mut theirs = mine.to_vec();
+            theirs[0] ^= 1;
+            theirs
+        });
+        let other_data: Box<dyn Fn(&[u8]) -> Vec<u8>> = Box::new(|mine: &[u8]| {
+            let mut theirs = mine.to_vec();
+            theirs[8] ^= 1;
+            theirs
+        });
+        let mut group = Group::new(Box::new(PretendJob { others: vec![other_config, other_data] }));
+        let err = group.check_same_inputs(7, 9).unwrap_err().to_string();
+        assert!(err.contains("rank 1's training settings differ from rank 0's"), "{err}");
+        assert!(err.contains("rank 2's data differ from rank 0's"), "{err}");
     }
 
     #[test]
