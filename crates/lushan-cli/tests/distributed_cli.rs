@@ -75,8 +75,11 @@ fn mpi_run(dir: &Path, programs: &[(usize, Vec<&str>)]) -> Option<Output> {
     Some(out)
 }
 
+/// (step, loss) pairs.
+type Curve = Vec<(u64, f64)>;
+
 /// (step, loss) of every step line, and (step, val loss) of every evaluation, in metrics.jsonl.
-fn losses(out: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+fn losses(out: &Path) -> (Curve, Curve) {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let (mut steps, mut evals) = (Vec::new(), Vec::new());
     for line in text.lines() {
@@ -226,4 +229,36 @@ fn a_build_without_mpi_refuses_to_run_as_one_of_several_ranks() {
         assert!(stderr.contains("built without MPI support") && stderr.contains(&format!("{variable}=2")), "{stderr}");
         assert!(!out_dir.exists(), "nothing may be written");
     }
+}
+
+#[test]
+fn a_fine_tuning_task_splits_uneven_batches_over_ranks_as_one_process_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sft.jsonl");
+    let records: String = (0..60)
+        .map(|i| format!("{{\"prompt\": \"count {}:\", \"completion\": \" {}\"}}\n", i % 9, "x".repeat(1 + i % 9)))
+        .collect();
+    std::fs::write(&data, records).unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    // Batch 5 over 2 ranks: 3 + 2 sequences, padded to the global batch's longest.
+    let flags = [
+        "--task",
+        "sft",
+        "--tokenizer",
+        "char",
+        "--val-fraction",
+        "0.2",
+        "--batch-size",
+        "5",
+        "--block-size",
+        "32",
+        "--log-interval",
+        "1",
+    ];
+    let Some(out) = mpi_run(dir.path(), &[(2, train_args(&data, &two, &flags))]) else { return };
+    assert_eq!(out.code, 0, "{out:?}");
+    common::ok(&train_args(&data, &one, &flags));
+    let ((steps_1, evals_1), (steps_2, evals_2)) = (losses(&one), losses(&two));
+    assert_close(&steps_1, &steps_2, "sft training loss");
+    assert_close(&evals_1, &evals_2, "sft validation loss");
 }

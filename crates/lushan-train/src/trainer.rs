@@ -253,6 +253,9 @@ enum Cursor {
     Task(crate::tasks::TaskLoaderState),
 }
 
+/// One evaluation batch: inputs, targets and its (b, t) shape.
+type EvalBatch<'a> = (&'a [u32], &'a [u32], (usize, usize));
+
 /// Loss (and accuracy) over a set of evaluation batches.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalFigures {
@@ -711,7 +714,7 @@ impl Trainer {
         // Each rank evaluates its share of every batch: [loss × counted, counted, correct, seen] per split,
         // summed over the ranks.
         let mut sums = [0.0f64; 8];
-        let batches: [Vec<(&[u32], &[u32], (usize, usize))>; 2] = match &self.feed {
+        let batches: [Vec<EvalBatch>; 2] = match &self.feed {
             Feed::Shards { eval_train, eval_val, loader, .. } => {
                 let shape = (loader.batch_size(), loader.block_size());
                 [eval_train, eval_val].map(|set| set.iter().map(|(x, y)| (&x[..], &y[..], shape)).collect())

@@ -383,9 +383,12 @@ mod tests {
         assert_eq!(group.stats().calls, 0);
     }
 
+    /// What another rank of a pretend job contributes to an all-gather, given rank 0's contribution.
+    type OtherRank = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
     /// Rank 0 of a pretend job whose other ranks contribute `others` to every all-gather.
     struct PretendJob {
-        others: Vec<Box<dyn Fn(&[u8]) -> Vec<u8>>>,
+        others: Vec<OtherRank>,
     }
 
     impl std::fmt::Debug for PretendJob {
@@ -422,7 +425,7 @@ mod tests {
         }
     }
 
-    fn failing(message: &'static str) -> Box<dyn Fn(&[u8]) -> Vec<u8>> {
+    fn failing(message: &'static str) -> OtherRank {
         Box::new(move |mine: &[u8]| {
             let mut status = vec![0u8; mine.len()];
             status[0] = 1;
@@ -434,7 +437,7 @@ mod tests {
 
     #[test]
     fn every_rank_learns_which_rank_failed_and_why() {
-        let same = || -> Box<dyn Fn(&[u8]) -> Vec<u8>> { Box::new(|mine: &[u8]| mine.to_vec()) };
+        let same = || -> OtherRank { Box::new(|mine: &[u8]| mine.to_vec()) };
         let mut group = Group::new(Box::new(PretendJob { others: vec![same(), failing("data.txt: no such file")] }));
         let err = group.agree("reading the data", Ok(())).unwrap_err().to_string();
         assert!(err.contains("reading the data failed on rank 2: data.txt: no such file"), "{err}");
@@ -454,12 +457,12 @@ mod tests {
 
     #[test]
     fn ranks_with_other_settings_or_data_are_named() {
-        let other_config: Box<dyn Fn(&[u8]) -> Vec<u8>> = Box::new(|mine: &[u8]| {
+        let other_config: OtherRank = Box::new(|mine: &[u8]| {
             let mut theirs = mine.to_vec();
             theirs[0] ^= 1;
             theirs
         });
-        let other_data: Box<dyn Fn(&[u8]) -> Vec<u8>> = Box::new(|mine: &[u8]| {
+        let other_data: OtherRank = Box::new(|mine: &[u8]| {
             let mut theirs = mine.to_vec();
             theirs[8] ^= 1;
             theirs
