@@ -72,7 +72,8 @@ impl Communicator for MpiWorld {
 
     fn describe(&self) -> String {
         let library = mpi::environment::library_version().unwrap_or_default();
-        let library = library.lines().next().unwrap_or("MPI").trim().trim_end_matches(',').to_owned();
+        // "Open MPI v4.1.4, package: …" / "MPICH Version: 4.0.2 …": the name and version are enough.
+        let library = library.split([',', '\n']).next().unwrap_or("MPI").trim().to_owned();
         format!("{} MPI ranks ({library})", self.size())
     }
 }
