@@ -223,6 +223,11 @@ pub enum TrainError {
          (prepare the data with the model's tokenizer)"
     )]
     VocabMismatch { data: String, model_vocab: usize },
+
+    // ---- distributed training over MPI (owned by the distributed module) ----
+    /// A run across processes that cannot go on: the message names the rank(s) and what differs or failed.
+    #[error("distributed training: {0}")]
+    Distributed(String),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod lock;
 pub mod memory;

@@ -50,13 +50,13 @@ pub fn choose_replicas(requested: usize, num_params: usize, b: usize) -> usize {
 
 /// Sequences `start..end` of a batch of `b` handled by replica `r` of `replicas` (the first `b % replicas`
 /// replicas take one more).
-fn share_of(r: usize, replicas: usize, b: usize) -> std::ops::Range<usize> {
+pub fn share_of(r: usize, replicas: usize, b: usize) -> std::ops::Range<usize> {
     let start = r * (b / replicas) + r.min(b % replicas);
     start..start + b / replicas + usize::from(r < b % replicas)
 }
 
 /// Targets that count in a loss (not ignored).
-fn counted(targets: &[u32]) -> usize {
+pub(crate) fn counted(targets: &[u32]) -> usize {
     targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
 }
 

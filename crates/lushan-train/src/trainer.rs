@@ -5,15 +5,15 @@ use crate::config::TrainConfig;
 use crate::data::{
     Loader, Shard, TRAIN_SHARD, VAL_SHARD, eval_batches, load_tokenizer, prepare_streaming, prepare_with,
 };
+use crate::distributed::{Group, RankSlice, rank_share};
 use crate::error::{Result, TrainError};
 use crate::memory::{self, RunShape};
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
-use crate::parallel::{BatchRunner, choose_replicas};
+use crate::parallel::{BatchRunner, choose_replicas, counted};
 use crate::resume::{self, ResumeState};
 use crate::schedule::LrSchedule;
 use crate::tasks::{SftRecord, Task, TaskBatch, TaskData, TaskDataOptions, TaskLoader};
-use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_kernels::rng::Rng;
 use lushan_model::Gpt;
 use lushan_tokenizer::Tokenizer;
@@ -253,6 +253,9 @@ enum Cursor {
     Task(crate::tasks::TaskLoaderState),
 }
 
+/// One evaluation batch: inputs, targets and its (b, t) shape.
+type EvalBatch<'a> = (&'a [u32], &'a [u32], (usize, usize));
+
 /// Loss (and accuracy) over a set of evaluation batches.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalFigures {
@@ -278,7 +281,10 @@ pub struct Trainer {
     best_model_saved: bool,
     /// The step of the model saved when the run ended before any evaluation had saved one (see [`Trainer::run`]).
     pub saved_not_best: Option<u64>,
-    metrics: MetricsLog,
+    /// The metrics log; `None` on ranks other than 0, which write nothing.
+    metrics: Option<MetricsLog>,
+    /// The processes training together (one, unless started by `mpirun` / `srun`).
+    group: Group,
 }
 
 /// Refuses a run whose buffers would not fit in memory, before they are allocated (see [`crate::memory`]):
@@ -312,6 +318,11 @@ fn pad_id(model: &Gpt, tokenizer: &Tokenizer) -> u32 {
 impl Trainer {
     /// A fresh run: model initialised from `config.seed` (or given), optimiser state zero.
     pub fn new(config: TrainConfig, data: TrainData, model: Option<Gpt>) -> Result<Self> {
+        Self::new_in(Group::default(), config, data, model)
+    }
+
+    /// A fresh run as one rank of `group`: every rank must be given the same settings, data and model.
+    pub fn new_in(group: Group, config: TrainConfig, data: TrainData, model: Option<Gpt>) -> Result<Self> {
         config.validate()?;
         let vocab = data.tokenizer.vocab_size();
         let model = match model {
@@ -328,12 +339,13 @@ impl Trainer {
                 model_vocab: model.config.vocab_size,
             });
         }
-        Self::assemble(config, data, model, AdamWState::new(0), false)
+        Self::assemble(group, config, data, model, AdamWState::new(0), false)
     }
 
     /// Checks the run's shapes against the model, allocates every buffer, then opens the metrics log
     /// (appending when resuming) — last, so a rejected run never truncates an existing log.
     fn assemble(
+        group: Group,
         config: TrainConfig,
         data: TrainData,
         model: Gpt,
@@ -341,6 +353,16 @@ impl Trainer {
         resuming: bool,
     ) -> Result<Self> {
         let b = config.batch_size;
+        if group.size() > b {
+            return Err(TrainError::InvalidSetting {
+                name: "--batch-size".into(),
+                reason: format!(
+                    "the global batch of {b} sequences cannot be split over {} ranks: give a --batch-size of at \
+                     least the number of ranks (each rank trains on its share of the batch)",
+                    group.size()
+                ),
+            });
+        }
         if config.block_size > model.config.block_size {
             return Err(TrainError::InvalidSetting {
                 name: "--block-size".into(),
@@ -414,18 +436,25 @@ impl Trainer {
                 (Feed::Task { loader, eval_train, eval_val, pad_id }, t.min(config.block_size))
             }
         };
-        let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
-        let runner = BatchRunner::for_model(&model.config, model.lora_shape(), b, t, replicas)?;
+        // This rank's share of the global batch (rank 0's is the largest).
+        let rank_b = rank_share(0, group.size(), b).len();
+        let replicas = choose_replicas(config.data_parallel, model.num_params(), rank_b);
+        let runner = BatchRunner::for_model(&model.config, model.lora_shape(), rank_b, t, replicas)?;
         let trainable = model.num_trainable();
         if optimizer.m.is_empty() {
             optimizer = AdamWState::new(trainable);
         }
-        let metrics =
-            if resuming { MetricsLog::append(&config.out_dir)? } else { MetricsLog::create(&config.out_dir)? };
+        let metrics = match (group.is_writer(), resuming) {
+            (false, _) => None,
+            (true, true) => Some(MetricsLog::append(&config.out_dir)?),
+            (true, false) => Some(MetricsLog::create(&config.out_dir)?),
+        };
         // A run killed mid-save leaves its temporary files behind; the new run sweeps them.
         for dir in [config.out_dir.clone(), config.out_dir.join(crate::resume::RESUME_DIR)] {
-            lushan_model::checkpoint::remove_stale_temp_files(&dir)
-                .map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+            if group.is_writer() {
+                lushan_model::checkpoint::remove_stale_temp_files(&dir)
+                    .map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+            }
         }
         Ok(Self {
             grads: vec![0.0; trainable],
@@ -442,11 +471,18 @@ impl Trainer {
             best_model_saved: false,
             saved_not_best: None,
             metrics,
+            group,
         })
     }
 
     /// Continues the run saved in `config.out_dir/resume`, bit-identically.
     pub fn resume(config: TrainConfig, data: TrainData) -> Result<Self> {
+        Self::resume_in(Group::default(), config, data)
+    }
+
+    /// Continues a run as one rank of `group`; the state may have been saved by a job of another size (the
+    /// data cursor is global).
+    pub fn resume_in(group: Group, config: TrainConfig, data: TrainData) -> Result<Self> {
         let state = resume::load(&config.out_dir)?;
         let vocab = data.tokenizer.vocab_size();
         let wanted = config.model_config(vocab);
@@ -465,7 +501,7 @@ impl Trainer {
         // Dropout is a training setting, not part of the model's shape: the resumed run uses the one asked for.
         let mut model = state.model;
         model.config.dropout = config.dropout;
-        let mut trainer = Self::assemble(config, data, model, state.optimizer, true)?;
+        let mut trainer = Self::assemble(group, config, data, model, state.optimizer, true)?;
         match (&mut trainer.feed, state.task_loader_state) {
             (Feed::Shards { loader, .. }, _) => loader.set_state(state.loader_state),
             (Feed::Task { loader, .. }, Some(task_state)) => loader.set_state(task_state)?,
@@ -489,6 +525,16 @@ impl Trainer {
 
     pub fn step_count(&self) -> u64 {
         self.optimizer.step
+    }
+
+    /// The processes training together, and what their gradient sums cost so far.
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
+    /// Ends every process of the job (a rank failed mid-run; see [`crate::distributed`]).
+    pub fn abort_job(&self, code: i32) -> ! {
+        self.group.abort(code)
     }
 
     fn schedule(&self) -> LrSchedule {
@@ -555,29 +601,33 @@ impl Trainer {
     }
 
     /// The micro-batches of one update: (loss sum, tokens, start time), or `None` when `stop` was raised.
+    /// Every rank draws the whole global batch and trains on its share; the ranks' gradients and losses are
+    /// then summed (each weighted by its share of the batch's counted targets, so the sums are the global
+    /// batch's mean).
     fn accumulate(&mut self, stop: &AtomicBool) -> Result<Option<(f64, usize, Instant)>> {
         let start = Instant::now();
         let k = self.config.gradient_accumulation_steps;
+        let (rank, ranks) = (self.group.rank(), self.group.size());
+        // The ranks of a job stop at the same update, so they decide together, once per update.
+        if ranks > 1 && self.group.any(stop.load(Ordering::Relaxed)) {
+            return Ok(None);
+        }
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
         let mut tokens = 0usize;
         for _ in 0..k {
-            if stop.load(Ordering::Relaxed) {
+            if ranks == 1 && stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let dropout_seed = self.dropout_rng.next_u64();
-            let loss = match &mut self.feed {
+            // Replica i of rank r draws its masks as replica r·replicas + i of one process would.
+            let seed_offset = (rank * self.runner.replicas()) as u64;
+            let dropout_seed = self.dropout_rng.next_u64().wrapping_add(seed_offset);
+            let task_batch: TaskBatch;
+            let (inputs, targets, (b, t)): (&[u32], &[u32], _) = match &mut self.feed {
                 Feed::Shards { loader, inputs, targets, .. } => {
                     loader.next_batch(inputs, targets)?;
                     tokens += inputs.len();
-                    self.runner.forward_backward(
-                        &self.model,
-                        inputs,
-                        targets,
-                        1.0 / k as f32,
-                        dropout_seed,
-                        &mut self.grads,
-                    )?
+                    (inputs, targets, (loader.batch_size(), loader.block_size()))
                 }
                 Feed::Task { loader, pad_id, .. } => {
                     let DataSource::Task(task) = &self.data.source else {
@@ -588,21 +638,32 @@ impl Trainer {
                     };
                     let batch = task.train_batch(&loader.next_indices(), *pad_id)?;
                     tokens += batch.real_tokens();
-                    self.runner.forward_backward_shaped(
-                        &self.model,
-                        &batch.inputs,
-                        &batch.targets,
-                        (batch.b, batch.t),
-                        1.0 / k as f32,
-                        dropout_seed,
-                        &mut self.grads,
-                    )?
+                    task_batch = batch;
+                    (&task_batch.inputs, &task_batch.targets, (task_batch.b, task_batch.t))
                 }
             };
-            if !loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss { step: self.optimizer.step + 1, loss });
-            }
-            loss_sum += loss as f64;
+            let Some(slice) = RankSlice::of(rank, ranks, inputs, targets, (b, t)) else { continue };
+            let loss = self.runner.forward_backward_shaped(
+                &self.model,
+                slice.inputs,
+                slice.targets,
+                (slice.b, t),
+                (1.0 / k as f32) * slice.share,
+                dropout_seed,
+                &mut self.grads,
+            )?;
+            loss_sum += loss as f64 * slice.share as f64;
+        }
+        self.group.sum_gradients(&mut self.grads);
+        let mut sums = [loss_sum];
+        self.group.sum_f64(&mut sums);
+        let loss_sum = sums[0];
+        // After the sums, so that every rank of a job stops at the same step with the same error.
+        if !loss_sum.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: self.optimizer.step + 1,
+                loss: (loss_sum / k as f64) as f32,
+            });
         }
         Ok(Some((loss_sum, tokens, start)))
     }
@@ -631,8 +692,8 @@ impl Trainer {
             seconds,
             tokens_per_second: tokens as f64 / seconds.max(1e-9),
         };
-        if report.step.is_multiple_of(self.config.log_interval) {
-            self.metrics.step(&report)?;
+        if let Some(metrics) = self.metrics.as_mut().filter(|_| report.step.is_multiple_of(self.config.log_interval)) {
+            metrics.step(&report)?;
         }
         Ok(report)
     }
@@ -647,40 +708,47 @@ impl Trainer {
     /// weigh each batch by its counted targets, so the figure is the mean over every example (classify) or
     /// every trained token (sft), whatever the batch sizes.
     pub fn evaluate_figures(&mut self) -> Result<(EvalFigures, EvalFigures)> {
+        let (rank, ranks) = (self.group.rank(), self.group.size());
         let runner = &mut self.runner;
         let model = &self.model;
-        match &self.feed {
-            Feed::Shards { eval_train, eval_val, .. } => {
-                let mut mean = |batches: &[(Vec<u32>, Vec<u32>)]| -> Result<EvalFigures> {
-                    let mut sum = 0.0f64;
-                    for (x, y) in batches {
-                        sum += runner.loss(model, x, y)? as f64;
-                    }
-                    Ok(EvalFigures { loss: (sum / batches.len().max(1) as f64) as f32, accuracy: None })
-                };
-                Ok((mean(eval_train)?, mean(eval_val)?))
+        // Each rank evaluates its share of every batch: [loss × counted, counted, correct, seen] per split,
+        // summed over the ranks.
+        let mut sums = [0.0f64; 8];
+        let batches: [Vec<EvalBatch>; 2] = match &self.feed {
+            Feed::Shards { eval_train, eval_val, loader, .. } => {
+                let shape = (loader.batch_size(), loader.block_size());
+                [eval_train, eval_val].map(|set| set.iter().map(|(x, y)| (&x[..], &y[..], shape)).collect())
             }
-            Feed::Task { eval_train, eval_val, .. } => {
-                let classify = model.config.num_labels() > 0;
-                let mut figures = |batches: &[TaskBatch]| -> Result<EvalFigures> {
-                    let (mut loss_sum, mut weight, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize, 0usize);
-                    for batch in batches {
-                        let (loss, predicted) =
-                            runner.evaluate(model, &batch.inputs, &batch.targets, (batch.b, batch.t))?;
-                        let counted = batch.targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
-                        loss_sum += loss as f64 * counted as f64;
-                        weight += counted as f64;
-                        correct += predicted.iter().zip(&batch.targets).filter(|(p, t)| p == t).count();
-                        seen += predicted.len();
-                    }
-                    Ok(EvalFigures {
-                        loss: (loss_sum / weight.max(1.0)) as f32,
-                        accuracy: classify.then(|| (correct as f64 / seen.max(1) as f64) as f32),
-                    })
-                };
-                Ok((figures(eval_train)?, figures(eval_val)?))
+            Feed::Task { eval_train, eval_val, .. } => [eval_train, eval_val]
+                .map(|set| set.iter().map(|b| (&b.inputs[..], &b.targets[..], (b.b, b.t))).collect()),
+        };
+        let task = matches!(self.feed, Feed::Task { .. });
+        for (split, set) in batches.iter().enumerate() {
+            for &(x, y, (b, t)) in set {
+                let Some(slice) = RankSlice::of(rank, ranks, x, y, (b, t)) else { continue };
+                let (loss, predicted) = runner.evaluate(model, slice.inputs, slice.targets, (slice.b, t))?;
+                let sum = &mut sums[4 * split..4 * split + 4];
+                if task {
+                    // Task batches weigh by their counted targets (batches differ in size).
+                    let counted = counted(slice.targets) as f64;
+                    sum[0] += loss as f64 * counted;
+                    sum[1] += counted;
+                } else {
+                    // A mean over equal batches.
+                    sum[0] += loss as f64 * slice.share as f64;
+                    sum[1] += slice.share as f64;
+                }
+                sum[2] += predicted.iter().zip(slice.targets).filter(|(p, t)| p == t).count() as f64;
+                sum[3] += predicted.len() as f64;
             }
         }
+        self.group.sum_f64(&mut sums);
+        let classify = model.config.num_labels() > 0;
+        let figures = |sum: &[f64]| EvalFigures {
+            loss: (sum[0] / sum[1].max(1.0)) as f32,
+            accuracy: classify.then(|| (sum[2] / sum[3].max(1.0)) as f32),
+        };
+        Ok((figures(&sums[..4]), figures(&sums[4..])))
     }
 
     /// Evaluates, keeps the best model, writes the resume state. The best model is the one with the highest
@@ -719,12 +787,17 @@ impl Trainer {
             improved,
             saved_model,
         };
-        self.metrics.eval(&report)?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.eval(&report)?;
+        }
         Ok(report)
     }
 
     /// Writes the current model with its tokenizer into `out_dir` (for a LoRA run, its adapter).
     fn save_model(&self) -> Result<()> {
+        if !self.group.is_writer() {
+            return Ok(());
+        }
         let base = match &self.config.init_from {
             crate::config::InitFrom::Dir(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
             crate::config::InitFrom::Scratch => PathBuf::new(),
@@ -734,6 +807,9 @@ impl Trainer {
 
     /// Writes `out_dir/resume` atomically.
     pub fn save_resume(&self) -> Result<()> {
+        if !self.group.is_writer() {
+            return Ok(());
+        }
         let (loader_state, task_loader_state) = match &self.feed {
             Feed::Shards { loader, .. } => (loader.state(), None),
             Feed::Task { loader, .. } => (0, Some(loader.state())),
@@ -766,7 +842,9 @@ impl Trainer {
                 RunEnd::Interrupted => "interrupted",
             };
             self.save_model()?;
-            self.metrics.saved_not_best(self.optimizer.step, reason)?;
+            if let Some(metrics) = &mut self.metrics {
+                metrics.saved_not_best(self.optimizer.step, reason)?;
+            }
             self.saved_not_best = Some(self.optimizer.step);
         }
         Ok(end)

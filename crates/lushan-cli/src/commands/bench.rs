@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use lushan_kernels::rng::Rng;
 use lushan_model::sampling::argmax;
 use lushan_model::{BatchScratch, DecodeState, Generator, Gpt, ModelConfig, Sampling};
+use lushan_train::distributed::RankSlice;
 use lushan_train::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use lushan_train::parallel::{BatchRunner, choose_replicas};
 use lushan_train::{Preset, TrainConfig, TrainOverrides};
@@ -127,8 +128,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mcfg = config.model_config(vocab_size);
     let mut model = Gpt::new(mcfg.clone(), config.seed)?;
     let (b, t) = (config.batch_size, config.block_size);
-    let replicas = choose_replicas(config.data_parallel, model.num_params(), b);
-    let mut runner = BatchRunner::new(&mcfg, b, t, replicas)?;
+    // Under `mpirun`, each rank runs its share of the global batch and the ranks sum their gradients, as
+    // `lushan train` does.
+    let mut group = lushan_train::distributed::connect()?;
+    let (rank, ranks) = (group.rank(), group.size());
+    anyhow::ensure!(ranks <= b, "--batch-size {b} cannot be split over {ranks} ranks: give at least {ranks}");
+    let rank_b = lushan_train::distributed::rank_share(0, ranks, b).len();
+    let replicas = choose_replicas(config.data_parallel, model.num_params(), rank_b);
+    let mut runner = BatchRunner::new(&mcfg, rank_b, t, replicas)?;
     let mut grads = vec![0.0; model.num_params()];
     let mut opt = AdamWState::new(model.num_params());
     let hp =
@@ -136,29 +143,46 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut rng = Rng::new(config.seed);
     let mut tokens = vec![0u32; b * t + 1];
     let threads = rayon::current_num_threads();
-    println!(
-        "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {threads} threads, {} data-parallel replica(s), {} warm-up + {} timed steps",
-        args.preset,
-        model.num_params(),
-        config.gradient_accumulation_steps,
-        runner.replicas(),
-        args.warmup,
-        args.steps
-    );
-    let mut times = Vec::new();
+    let writer = rank == 0;
+    if writer {
+        println!(
+            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps",
+            args.preset,
+            model.num_params(),
+            config.gradient_accumulation_steps,
+            group.describe(),
+            runner.replicas(),
+            args.warmup,
+            args.steps
+        );
+    }
+    let (mut times, mut comm_times) = (Vec::new(), Vec::new());
+    let mut comm_bytes = 0u64;
     for i in 0..args.warmup + args.steps {
         let start = Instant::now();
+        let before = group.stats();
         grads.fill(0.0);
         for _ in 0..config.gradient_accumulation_steps {
             tokens.iter_mut().for_each(|x| *x = rng.below(vocab_size as u64) as u32);
             let scale = 1.0 / config.gradient_accumulation_steps as f32;
-            runner.forward_backward(&model, &tokens[..b * t], &tokens[1..], scale, rng.next_u64(), &mut grads)?;
+            let seed = rng.next_u64().wrapping_add((rank * runner.replicas()) as u64);
+            let (inputs, targets) = (&tokens[..b * t], &tokens[1..]);
+            if let Some(mine) = RankSlice::of(rank, ranks, inputs, targets, (b, t)) {
+                let (x, y, shape) = (mine.inputs, mine.targets, (mine.b, t));
+                runner.forward_backward_shaped(&model, x, y, shape, scale * mine.share, seed, &mut grads)?;
+            }
         }
+        group.sum_gradients(&mut grads);
         clip_grad_norm(&mut grads, config.grad_clip);
         opt.update(&mut model, &grads, config.learning_rate, &hp);
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64());
+            comm_times.push(group.stats().seconds - before.seconds);
+            comm_bytes = group.stats().bytes - before.bytes;
         }
+    }
+    if !writer {
+        return Ok(ExitCode::SUCCESS);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
@@ -179,11 +203,25 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         ceiling / 1e9,
     );
     println!("peak RSS: {}", fmt_mib(peak_rss));
+    comm_times.sort_by(|a, b| a.total_cmp(b));
+    let comm_median = comm_times.get(comm_times.len() / 2).copied().unwrap_or(0.0);
+    if ranks > 1 {
+        // The sums are blocking (after the backward pass), so none of their time is hidden behind compute.
+        println!(
+            "per step ({ranks} ranks): compute {:.2} ms, gradient all-reduce {:.2} ms ({:.1} % of the step), \
+             {:.2} MiB per rank, overlap 0 % (a blocking all-reduce after the backward pass)",
+            (median - comm_median) * 1e3,
+            comm_median * 1e3,
+            100.0 * comm_median / median,
+            comm_bytes as f64 / (1u64 << 20) as f64
+        );
+    }
     println!(
         "JSON {}",
         serde_json::json!({"bench": "train", "preset": format!("{:?}", args.preset), "ms_per_step": median * 1e3,
             "tokens_per_second": tokens_per_step / median, "gflops": achieved / 1e9, "sgemm_ceiling_gflops": ceiling / 1e9,
-            "threads": threads, "replicas": runner.replicas(), "params": model.num_params(),
+            "threads": threads, "replicas": runner.replicas(), "params": model.num_params(), "ranks": ranks,
+            "allreduce_ms": comm_median * 1e3, "allreduce_bytes": comm_bytes, "overlap": 0.0,
             "batch_size": b, "block_size": t, "peak_rss_mib": peak_rss})
     );
     Ok(ExitCode::SUCCESS)

@@ -41,37 +41,90 @@ pub struct Args {
 pub const LOSS_CURVE_FILE: &str = "loss.png";
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let group = CliGroup::from(lushan_train::distributed::connect()?);
+    if group.size() == 1 {
+        return run_in(args, group);
+    }
+    let rank = group.rank();
+    match run_in(args, group) {
+        Ok(code) => Ok(code),
+        // Rank 0 speaks for the job; the others exit non-zero quietly unless their error is their own.
+        Err(e) if rank == 0 => Err(e),
+        Err(e) => {
+            if !e.to_string().starts_with("distributed training") {
+                eprintln!("error: rank {rank}: {e:#}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The group of processes, with the CLI's errors: a start-up stage's outcome is shared by every rank
+/// ([`lushan_train::distributed::Group::agree`]), so that all go on or all stop with rank 0 naming the rank that failed and why.
+struct CliGroup(lushan_train::distributed::Group);
+
+impl From<lushan_train::distributed::Group> for CliGroup {
+    fn from(group: lushan_train::distributed::Group) -> Self {
+        Self(group)
+    }
+}
+
+impl CliGroup {
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn writer(&self) -> bool {
+        self.0.is_writer()
+    }
+    fn agree<T>(&mut self, stage: &str, local: Result<T>) -> Result<T> {
+        if self.size() == 1 {
+            return local;
+        }
+        let local = local.map_err(|e| lushan_train::TrainError::Distributed(format!("{e:#}")));
+        Ok(self.0.agree(stage, local)?)
+    }
+}
+
+fn run_in(args: Args, mut group: CliGroup) -> Result<ExitCode> {
     let started = Instant::now();
-    let mut config = resolve(&args)?;
-    let bundled = check_inputs(&mut config)?;
+    let writer = group.writer();
+    let config = resolve(&args).and_then(|mut config| check_inputs(&mut config, writer).map(|b| (config, b)));
+    let (mut config, bundled) = group.agree("reading the settings", config)?;
     // Before anything is written into the directory (tokenized data, metrics, checkpoints): one run per
-    // directory. Creating the lock also proves the directory can be created and written.
-    let lock = RunLock::acquire(&config.out_dir).context("locking the output directory")?;
-    // After the lock, so that a directory another run is training into is named as such.
-    if args.resume.is_none() {
-        refuse_existing_checkpoint(&config.out_dir, args.overwrite)?;
-    }
-    if bundled {
-        write_bundled_corpus(&config.data)?;
-    }
+    // directory. Creating the lock also proves the directory can be created and written. Rank 0 alone
+    // writes into it.
+    let lock = group
+        .agree("locking the output directory", writer.then(|| prepare_out_dir(&args, &config, bundled)).transpose())?;
     let init = match (config.init_from.clone(), &args.resume) {
         (InitFrom::Dir(dir), None) => {
-            let (mut model, tokenizer) = model_dir::load(&dir)?;
+            let (mut model, tokenizer) = group.agree("loading the starting checkpoint", model_dir::load(&dir))?;
             model.config.dropout = config.dropout;
             config.adopt_model_shape(&model.config);
-            println!(
-                "fine-tuning {} ({} parameters, tokenizer {}); its shape overrides the model settings",
-                dir.display(),
-                model.num_params(),
-                tokenizer.describe()
-            );
+            if writer {
+                println!(
+                    "fine-tuning {} ({} parameters, tokenizer {}); its shape overrides the model settings",
+                    dir.display(),
+                    model.num_params(),
+                    tokenizer.describe()
+                );
+            }
             Some((model, tokenizer))
         }
         _ => None,
     };
     let settings_text = toml::to_string(&config).context("writing the resolved settings as TOML")?;
-    println!("# resolved training configuration\n{settings_text}");
-    let (data, mut model) = load_data_and_model(&config, init, args.resume.is_some())?;
+    if writer {
+        println!("# resolved training configuration\n{settings_text}");
+    }
+    let (data, mut model) = load_on_every_rank(&mut group, &config, init, args.resume.is_some())?;
+    let data_hash = lushan_train::distributed::data_fingerprint(&config, &data);
+    let data_hash = group.agree("fingerprinting the data", data_hash.map_err(anyhow::Error::from))?;
+    let mut config_hash = lushan_train::distributed::Fingerprint::default();
+    config_hash.add(settings_text.as_bytes());
+    group.0.check_same_inputs(config_hash.value(), data_hash)?;
     if config.lora_rank > 0
         && let Some(model) = model.as_mut()
     {
@@ -84,47 +137,73 @@ pub fn run(args: Args) -> Result<ExitCode> {
         lora_config.validate(&model.config).context("LoRA settings")?;
         let lora = Lora::new(lora_config, &model.config, config.seed)?;
         model.attach_lora(lora)?;
+        if writer {
+            println!(
+                "LoRA: rank {}, alpha {}, on {}: {} trainable values ({:.2} % of {}); the base stays frozen",
+                config.lora_rank,
+                config.lora_alpha,
+                config.lora_targets,
+                model.num_trainable(),
+                100.0 * model.num_trainable() as f64 / model.num_params() as f64,
+                model.num_params()
+            );
+        }
+    }
+    if writer {
+        println!("data: {}", data.summary());
+    }
+    // Every rank checks the same settings against the same data, so they fail (or not) together.
+    let ranks = group.size();
+    let trainer = match &args.resume {
+        Some(_) => Trainer::resume_in(group.0.clone(), config.clone(), data),
+        None => Trainer::new_in(group.0.clone(), config.clone(), data, model),
+    };
+    let mut trainer = group.agree("setting up the run", trainer.map_err(anyhow::Error::from))?;
+    let out_dir = config.out_dir.clone();
+    if writer {
+        let settings_path = out_dir.join(lushan_train::resume::SETTINGS_FILE);
+        atomic_write(&settings_path, settings_text.as_bytes())
+            .with_context(|| format!("writing {}", settings_path.display()))?;
         println!(
-            "LoRA: rank {}, alpha {}, on {}: {} trainable values ({:.2} % of {}); the base stays frozen",
-            config.lora_rank,
-            config.lora_alpha,
-            config.lora_targets,
-            model.num_trainable(),
-            100.0 * model.num_trainable() as f64 / model.num_params() as f64,
-            model.num_params()
+            "model: {} parameters ({} layers, {} heads, {} channels, context {}); starting at step {}{}",
+            trainer.model.num_params(),
+            config.n_layer,
+            config.n_head,
+            config.n_embd,
+            config.block_size,
+            trainer.step_count(),
+            if ranks > 1 { format!("; {}", trainer.group().describe()) } else { String::new() }
         );
     }
-    println!("data: {}", data.summary());
-    let mut trainer = match &args.resume {
-        Some(_) => Trainer::resume(config.clone(), data)?,
-        None => Trainer::new(config.clone(), data, model)?,
-    };
-    let out_dir = config.out_dir.clone();
-    let settings_path = out_dir.join(lushan_train::resume::SETTINGS_FILE);
-    let settings_text = toml::to_string(&config).context("writing the resolved settings as TOML")?;
-    atomic_write(&settings_path, settings_text.as_bytes())
-        .with_context(|| format!("writing {}", settings_path.display()))?;
-    println!(
-        "model: {} parameters ({} layers, {} heads, {} channels, context {}); starting at step {}",
-        trainer.model.num_params(),
-        config.n_layer,
-        config.n_head,
-        config.n_embd,
-        config.block_size,
-        trainer.step_count()
-    );
 
     // `exit` skips destructors: a second signal removes the lock file itself.
-    let lock_path = lock.path().to_path_buf();
+    let lock_path = lock.as_ref().map(|lock| lock.path().to_path_buf());
     let stop = crate::interrupt::install(move || {
-        let _ = std::fs::remove_file(&lock_path);
+        if let Some(path) = &lock_path {
+            let _ = std::fs::remove_file(path);
+        }
     })?;
 
     let mut progress = Progress::new(&config, trainer.step_count(), &out_dir)?;
     progress.plain_lines = !std::io::stdout().is_terminal();
-    let end = trainer.run(&mut progress, stop.flag());
+    let observer: &mut dyn Observer = if writer { &mut progress } else { &mut () };
+    let end = trainer.run(observer, stop.flag());
     progress.bar.finish_and_clear();
-    let end = end?;
+    let end = match end {
+        Ok(end) => end,
+        // The other ranks wait for this one in their next sum: end the whole job, with this rank's reason.
+        Err(e) if ranks > 1 => {
+            eprintln!("error: rank {}: {}", trainer.group().rank(), crate::error_chain(&anyhow::Error::from(e)));
+            trainer.abort_job(1)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !writer {
+        return Ok(match end {
+            RunEnd::Interrupted => ExitCode::from(stop.exit_code()),
+            _ => ExitCode::SUCCESS,
+        });
+    }
     progress.draw_curve();
     let best = match trainer.best_val_accuracy {
         Some(acc) => format!("{:.4} (accuracy {:.2} %)", trainer.best_val_loss, 100.0 * acc),
@@ -168,6 +247,51 @@ pub fn run(args: Args) -> Result<ExitCode> {
         sample(&trainer, config.sample_tokens, config.seed)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rank 0's preparation of the output directory: the lock, the refusal of another run's checkpoint, the
+/// bundled corpus.
+fn prepare_out_dir(args: &Args, config: &TrainConfig, bundled: bool) -> Result<RunLock> {
+    let lock = RunLock::acquire(&config.out_dir).context("locking the output directory")?;
+    // After the lock, so that a directory another run is training into is named as such.
+    if args.resume.is_none() {
+        refuse_existing_checkpoint(&config.out_dir, args.overwrite)?;
+    }
+    if bundled {
+        write_bundled_corpus(&config.data)?;
+    }
+    Ok(lock)
+}
+
+/// Loads the data (and model) on every rank: rank 0 first, as it may tokenize text into `out_dir/data`,
+/// which the other ranks then read instead of writing it again.
+fn load_on_every_rank(
+    group: &mut CliGroup,
+    config: &TrainConfig,
+    init: Option<(Gpt, Tokenizer)>,
+    resuming: bool,
+) -> Result<(TrainData, Option<Gpt>)> {
+    if group.size() == 1 {
+        return load_data_and_model(config, init, resuming);
+    }
+    let (first, init) = if group.writer() {
+        (Some(group.agree("reading the data", load_data_and_model(config, init, resuming))?), None)
+    } else {
+        group.agree("reading the data", Ok(()))?;
+        (None, init)
+    };
+    let loaded = match first {
+        Some(loaded) => Ok(loaded),
+        None => {
+            let mut reader = config.clone();
+            let prepared = config.out_dir.join("data");
+            if config.task == Task::Lm && !config.data.join(lushan_train::data::TRAIN_SHARD).is_file() {
+                reader.data = prepared;
+            }
+            load_data_and_model(&reader, init, resuming)
+        }
+    };
+    group.agree("reading the data", loaded)
 }
 
 /// The run's data and, when it does not start from scratch, its model: for `classify`, the checkpoint's
@@ -225,7 +349,7 @@ const BUNDLED_CORPUS: &[u8] = include_bytes!("../../../../data/tinyshakespeare.t
 /// Checks that every input the settings name exists, before anything is printed or written. The default
 /// corpus, when not found relative to the current directory, is taken from the binary: `config.data` then
 /// points at the copy to be written into the output directory, and `true` is returned.
-fn check_inputs(config: &mut TrainConfig) -> Result<bool> {
+fn check_inputs(config: &mut TrainConfig, writer: bool) -> Result<bool> {
     let default_data = TrainConfig::preset(Preset::ShakespeareChar).data;
     let bundled = config.task == Task::Lm && config.data == default_data && !config.data.exists();
     let missing = |flag: &str, path: &Path, expected: &str| {
@@ -256,6 +380,10 @@ fn check_inputs(config: &mut TrainConfig) -> Result<bool> {
     }
     if bundled {
         let copy = config.out_dir.join("data").join(default_data.file_name().unwrap_or_default());
+        config.data = copy.clone();
+        if !writer {
+            return Ok(bundled);
+        }
         println!(
             "{} is not in the current directory: training on the copy of tiny Shakespeare built into lushan \
              (written to {})",
