@@ -285,12 +285,17 @@ def run():
                  gradient: bar ? getComputedStyle(bar).backgroundImage : '' };
     }))()""")
     expected = {"legend-generation", "legend-tokens", "legend-attention-row", "legend-attention", "legend-lens",
-                "legend-lens-map"}
+                "legend-lens-map", "legend-attribution"}
     found = {legend["id"] for legend in legends}
     if not expected <= found:
         raise Fail(f"legends missing: {sorted(expected - found)}")
     for legend in legends:
         g = legend["gradient"].replace(" ", "")
+        if legend["id"] == "legend-attribution":
+            # Signed contributions: a diverging blue – white – red scale from −max to +max.
+            if not legend["shown"] or "rgb(33,102,172)" not in g or "rgb(178,24,43)" not in g:
+                raise Fail(f"the attribution legend is not a shown diverging scale: {legend}")
+            continue
         if not legend["shown"] or not legend["text"].endswith("0 1") or "rgb(68,1,84)" not in g \
                 or "rgb(253,231,37)" not in g:
             raise Fail(f"legend {legend['id']} is not a shown viridis scale from 0 to 1: {legend}")
@@ -308,6 +313,39 @@ def run():
     chips = js("[...document.querySelectorAll('#ex-tokens .chip')].map((c) => c.textContent)")
     if any(" " in c for c in chips):
         raise Fail(f"an explained token shows a bare space instead of \u2423: {chips!r}")
+
+    # Causes: the attribution heat map has a cell per head and MLP; switching the first head off and
+    # regenerating draws a continuation from the model without it.
+    causes = js("""(() => {
+        const c = document.getElementById('dla-canvas');
+        return { hidden: document.getElementById('causes-view').classList.contains('hidden'),
+                 axes: c.dataset.axes || '', cells: Number(c.dataset.cells || 0),
+                 switches: document.querySelectorAll('#knockouts button[data-key]').length,
+                 top: document.querySelectorAll('#dla-top .t').length };
+    })()""")
+    say(f"causes: {json.dumps(causes)}")
+    if causes["hidden"] or causes["axes"] != "layer × head" or causes["cells"] != causes["switches"] \
+            or causes["cells"] < counts["layers"] * 2 or causes["top"] < 1:
+        raise Fail(f"the attribution heat map or the knockout switches are missing: {causes}")
+    js("document.querySelector('#knockouts button[data-key]').click()")
+    if js("document.querySelectorAll('#knockouts button.off').length") != 1:
+        raise Fail("clicking a knockout switch did not switch that head off")
+    js("document.getElementById('regenerate').click()")
+    started = time.monotonic()
+    knockout = None
+    while time.monotonic() - started < timeout_s:
+        knockout = js("document.body.dataset.knockout || null")
+        if knockout in ("done", "error"):
+            break
+        time.sleep(0.2)
+    if knockout != "done":
+        shown = js("document.getElementById('error').textContent")
+        raise Fail(f"regenerating with a head off ended {knockout!r}: {shown}")
+    regenerated = js("""(() => ({ tokens: document.querySelectorAll('#knockout-output .tok').length,
+        title: document.getElementById('knockout-title').textContent }))()""")
+    if regenerated["tokens"] < 1 or "L1H1" not in regenerated["title"]:
+        raise Fail(f"the regenerated continuation is missing or does not name the head switched off: {regenerated}")
+    say(f"knockout: {regenerated['title']}")
 
     # 820 px wide: nothing may stick out sideways (heat maps scale down, the grid becomes one column).
     call("Emulation.setDeviceMetricsOverride", {"width": 820, "height": HEIGHT, "deviceScaleFactor": 1,

@@ -143,11 +143,11 @@ pub(crate) fn touches(edits: &[Edit], site: Site) -> bool {
     edits.iter().any(|e| e.site == site)
 }
 
-/// A component to switch off for a whole generation: zero ablation folded into the weights, so that every
+/// A component knocked out (switched off) for a whole generation: zero ablation folded into the weights, so that every
 /// path that runs a model — cached decoding, sampling, serving — runs the ablated one unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Ablation {
+pub enum Knockout {
     /// Zero the head's `z`: the columns `head·hs .. (head+1)·hs` of its layer's attention projection
     /// (`y = z·Wᵀ + b`, W of shape (C, C)), so the head adds nothing; the projection's bias stays.
     Head { layer: usize, head: usize },
@@ -155,39 +155,39 @@ pub enum Ablation {
     Mlp { layer: usize },
 }
 
-impl Ablation {
+impl Knockout {
     /// The forward-pass edit with the same effect, for [`Gpt::forward_edited`](crate::Gpt::forward_edited).
     pub fn edit(self) -> Edit {
         match self {
-            Ablation::Head { layer, head } => Edit::zero(Site::HeadZ { layer, head }),
-            Ablation::Mlp { layer } => Edit::zero(Site::MlpOut { layer }),
+            Knockout::Head { layer, head } => Edit::zero(Site::HeadZ { layer, head }),
+            Knockout::Mlp { layer } => Edit::zero(Site::MlpOut { layer }),
         }
     }
 }
 
 impl crate::Gpt {
-    /// A copy of this model with `ablations` folded into its weights (adapters merged first).
+    /// A copy of this model with `knockouts` folded into its weights (adapters merged first).
     ///
     /// # Errors
     /// [`ModelError::InvalidEdit`] for a layer or head out of range.
-    pub fn ablated(&self, ablations: &[Ablation]) -> Result<crate::Gpt> {
+    pub fn ablated(&self, knockouts: &[Knockout]) -> Result<crate::Gpt> {
         let cfg = &self.config;
-        for ablation in ablations {
-            ablation.edit().validate(cfg, 1, 1)?;
+        for knockout in knockouts {
+            knockout.edit().validate(cfg, 1, 1)?;
         }
         let mut model = self.clone();
         model.merge_lora()?;
         let c = cfg.n_embd;
         let hs = c / cfg.n_head;
-        for &ablation in ablations {
-            match ablation {
-                Ablation::Head { layer, head } => {
+        for &knockout in knockouts {
+            match knockout {
+                Knockout::Head { layer, head } => {
                     let range = model.layout.layer_range(crate::ParamKind::AttnProjW, layer);
                     for row in model.params[range].chunks_exact_mut(c) {
                         row[head * hs..(head + 1) * hs].fill(0.0);
                     }
                 }
-                Ablation::Mlp { layer } => {
+                Knockout::Mlp { layer } => {
                     for kind in [crate::ParamKind::FcProjW, crate::ParamKind::FcProjB] {
                         let range = model.layout.layer_range(kind, layer);
                         model.params[range].fill(0.0);

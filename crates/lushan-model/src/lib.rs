@@ -27,7 +27,7 @@ pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generation, Generator, Penalties};
 pub use gpt::{Gpt, Mode};
 pub use inspect::{ExplainOptions, Explanation, explain};
-pub use intervene::{Ablation, Edit, Patch, Site};
+pub use intervene::{Edit, Knockout, Patch, Site};
 pub use lora::{Lora, LoraConfig, LoraLayout, LoraTarget};
 pub use params::{ParamKind, ParamLayout};
 pub use sampling::{Sampler, Sampling};

@@ -2,7 +2,7 @@
 //! the same numbers as a pass from scratch, and bad edits are refused with the reason.
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
 
-use lushan_model::{Ablation, Activations, Edit, Gpt, Mode, ModelConfig, ModelError, ParamKind, Site};
+use lushan_model::{Activations, Edit, Gpt, Knockout, Mode, ModelConfig, ModelError, ParamKind, Site};
 
 const B: usize = 2;
 const T: usize = 6;
@@ -142,7 +142,7 @@ fn bad_edits_say_what_is_wrong() {
 fn an_ablated_copy_runs_like_the_edited_forward() {
     let model = model();
     let ablations =
-        [Ablation::Head { layer: 0, head: 1 }, Ablation::Mlp { layer: 2 }, Ablation::Head { layer: 2, head: 0 }];
+        [Knockout::Head { layer: 0, head: 1 }, Knockout::Mlp { layer: 2 }, Knockout::Head { layer: 2, head: 0 }];
     let edits: Vec<Edit> = ablations.iter().map(|a| a.edit()).collect();
     let ablated = model.ablated(&ablations).unwrap();
     let expected = fresh(&model, &edits);
@@ -151,6 +151,6 @@ fn an_ablated_copy_runs_like_the_edited_forward() {
     assert!(worst < 1e-6, "folded ablation differs from the edited forward by {worst}");
     assert_ne!(got, plain(&model).logits, "the ablation changed nothing");
     assert_eq!(model.params, self::model().params, "the original model was changed");
-    let err = model.ablated(&[Ablation::Head { layer: 0, head: 2 }]).unwrap_err();
+    let err = model.ablated(&[Knockout::Head { layer: 0, head: 2 }]).unwrap_err();
     assert!(err.to_string().contains("head 2 is out of range"), "{err}");
 }

@@ -17,13 +17,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lushan_model::inspect::{ExplainOptions, Explanation, explain};
-use lushan_model::{Ablation, ModelError, Sampling};
+use lushan_model::{Knockout, ModelError, Sampling};
 use serde_json::{Map, Value};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-/// The page, compiled in so that the binary needs no files next to it.
-const INDEX_HTML: &str = include_str!("playground/index.html");
+/// The page, compiled in so that the binary needs no files next to it: `index.html` with the causal views
+/// (`causes.html`: attribution heat map, knockout switches) spliced in where it says so.
+static INDEX_HTML: LazyLock<String> = LazyLock::new(|| {
+    include_str!("playground/index.html").replace("<!-- causes -->", include_str!("playground/causes.html"))
+});
 
 /// Alternatives per position when the request names none.
 const DEFAULT_TOP_K: usize = 5;
@@ -53,7 +56,7 @@ where
 }
 
 async fn index() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], INDEX_HTML)
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], INDEX_HTML.as_str())
         .into_response()
 }
 
@@ -67,7 +70,7 @@ struct ExplainRequest {
     layers: Vec<bool>,
     heads: Vec<bool>,
     /// Heads and MLPs switched off (zero ablation) for the whole explanation and its generated tokens.
-    ablations: Vec<Ablation>,
+    ablations: Vec<Knockout>,
     /// Tokens generated after the prompt (the sampling view), drawn at `temperature` from `seed`.
     generate: usize,
     temperature: f32,
@@ -76,7 +79,7 @@ struct ExplainRequest {
 
 /// `ablate`: a list of `{"layer": L, "head": H}` (switch a head off) and `{"layer": L, "mlp": true}` (switch
 /// a block's MLP off), 0-based.
-fn ablations(map: &Map<String, Value>, n_layer: usize, n_head: usize) -> Result<Vec<Ablation>, ApiError> {
+fn ablations(map: &Map<String, Value>, n_layer: usize, n_head: usize) -> Result<Vec<Knockout>, ApiError> {
     let items = match map.get("ablate") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -108,8 +111,8 @@ fn ablations(map: &Map<String, Value>, n_layer: usize, n_head: usize) -> Result<
                 .ok_or_else(|| ApiError::invalid("ablate", format!("`ablate` entry {item} has no `layer`")))?;
             let mlp = item.get("mlp").and_then(Value::as_bool).unwrap_or(false);
             match (index(item, "head", n_head)?, mlp) {
-                (Some(head), false) => Ok(Ablation::Head { layer, head }),
-                (None, true) => Ok(Ablation::Mlp { layer }),
+                (Some(head), false) => Ok(Knockout::Head { layer, head }),
+                (None, true) => Ok(Knockout::Mlp { layer }),
                 _ => Err(ApiError::invalid(
                     "ablate",
                     format!("`ablate` entry {item} must name either a `head` or `mlp: true`"),

@@ -54,6 +54,12 @@ async fn page_is_one_self_contained_html_document() {
         "legend-lens",
         "legend-lens-map",
         "error",
+        "causes-view",
+        "dla-canvas",
+        "legend-attribution",
+        "knockouts",
+        "regenerate",
+        "knockout-output",
     ] {
         assert!(page.contains(&format!("id=\"{id}\"")), "no element #{id}");
     }
@@ -66,6 +72,8 @@ async fn page_is_one_self_contained_html_document() {
         "Authorization",
         "autorun",
         "data-state",
+        "ablate",
+        "generate: Math.min(64",
     ] {
         assert!(page.contains(call), "the page never mentions {call}");
     }
@@ -190,7 +198,7 @@ async fn switching_components_off_explains_and_regenerates_with_the_ablated_mode
     let tok = tokenizer();
     let ids = tok.encode(prompt).unwrap();
     let text = |id: u32| tok.decode(&[id]).unwrap();
-    let ablations = [lushan_model::Ablation::Head { layer: 0, head: 1 }, lushan_model::Ablation::Mlp { layer: 1 }];
+    let ablations = [lushan_model::Knockout::Head { layer: 0, head: 1 }, lushan_model::Knockout::Mlp { layer: 1 }];
     let options = ExplainOptions {
         generate: 6,
         sampling: lushan_model::Sampling { temperature: 0.0, ..Default::default() },
