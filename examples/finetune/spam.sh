@@ -9,10 +9,10 @@ stage tokenizer tokenizer train --vocab-size 4096 "$DATA/train.jsonl" --out "$OU
 TOKENIZER="$OUT/tokenizer"
 # nanoGPT's CPU shape with a 256-token context: an e-mail's subject and first lines.
 MODEL=(--n-layer 4 --n-head 4 --n-embd 128 --block-size 256 --dropout 0.1)
-COMMON=(--batch-size 16 --eval-interval 100 --eval-iters 8 --sample-tokens 0 --warmup-iters 50)
-SCRATCH=("${COMMON[@]}" --max-iters 600 --learning-rate 1e-3 --min-lr 1e-4)
-PRETRAIN=("${COMMON[@]}" --max-iters 800 --learning-rate 1e-3 --min-lr 1e-4)
-FULL=("${COMMON[@]}" --block-size 256 --dropout 0.1 --max-iters 400 --learning-rate 3e-4 --min-lr 3e-5)
-LORA=("${COMMON[@]}" --block-size 256 --max-iters 400 --learning-rate 3e-3 --min-lr 3e-4 --weight-decay 0 \
+COMMON=(--batch-size 16 --eval-iters 8 --sample-tokens 0 --warmup-iters 50)
+SCRATCH=("${COMMON[@]}" --max-iters 900 --eval-interval 50 --learning-rate 1e-3 --min-lr 1e-4)
+PRETRAIN=("${COMMON[@]}" --max-iters 500 --eval-interval 100 --learning-rate 1e-3 --min-lr 1e-4)
+FULL=("${COMMON[@]}" --block-size 256 --dropout 0.1 --max-iters 500 --eval-interval 50 --learning-rate 3e-4 --min-lr 3e-5)
+LORA=("${COMMON[@]}" --block-size 256 --max-iters 400 --eval-interval 100 --learning-rate 3e-3 --min-lr 3e-4 --weight-decay 0 \
   --lora-rank 8 --lora-alpha 16 --lora-dropout 0.05 --lora-targets all-linear)
 source "$(dirname "$0")/classify_recipe.sh"
