@@ -173,7 +173,28 @@ pub(crate) mod fixture {
                 steps,
             }),
             embeddings: Some(EmbeddingView { queries, pca, explained_variance: [0.6, 0.25] }),
+            head_roles: Some(head_roles(n_layer, n_head)),
         }
+    }
+
+    /// Head roles where head (l, h) scores highest for role (l + h) % 3.
+    pub fn head_roles(n_layer: usize, n_head: usize) -> lushan_model::inspect::HeadRoles {
+        use lushan_model::inspect::{HeadDetection, HeadRole, HeadRoles};
+        // Head (l, h) scores highest for role (l + h) % 3.
+        let scores = |role: usize| -> Vec<Vec<f32>> {
+            (0..n_layer).map(|l| (0..n_head).map(|h| if (l + h) % 3 == role { 0.9 } else { 0.1 }).collect()).collect()
+        };
+        let mut roles = HeadRoles {
+            tokens: vec![1, 2, 3, 1, 2, 3],
+            seed: 1,
+            detection: HeadDetection::default(),
+            previous_token: scores(0),
+            duplicate_token: scores(1),
+            induction: scores(2),
+            strongest: Vec::new(),
+        };
+        roles.strongest = HeadRole::ALL.iter().flat_map(|&role| roles.ranked(role).into_iter().take(3)).collect();
+        roles
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use lushan_model::inspect::{Explanation, LensLayer};
+use lushan_model::inspect::{Explanation, HeadRole, LensLayer};
 
 use super::pictures::knob_summary;
 use super::truncate;
@@ -124,6 +124,22 @@ pub fn summary(explanation: &Explanation) -> String {
             let _ = writeln!(out, "{}  {}", pad(&quoted(&query.token.text), TOKEN_WIDTH), nearest.join("  "));
         }
     }
+    if let Some(roles) = &explanation.head_roles {
+        let _ = writeln!(
+            out,
+            "\nHead roles (share of attention on the role's pattern, {} random tokens repeated; layer.head):",
+            roles.tokens.len() / 2
+        );
+        for role in HeadRole::ALL {
+            let heads: Vec<String> = roles
+                .strongest
+                .iter()
+                .filter(|s| s.role == role)
+                .map(|s| format!("{}.{} {:.2}", s.layer + 1, s.head + 1, s.score))
+                .collect();
+            let _ = writeln!(out, "{}  {}", pad(role.label(), 16), heads.join("  "));
+        }
+    }
     out
 }
 
@@ -141,6 +157,7 @@ mod tests {
         assert!(text.contains("layer 2"));
         assert!(text.contains("Generated 4 tokens"));
         assert!(text.contains("Nearest tokens"));
+        assert!(text.contains("Head roles") && text.contains("induction"), "{text}");
         // One table line per position.
         assert_eq!(
             text.lines()
