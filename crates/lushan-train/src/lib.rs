@@ -5,6 +5,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod features;
 pub mod lock;
 pub mod memory;
 pub mod metrics;

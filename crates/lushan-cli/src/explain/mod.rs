@@ -174,6 +174,23 @@ pub(crate) mod fixture {
             }),
             embeddings: Some(EmbeddingView { queries, pca, explained_variance: [0.6, 0.25] }),
             head_roles: Some(head_roles(n_layer, n_head)),
+            features: Some(features(t)),
+        }
+    }
+
+    /// Two features per position, each with one context.
+    pub fn features(t: usize) -> lushan_model::features::FeatureView {
+        use lushan_model::features::{Context, FeatureActivation, FeatureView, TokenFeatures};
+        let context = Context { activation: 2.0, before: "O Rome".into(), token: "o".into(), after: ", Rom".into() };
+        let activation =
+            |feature, activation| FeatureActivation { feature, activation, contexts: vec![context.clone()] };
+        FeatureView {
+            layer: 1,
+            n_features: 64,
+            summary: serde_json::json!({"report": {"mse": 0.01, "fvu": 0.1, "l0": 3.0}}),
+            positions: (0..t)
+                .map(|position| TokenFeatures { position, l0: 2, top: vec![activation(7, 1.5), activation(12, 0.5)] })
+                .collect(),
         }
     }
 

@@ -140,6 +140,30 @@ pub fn summary(explanation: &Explanation) -> String {
             let _ = writeln!(out, "{}  {}", pad(role.label(), 16), heads.join("  "));
         }
     }
+    if let Some(view) = &explanation.features {
+        let _ = writeln!(
+            out,
+            "\nLearned features (SAE on the residual stream entering block {}, {} features): per token, the most \
+             active features and where each fired most in the training text:",
+            view.layer, view.n_features
+        );
+        for position in &view.positions {
+            let here = explanation.tokens.get(position.position).map_or_else(String::new, |t| quoted(&t.text));
+            let features: Vec<String> = position
+                .top
+                .iter()
+                .take(3)
+                .map(|f| {
+                    let context = f.contexts.first().map_or_else(String::new, |c| {
+                        format!(" {}", quoted_in_full(&format!("{}[{}]{}", c.before, c.token, c.after)))
+                    });
+                    format!("#{} {:.2}{context}", f.feature, f.activation)
+                })
+                .collect();
+            // Token first: the lines must not read as rows of the next-token table.
+            let _ = writeln!(out, "  {} @{:<4} {}", pad(&here, TOKEN_WIDTH), position.position, features.join("  "));
+        }
+    }
     out
 }
 
@@ -158,6 +182,7 @@ mod tests {
         assert!(text.contains("Generated 4 tokens"));
         assert!(text.contains("Nearest tokens"));
         assert!(text.contains("Head roles") && text.contains("induction"), "{text}");
+        assert!(text.contains("Learned features") && text.contains("#7 1.50"), "{text}");
         // One table line per position.
         assert_eq!(
             text.lines()

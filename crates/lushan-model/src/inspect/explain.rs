@@ -73,6 +73,7 @@ pub fn explain(
         sampling,
         embeddings,
         head_roles,
+        features: None,
     })
 }
 

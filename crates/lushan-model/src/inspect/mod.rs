@@ -47,6 +47,9 @@ pub struct Explanation {
     /// sequence (absent when the context cannot hold one).
     #[serde(default)]
     pub head_roles: Option<HeadRoles>,
+    /// Present with `--features DIR`: each position's most active features of a sparse autoencoder.
+    #[serde(default)]
+    pub features: Option<crate::features::FeatureView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
