@@ -7,6 +7,7 @@ use std::time::Instant;
 use lushan_kernels::adamw::AdamW;
 use lushan_kernels::rng::Rng;
 use lushan_model::features::{Sae, SaeBatch, residual_stream};
+use lushan_model::intervene::{Edit, Site};
 use lushan_model::{Activations, Gpt, Mode};
 use serde::Serialize;
 
@@ -222,6 +223,60 @@ fn resample_dead(
     dead.len()
 }
 
+/// The model's mean next-token loss over some text, clean, with the SAE's reconstruction spliced in for
+/// the residual stream it reads, and with that stream zeroed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SpliceReport {
+    pub tokens: usize,
+    pub clean_loss: f32,
+    pub spliced_loss: f32,
+    pub zero_ablated_loss: f32,
+    /// `(zero_ablated − spliced) / (zero_ablated − clean)`: 1 = the reconstruction loses nothing the model
+    /// uses, 0 = no better than erasing the stream.
+    pub loss_preserved: f32,
+}
+
+/// [`SpliceReport`] over `tokens`, in windows of the model's context (each predicting its next tokens),
+/// through `Gpt::forward_edited` with `Edit::set(Site::ResidPre { layer }, …, reconstruction)`.
+pub fn splice_losses(model: &Gpt, sae: &Sae, tokens: &[u32]) -> Result<SpliceReport> {
+    let cfg = &model.config;
+    let layer = sae.config.layer;
+    let site = Site::ResidPre { layer };
+    let window = cfg.block_size;
+    if tokens.len() < 2 {
+        return Err(invalid("data", "at least 2 tokens are needed to measure the loss".into()));
+    }
+    let mut acts = Activations::with_lora(cfg, 1, window.min(tokens.len() - 1), model.lora_shape())?;
+    let mut batch = SaeBatch::default();
+    let (mut clean, mut spliced, mut zeroed, mut counted) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    for chunk in tokens.chunks(window + 1).filter(|c| c.len() >= 2) {
+        let (inputs, targets) = (&chunk[..chunk.len() - 1], &chunk[1..]);
+        acts.reshape(1, inputs.len())?;
+        let weight = inputs.len() as f64;
+        let loss = model.forward_edited(&mut acts, inputs, Some(targets), &[])?.unwrap_or(f32::NAN);
+        clean += f64::from(loss) * weight;
+        let stream = residual_stream(&acts, layer).ok_or_else(|| invalid("layer", format!("{layer}")))?.to_vec();
+        sae.forward(&stream, &mut batch);
+        let edit = Edit::set(site, None, None, batch.reconstruction.clone());
+        spliced +=
+            f64::from(model.forward_edited(&mut acts, inputs, Some(targets), &[edit])?.unwrap_or(f32::NAN)) * weight;
+        let edit = Edit::zero(site);
+        zeroed +=
+            f64::from(model.forward_edited(&mut acts, inputs, Some(targets), &[edit])?.unwrap_or(f32::NAN)) * weight;
+        counted += inputs.len();
+    }
+    let n = counted.max(1) as f64;
+    let (clean, spliced, zeroed) = (clean / n, spliced / n, zeroed / n);
+    let loss_preserved = if (zeroed - clean).abs() > 1e-12 { (zeroed - spliced) / (zeroed - clean) } else { f64::NAN };
+    Ok(SpliceReport {
+        tokens: counted,
+        clean_loss: clean as f32,
+        spliced_loss: spliced as f32,
+        zero_ablated_loss: zeroed as f32,
+        loss_preserved: loss_preserved as f32,
+    })
+}
+
 /// For each feature, its `k` strongest activations over `rows` (N, C) as `(activation, row)`, strongest
 /// first; rows are encoded in blocks so memory stays at one block of features.
 pub fn top_activations(sae: &Sae, rows: &[f32], k: usize) -> Vec<Vec<(f32, usize)>> {
@@ -289,5 +344,30 @@ mod tests {
         assert_eq!(collect_residuals(&model, &tokens, 0, 5).unwrap().len(), 5 * 8);
         let err = collect_residuals(&model, &tokens, 3, 100).unwrap_err().to_string();
         assert!(err.contains("layer") && err.contains("0..=2"), "{err}");
+    }
+
+    #[test]
+    fn a_perfect_reconstruction_preserves_all_the_loss() {
+        let model = Gpt::new(ModelConfig::new(20, 8, 2, 2, 8), 1).unwrap();
+        let tokens: Vec<u32> = (0..30).map(|i| (i * 7 % 20) as u32).collect();
+        // An SAE whose features are ±each axis: ReLU(x) − ReLU(−x) = x, so x̂ = x exactly.
+        let config = SaeConfig { n_embd: 8, n_features: 16, layer: 1, model_hash: "t".into(), l1: 0.0 };
+        let mut sae = Sae::new(config, 1).unwrap();
+        let r = sae.layout();
+        sae.params.fill(0.0);
+        for i in 0..8 {
+            sae.params[r.w_enc.start + i * 8 + i] = 1.0;
+            sae.params[r.w_dec.start + i * 8 + i] = 1.0;
+            sae.params[r.w_enc.start + (8 + i) * 8 + i] = -1.0;
+            sae.params[r.w_dec.start + (8 + i) * 8 + i] = -1.0;
+        }
+        let report = splice_losses(&model, &sae, &tokens).unwrap();
+        assert_eq!(report.tokens, 24 + 4);
+        assert!((report.spliced_loss - report.clean_loss).abs() < 1e-4, "{report:?}");
+        assert!((report.loss_preserved - 1.0).abs() < 1e-3, "{report:?}");
+        // A zero SAE reconstructs only b_pre = 0: the same as the zero ablation.
+        sae.params.fill(0.0);
+        let report = splice_losses(&model, &sae, &tokens).unwrap();
+        assert!(report.loss_preserved.abs() < 1e-3, "{report:?}");
     }
 }

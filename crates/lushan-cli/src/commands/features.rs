@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lushan_model::features::{Context, Sae, SaeConfig, SavedSae, default_sae_dir, model_fingerprint, save_sae_dir};
-use lushan_train::features::{MAX_ROWS, SaeTraining, collect_residuals, top_activations, train_sae};
+use lushan_train::features::{MAX_ROWS, SaeTraining, collect_residuals, splice_losses, top_activations, train_sae};
 
 use crate::model_dir;
 
@@ -125,6 +125,9 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     })
     .context("training the sparse autoencoder")?;
 
+    // The loss check runs on the tail of the text (the held-out tenth of the activations).
+    let heldout = &tokens[tokens.len() - (tokens.len() / 10).max(2)..];
+    let splice = splice_losses(&model, &sae, heldout).context("splicing the reconstruction into the model")?;
     let top = top_activations(&sae, &rows, args.contexts);
     let piece = |range: &[u32]| tokenizer.decode(range).unwrap_or_default();
     // Contexts stay inside the model's window the activation was computed in.
@@ -154,6 +157,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         "batch_size": args.batch_size,
         "lr": args.lr,
         "report": report,
+        "splice": splice,
         "load_average": load,
     });
     let out = args.out.clone().unwrap_or_else(|| default_sae_dir(&args.model, layer));
@@ -162,6 +166,15 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         "held-out reconstruction: MSE {:.5} per element, fraction of variance unexplained {:.4}; L0 {:.1} of {n_features} \
          features; {} dead ({} resampled during training)",
         report.mse, report.fvu, report.l0, report.dead_features, report.resampled_features
+    );
+    println!(
+        "model loss over {} held-out tokens: clean {:.4}, with the reconstruction spliced in {:.4}, with the stream \
+         zeroed {:.4}: the SAE preserves {:.1} % of the loss",
+        splice.tokens,
+        splice.clean_loss,
+        splice.spliced_loss,
+        splice.zero_ablated_loss,
+        100.0 * splice.loss_preserved
     );
     println!(
         "speed: {:.0} activations/s ({} steps × {} in {:.1} s; expansion {}, n_embd {}; load average {})",

@@ -377,12 +377,16 @@ fn features_section(html: &mut String, explanation: &Explanation, view: &Feature
          its {} learned directions (features). For each token, its most active features, and for each feature \
          the places in the training text where it fired most (the activating token highlighted). On held-out \
          text the autoencoder's reconstruction has MSE {} per element, leaves a fraction {} of the variance \
-         unexplained and uses on average {} features per token (L0).</p>",
+         unexplained and uses on average {} features per token (L0); {} features never fire there. Spliced into \
+         the model in place of the stream it reads, it keeps a fraction {} of the model's loss (1 = all, 0 = no \
+         better than zeroing the stream).</p>",
         view.layer,
         view.n_features,
         figure("mse"),
         figure("fvu"),
-        figure("l0")
+        figure("l0"),
+        report["dead_features"].as_u64().map_or_else(|| "?".to_string(), |d| d.to_string()),
+        view.summary["splice"]["loss_preserved"].as_f64().map_or_else(|| "?".to_string(), |v| format!("{v:.3}"))
     );
     html.push_str("<div class=\"scroll\"><table>\n<tr><th>pos</th><th>token</th><th>active</th>");
     html.push_str("<th>features: activation and top contexts</th></tr>\n");
