@@ -122,11 +122,11 @@ pub fn train_sae(
         sae.backward(&x, &batch, &mut grads);
         adam.update(&mut sae.params, &grads, &mut m, &mut v, step);
         sae.normalize_decoder();
-        if settings.resample_every > 0 && step % settings.resample_every == 0 && step < settings.steps {
+        if settings.resample_every > 0 && step.is_multiple_of(settings.resample_every) && step < settings.steps {
             resampled += resample_dead(sae, &x, &batch, &fired, &mut m, &mut v, &mut rng);
             fired.fill(false);
         }
-        if step % 100 == 0 || step == settings.steps {
+        if step.is_multiple_of(100) || step == settings.steps {
             progress(step, loss.loss, loss.l0);
         }
     }
@@ -206,10 +206,16 @@ fn resample_dead(
         let direction: Vec<f32> =
             x[row * c..(row + 1) * c].iter().zip(&sae.params[r.b_pre.clone()]).map(|(a, b)| a - b).collect();
         let norm = direction.iter().map(|d| d * d).sum::<f32>().sqrt().max(1e-12);
-        for k in 0..c {
-            sae.params[r.w_dec.start + i * c + k] = direction[k] / norm;
-            sae.params[r.w_enc.start + i * c + k] = direction[k] / norm * 0.2 * encoder_norm;
-        }
+        let unit = direction.iter().map(|d| d / norm);
+        sae.params[r.w_dec.start + i * c..r.w_dec.start + (i + 1) * c]
+            .iter_mut()
+            .zip(unit.clone())
+            .for_each(|(p, u)| *p = u);
+        let encoder = unit.map(|u| u * 0.2 * encoder_norm);
+        sae.params[r.w_enc.start + i * c..r.w_enc.start + (i + 1) * c]
+            .iter_mut()
+            .zip(encoder)
+            .for_each(|(p, e)| *p = e);
         sae.params[r.b_enc.start + i] = 0.0;
         for range in
             [r.w_dec.start + i * c..r.w_dec.start + (i + 1) * c, r.w_enc.start + i * c..r.w_enc.start + (i + 1) * c]

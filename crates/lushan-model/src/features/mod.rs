@@ -366,15 +366,12 @@ mod tests {
         let p = sae.parts();
         for n in 0..3 {
             let mut expected = p.b_pre.to_vec();
-            for i in 0..8 {
-                let a = batch.features[n * 8 + i];
-                assert!(a >= 0.0);
-                for k in 0..4 {
-                    expected[k] += a * p.w_dec[i * 4 + k];
-                }
+            for (a, d) in batch.features[n * 8..(n + 1) * 8].iter().zip(p.w_dec.chunks(4)) {
+                assert!(*a >= 0.0);
+                expected.iter_mut().zip(d).for_each(|(e, v)| *e += a * v);
             }
-            for k in 0..4 {
-                assert!((expected[k] - batch.reconstruction[n * 4 + k]).abs() < 1e-5);
+            for (e, r) in expected.iter().zip(&batch.reconstruction[n * 4..(n + 1) * 4]) {
+                assert!((e - r).abs() < 1e-5);
             }
         }
         assert!(loss.l0 > 0.0 && loss.l0 <= 8.0);
