@@ -31,6 +31,9 @@ enum Command {
     Eval(commands::eval::Args),
     /// Show why the model says what it says: next-token probabilities, attention, logit lens.
     Explain(commands::explain::Args),
+    /// Learned features: train a sparse autoencoder on a layer's residual stream.
+    #[command(subcommand)]
+    Features(commands::features::Command),
     /// Talk with a checkpoint, turn by turn, with the chat template it was fine-tuned on.
     Chat(commands::chat::Args),
     /// Label texts with a classifier checkpoint (from arguments, a file or stdin); prints JSONL.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        Command::Features(command) => commands::features::run(command),
         Command::Chat(args) => commands::chat::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Merge(args) => commands::merge::run(args),

@@ -15,6 +15,8 @@ pub const MAX_SIDE: u32 = 8192;
 const TRAIN_COLOR: RGBColor = BLUE;
 const VAL_COLOR: RGBColor = ORANGE;
 const ACCURACY_COLOR: RGBColor = GREEN;
+/// The strongest induction head's score: purple, apart from the other three.
+const INDUCTION_COLOR: RGBColor = RGBColor(148, 103, 189);
 
 /// Train and validation losses to draw. Each point is `(step, value)`;
 /// non-finite values are skipped, points need not be sorted.
@@ -23,6 +25,8 @@ pub struct LossCurves<'a> {
     pub val: &'a [(u64, f32)],
     /// A classifier's validation accuracy (0–1), drawn on the same axis; empty for other runs.
     pub accuracy: &'a [(u64, f32)],
+    /// The strongest induction head's score (0–1) at each evaluation, drawn on the same axis; may be empty.
+    pub induction: &'a [(u64, f32)],
     pub title: &'a str,
 }
 
@@ -121,7 +125,8 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
     let train = clean(curves.train);
     let val = clean(curves.val);
     let accuracy = clean(curves.accuracy);
-    let (x_range, y_range) = ranges(&[&train, &val, &accuracy]);
+    let induction = clean(curves.induction);
+    let (x_range, y_range) = ranges(&[&train, &val, &accuracy, &induction]);
     let y_format = YFormat::for_range(&y_range);
     // Ticks at zero can come out as tiny rounding residues (e.g. -1.4e14 on a 1e30 scale).
     let y_zero = (y_range.end - y_range.start) * 1e-9;
@@ -161,7 +166,11 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
         chart
             .configure_mesh()
             .x_desc("step")
-            .y_desc(if accuracy.is_empty() { "loss" } else { "loss / accuracy" })
+            .y_desc(match (accuracy.is_empty(), induction.is_empty()) {
+                (true, true) => "loss",
+                (false, true) => "loss / accuracy",
+                _ => "loss / score",
+            })
             .axis_desc_style((FONT_FAMILY, label_size))
             .label_style((FONT_FAMILY, tick_size))
             .x_labels(x_labels)
@@ -216,6 +225,21 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
                     EmptyElement::at((x, y))
                         + PathElement::new([(0, 0), (20, 0)], ACCURACY_COLOR.stroke_width(val_width))
                         + TriangleMarker::new((10, 0), marker, ACCURACY_COLOR.filled())
+                });
+        }
+        if !induction.is_empty() {
+            any = true;
+            chart
+                .draw_series(LineSeries::new(induction.iter().copied(), INDUCTION_COLOR.stroke_width(val_width)))
+                .map_err(draw_err("the loss curve"))?;
+            chart
+                .draw_series(induction.iter().map(|&p| Cross::new(p, marker, INDUCTION_COLOR.stroke_width(2))))
+                .map_err(draw_err("the loss curve"))?
+                .label("strongest induction head score")
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new([(0, 0), (20, 0)], INDUCTION_COLOR.stroke_width(val_width))
+                        + Cross::new((10, 0), marker, INDUCTION_COLOR.stroke_width(2))
                 });
         }
         if any {
@@ -278,8 +302,14 @@ mod tests {
         let train: Vec<(u64, f32)> =
             (0..100).map(|i| (i * 10, 8.0 * (-(i as f32) / 30.0).exp() + 2.5 + 0.1 * (i as f32).sin())).collect();
         let val: Vec<(u64, f32)> = (0..5).map(|i| (i * 250, 8.0 * (-(i as f32) * 25.0 / 30.0).exp() + 2.7)).collect();
-        let curves =
-            LossCurves { train: &train, val: &val, accuracy: &[(0, 0.5), (10, 0.9)], title: "lushan loss (test run)" };
+        let induction: Vec<(u64, f32)> = (0..5).map(|i| (i * 250, 0.1 + 0.2 * i as f32)).collect();
+        let curves = LossCurves {
+            train: &train,
+            val: &val,
+            accuracy: &[(0, 0.5), (10, 0.9)],
+            induction: &induction,
+            title: "lushan loss (test run)",
+        };
         let (w, h) = (900, 540);
         let bytes = render_loss_curve_png(&curves, w, h)?;
         assert!(bytes.starts_with(&PNG_SIGNATURE));
@@ -291,6 +321,9 @@ mod tests {
         assert!(pixels.chunks_exact(3).any(|p| p != first), "image is a single colour");
         assert!(count(&pixels, is_train_blue) > 200, "no blue train line");
         assert!(count(&pixels, is_val_orange) > 100, "no orange val line");
+        let is_induction_purple =
+            |r: u8, g: u8, b: u8| r.abs_diff(148) < 20 && g.abs_diff(103) < 20 && b.abs_diff(189) < 20;
+        assert!(count(&pixels, is_induction_purple) > 100, "no purple induction line");
 
         // The title (top rows) contains dark text pixels from the embedded font.
         let title_rows = &pixels[..(w as usize * 3 * (h as usize / 10))];
@@ -313,7 +346,7 @@ mod tests {
             (vec![(0, f32::MAX), (1, f32::MIN)], vec![]),
         ];
         for (train, val) in &cases {
-            let curves = LossCurves { train, val, accuracy: &[], title: "" };
+            let curves = LossCurves { train, val, accuracy: &[], induction: &[], title: "" };
             let bytes = render_loss_curve_png(&curves, 320, 240)?;
             if std::env::var_os("LUSHAN_PLOT_DEBUG").is_some() {
                 let n = train.len() * 10 + val.len();
@@ -342,7 +375,7 @@ mod tests {
 
     #[test]
     fn plot_rejects_bad_sizes() {
-        let curves = LossCurves { train: &[(0, 1.0)], val: &[], accuracy: &[], title: "t" };
+        let curves = LossCurves { train: &[(0, 1.0)], val: &[], accuracy: &[], induction: &[], title: "t" };
         assert!(render_loss_curve_png(&curves, 0, 0).is_err());
         assert!(render_loss_curve_png(&curves, 10, 600).is_err());
         assert!(render_loss_curve_png(&curves, 100_000, 600).is_err());

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod features;
 pub mod generate;
 pub mod gpt;
 mod head;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod distributed;
 pub mod error;
+pub mod features;
 pub mod lock;
 pub mod memory;
 pub mod metrics;

@@ -29,6 +29,14 @@ pub enum MetricsLine {
         val_accuracy: Option<f32>,
         improved: bool,
         saved_model: bool,
+        /// The strongest induction head's score (0..=1) and its 0-based layer and head, measured on a fixed
+        /// seeded repeated random sequence (absent for a context too short for it, and in older logs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        induction_score: Option<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        induction_layer: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        induction_head: Option<usize>,
     },
     /// The model saved without being the best evaluated one: the run ended (`reason`: `interrupted`,
     /// `early_stopped`, `finished`) before any evaluation had saved a model, so the directory gets the
@@ -96,6 +104,9 @@ impl MetricsLog {
             val_accuracy: r.val_accuracy,
             improved: r.improved,
             saved_model: r.saved_model,
+            induction_score: r.induction.map(|h| h.score),
+            induction_layer: r.induction.map(|h| h.layer),
+            induction_head: r.induction.map(|h| h.head),
         })
     }
 }

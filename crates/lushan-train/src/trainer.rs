@@ -16,6 +16,7 @@ use crate::schedule::LrSchedule;
 use crate::tasks::{SftRecord, Task, TaskBatch, TaskData, TaskDataOptions, TaskLoader};
 use lushan_kernels::rng::Rng;
 use lushan_model::Gpt;
+use lushan_model::inspect::{HeadRole, HeadScore, head_roles};
 use lushan_tokenizer::Tokenizer;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +211,8 @@ pub struct EvalReport {
     pub val_accuracy: Option<f32>,
     pub improved: bool,
     pub saved_model: bool,
+    /// The model's strongest induction head at this evaluation (see [`Trainer::strongest_induction_head`]).
+    pub induction: Option<HeadScore>,
 }
 
 /// How a run ended.
@@ -786,11 +789,21 @@ impl Trainer {
             val_accuracy: val.accuracy,
             improved,
             saved_model,
+            induction: self.strongest_induction_head()?,
         };
         if let Some(metrics) = &mut self.metrics {
             metrics.eval(&report)?;
         }
         Ok(report)
+    }
+
+    /// The head with the highest induction score (TransformerLens' detector, see
+    /// `lushan_model::inspect::head_roles`) on a fixed seeded random segment repeated twice: one forward of a
+    /// few dozen tokens, so each evaluation can record when induction heads appear. `None` when the context
+    /// is too short for the sequence.
+    pub fn strongest_induction_head(&self) -> Result<Option<HeadScore>> {
+        let roles = head_roles(&self.model)?;
+        Ok(roles.and_then(|roles| roles.strongest(HeadRole::Induction)))
     }
 
     /// Writes the current model with its tokenizer into `out_dir` (for a LoRA run, its adapter).

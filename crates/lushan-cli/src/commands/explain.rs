@@ -7,6 +7,7 @@ use crate::explain::pictures::{self, Picture};
 use crate::explain::{HeadSelection, html, text};
 use crate::model_dir;
 use anyhow::{Context, Result, bail, ensure};
+use lushan_model::features::{feature_view, load_sae_dir};
 use lushan_model::inspect::{ExplainOptions, explain};
 use lushan_tokenizer::Tokenizer;
 use std::io::Write;
@@ -15,6 +16,9 @@ use std::process::ExitCode;
 
 /// Where the report goes when neither `--out` nor `--format json` says otherwise.
 const DEFAULT_REPORT: &str = "explain.html";
+/// Features listed per prompt token with `--features`, and contexts per feature.
+const FEATURES_PER_TOKEN: usize = 5;
+const CONTEXTS_PER_FEATURE: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -68,6 +72,10 @@ pub struct Args {
     /// exactly one token, or #ID for a token id.
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
     neighbors: Vec<String>,
+    /// A sparse autoencoder directory (`lushan features train`): show each token's most active features
+    /// with their top contexts.
+    #[arg(long, value_name = "DIR")]
+    features: Option<PathBuf>,
     /// Neighbours listed per --neighbors token.
     #[arg(long, default_value_t = 8, value_name = "N")]
     neighbor_count: usize,
@@ -120,7 +128,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         neighbor_count: args.neighbor_count,
     };
     let token_text = |id: u32| tokenizer.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"));
-    let explanation = explain(&model, &prompt, &token_text, &options).context("explaining --prompt")?;
+    let mut explanation = explain(&model, &prompt, &token_text, &options).context("explaining --prompt")?;
+    if let Some(dir) = &args.features {
+        let saved = load_sae_dir(dir).with_context(|| format!("--features {}", dir.display()))?;
+        let view = feature_view(&model, &saved, &prompt, FEATURES_PER_TOKEN, CONTEXTS_PER_FEATURE)
+            .with_context(|| format!("--features {}", dir.display()))?;
+        explanation.features = Some(view);
+    }
 
     // Pictures are drawn only when something shows them.
     let pictures = if args.format == Format::Html || args.png.is_some() {

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod eval;
 pub mod eval_task;
 pub mod explain;
+pub mod features;
 pub mod generate;
 pub mod merge;
 pub mod prepare;

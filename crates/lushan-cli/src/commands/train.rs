@@ -495,6 +495,8 @@ struct Progress {
     train_curve: Vec<(u64, f32)>,
     val_curve: Vec<(u64, f32)>,
     accuracy_curve: Vec<(u64, f32)>,
+    /// The strongest induction head's score at each evaluation.
+    induction_curve: Vec<(u64, f32)>,
     tokens_per_second: f64,
     seconds_per_step: f64,
     /// Print a plain line every `log_interval` steps (for logs, pipes and notebooks, where the bar is hidden).
@@ -517,6 +519,7 @@ impl Progress {
             train_curve: Vec::new(),
             val_curve: Vec::new(),
             accuracy_curve: Vec::new(),
+            induction_curve: Vec::new(),
             tokens_per_second: 0.0,
             seconds_per_step: 0.0,
             plain_lines: false,
@@ -529,9 +532,12 @@ impl Progress {
                 lushan_train::metrics::MetricsLine::Step { step, loss, .. } if step <= start => {
                     p.train_curve.push((step, loss))
                 }
-                lushan_train::metrics::MetricsLine::Eval { step, val_loss, val_accuracy, .. } if step <= start => {
+                lushan_train::metrics::MetricsLine::Eval { step, val_loss, val_accuracy, induction_score, .. }
+                    if step <= start =>
+                {
                     p.val_curve.push((step, val_loss));
                     p.accuracy_curve.extend(val_accuracy.map(|a| (step, a)));
+                    p.induction_curve.extend(induction_score.map(|s| (step, s)));
                 }
                 _ => {}
             }
@@ -544,6 +550,7 @@ impl Progress {
             train: &self.train_curve,
             val: &self.val_curve,
             accuracy: &self.accuracy_curve,
+            induction: &self.induction_curve,
             title: "lushan training loss",
         };
         let path = self.out_dir.join(LOSS_CURVE_FILE);
@@ -587,12 +594,20 @@ impl Observer for Progress {
     fn on_eval(&mut self, r: &EvalReport) {
         self.val_curve.push((r.step, r.val_loss));
         self.accuracy_curve.extend(r.val_accuracy.map(|a| (r.step, a)));
+        self.induction_curve.extend(r.induction.map(|h| (r.step, h.score)));
         let saved = if r.saved_model { " (saved)" } else { "" };
         // `suspend` + `println!`, not `bar.println`: the latter prints nothing when the bar is hidden (output
         // not a terminal), which would drop the evaluation lines from logs and pipes.
         let accuracy = r.val_accuracy.map(|a| format!(", val accuracy {:.2} %", 100.0 * a)).unwrap_or_default();
+        let induction = r
+            .induction
+            .map(|h| format!(", induction {:.2} (head {}.{})", h.score, h.layer + 1, h.head + 1))
+            .unwrap_or_default();
         self.bar.suspend(|| {
-            println!("step {}: train loss {:.4}, val loss {:.4}{accuracy}{saved}", r.step, r.train_loss, r.val_loss)
+            println!(
+                "step {}: train loss {:.4}, val loss {:.4}{accuracy}{induction}{saved}",
+                r.step, r.train_loss, r.val_loss
+            )
         });
         if r.step > 0 {
             self.draw_curve();

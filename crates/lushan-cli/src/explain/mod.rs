@@ -173,7 +173,45 @@ pub(crate) mod fixture {
                 steps,
             }),
             embeddings: Some(EmbeddingView { queries, pca, explained_variance: [0.6, 0.25] }),
+            head_roles: Some(head_roles(n_layer, n_head)),
+            features: Some(features(t)),
         }
+    }
+
+    /// Two features per position, each with one context.
+    pub fn features(t: usize) -> lushan_model::features::FeatureView {
+        use lushan_model::features::{Context, FeatureActivation, FeatureView, TokenFeatures};
+        let context = Context { activation: 2.0, before: "O Rome".into(), token: "o".into(), after: ", Rom".into() };
+        let activation =
+            |feature, activation| FeatureActivation { feature, activation, contexts: vec![context.clone()] };
+        FeatureView {
+            layer: 1,
+            n_features: 64,
+            summary: serde_json::json!({"report": {"mse": 0.01, "fvu": 0.1, "l0": 3.0}}),
+            positions: (0..t)
+                .map(|position| TokenFeatures { position, l0: 2, top: vec![activation(7, 1.5), activation(12, 0.5)] })
+                .collect(),
+        }
+    }
+
+    /// Head roles where head (l, h) scores highest for role (l + h) % 3.
+    pub fn head_roles(n_layer: usize, n_head: usize) -> lushan_model::inspect::HeadRoles {
+        use lushan_model::inspect::{HeadDetection, HeadRole, HeadRoles};
+        // Head (l, h) scores highest for role (l + h) % 3.
+        let scores = |role: usize| -> Vec<Vec<f32>> {
+            (0..n_layer).map(|l| (0..n_head).map(|h| if (l + h) % 3 == role { 0.9 } else { 0.1 }).collect()).collect()
+        };
+        let mut roles = HeadRoles {
+            tokens: vec![1, 2, 3, 1, 2, 3],
+            seed: 1,
+            detection: HeadDetection::default(),
+            previous_token: scores(0),
+            duplicate_token: scores(1),
+            induction: scores(2),
+            strongest: Vec::new(),
+        };
+        roles.strongest = HeadRole::ALL.iter().flat_map(|&role| roles.ranked(role).into_iter().take(3)).collect();
+        roles
     }
 }
 

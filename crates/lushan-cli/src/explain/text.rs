@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use lushan_model::inspect::{Explanation, LensLayer};
+use lushan_model::inspect::{Explanation, HeadRole, LensLayer};
 
 use super::pictures::knob_summary;
 use super::truncate;
@@ -124,6 +124,46 @@ pub fn summary(explanation: &Explanation) -> String {
             let _ = writeln!(out, "{}  {}", pad(&quoted(&query.token.text), TOKEN_WIDTH), nearest.join("  "));
         }
     }
+    if let Some(roles) = &explanation.head_roles {
+        let _ = writeln!(
+            out,
+            "\nHead roles (share of attention on the role's pattern, {} random tokens repeated; layer.head):",
+            roles.tokens.len() / 2
+        );
+        for role in HeadRole::ALL {
+            let heads: Vec<String> = roles
+                .strongest
+                .iter()
+                .filter(|s| s.role == role)
+                .map(|s| format!("{}.{} {:.2}", s.layer + 1, s.head + 1, s.score))
+                .collect();
+            let _ = writeln!(out, "{}  {}", pad(role.label(), 16), heads.join("  "));
+        }
+    }
+    if let Some(view) = &explanation.features {
+        let _ = writeln!(
+            out,
+            "\nLearned features (SAE on the residual stream entering block {}, {} features): per token, the most \
+             active features and where each fired most in the training text:",
+            view.layer, view.n_features
+        );
+        for position in &view.positions {
+            let here = explanation.tokens.get(position.position).map_or_else(String::new, |t| quoted(&t.text));
+            let features: Vec<String> = position
+                .top
+                .iter()
+                .take(3)
+                .map(|f| {
+                    let context = f.contexts.first().map_or_else(String::new, |c| {
+                        format!(" {}", quoted_in_full(&format!("{}[{}]{}", c.before, c.token, c.after)))
+                    });
+                    format!("#{} {:.2}{context}", f.feature, f.activation)
+                })
+                .collect();
+            // Token first: the lines must not read as rows of the next-token table.
+            let _ = writeln!(out, "  {} @{:<4} {}", pad(&here, TOKEN_WIDTH), position.position, features.join("  "));
+        }
+    }
     out
 }
 
@@ -141,6 +181,8 @@ mod tests {
         assert!(text.contains("layer 2"));
         assert!(text.contains("Generated 4 tokens"));
         assert!(text.contains("Nearest tokens"));
+        assert!(text.contains("Head roles") && text.contains("induction"), "{text}");
+        assert!(text.contains("Learned features") && text.contains("#7 1.50"), "{text}");
         // One table line per position.
         assert_eq!(
             text.lines()

@@ -1,6 +1,8 @@
-//! [`explain`]: one eval-mode forward pass over the prompt, and every view read from it.
+//! [`explain`]: one eval-mode forward pass over the prompt, and every view read from it (and one over the
+//! head-role sequence).
 
 use super::embeddings::embedding_view;
+use super::head_roles::head_roles;
 use super::lens::{intermediate_lens, logit_lens};
 use super::options::ExplainOptions;
 use super::predictions::next_token_numbers;
@@ -52,6 +54,7 @@ pub fn explain(
     } else {
         None
     };
+    let head_roles = head_roles(model)?;
     let embeddings = (!options.neighbors.is_empty())
         .then(|| embedding_view(model, &options.neighbors, options.neighbor_count, token_text));
 
@@ -69,6 +72,8 @@ pub fn explain(
         logit_lens: logit_lens(&intermediate, &predictions, token_text),
         sampling,
         embeddings,
+        head_roles,
+        features: None,
     })
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 mod distribution;
 mod embeddings;
 mod explain;
+mod head_roles;
 mod lens;
 mod options;
 mod pca;
@@ -22,6 +23,10 @@ mod sampling_view;
 mod text;
 
 pub use explain::explain;
+pub use head_roles::{
+    HEAD_ROLES_SEED, HEAD_ROLES_SEGMENT, HeadDetection, HeadRole, HeadRoles, HeadScore, detect_heads,
+    detection_pattern, head_roles, head_score, repeated_random_tokens,
+};
 pub use options::ExplainOptions;
 
 /// Everything `explain` shows about one prompt.
@@ -38,6 +43,13 @@ pub struct Explanation {
     pub sampling: Option<SamplingView>,
     /// Present when neighbours were asked for (`--neighbors TOKEN…`).
     pub embeddings: Option<EmbeddingView>,
+    /// Previous-token, duplicate-token and induction scores of every head on a seeded repeated random
+    /// sequence (absent when the context cannot hold one).
+    #[serde(default)]
+    pub head_roles: Option<HeadRoles>,
+    /// Present with `--features DIR`: each position's most active features of a sparse autoencoder.
+    #[serde(default)]
+    pub features: Option<crate::features::FeatureView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,9 +1,10 @@
 //! The report's pictures as PNGs, one file per picture: attention heat maps (a grid of small multiples and
 //! large per-head maps), the logit-lens heat map, the surprisal strip, the sampling bars and the embedding
-//! scatter plot. They draw with the shared toolkit in `crate::draw`.
+//! scatter plot and the head-roles maps. They draw with the shared toolkit in `crate::draw`.
 
 mod attention;
 mod embeddings;
+mod head_roles;
 mod logit_lens;
 mod sampling;
 mod surprisal;
@@ -17,6 +18,7 @@ pub use crate::draw::canvas::Picture;
 use crate::draw::ensure_font;
 pub use attention::{attention_grid, attention_head};
 pub use embeddings::embedding_scatter;
+pub use head_roles::head_roles;
 pub use logit_lens::logit_lens;
 pub use sampling::{knob_summary, sampling_bars};
 pub use surprisal::{surprisal_css, surprisal_strip};
@@ -33,6 +35,7 @@ pub struct Pictures {
     pub logit_lens: Picture,
     pub sampling: Option<Picture>,
     pub embeddings: Option<Picture>,
+    pub head_roles: Option<Picture>,
 }
 
 impl Pictures {
@@ -43,6 +46,7 @@ impl Pictures {
         all.push(&self.logit_lens);
         all.extend(&self.sampling);
         all.extend(&self.embeddings);
+        all.extend(&self.head_roles);
         all
     }
 }
@@ -63,6 +67,7 @@ pub fn draw_all(explanation: &Explanation, selection: &HeadSelection) -> Result<
         logit_lens: logit_lens(explanation).context("drawing the logit-lens heat map")?,
         sampling: explanation.sampling.as_ref().map(sampling_bars).transpose().context("drawing the sampling view")?,
         embeddings: explanation.embeddings.as_ref().map(embedding_scatter).transpose().context("drawing the PCA")?,
+        head_roles: explanation.head_roles.as_ref().map(head_roles).transpose().context("drawing the head roles")?,
     })
 }
 
@@ -101,7 +106,7 @@ mod tests {
         let explanation = fixture::explanation("ROMEO: But soft, what light", 2, 3);
         let selection = HeadSelection::of_layer(1, None, 3);
         let pictures = draw_all(&explanation, &selection).unwrap();
-        assert_eq!(pictures.all().len(), 1 + 1 + 3 + 1 + 1 + 1);
+        assert_eq!(pictures.all().len(), 1 + 1 + 3 + 1 + 1 + 1 + 1);
         for picture in pictures.all() {
             check(picture);
         }
