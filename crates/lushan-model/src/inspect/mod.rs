@@ -10,19 +10,27 @@
 
 use serde::{Deserialize, Serialize};
 
+mod ablation;
+mod attribution;
+mod components;
 mod distribution;
 mod embeddings;
 mod explain;
 mod lens;
 mod options;
+mod patching;
 mod pca;
 mod predictions;
 mod ranking;
 mod sampling_view;
 mod text;
 
+pub use ablation::{Ablation, DataAblation};
+pub use attribution::Attribution;
+pub use components::{Component, ComponentSweep, ComponentValue};
 pub use explain::explain;
 pub use options::ExplainOptions;
+pub use patching::Patching;
 
 /// Everything `explain` shows about one prompt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +46,15 @@ pub struct Explanation {
     pub sampling: Option<SamplingView>,
     /// Present when neighbours were asked for (`--neighbors TOKEN…`).
     pub embeddings: Option<EmbeddingView>,
+    /// Direct logit attribution of the explained prediction (always computed by `explain`).
+    #[serde(default)]
+    pub attribution: Option<Attribution>,
+    /// Present when the ablation sweep ran (`--ablate`, `--reference`, `--data`).
+    #[serde(default)]
+    pub ablation: Option<Ablation>,
+    /// Present with a corrupted prompt (`--corrupt TEXT`).
+    #[serde(default)]
+    pub patching: Option<Patching>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
