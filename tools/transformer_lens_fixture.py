@@ -6,9 +6,10 @@ Run by hand from the repository root with a venv that has transformer-lens (see 
     venv/bin/python tools/transformer_lens_fixture.py
 
 Reads the Hugging Face GPT-2 checkpoint `crates/lushan-model/tests/fixtures/hf_gpt2_tiny/` (made by
-make_hf_fixtures.py: V=96, n_positions=48, C=48, L=2, NH=4, gelu_new), loads it into a `HookedTransformer`
-with TransformerLens' own GPT-2 weight conversion and *no* weight processing (no fold_ln, no centring of the
-writing weights or of the unembedding), so every number is the checkpoint's own, and writes
+make_hf_fixtures.py: V=96, n_positions=48, C=48, L=2, NH=4, gelu_new), loads it into TransformerLens 4's
+`TransformerBridge` (the successor of `HookedTransformer`) with `enable_compatibility_mode(no_processing=True)`
+— HookedTransformer's hook names, and *no* weight processing (no fold_ln, no centring of the writing weights
+or of the unembedding), so every number is the checkpoint's own — and writes
 `crates/lushan-model/tests/fixtures/transformer_lens_tiny.json`:
 
   - direct logit attribution at `position` of `target`, and of `target` minus `versus`: each head
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import torch
 import transformer_lens
-from transformer_lens import HookedTransformer, HookedTransformerConfig, patching
-from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-from transformers import GPT2LMHeadModel
+from tokenizers import Tokenizer, models
+from transformer_lens import patching
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "crates" / "lushan-model" / "tests" / "fixtures"
@@ -47,28 +49,29 @@ REFERENCE_LEN = 40
 DATA_LEN = 30
 
 
-def load() -> HookedTransformer:
+def load():
     hf = GPT2LMHeadModel.from_pretrained(CHECKPOINT, attn_implementation="eager").eval()
-    h = hf.config
-    cfg = HookedTransformerConfig(
-        n_layers=h.n_layer, d_model=h.n_embd, n_ctx=h.n_positions, d_head=h.n_embd // h.n_head,
-        n_heads=h.n_head, d_mlp=4 * h.n_embd, d_vocab=h.vocab_size, act_fn="gelu_new", normalization_type="LN",
-        eps=h.layer_norm_epsilon, positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
-        default_prepend_bos=False, dtype=torch.float32,
-    )
-    model = HookedTransformer(cfg)
-    model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
+    # The checkpoint has no tokenizer and every input here is token ids: a placeholder word-level one.
+    vocab = {f"t{i}": i for i in range(hf.config.vocab_size)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", pad_token="t0", bos_token="t0",
+                                        eos_token="t0")
+    model = TransformerBridge.boot_transformers(str(CHECKPOINT), hf_model=hf, tokenizer=tokenizer)
+    model.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     model.eval()
-    # The same logits as transformers: the conversion and the no-processing load changed nothing.
+    # The same logits as transformers: the bridge changed nothing.
     ids = torch.arange(T).unsqueeze(0)
     diff = (model(ids) - hf(ids).logits).abs().max().item()
     assert diff < 1e-4, f"TransformerLens and transformers disagree by {diff}"
-    return model
+    return model, hf
 
 
-def dla(model: HookedTransformer, cache, position: int, direction: torch.Tensor) -> dict:
-    """Every component's direct contribution to `direction · ln_f(resid)` at `position`."""
-    w = model.ln_final.w * direction  # (C)
+def dla(model, hf, cache, logits, position: int, target: int, versus: int | None) -> dict:
+    """Every component's direct contribution to logit(target) [− logit(versus)] at `position`."""
+    ln_f = hf.transformer.ln_f
+    w_u = hf.lm_head.weight.T  # (C, V), tied to wte
+    direction = w_u[:, target] - (w_u[:, versus] if versus is not None else 0)
+    w = ln_f.weight * direction  # (C)
 
     def through_ln(stack: torch.Tensor) -> list[float]:
         scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=position)
@@ -78,17 +81,17 @@ def dla(model: HookedTransformer, cache, position: int, direction: torch.Tensor)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     head_values = through_ln(heads)
     embed = (cache["hook_embed"] + cache["hook_pos_embed"])[:, position : position + 1].unsqueeze(0)
-    bias = torch.stack([model.blocks[l].attn.b_O for l in range(n_layers)])[:, None, None, :]
+    bias = torch.stack([hf.transformer.h[l].attn.c_proj.bias for l in range(n_layers)])[:, None, None, :]
     bias = bias.expand(n_layers, 1, 1, model.cfg.d_model)
     mlp = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][:, position : position + 1] for l in range(n_layers)])
-    ln_out = cache["ln_final.hook_normalized"][0, position] * model.ln_final.w + model.ln_final.b
+    total = logits[0, position, target] - (logits[0, position, versus] if versus is not None else 0)
     return {
-        "total": float(ln_out @ direction),
+        "total": float(total),
         "embed": through_ln(embed)[0],
         "heads": [head_values[l * n_heads : (l + 1) * n_heads] for l in range(n_layers)],
         "attn_bias": through_ln(bias),
         "mlp": through_ln(mlp),
-        "ln_final_bias": float(model.ln_final.b @ direction),
+        "ln_final_bias": float(ln_f.bias @ direction),
     }
 
 
@@ -133,7 +136,7 @@ def ablations(model, measure, means) -> dict:
 def main() -> None:
     torch.manual_seed(SEED)
     torch.set_grad_enabled(False)
-    model = load()
+    model, hf = load()
     v = model.cfg.d_vocab
     tokens = torch.randint(0, v, (1, T))
     corrupted = tokens.clone()
@@ -153,9 +156,8 @@ def main() -> None:
         "mlp": [reference_cache[f"blocks.{l}.hook_mlp_out"][0].mean(0) for l in range(model.cfg.n_layers)],
     }
 
-    w_u = model.W_U
-    attribution = dla(model, cache, POSITION, w_u[:, target])
-    attribution_versus = dla(model, cache, POSITION, w_u[:, target] - w_u[:, versus])
+    attribution = dla(model, hf, cache, clean_logits, POSITION, target, None)
+    attribution_versus = dla(model, hf, cache, clean_logits, POSITION, target, versus)
     logit = clean_logits[0, POSITION, target].item()
     assert abs(attribution["total"] - logit) < 1e-4, (attribution["total"], logit)
     parts = attribution["embed"] + sum(map(sum, attribution["heads"])) + sum(attribution["attn_bias"])

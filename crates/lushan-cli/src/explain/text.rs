@@ -8,6 +8,8 @@ use lushan_model::inspect::{Explanation, LensLayer};
 use super::pictures::knob_summary;
 use super::truncate;
 
+mod causal;
+
 /// Most positions the logit-lens summary shows (the last ones; the report has all).
 const LENS_POSITIONS: usize = 12;
 /// Width of a token column (quotes included).
@@ -124,6 +126,7 @@ pub fn summary(explanation: &Explanation) -> String {
             let _ = writeln!(out, "{}  {}", pad(&quoted(&query.token.text), TOKEN_WIDTH), nearest.join("  "));
         }
     }
+    causal::summary(&mut out, explanation);
     out
 }
 
@@ -141,6 +144,9 @@ mod tests {
         assert!(text.contains("layer 2"));
         assert!(text.contains("Generated 4 tokens"));
         assert!(text.contains("Nearest tokens"));
+        assert!(text.contains("Direct logit attribution of logit('e') at position 5"), "{text}");
+        assert!(text.contains("Ablation: Δ ln p('e')") && text.contains("  mean: L1H2"), "{text}");
+        assert!(text.contains("Activation patching") && text.contains("into layer 2 @ position"), "{text}");
         // One table line per position.
         assert_eq!(
             text.lines()

@@ -3,6 +3,7 @@
 //! scatter plot. They draw with the shared toolkit in `crate::draw`.
 
 mod attention;
+mod causal;
 mod embeddings;
 mod logit_lens;
 mod sampling;
@@ -16,6 +17,7 @@ use super::{HeadSelection, label};
 pub use crate::draw::canvas::Picture;
 use crate::draw::ensure_font;
 pub use attention::{attention_grid, attention_head};
+pub use causal::{ablation_map, attribution_map, patching_heads_map, patching_map};
 pub use embeddings::embedding_scatter;
 pub use logit_lens::logit_lens;
 pub use sampling::{knob_summary, sampling_bars};
@@ -33,6 +35,9 @@ pub struct Pictures {
     pub logit_lens: Picture,
     pub sampling: Option<Picture>,
     pub embeddings: Option<Picture>,
+    /// Direct logit attribution, then the ablation maps (zero, mean), then the patching maps (residual
+    /// stream, heads): each present when the explanation has the numbers.
+    pub causal: Vec<Picture>,
 }
 
 impl Pictures {
@@ -43,6 +48,7 @@ impl Pictures {
         all.push(&self.logit_lens);
         all.extend(&self.sampling);
         all.extend(&self.embeddings);
+        all.extend(&self.causal);
         all
     }
 }
@@ -63,7 +69,27 @@ pub fn draw_all(explanation: &Explanation, selection: &HeadSelection) -> Result<
         logit_lens: logit_lens(explanation).context("drawing the logit-lens heat map")?,
         sampling: explanation.sampling.as_ref().map(sampling_bars).transpose().context("drawing the sampling view")?,
         embeddings: explanation.embeddings.as_ref().map(embedding_scatter).transpose().context("drawing the PCA")?,
+        causal: causal_pictures(explanation)?,
     })
+}
+
+/// The pictures of the causal views the explanation has, in report order.
+fn causal_pictures(explanation: &Explanation) -> Result<Vec<Picture>> {
+    let mut pictures = Vec::new();
+    if let Some(attribution) = &explanation.attribution {
+        pictures.push(attribution_map(explanation, attribution).context("drawing the attribution map")?);
+    }
+    if let Some(ablation) = &explanation.ablation {
+        pictures.push(ablation_map(explanation, ablation, false).context("drawing the zero-ablation map")?);
+        if ablation.mean.is_some() {
+            pictures.push(ablation_map(explanation, ablation, true).context("drawing the mean-ablation map")?);
+        }
+    }
+    if let Some(patching) = &explanation.patching {
+        pictures.push(patching_map(explanation, patching).context("drawing the patching map")?);
+        pictures.push(patching_heads_map(patching).context("drawing the head-patching map")?);
+    }
+    Ok(pictures)
 }
 
 pub(crate) fn token_labels(explanation: &Explanation) -> Vec<String> {
@@ -101,7 +127,8 @@ mod tests {
         let explanation = fixture::explanation("ROMEO: But soft, what light", 2, 3);
         let selection = HeadSelection::of_layer(1, None, 3);
         let pictures = draw_all(&explanation, &selection).unwrap();
-        assert_eq!(pictures.all().len(), 1 + 1 + 3 + 1 + 1 + 1);
+        // surprisal, grid, 3 heads, lens, sampling, PCA, attribution, zero + mean ablation, 2 patching maps.
+        assert_eq!(pictures.all().len(), 1 + 1 + 3 + 1 + 1 + 1 + 1 + 2 + 2);
         for picture in pictures.all() {
             check(picture);
         }
