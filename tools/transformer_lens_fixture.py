@@ -27,6 +27,7 @@ or of the unembedding), so every number is the checkpoint's own — and writes
 from __future__ import annotations
 
 import json
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def load():
     words = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", pad_token="t0", bos_token="t0",
                                         eos_token="t0")
+    # TransformerLens reloads the tokenizer from its `name_or_path`: give it a directory to reload from.
+    tokenizer_dir = tempfile.mkdtemp(prefix="tl-fixture-tokenizer-")
+    tokenizer.save_pretrained(tokenizer_dir)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     model = TransformerBridge.boot_transformers(str(CHECKPOINT), hf_model=hf, tokenizer=tokenizer)
     model.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     model.eval()
@@ -139,14 +144,18 @@ def main() -> None:
     model, hf = load()
     v = model.cfg.d_vocab
     tokens = torch.randint(0, v, (1, T))
-    corrupted = tokens.clone()
-    corrupted[0, 2:5] = torch.randint(0, v, (3,))
+    clean_logits, cache = model.run_with_cache(tokens)
+    target = int(clean_logits[0, POSITION].argmax())
+    # Corrupt a few early tokens, re-drawn until the corrupted run predicts something else at POSITION.
+    for _ in range(100):
+        corrupted = tokens.clone()
+        corrupted[0, 2:6] = torch.randint(0, v, (4,))
+        corrupted_logits = model(corrupted)
+        if int(corrupted_logits[0, POSITION].argmax()) != target:
+            break
     reference = torch.randint(0, v, (1, REFERENCE_LEN))
     data = torch.randint(0, v, (1, DATA_LEN))
 
-    clean_logits, cache = model.run_with_cache(tokens)
-    corrupted_logits = model(corrupted)
-    target = int(clean_logits[0, POSITION].argmax())
     versus = int(corrupted_logits[0, POSITION].argmax())
     assert versus != target, "pick another SEED: the corruption keeps the top prediction"
 

@@ -58,9 +58,10 @@ fn attribution_adds_up_to_the_logit_and_to_the_logit_difference() {
         let a = run(&model, &prompt, &options).attribution.unwrap();
         // Default target: the next prompt token, or at the end the model's top prediction.
         let row = &logits[position * v..(position + 1) * v];
-        let expected_target = prompt.get(position + 1).copied().unwrap_or_else(|| {
-            (0..v).fold(0, |best, id| if row[id] > row[best] { id } else { best }) as u32
-        });
+        let expected_target = prompt
+            .get(position + 1)
+            .copied()
+            .unwrap_or_else(|| (0..v).fold(0, |best, id| if row[id] > row[best] { id } else { best }) as u32);
         assert_eq!(a.target.id, expected_target);
         let logit = row[a.target.id as usize];
         assert!((a.total - logit).abs() < 1e-4, "total {} vs logit {logit}", a.total);

@@ -56,8 +56,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         |len: usize| -> Vec<u32> { (0..len).map(|_| (rng.next_u64() % config.vocab_size as u64) as u32).collect() };
     let prompt = random_text(args.prompt_tokens);
     let reference = args.mean.then(|| random_text(args.prompt_tokens));
-    let options =
-        ExplainOptions { ablate: true, ablation_reference: reference, top_k: 1, ..ExplainOptions::default() };
+    let options = ExplainOptions { ablate: true, ablation_reference: reference, top_k: 1, ..ExplainOptions::default() };
     let token_text = |id: u32| format!("<{id}>");
     let variants = config.n_layer * (config.n_head + 1) * if args.mean { 2 } else { 1 };
     println!(

@@ -135,8 +135,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         config.block_size
     );
     let selection = head_selection(args.layer, args.head, config.n_layer, config.n_head)?;
-    let neighbors =
-        args.neighbors.iter().map(|token| single_token(&tokenizer, "--neighbors", token)).collect::<Result<Vec<u32>>>()?;
+    let neighbors = args
+        .neighbors
+        .iter()
+        .map(|token| single_token(&tokenizer, "--neighbors", token))
+        .collect::<Result<Vec<u32>>>()?;
     ensure!(args.components >= 1, "--components must be at least 1 (how many components to list), got 0");
     let target = args.target.as_deref().map(|t| single_token(&tokenizer, "--target", t)).transpose()?;
     let versus = args.versus.as_deref().map(|t| single_token(&tokenizer, "--versus", t)).transpose()?;
@@ -284,7 +287,8 @@ fn read_token_file(tokenizer: &Tokenizer, path: &Path, flag: &str) -> Result<(Ve
          are used): give a smaller file",
         path.display()
     );
-    let text = std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {} as UTF-8 text", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {} as UTF-8 text", path.display()))?;
     let mut ids = tokenizer.encode(&text).with_context(|| format!("{flag}: encoding {}", path.display()))?;
     ensure!(ids.len() >= 2, "{flag}: {} has {} token(s); give a text of at least 2 tokens", path.display(), ids.len());
     let total = ids.len();
@@ -309,8 +313,9 @@ fn single_token(tokenizer: &Tokenizer, flag: &str, token: &str) -> Result<u32> {
         return Ok(id);
     }
     ensure!(!token.is_empty(), "{flag}: a TOKEN is empty; give a token's text or #ID");
-    let ids =
-        tokenizer.encode(token).with_context(|| format!("{flag} {token:?} is not a token of this model's vocabulary"))?;
+    let ids = tokenizer
+        .encode(token)
+        .with_context(|| format!("{flag} {token:?} is not a token of this model's vocabulary"))?;
     match ids[..] {
         [id] => Ok(id),
         _ => {
@@ -378,6 +383,8 @@ mod tests {
         let err = format!("{:#}", single_token(&tokenizer, "--neighbors", "ab").unwrap_err());
         assert!(err.contains("--neighbors \"ab\"") && err.contains("2 tokens"), "{err}");
         assert!(format!("{:#}", single_token(&tokenizer, "--neighbors", "#9").unwrap_err()).contains("out of range"));
-        assert!(format!("{:#}", single_token(&tokenizer, "--neighbors", "z").unwrap_err()).contains("--neighbors \"z\""));
+        assert!(
+            format!("{:#}", single_token(&tokenizer, "--neighbors", "z").unwrap_err()).contains("--neighbors \"z\"")
+        );
     }
 }

@@ -181,7 +181,9 @@ pub(crate) mod fixture {
 
     /// Signed values per (layer, head) that differ from cell to cell.
     fn per_head(n_layer: usize, n_head: usize, scale: f32) -> Vec<Vec<f32>> {
-        (0..n_layer).map(|l| (0..n_head).map(|h| scale * ((l * 7 + h * 3) % 5) as f32 - scale * 1.5).collect()).collect()
+        (0..n_layer)
+            .map(|l| (0..n_head).map(|h| scale * ((l * 7 + h * 3) % 5) as f32 - scale * 1.5).collect())
+            .collect()
     }
 
     fn e() -> TokenText {
@@ -239,14 +241,22 @@ pub(crate) mod fixture {
             corrupted_tokens: prompt
                 .chars()
                 .enumerate()
-                .map(|(i, c)| if i == 1 { TokenText { id: 120, text: "x".to_string() } } else { TokenText { id: c as u32, text: c.to_string() } })
+                .map(|(i, c)| {
+                    if i == 1 {
+                        TokenText { id: 120, text: "x".to_string() }
+                    } else {
+                        TokenText { id: c as u32, text: c.to_string() }
+                    }
+                })
                 .collect(),
             position: t.saturating_sub(1),
             target: e(),
             versus: TokenText { id: 1, text: " ".to_string() },
             clean_diff: 2.0,
             corrupted_diff: -1.0,
-            resid: (0..n_layer).map(|l| (0..t).map(|p| if p == 1 { 1.0 - 0.3 * l as f32 } else { 0.1 * l as f32 }).collect()).collect(),
+            resid: (0..n_layer)
+                .map(|l| (0..t).map(|p| if p == 1 { 1.0 - 0.3 * l as f32 } else { 0.1 * l as f32 }).collect())
+                .collect(),
             heads: per_head(n_layer, n_head, 0.25),
             top: vec![ComponentValue { component: Component::Head { layer: n_layer - 1, head: 0 }, value: 0.6 }],
         }

@@ -6,8 +6,8 @@
 //! edited forward ([`Gpt::forward_edited`]); a sweep runs them as batch elements, last layer first, so every
 //! batch recomputes only the layers from its own on.
 
-use super::components::{ComponentSweep, run_variants};
 use super::TokenText;
+use super::components::{ComponentSweep, run_variants};
 use crate::activations::Activations;
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, Mode};
@@ -115,16 +115,13 @@ pub(super) fn ablate_prediction(
 /// next token as the target.
 fn windows(tokens: &[u32], block_size: usize) -> impl Iterator<Item = &[u32]> {
     let step = block_size.max(1);
-    (0..tokens.len().saturating_sub(1)).step_by(step).map(move |start| &tokens[start..(start + step + 1).min(tokens.len())])
+    (0..tokens.len().saturating_sub(1))
+        .step_by(step)
+        .map(move |start| &tokens[start..(start + step + 1).min(tokens.len())])
 }
 
 /// Zero (and mean) ablation of every component, read as the change of the mean loss over `data`.
-pub(super) fn ablate_data(
-    model: &Gpt,
-    data: &[u32],
-    mean: Option<&MeanOutputs>,
-    top_n: usize,
-) -> Result<DataAblation> {
+pub(super) fn ablate_data(model: &Gpt, data: &[u32], mean: Option<&MeanOutputs>, top_n: usize) -> Result<DataAblation> {
     if data.len() < 2 {
         return Err(ModelError::InvalidExplainOption {
             field: "ablation_data",

@@ -8,8 +8,8 @@
 //! position at once (`get_act_patch_attn_head_out_all_pos`).
 
 use super::TokenText;
-use super::text::{TokenTextFn, token};
 use super::components::{Component, ComponentValue, run_variants};
+use super::text::{TokenTextFn, token};
 use crate::activations::Activations;
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, Mode};
@@ -130,7 +130,9 @@ pub(super) fn patch(
         .iter()
         .enumerate()
         .flat_map(|(layer, hv)| {
-            hv.iter().enumerate().map(move |(head, &value)| ComponentValue { component: Component::Head { layer, head }, value })
+            hv.iter()
+                .enumerate()
+                .map(move |(head, &value)| ComponentValue { component: Component::Head { layer, head }, value })
         })
         .collect();
     Ok(Patching {
