@@ -79,16 +79,16 @@ def dla(model, hf, cache, logits, position: int, target: int, versus: int | None
     w = ln_f.weight * direction  # (C)
 
     def through_ln(stack: torch.Tensor) -> list[float]:
+        """(n, batch = 1, C) at `position` → each row's share."""
         scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=position)
-        return (scaled[..., 0, :] @ w).tolist()
+        return (scaled.reshape(stack.shape[0], -1) @ w).tolist()
 
-    heads = cache.stack_head_results(layer=-1, pos_slice=position)  # (L*NH, 1, 1, C)
+    heads = cache.stack_head_results(layer=-1, pos_slice=position)  # (L*NH, 1, C)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     head_values = through_ln(heads)
-    embed = (cache["hook_embed"] + cache["hook_pos_embed"])[:, position : position + 1].unsqueeze(0)
-    bias = torch.stack([hf.transformer.h[l].attn.c_proj.bias for l in range(n_layers)])[:, None, None, :]
-    bias = bias.expand(n_layers, 1, 1, model.cfg.d_model)
-    mlp = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][:, position : position + 1] for l in range(n_layers)])
+    embed = (cache["hook_embed"] + cache["hook_pos_embed"])[:, position].unsqueeze(0)
+    bias = torch.stack([hf.transformer.h[l].attn.c_proj.bias for l in range(n_layers)])[:, None, :]
+    mlp = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][:, position] for l in range(n_layers)])
     total = logits[0, position, target] - (logits[0, position, versus] if versus is not None else 0)
     return {
         "total": float(total),
