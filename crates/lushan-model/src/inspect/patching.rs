@@ -104,8 +104,8 @@ pub(super) fn patch(
             let row = streams[layer][pos * c..(pos + 1) * c].to_vec();
             variants.push(vec![Edit::set(Site::ResidPre { layer }, None, Some(pos), row)]);
         }
-        for head in 0..nh {
-            variants.push(vec![Edit::set(Site::HeadZ { layer, head }, None, None, clean_z[layer][head].clone())]);
+        for (head, z) in clean_z[layer].iter().enumerate() {
+            variants.push(vec![Edit::set(Site::HeadZ { layer, head }, None, None, z.clone())]);
         }
     }
     let (corrupted_diff, patched) = run_variants(model, corrupted, &targets, &variants, diff)?;
