@@ -30,7 +30,7 @@ enum Command {
     /// Loss, perplexity and bits per character/byte of a checkpoint on a shard or text file.
     Eval(commands::eval::Args),
     /// Show why the model says what it says: next-token probabilities, attention, logit lens.
-    Explain(commands::explain::Args),
+    Explain(Box<commands::explain::Args>),
     /// Learned features: train a sparse autoencoder on a layer's residual stream.
     #[command(subcommand)]
     Features(commands::features::Command),
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
-        Command::Explain(args) => commands::explain::run(args),
+        Command::Explain(args) => commands::explain::run(*args),
         Command::Features(command) => commands::features::run(command),
         Command::Chat(args) => commands::chat::run(args),
         Command::Classify(args) => commands::classify::run(args),

@@ -500,7 +500,7 @@ fn fine_tuning_starts_from_a_checkpoint_keeps_its_vocabulary_and_checks_the_data
         .find(|l| l.starts_with("step 0:"))
         .and_then(|l| l.split("val loss ").nth(1))
         .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
         .unwrap();
     assert!(first_val < 3.9, "step-0 validation loss {first_val} is not the checkpoint's");
     ok(&["generate", "--model", s(&tuned), "--max-new-tokens", "10"]);

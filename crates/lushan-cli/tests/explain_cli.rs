@@ -93,8 +93,17 @@ fn html_report_has_every_section_and_only_embedded_pictures() {
     }
     // No sampling or embedding section unless asked for.
     assert!(!html.contains("id=\"sampling\"") && !html.contains("id=\"embeddings\""));
-    // Surprisal strip, attention grid, every head of the last layer, logit lens.
-    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 3 + N_HEAD);
+    // Surprisal strip, attention grid, every head of the last layer, logit lens, head roles, direct logit
+    // attribution.
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5 + N_HEAD);
+    // "What to notice" comes first and links to the sections it speaks of.
+    let notice = html.find("id=\"notice\"").expect("a what-to-notice block");
+    assert!(notice < html.find("id=\"next\"").unwrap(), "the notice is not first");
+    assert!(
+        html.contains("The most surprising token is") && html.contains("href=\"#head-roles\">"),
+        "no notice sentences"
+    );
+    assert!(html.contains("id=\"attribution\"") && !html.contains("id=\"ablation\""));
     assert!(!html.contains("http://") && !html.contains("https://"), "the report refers to the network");
     assert!(!html.contains("<script"), "the report needs no script");
 }
@@ -150,6 +159,105 @@ fn json_has_every_number_with_the_right_shapes() {
     assert_eq!(lens[0]["label"], "embed");
     assert_eq!(len(&lens[N_LAYER]["positions"]), t);
     assert!(explanation["sampling"].is_null() && explanation["embeddings"].is_null());
+    // Attribution is always there; ablation and patching only when asked for.
+    assert_eq!(len(&explanation["attribution"]["heads"]), N_LAYER);
+    assert!(explanation["ablation"].is_null() && explanation["patching"].is_null());
+}
+
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+/// The prompt with one word changed, as many characters (= tokens) long.
+const CORRUPTED: &str = "ROMEO: But hard, what light";
+
+#[test]
+fn causal_views_in_the_json_the_report_and_the_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.txt");
+    std::fs::write(&reference, "O Romeo, Romeo, wherefore art thou Romeo?\n").unwrap();
+    let data = corpus(dir.path());
+    let flags = ["--reference", s(&reference), "--data", s(&data), "--corrupt", CORRUPTED, "--versus", "e"];
+    let explanation = json(&flags);
+    let t = PROMPT.chars().count();
+
+    // Direct logit attribution of logit(top) − logit('e') at the last position; the parts add up.
+    let a = &explanation["attribution"];
+    assert_eq!(a["position"], t - 1);
+    assert_eq!(a["versus"]["text"], "e");
+    let heads: f64 = a["heads"].as_array().unwrap().iter().flat_map(|l| l.as_array().unwrap()).map(number).sum();
+    let per_layer = |key: &str| a[key].as_array().unwrap().iter().map(number).sum::<f64>();
+    let parts = number(&a["embed"]) + heads + per_layer("attn_bias") + per_layer("mlp") + number(&a["ln_final_bias"]);
+    assert!((parts - number(&a["total"])).abs() < 1e-3, "parts {parts} vs total {}", a["total"]);
+    assert_eq!(len(&a["top"]), 10);
+
+    // Zero and mean ablation at the prompt, and over --data.
+    let ablation = &explanation["ablation"];
+    for sweep in [&ablation["zero"], &ablation["mean"], &ablation["data"]["zero"], &ablation["data"]["mean"]] {
+        assert_eq!(len(&sweep["heads"]), N_LAYER);
+        assert_eq!(len(&sweep["heads"][0]), N_HEAD);
+        assert_eq!(len(&sweep["mlp"]), N_LAYER);
+        assert!(!sweep["top"].as_array().unwrap().is_empty());
+    }
+    assert!(number(&ablation["data"]["tokens"]) > 100.0);
+    assert!(number(&ablation["seconds"]) >= 0.0);
+
+    // Patching: the embeddings of positions where the prompts agree carry nothing; where they differ, all.
+    let patching = &explanation["patching"];
+    assert_eq!(patching["versus"]["text"], "e");
+    let embed_row: Vec<f64> = patching["resid"][0].as_array().unwrap().iter().map(number).collect();
+    assert_eq!(embed_row.len(), t);
+    for (position, (clean, corrupted)) in PROMPT.chars().zip(CORRUPTED.chars()).enumerate() {
+        if clean == corrupted {
+            assert_eq!(embed_row[position], 0.0, "position {position}");
+        }
+    }
+    assert_eq!(len(&patching["heads"]), N_LAYER);
+
+    // The report has a section and pictures for each; the summary names the top components and the time.
+    let report = dir.path().join("report.html");
+    let pngs = dir.path().join("pngs");
+    let mut args = explain_args(&["--out", s(&report), "--png", s(&pngs)]);
+    args.extend_from_slice(&flags);
+    let out = ok(&args);
+    for needle in ["Direct logit attribution of logit(", "attribution + ablation sweep took", "Activation patching"] {
+        assert!(out.stdout.contains(needle), "no {needle:?} in {}", out.stdout);
+    }
+    let html = std::fs::read_to_string(&report).unwrap();
+    for id in ["attribution", "ablation", "patching"] {
+        assert!(html.contains(&format!("id=\"{id}\"")) && html.contains(&format!("href=\"#{id}\"")), "{id}");
+    }
+    let names = check_pngs(&pngs);
+    for name in ["attribution.png", "ablation-zero.png", "ablation-mean.png", "patching.png", "patching-heads.png"] {
+        assert!(names.contains(&name.to_string()), "no {name} in {names:?}");
+    }
+}
+
+#[test]
+fn causal_flags_refuse_bad_input_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    fails(&explain_args(&["--versus", "ab"]), &["--versus \"ab\"", "2 tokens"]);
+    fails(&explain_args(&["--target", "#100000"]), &["--target \"#100000\"", "out of range"]);
+    fails(&explain_args(&["--corrupt", "ROMEO"]), &["--corrupt is 5 tokens long", "27 tokens"]);
+    fails(&explain_args(&["--position", "28"]), &["--position 28", "1..=27"]);
+    fails(&explain_args(&["--position", "0"]), &["--position 0"]);
+    fails(&explain_args(&["--components", "0"]), &["--components"]);
+    let missing = dir.path().join("missing.txt");
+    fails(&explain_args(&["--data", s(&missing)]), &["--data", "missing.txt"]);
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "a").unwrap();
+    fails(&explain_args(&["--reference", s(&short)]), &["--reference", "1 token"]);
+    fails(&explain_args(&["--target", "e", "--versus", "e"]), &["versus", "target token itself"]);
+    // The prompt as its own corruption leaves no difference to recover.
+    fails(&explain_args(&["--corrupt", PROMPT, "--versus", "e"]), &["corrupt", "changes nothing"]);
+}
+
+#[test]
+fn bench_explain_prints_the_sweep_time() {
+    let args = ["bench", "explain", "--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--vocab-size", "50"];
+    let out = ok(&[&args[..], &["--prompt-tokens", "8", "--repeats", "1", "--mean"]].concat());
+    assert!(out.stdout.contains("8-token prompt, 12 ablations (zero + mean)"), "{}", out.stdout);
+    assert!(out.stdout.contains("best: attribution + ablation sweep"), "{}", out.stdout);
 }
 
 #[test]
@@ -188,7 +296,8 @@ fn png_dir_pictures_decode_with_their_declared_sizes() {
     ok(&explain_args(&["--out", s(&report), "--png", s(&pngs)]));
     let names = check_pngs(&pngs);
     let mut expected = vec!["surprisal.png", "attention-grid.png"];
-    expected.extend(["attention-layer2-head1.png", "attention-layer2-head2.png", "logit-lens.png"]);
+    expected.extend(["attention-layer2-head1.png", "attention-layer2-head2.png", "logit-lens.png", "head-roles.png"]);
+    expected.push("attribution.png");
     assert_eq!(names, expected);
 
     // --layer / --head choose the large map; json mode draws the PNGs too.

@@ -52,7 +52,7 @@ fn training_records_the_strongest_induction_head() {
 fn features_train_then_explain_shows_them_and_bad_input_is_named() {
     let (dir, data, a, b) = setup("features-cli");
     let out = ok(&features_train(&a, &data, "1", &["--expansion", "2"]));
-    assert!(out.stdout.contains("activations/s") && out.stdout.contains("fraction of variance unexplained"), "{out}");
+    assert!(out.stdout.contains("activations/s") && out.stdout.contains("fraction of variance unexplained"), "{out:?}");
     let sae_dir = a.join("features").join("layer-1");
     for file in ["sae.safetensors", "sae.json", "contexts.json"] {
         assert!(sae_dir.join(file).is_file(), "{file}");
@@ -61,7 +61,7 @@ fn features_train_then_explain_shows_them_and_bad_input_is_named() {
     assert_eq!(config["config"]["layer"], 1);
     assert_eq!(config["config"]["n_features"], 64);
     assert!(config["summary"]["report"]["l0"].as_f64().unwrap() > 0.0);
-    assert!(out.stdout.contains("preserves"), "{out}");
+    assert!(out.stdout.contains("preserves"), "{out:?}");
     assert!(config["summary"]["splice"]["loss_preserved"].as_f64().is_some());
 
     // JSON: every prompt token has its features, each with contexts from the training text.
@@ -90,7 +90,7 @@ fn features_train_then_explain_shows_them_and_bad_input_is_named() {
     // HTML: the sections are there.
     let report = dir.join("report.html");
     let out = ok(&["explain", "--model", s(&a), "--prompt", prompt, "--features", s(&sae_dir), "--out", s(&report)]);
-    assert!(out.stdout.contains("Learned features") && out.stdout.contains("Head roles"), "{out}");
+    assert!(out.stdout.contains("Learned features") && out.stdout.contains("Head roles"), "{out:?}");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("id=\"features\"") && html.contains("id=\"head-roles\""));
 

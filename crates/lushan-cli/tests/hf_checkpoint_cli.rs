@@ -56,7 +56,7 @@ fn step0_val_loss(out: &Output) -> f64 {
         .find(|l| l.starts_with("step 0:"))
         .and_then(|l| l.split("val loss ").nth(1))
         .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
         .unwrap_or_else(|| panic!("no step-0 validation loss: {out:?}"))
 }
 

@@ -25,6 +25,9 @@ pub enum Bench {
     /// Fine-tuning step throughput (classifier, masked SFT, LoRA) at the shapes of
     /// `../shared/bench/hf_finetune_bench.py`: ms/step, tokens/s, trainable parameters, peak RSS.
     Finetune(super::bench_finetune::Args),
+    /// `explain`'s causal sweep: direct logit attribution plus the zero ablation of every head and MLP, for a
+    /// random prompt on a random model of GPT-2 124M shapes (target: ≤ 5 s for 32 tokens).
+    Explain(super::bench_explain::Args),
 }
 
 #[derive(clap::Args)]
@@ -109,6 +112,7 @@ pub fn run(bench: Bench) -> Result<ExitCode> {
         Bench::Generate(args) => generate(args),
         Bench::Serve(args) => super::bench_serve::run(args),
         Bench::Finetune(args) => super::bench_finetune::run(args),
+        Bench::Explain(args) => super::bench_explain::run(args),
     }
 }
 

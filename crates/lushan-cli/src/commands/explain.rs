@@ -79,7 +79,41 @@ pub struct Args {
     /// Neighbours listed per --neighbors token.
     #[arg(long, default_value_t = 8, value_name = "N")]
     neighbor_count: usize,
+    /// The prediction that attribution, ablation and patching explain: the one made after prompt token N
+    /// (1-based; default: the last token).
+    #[arg(long, value_name = "N", help_heading = "Causes")]
+    position: Option<i64>,
+    /// The token whose logit is explained: one token's text, or #ID (default: the prompt's next token, or after
+    /// the last token the model's top prediction).
+    #[arg(long, value_name = "TOKEN", help_heading = "Causes")]
+    target: Option<String>,
+    /// Explain logit(target) − logit(TOKEN) instead (one token's text, or #ID). Patching compares against it
+    /// too (default there: the corrupted prompt's top prediction).
+    #[arg(long, value_name = "TOKEN", help_heading = "Causes")]
+    versus: Option<String>,
+    /// Zero-ablate each attention head and each MLP in turn and report the change of ln p(target).
+    #[arg(long, help_heading = "Causes")]
+    ablate: bool,
+    /// Also mean-ablate: each component's output replaced by its mean over every position of this text file
+    /// (implies --ablate).
+    #[arg(long, value_name = "FILE", help_heading = "Causes")]
+    reference: Option<PathBuf>,
+    /// Also report each ablation's change of the mean next-token loss over this text file (implies --ablate).
+    #[arg(long, value_name = "FILE", help_heading = "Causes")]
+    data: Option<PathBuf>,
+    /// Activation patching: a corrupted prompt with as many tokens as the prompt; clean activations are
+    /// copied into its run one at a time.
+    #[arg(long, value_name = "TEXT", help_heading = "Causes")]
+    corrupt: Option<String>,
+    /// Components named in each top list of attribution, ablation and patching.
+    #[arg(long, default_value_t = 10, value_name = "N", help_heading = "Causes")]
+    components: usize,
 }
+
+/// Largest --reference / --data file read (the ablation sweep runs over at most `MAX_TEXT_TOKENS` of it).
+const MAX_TEXT_FILE_BYTES: u64 = 16 << 20;
+/// Tokens of --reference / --data used: each costs one forward per component for --data.
+const MAX_TEXT_TOKENS: usize = 4096;
 
 pub fn run(args: Args) -> Result<ExitCode> {
     // Checks that need no model come first, so a typo fails fast.
@@ -109,7 +143,49 @@ pub fn run(args: Args) -> Result<ExitCode> {
         config.block_size
     );
     let selection = head_selection(args.layer, args.head, config.n_layer, config.n_head)?;
-    let neighbors = args.neighbors.iter().map(|token| neighbor_id(&tokenizer, token)).collect::<Result<Vec<u32>>>()?;
+    let neighbors = args
+        .neighbors
+        .iter()
+        .map(|token| single_token(&tokenizer, "--neighbors", token))
+        .collect::<Result<Vec<u32>>>()?;
+    ensure!(args.components >= 1, "--components must be at least 1 (how many components to list), got 0");
+    let target = args.target.as_deref().map(|t| single_token(&tokenizer, "--target", t)).transpose()?;
+    let versus = args.versus.as_deref().map(|t| single_token(&tokenizer, "--versus", t)).transpose()?;
+    let position = match args.position {
+        None => None,
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if (1..=prompt.len()).contains(&n) => Some(n - 1),
+            _ => bail!(
+                "--position {n} is out of range: the prompt has {} tokens (valid: 1..={})",
+                prompt.len(),
+                prompt.len()
+            ),
+        },
+    };
+    let corrupt = match args.corrupt.as_deref() {
+        None => None,
+        Some(text) => {
+            let ids = tokenizer.encode(text).context("encoding --corrupt with the model's tokenizer")?;
+            ensure!(
+                ids.len() == prompt.len(),
+                "--corrupt is {} tokens long but the prompt is {} tokens: activation patching pairs the prompts \
+                 position by position, so give a corrupted text with the same number of tokens",
+                ids.len(),
+                prompt.len()
+            );
+            Some(ids)
+        }
+    };
+    let mut text_notes = Vec::new();
+    let mut read_text = |path: &Path, flag: &str| -> Result<Vec<u32>> {
+        let (ids, total) = read_token_file(&tokenizer, path, flag)?;
+        if total > ids.len() {
+            text_notes.push(format!("note: {flag}: using the first {} of the file's {total} tokens", ids.len()));
+        }
+        Ok(ids)
+    };
+    let reference = args.reference.as_deref().map(|p| read_text(p, "--reference")).transpose()?;
+    let data = args.data.as_deref().map(|p| read_text(p, "--data")).transpose()?;
     let room = config.block_size - prompt.len();
     if args.generate > room {
         eprintln!(
@@ -126,6 +202,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         seed: args.sampling.seed,
         neighbors,
         neighbor_count: args.neighbor_count,
+        position,
+        target,
+        versus,
+        top_components: args.components,
+        ablate: args.ablate,
+        ablation_reference: reference,
+        ablation_data: data,
+        corrupt,
     };
     let token_text = |id: u32| tokenizer.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"));
     let mut explanation = explain(&model, &prompt, &token_text, &options).context("explaining --prompt")?;
@@ -145,7 +229,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Every file is written before anything is printed, so that a closed stdout (`| head`) loses no file.
     // stdout gets the JSON alone in json mode (notes then go to stderr), the summary and notes in html mode.
     let mut stdout_text = String::new();
-    let mut notes = Vec::new();
+    let mut notes = text_notes;
     match args.format {
         Format::Json => {
             let json = serde_json::to_string(&explanation).context("serialising the explanation")?;
@@ -207,31 +291,51 @@ fn head_selection(layer: Option<i64>, head: Option<i64>, n_layer: usize, n_head:
     Ok(HeadSelection::of_layer(layer, head, n_head))
 }
 
-/// The id of one `--neighbors` TOKEN: `#ID`, or text that the tokenizer turns into exactly one token.
-fn neighbor_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
+/// A --reference / --data text file as token ids (at most `MAX_TEXT_FILE_BYTES` read, at most
+/// `MAX_TEXT_TOKENS` kept) and how many tokens the whole file has.
+fn read_token_file(tokenizer: &Tokenizer, path: &Path, flag: &str) -> Result<(Vec<u32>, usize)> {
+    let size = std::fs::metadata(path).with_context(|| format!("{flag}: reading {}", path.display()))?.len();
+    ensure!(
+        size <= MAX_TEXT_FILE_BYTES,
+        "{flag}: {} is {size} bytes; at most {MAX_TEXT_FILE_BYTES} are read (only its first {MAX_TEXT_TOKENS} tokens \
+         are used): give a smaller file",
+        path.display()
+    );
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {} as UTF-8 text", path.display()))?;
+    let mut ids = tokenizer.encode(&text).with_context(|| format!("{flag}: encoding {}", path.display()))?;
+    ensure!(ids.len() >= 2, "{flag}: {} has {} token(s); give a text of at least 2 tokens", path.display(), ids.len());
+    let total = ids.len();
+    ids.truncate(MAX_TEXT_TOKENS);
+    Ok((ids, total))
+}
+
+/// The id of one TOKEN given to `flag` (`--neighbors`, `--target`, `--versus`): `#ID`, or text that the
+/// tokenizer turns into exactly one token.
+fn single_token(tokenizer: &Tokenizer, flag: &str, token: &str) -> Result<u32> {
     let vocab_size = tokenizer.vocab_size();
     if let Some(digits) = token.strip_prefix('#')
         && !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())
     {
-        let id: u32 = digits.parse().with_context(|| format!("--neighbors {token:?}: the id is too large"))?;
+        let id: u32 = digits.parse().with_context(|| format!("{flag} {token:?}: the id is too large"))?;
         ensure!(
             (id as usize) < vocab_size,
-            "--neighbors {token:?}: token id {id} is out of range (the vocabulary has ids 0..={})",
+            "{flag} {token:?}: token id {id} is out of range (the vocabulary has ids 0..={})",
             vocab_size.saturating_sub(1)
         );
         return Ok(id);
     }
-    ensure!(!token.is_empty(), "--neighbors: a TOKEN is empty; give a token's text or #ID");
+    ensure!(!token.is_empty(), "{flag}: a TOKEN is empty; give a token's text or #ID");
     let ids = tokenizer
         .encode(token)
-        .with_context(|| format!("--neighbors {token:?} is not a token of this model's vocabulary"))?;
+        .with_context(|| format!("{flag} {token:?} is not a token of this model's vocabulary"))?;
     match ids[..] {
         [id] => Ok(id),
         _ => {
             let pieces: Vec<String> = ids.iter().map(|&id| tokenizer.decode(&[id]).unwrap_or_default()).collect();
             bail!(
-                "--neighbors {token:?} is not a single token of this model's vocabulary: it encodes to {} tokens \
+                "{flag} {token:?} is not a single token of this model's vocabulary: it encodes to {} tokens \
                  {pieces:?}; give one token's text, or its id as #ID",
                 ids.len()
             )
@@ -287,12 +391,14 @@ mod tests {
     #[test]
     fn neighbours_are_single_tokens_or_ids() {
         let tokenizer = Tokenizer::from(lushan_tokenizer::CharTokenizer::from_text("abc #").unwrap());
-        assert_eq!(neighbor_id(&tokenizer, "b").unwrap(), 3);
-        assert_eq!(neighbor_id(&tokenizer, "#2").unwrap(), 2);
-        assert_eq!(neighbor_id(&tokenizer, "#").unwrap(), 1);
-        let err = format!("{:#}", neighbor_id(&tokenizer, "ab").unwrap_err());
+        assert_eq!(single_token(&tokenizer, "--neighbors", "b").unwrap(), 3);
+        assert_eq!(single_token(&tokenizer, "--neighbors", "#2").unwrap(), 2);
+        assert_eq!(single_token(&tokenizer, "--neighbors", "#").unwrap(), 1);
+        let err = format!("{:#}", single_token(&tokenizer, "--neighbors", "ab").unwrap_err());
         assert!(err.contains("--neighbors \"ab\"") && err.contains("2 tokens"), "{err}");
-        assert!(format!("{:#}", neighbor_id(&tokenizer, "#9").unwrap_err()).contains("out of range"));
-        assert!(format!("{:#}", neighbor_id(&tokenizer, "z").unwrap_err()).contains("--neighbors \"z\""));
+        assert!(format!("{:#}", single_token(&tokenizer, "--neighbors", "#9").unwrap_err()).contains("out of range"));
+        assert!(
+            format!("{:#}", single_token(&tokenizer, "--neighbors", "z").unwrap_err()).contains("--neighbors \"z\"")
+        );
     }
 }

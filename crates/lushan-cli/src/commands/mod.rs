@@ -1,6 +1,7 @@
 //! One file per subcommand, each with its `Args` and `run`.
 
 pub mod bench;
+pub mod bench_explain;
 pub mod bench_finetune;
 pub mod bench_serve;
 pub mod chat;

@@ -115,6 +115,22 @@ pub(crate) const BLUES: Colormap = Colormap(&[
     (8, 48, 107),
 ]);
 
+/// ColorBrewer's RdBu reversed, a diverging map: blue for negative, white for zero, red for positive (used
+/// with a scale symmetric around zero).
+pub(crate) const BLUE_WHITE_RED: Colormap = Colormap(&[
+    (5, 48, 97),
+    (33, 102, 172),
+    (67, 147, 195),
+    (146, 197, 222),
+    (209, 229, 240),
+    (247, 247, 247),
+    (253, 219, 199),
+    (244, 165, 130),
+    (214, 96, 77),
+    (178, 24, 43),
+    (103, 0, 31),
+]);
+
 impl Colormap {
     /// The colour at `t` in [0, 1] (clamped; NaN is 0).
     pub(crate) fn at(&self, t: f32) -> RGBColor {

@@ -158,7 +158,7 @@ pub(crate) mod fixture {
             ProjectedToken { id: 111, text: "o".to_string(), x: -0.2, y: 0.2, query: false },
             ProjectedToken { id: 60, text: "<".to_string(), x: -0.6, y: -0.4, query: false },
         ];
-        Explanation {
+        let mut explanation = Explanation {
             model: ModelSummary { n_layer, n_head, n_embd: 32, block_size: 64, vocab_size: 128 },
             tokens,
             next_token,
@@ -175,6 +175,95 @@ pub(crate) mod fixture {
             embeddings: Some(EmbeddingView { queries, pca, explained_variance: [0.6, 0.25] }),
             head_roles: Some(head_roles(n_layer, n_head)),
             features: Some(features(t)),
+            attribution: Some(attribution(t, n_layer, n_head)),
+            ablation: Some(ablation(t, n_layer, n_head)),
+            patching: Some(patching(prompt, n_layer, n_head)),
+            notice: Vec::new(),
+        };
+        explanation.notice = what_to_notice(&explanation);
+        explanation
+    }
+
+    /// Signed values per (layer, head) that differ from cell to cell.
+    fn per_head(n_layer: usize, n_head: usize, scale: f32) -> Vec<Vec<f32>> {
+        (0..n_layer)
+            .map(|l| (0..n_head).map(|h| scale * ((l * 7 + h * 3) % 5) as f32 - scale * 1.5).collect())
+            .collect()
+    }
+
+    fn e() -> TokenText {
+        TokenText { id: 0, text: "e".to_string() }
+    }
+
+    fn sweep(n_layer: usize, n_head: usize, scale: f32, first: Component) -> ComponentSweep {
+        ComponentSweep {
+            heads: per_head(n_layer, n_head, scale),
+            mlp: (0..n_layer).map(|l| scale * (l as f32 - 0.5)).collect(),
+            top: vec![ComponentValue { component: first, value: -2.0 * scale }],
+        }
+    }
+
+    fn attribution(t: usize, n_layer: usize, n_head: usize) -> Attribution {
+        Attribution {
+            position: t.saturating_sub(1),
+            target: e(),
+            versus: None,
+            total: 3.5,
+            embed: 0.4,
+            heads: per_head(n_layer, n_head, 0.8),
+            attn_bias: vec![0.05; n_layer],
+            mlp: (0..n_layer).map(|l| 1.0 - l as f32).collect(),
+            ln_final_bias: -0.1,
+            top: vec![
+                ComponentValue { component: Component::Head { layer: n_layer - 1, head: 0 }, value: 1.6 },
+                ComponentValue { component: Component::Mlp { layer: 0 }, value: 1.0 },
+            ],
+        }
+    }
+
+    fn ablation(t: usize, n_layer: usize, n_head: usize) -> Ablation {
+        let head = Component::Head { layer: 0, head: n_head - 1 };
+        Ablation {
+            position: t.saturating_sub(1),
+            target: e(),
+            clean_log_prob: -0.7,
+            zero: sweep(n_layer, n_head, 0.5, Component::Mlp { layer: 0 }),
+            mean: Some(sweep(n_layer, n_head, 0.3, head)),
+            reference_tokens: Some(120),
+            data: Some(DataAblation {
+                tokens: 200,
+                clean_loss: 2.1,
+                zero: sweep(n_layer, n_head, 0.2, head),
+                mean: None,
+            }),
+            seconds: 0.25,
+        }
+    }
+
+    fn patching(prompt: &str, n_layer: usize, n_head: usize) -> Patching {
+        let t = prompt.chars().count();
+        Patching {
+            corrupted_tokens: prompt
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i == 1 {
+                        TokenText { id: 120, text: "x".to_string() }
+                    } else {
+                        TokenText { id: c as u32, text: c.to_string() }
+                    }
+                })
+                .collect(),
+            position: t.saturating_sub(1),
+            target: e(),
+            versus: TokenText { id: 1, text: " ".to_string() },
+            clean_diff: 2.0,
+            corrupted_diff: -1.0,
+            resid: (0..n_layer)
+                .map(|l| (0..t).map(|p| if p == 1 { 1.0 - 0.3 * l as f32 } else { 0.1 * l as f32 }).collect())
+                .collect(),
+            heads: per_head(n_layer, n_head, 0.25),
+            top: vec![ComponentValue { component: Component::Head { layer: n_layer - 1, head: 0 }, value: 0.6 }],
         }
     }
 

@@ -8,6 +8,8 @@ use lushan_model::inspect::{Explanation, HeadRole, LensLayer};
 use super::pictures::knob_summary;
 use super::truncate;
 
+mod causal;
+
 /// Most positions the logit-lens summary shows (the last ones; the report has all).
 const LENS_POSITIONS: usize = 12;
 /// Width of a token column (quotes included).
@@ -43,6 +45,12 @@ pub fn summary(explanation: &Explanation) -> String {
         m.block_size,
         m.vocab_size
     );
+    if !explanation.notice.is_empty() {
+        let _ = writeln!(out, "\nWhat to notice:");
+        for notice in &explanation.notice {
+            let _ = writeln!(out, "  • {}  [report: #{}]", notice.text, notice.section);
+        }
+    }
     let _ = writeln!(out, "\nNext-token predictions (p and rank of the actual next token; surprisal in bits):");
     let _ = writeln!(
         out,
@@ -164,6 +172,7 @@ pub fn summary(explanation: &Explanation) -> String {
             let _ = writeln!(out, "  {} @{:<4} {}", pad(&here, TOKEN_WIDTH), position.position, features.join("  "));
         }
     }
+    causal::summary(&mut out, explanation);
     out
 }
 
@@ -182,7 +191,13 @@ mod tests {
         assert!(text.contains("Generated 4 tokens"));
         assert!(text.contains("Nearest tokens"));
         assert!(text.contains("Head roles") && text.contains("induction"), "{text}");
+        let notice = text.find("What to notice:").expect("a what-to-notice block");
+        assert!(notice < text.find("Next-token predictions").unwrap_or(0), "the notice is not first: {text}");
+        assert!(text.contains("The most surprising token is") && text.contains("[report: #attribution]"), "{text}");
         assert!(text.contains("Learned features") && text.contains("#7 1.50"), "{text}");
+        assert!(text.contains("Direct logit attribution of logit('e') at position 5"), "{text}");
+        assert!(text.contains("Ablation: Δ ln p('e')") && text.contains("  mean: L1H2"), "{text}");
+        assert!(text.contains("Activation patching") && text.contains("into layer 2 @ position"), "{text}");
         // One table line per position.
         assert_eq!(
             text.lines()

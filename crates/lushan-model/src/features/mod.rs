@@ -342,7 +342,7 @@ mod tests {
         sae.backward(&x, &batch, &mut grads);
         let h = 1e-3f32;
         let mut checked = 0;
-        for k in 0..sae.params.len() {
+        for (k, &grad) in grads.iter().enumerate() {
             let original = sae.params[k];
             sae.params[k] = original + h;
             let plus = sae.forward(&x, &mut batch).loss;
@@ -350,9 +350,9 @@ mod tests {
             let minus = sae.forward(&x, &mut batch).loss;
             sae.params[k] = original;
             let numeric = (plus - minus) / (2.0 * h);
-            let tolerance = 2e-2 * numeric.abs().max(grads[k].abs()).max(1.0);
-            assert!((numeric - grads[k]).abs() < tolerance, "param {k}: analytic {} numeric {numeric}", grads[k]);
-            checked += usize::from(grads[k] != 0.0);
+            let tolerance = 2e-2 * numeric.abs().max(grad.abs()).max(1.0);
+            assert!((numeric - grad).abs() < tolerance, "param {k}: analytic {grad} numeric {numeric}");
+            checked += usize::from(grad != 0.0);
         }
         assert!(checked > sae.params.len() / 2, "most gradients are non-zero ({checked})");
     }

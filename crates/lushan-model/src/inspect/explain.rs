@@ -1,10 +1,14 @@
 //! [`explain`]: one eval-mode forward pass over the prompt, and every view read from it (and one over the
 //! head-role sequence).
 
+use super::ablation::{Ablation, ablate_data, ablate_prediction, mean_outputs};
+use super::attribution::attribute;
 use super::embeddings::embedding_view;
 use super::head_roles::head_roles;
 use super::lens::{intermediate_lens, logit_lens};
+use super::notice::what_to_notice;
 use super::options::ExplainOptions;
+use super::patching::{patch, top_prediction};
 use super::predictions::next_token_numbers;
 use super::sampling_view::sampling_view;
 use super::text::token;
@@ -12,6 +16,7 @@ use super::{Attention, Explanation, ModelSummary};
 use crate::activations::Activations;
 use crate::error::{ModelError, Result};
 use crate::gpt::{Gpt, Mode};
+use std::time::Instant;
 
 /// Everything `lushan explain` shows about `prompt` (token ids): next-token predictions, attention maps,
 /// the logit lens, and — when `options` ask — a sampled continuation and embedding neighbours.
@@ -44,8 +49,78 @@ pub fn explain(
     let final_top1: Vec<u32> = predictions.iter().map(|p| p.top1().map_or(0, |top1| top1.id)).collect();
     let intermediate = intermediate_lens(model, &acts, &final_top1, options.top_k);
     let attention = attention_maps(&acts, cfg.n_head, t);
-    // The activations of a long prompt are the largest allocation here; generation needs none of them.
+
+    // The causal views explain one prediction: `position`'s, of `target`.
+    let position = options.position.unwrap_or(t - 1);
+    if position >= t {
+        return Err(ModelError::InvalidExplainOption {
+            field: "position",
+            reason: format!("{position} is out of range: the prompt has {t} tokens (positions 0..={})", t - 1),
+        });
+    }
+    let target = match (options.target, prompt.get(position + 1)) {
+        (Some(id), _) | (None, Some(&id)) => id,
+        (None, None) => final_top1[position],
+    };
+    let started = Instant::now();
+    let versus_token = options.versus.map(|id| token(id, token_text));
+    let attribution =
+        attribute(model, &acts, position, token(target, token_text), versus_token, options.top_components);
+    // The activations of a long prompt are the largest allocation here; nothing after needs them.
     drop(acts);
+    let ablation = if options.ablates() {
+        let means = options.ablation_reference.as_deref().map(|r| mean_outputs(model, r)).transpose()?;
+        let (clean_log_prob, zero, mean) =
+            ablate_prediction(model, prompt, position, target, means.as_ref(), options.top_components)?;
+        let seconds = started.elapsed().as_secs_f32();
+        let data = options
+            .ablation_data
+            .as_deref()
+            .map(|data| ablate_data(model, data, means.as_ref(), options.top_components))
+            .transpose()?;
+        Some(Ablation {
+            position,
+            target: token(target, token_text),
+            clean_log_prob,
+            zero,
+            mean,
+            reference_tokens: means.as_ref().map(|m| m.tokens),
+            data,
+            seconds,
+        })
+    } else {
+        None
+    };
+    let patching = match &options.corrupt {
+        Some(corrupted) => {
+            if corrupted.len() != t {
+                return Err(ModelError::InvalidExplainOption {
+                    field: "corrupt",
+                    reason: format!(
+                        "the corrupted prompt is {} tokens long but the prompt is {t}: patching pairs positions, \
+                         so both must have the same number of tokens",
+                        corrupted.len()
+                    ),
+                });
+            }
+            model.check_tokens(corrupted, false)?;
+            let versus = match options.versus {
+                Some(id) => id,
+                None => top_prediction(model, corrupted, position)?,
+            };
+            if versus == target {
+                return Err(ModelError::InvalidExplainOption {
+                    field: "versus",
+                    reason: format!(
+                        "the corrupted prompt's top prediction at position {position} is the target token {target} \
+                         too, so there is no logit difference to recover: give a second token to compare against"
+                    ),
+                });
+            }
+            Some(patch(model, prompt, corrupted, position, (target, versus), options.top_components, token_text)?)
+        }
+        None => None,
+    };
 
     let sampling = if options.generate > 0 {
         let view =
@@ -58,7 +133,7 @@ pub fn explain(
     let embeddings = (!options.neighbors.is_empty())
         .then(|| embedding_view(model, &options.neighbors, options.neighbor_count, token_text));
 
-    Ok(Explanation {
+    let mut explanation = Explanation {
         model: ModelSummary {
             n_layer: cfg.n_layer,
             n_head: cfg.n_head,
@@ -74,7 +149,13 @@ pub fn explain(
         embeddings,
         head_roles,
         features: None,
-    })
+        attribution: Some(attribution),
+        ablation,
+        patching,
+        notice: Vec::new(),
+    };
+    explanation.notice = what_to_notice(&explanation);
+    Ok(explanation)
 }
 
 /// `probs[layer][head][query][key]` from each layer's `att` buffer, laid out (B = 1, NH, T, T).

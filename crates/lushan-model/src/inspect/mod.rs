@@ -10,24 +10,34 @@
 
 use serde::{Deserialize, Serialize};
 
+mod ablation;
+mod attribution;
+mod components;
 mod distribution;
 mod embeddings;
 mod explain;
 mod head_roles;
 mod lens;
+mod notice;
 mod options;
+mod patching;
 mod pca;
 mod predictions;
 mod ranking;
 mod sampling_view;
 mod text;
 
+pub use ablation::{Ablation, DataAblation};
+pub use attribution::Attribution;
+pub use components::{Component, ComponentSweep, ComponentValue};
 pub use explain::explain;
 pub use head_roles::{
     HEAD_ROLES_SEED, HEAD_ROLES_SEGMENT, HeadDetection, HeadRole, HeadRoles, HeadScore, detect_heads,
     detection_pattern, head_roles, head_score, repeated_random_tokens,
 };
+pub use notice::{Notice, what_to_notice};
 pub use options::ExplainOptions;
+pub use patching::Patching;
 
 /// Everything `explain` shows about one prompt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +60,18 @@ pub struct Explanation {
     /// Present with `--features DIR`: each position's most active features of a sparse autoencoder.
     #[serde(default)]
     pub features: Option<crate::features::FeatureView>,
+    /// Direct logit attribution of the explained prediction (always computed by `explain`).
+    #[serde(default)]
+    pub attribution: Option<Attribution>,
+    /// Present when the ablation sweep ran (`--ablate`, `--reference`, `--data`).
+    #[serde(default)]
+    pub ablation: Option<Ablation>,
+    /// Present with a corrupted prompt (`--corrupt TEXT`).
+    #[serde(default)]
+    pub patching: Option<Patching>,
+    /// "What to notice": sentences read off the views above, each naming its report section.
+    #[serde(default)]
+    pub notice: Vec<Notice>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

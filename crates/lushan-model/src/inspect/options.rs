@@ -20,15 +20,53 @@ pub struct ExplainOptions {
     pub neighbors: Vec<u32>,
     /// Neighbours listed per queried token.
     pub neighbor_count: usize,
+    /// The prediction the causal views (attribution, ablation, patching) explain: the one made at this
+    /// prompt position (0-based; default: the last).
+    pub position: Option<usize>,
+    /// The token whose logit is attributed (default: the token the prompt has next, or at the last position
+    /// the model's top prediction).
+    pub target: Option<u32>,
+    /// A second token: attribution and patching then explain `logit(target) − logit(versus)`.
+    pub versus: Option<u32>,
+    /// Components named in each top list of attribution, ablation and patching.
+    pub top_components: usize,
+    /// Zero-ablate every head and MLP (also implied by `ablation_reference` and `ablation_data`).
+    pub ablate: bool,
+    /// A text (token ids) whose mean head / MLP outputs replace the ablated ones: adds mean ablation.
+    pub ablation_reference: Option<Vec<u32>>,
+    /// A text (token ids) over which each ablation's change of the mean loss is measured.
+    pub ablation_data: Option<Vec<u32>>,
+    /// A corrupted prompt of the same token length: patch clean activations into it.
+    pub corrupt: Option<Vec<u32>>,
 }
 
 impl Default for ExplainOptions {
     fn default() -> Self {
-        Self { top_k: 5, generate: 0, sampling: Sampling::default(), seed: 0, neighbors: Vec::new(), neighbor_count: 8 }
+        Self {
+            top_k: 5,
+            generate: 0,
+            sampling: Sampling::default(),
+            seed: 0,
+            neighbors: Vec::new(),
+            neighbor_count: 8,
+            position: None,
+            target: None,
+            versus: None,
+            top_components: 10,
+            ablate: false,
+            ablation_reference: None,
+            ablation_data: None,
+            corrupt: None,
+        }
     }
 }
 
 impl ExplainOptions {
+    /// Whether the ablation sweep runs.
+    pub fn ablates(&self) -> bool {
+        self.ablate || self.ablation_reference.is_some() || self.ablation_data.is_some()
+    }
+
     /// Rejects options that have no meaning for `config`'s model, naming the option.
     pub fn validate(&self, config: &ModelConfig) -> Result<()> {
         if self.top_k == 0 {
@@ -38,7 +76,31 @@ impl ExplainOptions {
             });
         }
         self.sampling.validate()?;
+        if self.top_components == 0 {
+            return Err(ModelError::InvalidExplainOption {
+                field: "top_components",
+                reason: "must be at least 1 (how many components to list)".into(),
+            });
+        }
         let vocab_size = config.vocab_size;
+        let out_of_vocab = |field: &'static str, id: u32| ModelError::InvalidExplainOption {
+            field,
+            reason: format!(
+                "token id {id} is out of range: the model's vocabulary has {vocab_size} tokens (ids 0..={})",
+                vocab_size.saturating_sub(1)
+            ),
+        };
+        for (field, id) in [("target", self.target), ("versus", self.versus)] {
+            if let Some(id) = id.filter(|&id| id as usize >= vocab_size) {
+                return Err(out_of_vocab(field, id));
+            }
+        }
+        if self.versus.is_some() && self.versus == self.target {
+            return Err(ModelError::InvalidExplainOption {
+                field: "versus",
+                reason: "is the target token itself: the logit difference would be 0; give another token".into(),
+            });
+        }
         if let Some(&id) = self.neighbors.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(ModelError::InvalidExplainOption {
                 field: "neighbors",

@@ -3,6 +3,7 @@
 //! scatter plot and the head-roles maps. They draw with the shared toolkit in `crate::draw`.
 
 mod attention;
+mod causal;
 mod embeddings;
 mod head_roles;
 mod logit_lens;
@@ -17,6 +18,7 @@ use super::{HeadSelection, label};
 pub use crate::draw::canvas::Picture;
 use crate::draw::ensure_font;
 pub use attention::{attention_grid, attention_head};
+pub use causal::{ablation_map, attribution_map, patching_heads_map, patching_map};
 pub use embeddings::embedding_scatter;
 pub use head_roles::head_roles;
 pub use logit_lens::logit_lens;
@@ -36,6 +38,9 @@ pub struct Pictures {
     pub sampling: Option<Picture>,
     pub embeddings: Option<Picture>,
     pub head_roles: Option<Picture>,
+    /// Direct logit attribution, then the ablation maps (zero, mean), then the patching maps (residual
+    /// stream, heads): each present when the explanation has the numbers.
+    pub causal: Vec<Picture>,
 }
 
 impl Pictures {
@@ -47,6 +52,7 @@ impl Pictures {
         all.extend(&self.sampling);
         all.extend(&self.embeddings);
         all.extend(&self.head_roles);
+        all.extend(&self.causal);
         all
     }
 }
@@ -68,7 +74,27 @@ pub fn draw_all(explanation: &Explanation, selection: &HeadSelection) -> Result<
         sampling: explanation.sampling.as_ref().map(sampling_bars).transpose().context("drawing the sampling view")?,
         embeddings: explanation.embeddings.as_ref().map(embedding_scatter).transpose().context("drawing the PCA")?,
         head_roles: explanation.head_roles.as_ref().map(head_roles).transpose().context("drawing the head roles")?,
+        causal: causal_pictures(explanation)?,
     })
+}
+
+/// The pictures of the causal views the explanation has, in report order.
+fn causal_pictures(explanation: &Explanation) -> Result<Vec<Picture>> {
+    let mut pictures = Vec::new();
+    if let Some(attribution) = &explanation.attribution {
+        pictures.push(attribution_map(explanation, attribution).context("drawing the attribution map")?);
+    }
+    if let Some(ablation) = &explanation.ablation {
+        pictures.push(ablation_map(explanation, ablation, false).context("drawing the zero-ablation map")?);
+        if ablation.mean.is_some() {
+            pictures.push(ablation_map(explanation, ablation, true).context("drawing the mean-ablation map")?);
+        }
+    }
+    if let Some(patching) = &explanation.patching {
+        pictures.push(patching_map(explanation, patching).context("drawing the patching map")?);
+        pictures.push(patching_heads_map(patching).context("drawing the head-patching map")?);
+    }
+    Ok(pictures)
 }
 
 pub(crate) fn token_labels(explanation: &Explanation) -> Vec<String> {
@@ -106,7 +132,9 @@ mod tests {
         let explanation = fixture::explanation("ROMEO: But soft, what light", 2, 3);
         let selection = HeadSelection::of_layer(1, None, 3);
         let pictures = draw_all(&explanation, &selection).unwrap();
-        assert_eq!(pictures.all().len(), 1 + 1 + 3 + 1 + 1 + 1 + 1);
+        // surprisal, grid, 3 heads, lens, sampling, PCA, head roles, attribution, zero + mean ablation, 2 patching
+        // maps.
+        assert_eq!(pictures.all().len(), 1 + 1 + 3 + 1 + 1 + 1 + 1 + 1 + 2 + 2);
         for picture in pictures.all() {
             check(picture);
         }

@@ -1,0 +1,113 @@
+//! The parts of the network the causal views (attribution, ablation, patching) name, and the ways they
+//! run several edited forwards of one prompt as the elements of one batch.
+
+use crate::activations::Activations;
+use crate::error::Result;
+use crate::gpt::{Gpt, Mode};
+use crate::intervene::Edit;
+use serde::{Deserialize, Serialize};
+
+/// One part of the network whose output is added to the residual stream. Layers and heads are 0-based
+/// here; [`Component::label`] names them 1-based, as `lushan explain --layer/--head` count.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Component {
+    /// Token + position embedding.
+    Embed,
+    /// One attention head (its `z` through its slice of the output projection, without the bias).
+    Head { layer: usize, head: usize },
+    /// A layer's attention output-projection bias.
+    AttnBias { layer: usize },
+    /// A layer's MLP output, its bias included.
+    Mlp { layer: usize },
+    /// The final layer norm's bias.
+    LnFinalBias,
+}
+
+impl Component {
+    /// A short 1-based name: `embed`, `L2H3` (layer 2, head 3), `L2 attn bias`, `L2 MLP`, `ln_f bias`.
+    pub fn label(&self) -> String {
+        match *self {
+            Component::Embed => "embed".to_string(),
+            Component::Head { layer, head } => format!("L{}H{}", layer + 1, head + 1),
+            Component::AttnBias { layer } => format!("L{} attn bias", layer + 1),
+            Component::Mlp { layer } => format!("L{} MLP", layer + 1),
+            Component::LnFinalBias => "ln_f bias".to_string(),
+        }
+    }
+}
+
+/// A component and a number about it (a logit contribution, a change of log-probability or loss, a
+/// recovered fraction).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ComponentValue {
+    pub component: Component,
+    pub value: f32,
+}
+
+/// One number per head and per MLP, from a sweep that edits one of them at a time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ComponentSweep {
+    /// `heads[layer][head]`, 0-based.
+    pub heads: Vec<Vec<f32>>,
+    /// One per layer.
+    pub mlp: Vec<f32>,
+    /// The largest values by magnitude, largest first.
+    pub top: Vec<ComponentValue>,
+}
+
+impl ComponentSweep {
+    /// From values in sweep order: per layer, its heads then its MLP (`n_head + 1` values a layer).
+    pub(super) fn from_layers(per_layer: &[Vec<f32>], top_n: usize) -> Self {
+        let heads: Vec<Vec<f32>> = per_layer.iter().map(|v| v[..v.len() - 1].to_vec()).collect();
+        let mlp: Vec<f32> = per_layer.iter().map(|v| v[v.len() - 1]).collect();
+        let mut all = Vec::new();
+        for (layer, (layer_heads, &mlp_value)) in heads.iter().zip(&mlp).enumerate() {
+            for (head, &value) in layer_heads.iter().enumerate() {
+                all.push(ComponentValue { component: Component::Head { layer, head }, value });
+            }
+            all.push(ComponentValue { component: Component::Mlp { layer }, value: mlp_value });
+        }
+        let top = super::attribution::largest(all, top_n);
+        Self { heads, mlp, top }
+    }
+}
+
+/// Rows (batch × positions) one batched forward of a sweep holds at most: enough rows for the matrix
+/// products to run at full speed, few enough that the buffers (a vocabulary-wide row each for the logits)
+/// stay small.
+const MAX_BATCH_ROWS: usize = 512;
+
+/// Runs `inputs` (T tokens) once unedited, then once per variant with that variant's edits, `B` variants
+/// at a time as the elements of one batch (each edit restricted to its element). Returns what `read`
+/// reads from the buffers for the unedited run (element 0) and for each variant, in order.
+///
+/// `targets` (T, [`IGNORE_INDEX`](lushan_kernels::crossentropy::IGNORE_INDEX) where not wanted) are the
+/// same for every element. Variants sorted from the last layer to the first reuse the most: each batch
+/// recomputes only from the first layer its edits touch.
+pub(super) fn run_variants<R>(
+    model: &Gpt,
+    inputs: &[u32],
+    targets: &[u32],
+    variants: &[Vec<Edit>],
+    mut read: impl FnMut(&Activations, usize) -> R,
+) -> Result<(R, Vec<R>)> {
+    let t = inputs.len();
+    let b = variants.len().clamp(1, (MAX_BATCH_ROWS / t.max(1)).max(1));
+    let mut acts = Activations::new(&model.config, b, t)?;
+    let batch_inputs: Vec<u32> = inputs.repeat(b);
+    let batch_targets: Vec<u32> = targets.repeat(b);
+    model.forward(&mut acts, &batch_inputs, Some(&batch_targets), Mode::Eval)?;
+    let clean = read(&acts, 0);
+    let mut results = Vec::with_capacity(variants.len());
+    for chunk in variants.chunks(b) {
+        let edits: Vec<Edit> = chunk
+            .iter()
+            .enumerate()
+            .flat_map(|(element, edits)| edits.iter().map(move |e| Edit { batch: Some(element), ..e.clone() }))
+            .collect();
+        model.forward_edited(&mut acts, &batch_inputs, Some(&batch_targets), &edits)?;
+        results.extend((0..chunk.len()).map(|element| read(&acts, element)));
+    }
+    Ok((clean, results))
+}
