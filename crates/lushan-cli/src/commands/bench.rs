@@ -26,7 +26,7 @@ pub enum Bench {
     /// `../shared/bench/hf_finetune_bench.py`: ms/step, tokens/s, trainable parameters, peak RSS.
     Finetune(super::bench_finetune::Args),
     /// `explain`'s causal sweep: direct logit attribution plus the zero ablation of every head and MLP, for a
-    /// random prompt on a random model of GPT-2 124M shapes (target: ≤ 5 s for 32 tokens).
+    /// random prompt on a random model of GPT-2 124M shapes.
     Explain(super::bench_explain::Args),
 }
 
