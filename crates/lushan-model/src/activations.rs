@@ -274,6 +274,27 @@ impl Activations {
         fit(&mut self.scratch.dhead_in, rows * self.dims.c);
     }
 
+    /// Every element of this batch made to hold the residual streams of `single`'s one sequence (an unedited
+    /// eval forward of the same length), so that an edited forward of that sequence repeated in the batch
+    /// starts at its first edited layer without running the layers before it B times.
+    pub(crate) fn broadcast_clean_streams(&mut self, single: &Activations) {
+        if single.b != 1 || single.t != self.t {
+            self.clean_layers = 0;
+            return;
+        }
+        let row = single.encoded.len();
+        for (element, chunk) in self.encoded.chunks_exact_mut(row).enumerate().take(self.b) {
+            chunk.copy_from_slice(&single.encoded);
+            self.inputs[element * self.t..(element + 1) * self.t].copy_from_slice(&single.inputs);
+        }
+        for (layer, from) in self.layers.iter_mut().zip(&single.layers) {
+            for chunk in layer.residual3.chunks_exact_mut(row).take(self.b) {
+                chunk.copy_from_slice(&from.residual3);
+            }
+        }
+        self.clean_layers = single.clean_layers;
+    }
+
     pub fn batch_size(&self) -> usize {
         self.b
     }

@@ -83,8 +83,10 @@ const MAX_BATCH_ROWS: usize = 512;
 /// reads from the buffers for the unedited run (element 0) and for each variant, in order.
 ///
 /// `targets` (T, [`IGNORE_INDEX`](lushan_kernels::crossentropy::IGNORE_INDEX) where not wanted) are the
-/// same for every element. Variants sorted from the last layer to the first reuse the most: each batch
-/// recomputes only from the first layer its edits touch.
+/// same for every element. The unedited run is one sequence, its residual streams copied into every
+/// element; a batch holds variants whose first edited layer is the same (B = the largest such group that
+/// fits), so each batch recomputes exactly the layers from there on — variants sorted from the last layer to
+/// the first never recompute a layer for a neighbour's sake.
 pub(super) fn run_variants<R>(
     model: &Gpt,
     inputs: &[u32],
@@ -93,14 +95,29 @@ pub(super) fn run_variants<R>(
     mut read: impl FnMut(&Activations, usize) -> R,
 ) -> Result<(R, Vec<R>)> {
     let t = inputs.len();
-    let b = variants.len().clamp(1, (MAX_BATCH_ROWS / t.max(1)).max(1));
+    let first_layer = |edits: &Vec<Edit>| edits.iter().map(|e| e.site.layer()).min().unwrap_or(usize::MAX);
+    // Runs of consecutive variants with the same first edited layer, each cut to what one batch holds.
+    let max_b = (MAX_BATCH_ROWS / t.max(1)).max(1);
+    let mut groups: Vec<&[Vec<Edit>]> = Vec::new();
+    let mut rest = variants;
+    while let Some(first) = rest.first() {
+        let layer = first_layer(first);
+        let same = rest.iter().take(max_b).take_while(|v| first_layer(v) == layer).count();
+        let (group, tail) = rest.split_at(same.max(1));
+        groups.push(group);
+        rest = tail;
+    }
+    let b = groups.iter().map(|g| g.len()).max().unwrap_or(1);
+
+    let mut single = Activations::new(&model.config, 1, t)?;
+    model.forward(&mut single, inputs, Some(targets), Mode::Eval)?;
+    let clean = read(&single, 0);
     let mut acts = Activations::new(&model.config, b, t)?;
     let batch_inputs: Vec<u32> = inputs.repeat(b);
     let batch_targets: Vec<u32> = targets.repeat(b);
-    model.forward(&mut acts, &batch_inputs, Some(&batch_targets), Mode::Eval)?;
-    let clean = read(&acts, 0);
+    acts.broadcast_clean_streams(&single);
     let mut results = Vec::with_capacity(variants.len());
-    for chunk in variants.chunks(b) {
+    for chunk in groups {
         let edits: Vec<Edit> = chunk
             .iter()
             .enumerate()
