@@ -246,7 +246,7 @@ fn measure_sgemm_ceiling() -> f64 {
     2.0 * (n * n * n) as f64 / best
 }
 
-/// Model shapes for `bench generate`.
+/// Model shapes for `bench generate` and `bench explain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Shape {
     /// GPT-2 124M: 12 layers, 12 heads, 768 channels, context 1024, vocabulary 50257.
@@ -257,19 +257,46 @@ enum Shape {
     BabyGpt,
 }
 
+/// The random model a bench runs: a preset shape, parts of it overridden by flags.
 #[derive(clap::Args)]
-pub struct GenerateArgs {
+pub struct ShapeArgs {
     /// Model shape; the flags below override parts of it.
     #[arg(long, value_enum, default_value_t = Shape::Gpt2)]
     preset: Shape,
+    /// Transformer blocks [default: the preset's].
     #[arg(long)]
     n_layer: Option<usize>,
+    /// Attention heads per block [default: the preset's].
     #[arg(long)]
     n_head: Option<usize>,
+    /// Embedding width [default: the preset's].
     #[arg(long)]
     n_embd: Option<usize>,
+    /// Vocabulary size [default: the preset's].
     #[arg(long)]
     vocab_size: Option<usize>,
+}
+
+impl ShapeArgs {
+    /// The preset's configuration with the flags' overrides (not yet validated).
+    pub fn config(&self) -> ModelConfig {
+        let mut cfg = match self.preset {
+            Shape::Gpt2 => ModelConfig::gpt2(),
+            Shape::ShakespeareChar => ModelConfig::shakespeare_char(65),
+            Shape::BabyGpt => ModelConfig::baby_gpt(65),
+        };
+        cfg.n_layer = self.n_layer.unwrap_or(cfg.n_layer);
+        cfg.n_head = self.n_head.unwrap_or(cfg.n_head);
+        cfg.n_embd = self.n_embd.unwrap_or(cfg.n_embd);
+        cfg.vocab_size = self.vocab_size.unwrap_or(cfg.vocab_size);
+        cfg
+    }
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    shape: ShapeArgs,
     /// Context length [default: the preset's, raised to fit the prompt and the new tokens].
     #[arg(long)]
     block_size: Option<usize>,
@@ -299,15 +326,7 @@ pub(super) fn median(xs: &[f64]) -> f64 {
 
 /// What `generate` models, resolved from the preset and the flags.
 fn generate_config(args: &GenerateArgs) -> Result<ModelConfig> {
-    let mut cfg = match args.preset {
-        Shape::Gpt2 => ModelConfig::gpt2(),
-        Shape::ShakespeareChar => ModelConfig::shakespeare_char(65),
-        Shape::BabyGpt => ModelConfig::baby_gpt(65),
-    };
-    cfg.n_layer = args.n_layer.unwrap_or(cfg.n_layer);
-    cfg.n_head = args.n_head.unwrap_or(cfg.n_head);
-    cfg.n_embd = args.n_embd.unwrap_or(cfg.n_embd);
-    cfg.vocab_size = args.vocab_size.unwrap_or(cfg.vocab_size);
+    let mut cfg = args.shape.config();
     let needed = args.prompt_tokens + args.new_tokens;
     cfg.block_size = args.block_size.unwrap_or(cfg.block_size.max(needed));
     if args.prompt_tokens == 0 || args.repeats == 0 {
@@ -359,7 +378,7 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let weight_bytes = 4 * model.num_params();
     println!(
         "bench generate: {:?} shape (L{} H{} C{} V{} T{}), {} params = {:.1} MB of f32 weights, {threads} threads",
-        args.preset,
+        args.shape.preset,
         cfg.n_layer,
         cfg.n_head,
         cfg.n_embd,
@@ -425,7 +444,7 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     };
     println!(
         "JSON {}",
-        serde_json::json!({"bench": "generate", "batch": args.batch, "batched_tokens_per_second": batched, "preset": format!("{:?}", args.preset), "params": model.num_params(),
+        serde_json::json!({"bench": "generate", "batch": args.batch, "batched_tokens_per_second": batched, "preset": format!("{:?}", args.shape.preset), "params": model.num_params(),
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
             "block_size": cfg.block_size, "threads": threads, "prompt_tokens": p, "new_tokens": n,
             "repeats": args.repeats, "prefill_ms": prefill * 1e3, "prefill_tokens_per_second": p as f64 / prefill,

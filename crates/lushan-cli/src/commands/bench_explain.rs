@@ -1,11 +1,11 @@
 //! `lushan bench explain`: the time of `explain`'s causal sweep — direct logit attribution and the zero
 //! ablation of every attention head and MLP — for a random prompt on a randomly initialised model (GPT-2
-//! 124M shapes by default). The target is ≤ 5 s for a 32-token prompt on GPT-2 124M.
+//! 124M shapes by default).
 
 use anyhow::{Context, Result, ensure};
 use lushan_kernels::rng::Rng;
+use lushan_model::Gpt;
 use lushan_model::inspect::{ExplainOptions, explain};
-use lushan_model::{Gpt, ModelConfig};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -17,18 +17,8 @@ pub struct Args {
     /// Timed runs (the figure is the fastest; each run is a whole `explain` with the sweep).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Transformer blocks [default: GPT-2 124M's 12].
-    #[arg(long)]
-    n_layer: Option<usize>,
-    /// Attention heads per block [default: 12].
-    #[arg(long)]
-    n_head: Option<usize>,
-    /// Embedding width [default: 768].
-    #[arg(long)]
-    n_embd: Option<usize>,
-    /// Vocabulary size [default: 50257].
-    #[arg(long)]
-    vocab_size: Option<usize>,
+    #[command(flatten)]
+    shape: super::bench::ShapeArgs,
     /// Also mean-ablate (means over a random reference text as long as the prompt).
     #[arg(long)]
     mean: bool,
@@ -38,11 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
-    let mut config = ModelConfig::gpt2();
-    config.n_layer = args.n_layer.unwrap_or(config.n_layer);
-    config.n_head = args.n_head.unwrap_or(config.n_head);
-    config.n_embd = args.n_embd.unwrap_or(config.n_embd);
-    config.vocab_size = args.vocab_size.unwrap_or(config.vocab_size);
+    let mut config = args.shape.config();
     config.dropout = 0.0;
     ensure!(
         (1..=config.block_size).contains(&args.prompt_tokens),
