@@ -7,6 +7,7 @@ use std::time::Instant;
 use lushan_kernels::adamw::AdamW;
 use lushan_kernels::rng::Rng;
 use lushan_model::features::{Sae, SaeBatch, residual_stream};
+use lushan_model::inspect::loss_windows;
 use lushan_model::intervene::{Edit, Site};
 use lushan_model::{Activations, Gpt, Mode};
 use serde::Serialize;
@@ -65,11 +66,21 @@ pub fn collect_residuals(model: &Gpt, tokens: &[u32], layer: usize, max_rows: us
     }
     let c = cfg.n_embd;
     let mut out = Vec::with_capacity(rows.checked_mul(c).ok_or_else(|| invalid("data", "too many tokens".into()))?);
-    let window = cfg.block_size;
-    let mut acts = Activations::with_lora(cfg, 1, window.min(rows), model.lora_shape())?;
-    for chunk in tokens[..rows].chunks(window) {
-        acts.reshape(1, chunk.len())?;
-        model.forward(&mut acts, chunk, None, Mode::Eval)?;
+    let window = cfg.block_size.min(rows);
+    // Whole windows go through the model a batch at a time (bigger products run nearer the GEMM's peak);
+    // the residual stream of a batch is its windows' rows in order.
+    const WINDOWS_PER_BATCH: usize = 16;
+    let mut acts =
+        Activations::with_lora(cfg, WINDOWS_PER_BATCH.min(rows / window).max(1), window, model.lora_shape())?;
+    let whole = rows / window * window;
+    let batches = tokens[..whole].chunks(window * WINDOWS_PER_BATCH).map(|batch| (batch.len() / window, window));
+    let tail = (whole < rows).then_some((1, rows - whole));
+    let mut offset = 0;
+    for (b, t) in batches.chain(tail) {
+        let inputs = &tokens[offset..offset + b * t];
+        offset += b * t;
+        acts.reshape(b, t)?;
+        model.forward(&mut acts, inputs, None, Mode::Eval)?;
         let stream = residual_stream(&acts, layer).ok_or_else(|| invalid("layer", format!("{layer}")))?;
         out.extend_from_slice(stream);
     }
@@ -116,8 +127,8 @@ pub fn train_sae(
             return Err(invalid("l1/lr", format!("the SAE's loss became {} at step {step}", loss.loss)));
         }
         final_loss = loss.loss;
-        for (i, hit) in fired.iter_mut().enumerate() {
-            *hit |= batch.features.iter().skip(i).step_by(f).any(|&a| a > 0.0);
+        for &i in &batch.active_features {
+            fired[i as usize] = true;
         }
         sae.backward(&x, &batch, &mut grads);
         adam.update(&mut sae.params, &grads, &mut m, &mut v, step);
@@ -144,7 +155,7 @@ pub fn train_sae(
         .map(|row| row.iter().zip(&mean).map(|(&v, m)| (f64::from(v) - m).powi(2)).sum::<f64>())
         .sum();
     let error_sum = f64::from(loss.mse_sum) * heldout as f64;
-    let dead_features = (0..f).filter(|&i| !batch.features.iter().skip(i).step_by(f).any(|&a| a > 0.0)).count();
+    let dead_features = batch.fired(f).iter().filter(|&&hit| !hit).count();
     Ok(SaeReport {
         steps: settings.steps,
         train_rows: train_n,
@@ -252,24 +263,29 @@ pub fn splice_losses(model: &Gpt, sae: &Sae, tokens: &[u32]) -> Result<SpliceRep
     if tokens.len() < 2 {
         return Err(invalid("data", "at least 2 tokens are needed to measure the loss".into()));
     }
-    let mut acts = Activations::with_lora(cfg, 1, window.min(tokens.len() - 1), model.lora_shape())?;
+    // The windows `explain --data` measures its loss over, a batch of equally long ones per forward.
+    const WINDOWS_PER_BATCH: usize = 16;
+    let windows: Vec<&[u32]> = loss_windows(tokens, window).collect();
+    let mut acts = Activations::with_lora(cfg, WINDOWS_PER_BATCH, window.min(tokens.len() - 1), model.lora_shape())?;
     let mut batch = SaeBatch::default();
     let (mut clean, mut spliced, mut zeroed, mut counted) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    for chunk in tokens.chunks(window + 1).filter(|c| c.len() >= 2) {
-        let (inputs, targets) = (&chunk[..chunk.len() - 1], &chunk[1..]);
-        acts.reshape(1, inputs.len())?;
-        let weight = inputs.len() as f64;
-        let loss = model.forward_edited(&mut acts, inputs, Some(targets), &[])?.unwrap_or(f32::NAN);
-        clean += f64::from(loss) * weight;
-        let stream = residual_stream(&acts, layer).ok_or_else(|| invalid("layer", format!("{layer}")))?.to_vec();
-        sae.forward(&stream, &mut batch);
-        let edit = Edit::set(site, None, None, batch.reconstruction.clone());
-        spliced +=
-            f64::from(model.forward_edited(&mut acts, inputs, Some(targets), &[edit])?.unwrap_or(f32::NAN)) * weight;
-        let edit = Edit::zero(site);
-        zeroed +=
-            f64::from(model.forward_edited(&mut acts, inputs, Some(targets), &[edit])?.unwrap_or(f32::NAN)) * weight;
-        counted += inputs.len();
+    for group in windows.chunk_by(|a, b| a.len() == b.len()) {
+        for part in group.chunks(WINDOWS_PER_BATCH) {
+            let t = part[0].len() - 1;
+            let inputs: Vec<u32> = part.iter().flat_map(|w| &w[..t]).copied().collect();
+            let targets: Vec<u32> = part.iter().flat_map(|w| &w[1..]).copied().collect();
+            acts.reshape(part.len(), t)?;
+            let loss = |edits: &[Edit], acts: &mut Activations| -> Result<f64> {
+                let loss = model.forward_edited(acts, &inputs, Some(&targets), edits)?.unwrap_or(f32::NAN);
+                Ok(f64::from(loss) * inputs.len() as f64)
+            };
+            clean += loss(&[], &mut acts)?;
+            let stream = residual_stream(&acts, layer).ok_or_else(|| invalid("layer", format!("{layer}")))?.to_vec();
+            sae.forward(&stream, &mut batch);
+            spliced += loss(&[Edit::set(site, None, None, batch.reconstruction.clone())], &mut acts)?;
+            zeroed += loss(&[Edit::zero(site)], &mut acts)?;
+            counted += inputs.len();
+        }
     }
     let n = counted.max(1) as f64;
     let (clean, spliced, zeroed) = (clean / n, spliced / n, zeroed / n);
@@ -292,9 +308,10 @@ pub fn top_activations(sae: &Sae, rows: &[f32], k: usize) -> Vec<Vec<(f32, usize
     const BLOCK: usize = 4096;
     for (b, block) in rows.chunks(BLOCK * c).enumerate() {
         sae.encode(block, &mut batch);
-        for (r, feats) in batch.features.chunks_exact(f).enumerate() {
-            for (i, &a) in feats.iter().enumerate() {
-                let list = &mut top[i];
+        for r in 0..block.len() / c {
+            let (features, values) = batch.row(r);
+            for (&i, &a) in features.iter().zip(values) {
+                let list = &mut top[i as usize];
                 if a > 0.0 && (list.len() < k || list.last().is_some_and(|&(least, _)| a > least)) {
                     let at = list.partition_point(|&(other, _)| other >= a);
                     list.insert(at, (a, b * BLOCK + r));
@@ -347,6 +364,11 @@ mod tests {
         let tokens: Vec<u32> = (0..19).map(|i| i % 20).collect();
         let rows = collect_residuals(&model, &tokens, 2, 100).unwrap();
         assert_eq!(rows.len(), 19 * 8);
+        // Batched windows give each window's own stream: the tail window (tokens 16..19) run alone.
+        let mut acts = Activations::new(&model.config, 1, 3).unwrap();
+        model.forward(&mut acts, &tokens[16..], None, Mode::Eval).unwrap();
+        let alone = residual_stream(&acts, 2).unwrap();
+        assert!(rows[16 * 8..].iter().zip(alone).all(|(a, b)| (a - b).abs() < 1e-5));
         assert_eq!(collect_residuals(&model, &tokens, 0, 5).unwrap().len(), 5 * 8);
         let err = collect_residuals(&model, &tokens, 3, 100).unwrap_err().to_string();
         assert!(err.contains("layer") && err.contains("0..=2"), "{err}");
@@ -368,7 +390,17 @@ mod tests {
             sae.params[r.w_dec.start + (8 + i) * 8 + i] = -1.0;
         }
         let report = splice_losses(&model, &sae, &tokens).unwrap();
-        assert_eq!(report.tokens, 8 + 8 + 8 + 2); // windows of 9 tokens: 9, 9, 9 and the last 3
+        // Every token after the first is a target once: windows of 8 inputs sharing one token, then 5 inputs.
+        assert_eq!(report.tokens, 29);
+        let mut acts = Activations::new(&model.config, 1, 8).unwrap();
+        let mut expected = 0.0f64;
+        for window in loss_windows(&tokens, 8) {
+            let t = window.len() - 1;
+            acts.reshape(1, t).unwrap();
+            let loss = model.forward(&mut acts, &window[..t], Some(&window[1..]), Mode::Eval).unwrap().unwrap();
+            expected += f64::from(loss) * t as f64 / 29.0;
+        }
+        assert!((report.clean_loss - expected as f32).abs() < 1e-5, "{report:?} vs {expected}");
         assert!((report.spliced_loss - report.clean_loss).abs() < 1e-4, "{report:?}");
         assert!((report.loss_preserved - 1.0).abs() < 1e-3, "{report:?}");
         // A zero SAE reconstructs only b_pre = 0: the same as the zero ablation.

@@ -102,8 +102,74 @@ pub struct SaeBatch {
     pub centred: Vec<f32>,
     /// Feature activations after ReLU, (N, F).
     pub features: Vec<f32>,
+    /// The active (f > 0) features of every row, compressed by row: row `n`'s are
+    /// `active_features[active_rows[n]..active_rows[n + 1]]` with values `active_values[…]`.
+    pub active_rows: Vec<usize>,
+    pub active_features: Vec<u32>,
+    pub active_values: Vec<f32>,
     /// Reconstructions, (N, C).
     pub reconstruction: Vec<f32>,
+}
+
+impl SaeBatch {
+    /// Whether feature `i` fired on any row, for every feature (F flags), from the compressed rows.
+    pub fn fired(&self, n_features: usize) -> Vec<bool> {
+        let mut fired = vec![false; n_features];
+        for &i in &self.active_features {
+            fired[i as usize] = true;
+        }
+        fired
+    }
+
+    /// Applies the ReLU to the pre-activations in `features` (N, F) and compresses the rows: the scan is
+    /// split over the workers, each collecting its rows' active features, then the pieces are joined in row
+    /// order.
+    fn relu_and_compress(&mut self, f: usize) {
+        let n = self.features.len() / f.max(1);
+        let chunk_rows = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let pieces: Vec<(Vec<usize>, Vec<u32>, Vec<f32>)> = self
+            .features
+            .par_chunks_mut(chunk_rows * f)
+            .map(|rows| {
+                let mut counts = Vec::with_capacity(rows.len() / f);
+                let (mut indices, mut values) = (vec![0u32; rows.len()], vec![0.0f32; rows.len()]);
+                let mut kept = 0;
+                for row in rows.chunks_exact_mut(f) {
+                    let before = kept;
+                    // Branch-free: every feature is written at the cursor, which moves past the active ones
+                    // only (about half of them are active early in training, so a branch would mispredict).
+                    for (i, a) in row.iter_mut().enumerate() {
+                        *a = a.max(0.0);
+                        indices[kept] = i as u32;
+                        values[kept] = *a;
+                        kept += usize::from(*a > 0.0);
+                    }
+                    counts.push(kept - before);
+                }
+                indices.truncate(kept);
+                values.truncate(kept);
+                (counts, indices, values)
+            })
+            .collect();
+        self.active_rows.clear();
+        self.active_rows.push(0);
+        self.active_features.clear();
+        self.active_values.clear();
+        for (counts, indices, values) in pieces {
+            for count in counts {
+                let last = self.active_rows[self.active_rows.len() - 1];
+                self.active_rows.push(last + count);
+            }
+            self.active_features.extend_from_slice(&indices);
+            self.active_values.extend_from_slice(&values);
+        }
+    }
+
+    /// Row `n`'s active features and their values.
+    pub fn row(&self, n: usize) -> (&[u32], &[f32]) {
+        let span = self.active_rows[n]..self.active_rows[n + 1];
+        (&self.active_features[span.clone()], &self.active_values[span])
+    }
 }
 
 /// Loss terms of one batch, each a mean over its rows.
@@ -196,102 +262,169 @@ impl Sae {
         });
         batch.features.resize(n * f, 0.0);
         matmul::forward(&mut batch.features, &batch.centred, p.w_enc, Some(p.b_enc), c, f);
-        batch.features.par_iter_mut().for_each(|a| *a = a.max(0.0));
+        batch.relu_and_compress(f);
     }
 
     /// Forward over `x` (N, C): features, reconstruction and the loss terms.
     pub fn forward(&self, x: &[f32], batch: &mut SaeBatch) -> SaeLoss {
-        let (c, f) = (self.config.n_embd, self.config.n_features);
+        let c = self.config.n_embd;
         let n = (x.len() / c).max(1);
         self.encode(x, batch);
         let p = self.parts();
-        let norms: Vec<f32> = p.w_dec.par_chunks(c).map(|d| d.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
-        batch.reconstruction.resize(x.len(), 0.0);
+        let norms = decoder_norms(p.w_dec, c);
+        let mut reconstruction = std::mem::take(&mut batch.reconstruction);
+        reconstruction.resize(x.len(), 0.0);
         // x̂_n = b_pre + Σ_{i active} f_ni d_i, visiting only the active features.
-        let (mse_sum, sparsity, l0) = batch
-            .reconstruction
+        let (mse_sum, sparsity, l0) = reconstruction
             .par_chunks_mut(c)
-            .zip(batch.features.par_chunks(f))
             .zip(x.par_chunks(c))
-            .map(|((out, feats), row)| {
+            .enumerate()
+            .map(|(row, (out, xs))| {
                 out.copy_from_slice(p.b_pre);
-                let (mut sparsity, mut active) = (0.0f64, 0u32);
-                for (i, &a) in feats.iter().enumerate() {
-                    if a > 0.0 {
-                        let d = &p.w_dec[i * c..(i + 1) * c];
-                        out.iter_mut().zip(d).for_each(|(o, v)| *o += a * v);
-                        sparsity += f64::from(a * norms[i]);
-                        active += 1;
-                    }
+                let (features, values) = batch.row(row);
+                let mut sparsity = 0.0f64;
+                for (&i, &a) in features.iter().zip(values) {
+                    let i = i as usize;
+                    axpy(out, a, &p.w_dec[i * c..(i + 1) * c]);
+                    sparsity += f64::from(a * norms[i]);
                 }
-                let mse: f64 = out.iter().zip(row).map(|(o, v)| f64::from(o - v).powi(2)).sum();
-                (mse, sparsity, f64::from(active))
+                let mse: f64 = out.iter().zip(xs).map(|(o, v)| f64::from(o - v).powi(2)).sum();
+                (mse, sparsity, features.len() as f64)
             })
             .reduce(|| (0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+        batch.reconstruction = reconstruction;
         let n = n as f64;
         let (mse_sum, sparsity, l0) = ((mse_sum / n) as f32, (sparsity / n) as f32, (l0 / n) as f32);
         SaeLoss { loss: mse_sum + self.config.l1 * sparsity, mse_sum, sparsity, l0 }
     }
 
     /// Gradient of the last [`Sae::forward`]'s loss into `grads` (overwritten; the flat layout).
+    ///
+    /// Two sparse passes, each writing only what it owns, so no worker needs a private copy of the
+    /// gradient: a pass over rows (`e_n`, every `∂L/∂a_ni` of an active feature, and `∂L/∂b_pre`), then a
+    /// pass over features, which visits each feature's active rows (the compressed rows transposed) and
+    /// writes that feature's encoder row, bias and decoder row.
     pub fn backward(&self, x: &[f32], batch: &SaeBatch, grads: &mut [f32]) {
         let (c, f) = (self.config.n_embd, self.config.n_features);
         let n = x.len() / c;
         let scale = 2.0 / n.max(1) as f32;
         let l1_scale = self.config.l1 / n.max(1) as f32;
         let p = self.parts();
-        let r = self.layout();
-        let norms: Vec<f32> = p.w_dec.par_chunks(c).map(|d| d.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
-        // Rows are split into one chunk per worker; each accumulates its own gradient, then they are added.
+        let norms = decoder_norms(p.w_dec, c);
+        let active = batch.active_features.len();
+
+        // Rows: e_n = (2/N)(x̂_n − x_n); ∂L/∂a_ni = e_n·d_i + (l1/N)‖d_i‖ for active i (ReLU passes it);
+        // ∂L/∂b_pre = Σ_n [e_n − Σ_i ∂L/∂a_ni W_enc[i]].
+        let mut errors = vec![0.0f32; n * c];
+        let mut pre_grads = vec![0.0f32; active];
         let chunk_rows = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let zero = || (vec![0.0f32; grads.len()], vec![0.0f32; f]);
-        let (mut total, feature_sums) = (0..n.div_ceil(chunk_rows))
-            .into_par_iter()
-            .map(|chunk| {
-                let (mut g, mut fsum) = zero();
-                let mut e = vec![0.0f32; c];
+        let mut pieces = Vec::new();
+        let mut rest = pre_grads.as_mut_slice();
+        for first in (0..n).step_by(chunk_rows) {
+            let last = (first + chunk_rows).min(n);
+            let (piece, tail) = rest.split_at_mut(batch.active_rows[last] - batch.active_rows[first]);
+            pieces.push(piece);
+            rest = tail;
+        }
+        let b_pre_grad = errors
+            .par_chunks_mut(chunk_rows * c)
+            .zip(pieces.into_par_iter())
+            .enumerate()
+            .map(|(chunk, (error_rows, pre_grads))| {
+                let mut g = vec![0.0f32; c];
                 let mut dxc = vec![0.0f32; c];
-                for row in chunk * chunk_rows..((chunk + 1) * chunk_rows).min(n) {
-                    let xs = &x[row * c..(row + 1) * c];
-                    let recon = &batch.reconstruction[row * c..(row + 1) * c];
-                    let xc = &batch.centred[row * c..(row + 1) * c];
-                    let feats = &batch.features[row * f..(row + 1) * f];
+                let mut k = 0;
+                for (r, e) in error_rows.chunks_exact_mut(c).enumerate() {
+                    let row = chunk * chunk_rows + r;
+                    let (xs, recon) = (&x[row * c..(row + 1) * c], &batch.reconstruction[row * c..(row + 1) * c]);
                     e.iter_mut().zip(recon.iter().zip(xs)).for_each(|(e, (a, b))| *e = scale * (a - b));
                     dxc.fill(0.0);
-                    for (i, &a) in feats.iter().enumerate() {
-                        if a <= 0.0 {
-                            continue;
-                        }
-                        let d = &p.w_dec[i * c..(i + 1) * c];
-                        let da = e.iter().zip(d).map(|(e, d)| e * d).sum::<f32>() + l1_scale * norms[i];
-                        fsum[i] += a;
-                        let gd = &mut g[r.w_dec.start + i * c..r.w_dec.start + (i + 1) * c];
-                        gd.iter_mut().zip(&e).for_each(|(g, e)| *g += a * e);
-                        let ge = &mut g[r.w_enc.start + i * c..r.w_enc.start + (i + 1) * c];
-                        ge.iter_mut().zip(xc).for_each(|(g, v)| *g += da * v);
-                        g[r.b_enc.start + i] += da;
-                        let we = &p.w_enc[i * c..(i + 1) * c];
-                        dxc.iter_mut().zip(we).for_each(|(g, w)| *g += da * w);
+                    for &i in batch.row(row).0 {
+                        let i = i as usize;
+                        let da = dot(e, &p.w_dec[i * c..(i + 1) * c]) + l1_scale * norms[i];
+                        pre_grads[k] = da;
+                        k += 1;
+                        axpy(&mut dxc, da, &p.w_enc[i * c..(i + 1) * c]);
                     }
-                    g[r.b_pre.clone()].iter_mut().zip(e.iter().zip(&dxc)).for_each(|(g, (e, d))| *g += e - d);
+                    g.iter_mut().zip(e.iter().zip(&dxc)).for_each(|(g, (e, d))| *g += e - d);
                 }
-                (g, fsum)
+                g
             })
-            .reduce(zero, |(mut ga, mut fa), (gb, fb)| {
-                ga.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
-                fa.iter_mut().zip(&fb).for_each(|(a, b)| *a += b);
-                (ga, fa)
-            });
-        // The penalty's pull on the decoder norms: (l1/N) (Σ_n f_ni) d_i/‖d_i‖.
-        for (i, (&sum, &norm)) in feature_sums.iter().zip(&norms).enumerate() {
-            if sum > 0.0 && norm > 0.0 {
-                let d = &p.w_dec[i * c..(i + 1) * c];
-                let gd = &mut total[r.w_dec.start + i * c..r.w_dec.start + (i + 1) * c];
-                gd.iter_mut().zip(d).for_each(|(g, v)| *g += l1_scale * sum * v / norm);
+            .reduce(
+                || vec![0.0f32; c],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+
+        // The compressed rows transposed: for each feature, the (row, entry) pairs where it is active.
+        let mut feature_start = vec![0usize; f + 1];
+        for &i in &batch.active_features {
+            feature_start[i as usize + 1] += 1;
+        }
+        for i in 0..f {
+            feature_start[i + 1] += feature_start[i];
+        }
+        let mut cursor = feature_start.clone();
+        let mut entries = vec![(0u32, 0u32); active];
+        for row in 0..n {
+            for k in batch.active_rows[row]..batch.active_rows[row + 1] {
+                let i = batch.active_features[k] as usize;
+                entries[cursor[i]] = (row as u32, k as u32);
+                cursor[i] += 1;
             }
         }
-        grads.copy_from_slice(&total);
+
+        // Features: ∂L/∂W_enc[i] = Σ_n ∂L/∂a_ni xc_n, ∂L/∂b_enc[i] = Σ_n ∂L/∂a_ni,
+        // ∂L/∂d_i = Σ_n f_ni e_n + (l1/N)(Σ_n f_ni) d_i/‖d_i‖.
+        let (b_pre_g, rest) = grads.split_at_mut(c);
+        let (w_enc_g, rest) = rest.split_at_mut(f * c);
+        let (b_enc_g, w_dec_g) = rest.split_at_mut(f);
+        b_pre_g.copy_from_slice(&b_pre_grad);
+        w_enc_g.par_chunks_mut(c).zip(w_dec_g.par_chunks_mut(c)).zip(b_enc_g.par_iter_mut()).enumerate().for_each(
+            |(i, ((ge, gd), gb))| {
+                ge.fill(0.0);
+                gd.fill(0.0);
+                let (mut bias, mut activity) = (0.0f32, 0.0f32);
+                for &(row, k) in &entries[feature_start[i]..feature_start[i + 1]] {
+                    let (row, k) = (row as usize, k as usize);
+                    let (a, da) = (batch.active_values[k], pre_grads[k]);
+                    axpy(gd, a, &errors[row * c..(row + 1) * c]);
+                    axpy(ge, da, &batch.centred[row * c..(row + 1) * c]);
+                    bias += da;
+                    activity += a;
+                }
+                *gb = bias;
+                if activity > 0.0 && norms[i] > 0.0 {
+                    axpy(gd, l1_scale * activity / norms[i], &p.w_dec[i * c..(i + 1) * c]);
+                }
+            },
+        );
     }
+}
+
+/// `‖d_i‖` for every decoder row.
+fn decoder_norms(w_dec: &[f32], c: usize) -> Vec<f32> {
+    w_dec.par_chunks(c).map(|d| dot(d, d).sqrt()).collect()
+}
+
+/// `y += a·x`.
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// `x·y`, in eight partial sums so the compiler can keep them in one vector register.
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut partial = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xc.zip(yc) {
+        for j in 0..8 {
+            partial[j] += a[j] * b[j];
+        }
+    }
+    partial.iter().sum::<f32>() + tail
 }
 
 /// The residual stream entering block `layer` of the last forward, (B·T, C): the embeddings for layer 0,
@@ -375,6 +508,19 @@ mod tests {
             }
         }
         assert!(loss.l0 > 0.0 && loss.l0 <= 8.0);
+        // The compressed rows list exactly the positive features, in order.
+        for n in 0..3 {
+            let dense: Vec<(u32, f32)> = (0..8)
+                .filter(|&i| batch.features[n * 8 + i] > 0.0)
+                .map(|i| (i as u32, batch.features[n * 8 + i]))
+                .collect();
+            let (features, values) = batch.row(n);
+            assert_eq!(dense, features.iter().copied().zip(values.iter().copied()).collect::<Vec<_>>());
+        }
+        assert_eq!(batch.active_rows.len(), 4);
+        assert!(
+            batch.fired(8).iter().enumerate().all(|(i, &hit)| hit == (0..3).any(|n| batch.features[n * 8 + i] > 0.0))
+        );
     }
 
     #[test]

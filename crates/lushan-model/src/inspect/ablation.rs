@@ -112,8 +112,9 @@ pub(super) fn ablate_prediction(
 }
 
 /// The text cut into windows the model can read: inputs of up to `block_size` tokens, each followed by its
-/// next token as the target.
-fn windows(tokens: &[u32], block_size: usize) -> impl Iterator<Item = &[u32]> {
+/// next token as the target. Consecutive windows share one token (the last target of one is the first input
+/// of the next), so every token after the first is a target exactly once.
+pub fn loss_windows(tokens: &[u32], block_size: usize) -> impl Iterator<Item = &[u32]> {
     let step = block_size.max(1);
     (0..tokens.len().saturating_sub(1))
         .step_by(step)
@@ -136,7 +137,7 @@ pub(super) fn ablate_data(model: &Gpt, data: &[u32], mean: Option<&MeanOutputs>,
     let mut clean_sum = 0.0f64;
     let mut sums = vec![0.0f64; variants.len()];
     let mut tokens = 0usize;
-    for window in windows(data, model.config.block_size) {
+    for window in loss_windows(data, model.config.block_size) {
         let (inputs, targets) = (&window[..window.len() - 1], &window[1..]);
         let t = inputs.len();
         let loss_sum = |acts: &Activations, element: usize| -> f64 {

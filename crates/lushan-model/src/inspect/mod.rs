@@ -27,7 +27,7 @@ mod ranking;
 mod sampling_view;
 mod text;
 
-pub use ablation::{Ablation, DataAblation};
+pub use ablation::{Ablation, DataAblation, loss_windows};
 pub use attribution::Attribution;
 pub use components::{Component, ComponentSweep, ComponentValue};
 pub use explain::explain;
