@@ -2,7 +2,7 @@
 //! and the matmul choice (our matrixmultiply path vs the `gemm` crate vs the naive twin) at GPT shapes.
 //! Prints figures; asserts nothing (speed is measured, never tested).
 
-use lushan_kernels::{attention, gelu, gemv, layernorm, matmul, rng::Rng};
+use lushan_kernels::{attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
 use std::time::Instant;
 
 fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
@@ -124,6 +124,35 @@ fn main() {
             matmul::forward(&mut out, &x, &w, None, c, oc)
         });
         println!("{:>58} {:.1} GB/s weights streamed", "", (c * oc * 4) as f64 / secs / 1e9);
+    }
+    println!("-- quantized decode products (weights read as Q8_0 / Q4_0 blocks; input quantized to Q8_0)");
+    for (n, c, oc) in [(1, 768, 2304), (1, 3072, 768), (1, 768, 50257), (4, 768, 50257)] {
+        let x = random(n * c, &mut rng);
+        let w = random(oc * c, &mut rng);
+        let mut out = vec![0.0; n * oc];
+        let f32_secs = time(&format!("f32  {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            matmul::forward(&mut out, &x, &w, None, c, oc)
+        });
+        let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q8_0(&w, &mut q8);
+        let q8_secs = time(&format!("q8_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            quant::dot::matmul(&mut out, &x, &q8, None, c, oc)
+        });
+        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q4_0(&w, &mut q4);
+        let q4_secs = time(&format!("q4_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            quant::dot::matmul(&mut out, &x, &q4, None, c, oc)
+        });
+        let gb = |bytes_per_weight: f64, secs: f64| (c * oc) as f64 * bytes_per_weight / secs / 1e9;
+        println!(
+            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×)",
+            "",
+            gb(4.0, f32_secs),
+            gb(34.0 / 32.0, q8_secs),
+            f32_secs / q8_secs,
+            gb(18.0 / 32.0, q4_secs),
+            f32_secs / q4_secs
+        );
     }
     // One GPT-2 124M decode step's products in order (12 × qkv, proj, fc, fc_proj, then the tied output
     // layer): ≈0.5 GB, larger than the caches, so this is the DRAM-bound figure decode can reach.

@@ -23,6 +23,7 @@ pub mod gelu;
 pub mod gemv;
 pub mod layernorm;
 pub mod matmul;
+pub mod quant;
 pub mod reduce;
 pub mod residual;
 pub mod rng;
