@@ -69,6 +69,10 @@ pub struct Activations {
     /// How many leading layers (with the embeddings) hold an unedited eval-mode forward of `inputs`, so that
     /// [`Gpt::forward_edited`](crate::Gpt::forward_edited) can start at the first edited layer. 0 when unknown.
     pub(crate) clean_layers: usize,
+    /// Set by a reader of counted rows only (explain's sweeps): an eval forward with some targets ignored
+    /// then runs the last block past its attention on the counted rows alone, leaving the other rows of
+    /// the last residual stream stale.
+    pub(crate) last_block_rows_only: bool,
 }
 
 /// Gradient and temporary buffers shared across layers.
@@ -175,6 +179,7 @@ impl Activations {
             counted_rows: Vec::new(),
             scratch: Scratch::default(),
             clean_layers: 0,
+            last_block_rows_only: false,
         };
         acts.resize_all(b, t);
         Ok(acts)

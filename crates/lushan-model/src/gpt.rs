@@ -3,15 +3,14 @@
 //! `forward` is a list of kernel calls per layer; `backward` is that list reversed, each step naming the
 //! forward line it undoes.
 
-use crate::activations::Activations;
-use crate::activations::LoraShape;
+use crate::activations::{Activations, LayerActs, LoraShape, Scratch};
 use crate::adapter_pass::{self, Adapter};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
 use crate::head;
 use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
-use crate::params::{ParamKind, ParamLayout, init_gpt2};
+use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_kernels::{attention, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
 
@@ -247,6 +246,12 @@ impl Gpt {
             Mode::Eval => Rng::new(0),
         };
         let score_w: &[f32] = self.lora.as_ref().and_then(Lora::score).unwrap_or(p.score);
+        // Readers that asked for it and read only the counted rows' logits skip the rest of the last block.
+        let last_block_rows_only = acts.last_block_rows_only
+            && matches!(mode, Mode::Eval)
+            && self.lora.is_none()
+            && matches!(cfg.head, Head::LanguageModel)
+            && !acts.counted_rows.is_empty();
         acts.inputs.copy_from_slice(inputs);
         let Activations {
             encoded,
@@ -292,6 +297,10 @@ impl Gpt {
             attention::forward(&mut a.atty, &mut a.att, &a.qkv, t, c, nh);
             for head in 0..nh {
                 intervene::apply(edits, Site::HeadZ { layer: l, head }, &mut a.atty, cfg, b, t);
+            }
+            if last_block_rows_only && l + 1 == cfg.n_layer {
+                last_block_on_rows(a, x, &w, edits, counted_rows, scratch, cfg, l, t);
+                break;
             }
             matmul::forward(&mut scratch.branch, &a.atty, w.attn_proj_w, Some(w.attn_proj_b), c, c);
             if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
@@ -610,5 +619,46 @@ fn linear_backward(
     match dweights {
         Some((dw, db)) => matmul::backward(Some(dx), dw, Some(db), dy, x, w, c, oc),
         None => matmul::backward_input(dx, dy, w, c, oc),
+    }
+}
+
+/// The last block past its attention (the head outputs `a.atty`, already edited) for `rows` only, for a
+/// forward whose reader needs only those rows' logits: the output projection, the MLP and both residual
+/// adds run on the gathered rows, and their results are scattered into the block's output stream
+/// `a.residual3`. Its other rows, and the first rows of the block's later buffers (which hold the compact
+/// rows), are left stale. Eval mode, no adapters.
+#[allow(clippy::too_many_arguments)]
+fn last_block_on_rows(
+    a: &mut LayerActs,
+    x: &[f32],
+    w: &Layer<&[f32]>,
+    edits: &[Edit],
+    rows: &[usize],
+    scratch: &mut Scratch,
+    cfg: &ModelConfig,
+    layer: usize,
+    t: usize,
+) {
+    let (c, k, eps) = (cfg.n_embd, rows.len(), cfg.layer_norm_epsilon);
+    let (gathered, branch) = (&mut scratch.branch2[..k * c], &mut scratch.branch[..k * c]);
+    head::gather_rows(gathered, &a.atty, rows.iter().copied(), c);
+    matmul::forward(branch, gathered, w.attn_proj_w, Some(w.attn_proj_b), c, c);
+    intervene::apply_rows(edits, Site::AttnOut { layer }, branch, rows, cfg, t);
+    head::gather_rows(gathered, x, rows.iter().copied(), c);
+    let residual2 = &mut a.residual2[..k * c];
+    residual::forward(residual2, gathered, branch);
+    let (ln2, mean, rstd) = (&mut a.ln2[..k * c], &mut a.ln2_mean[..k], &mut a.ln2_rstd[..k]);
+    layernorm::forward(ln2, mean, rstd, residual2, w.ln2_w, w.ln2_b, c, eps);
+    let (fch, fch_gelu) = (&mut a.fch[..k * 4 * c], &mut a.fch_gelu[..k * 4 * c]);
+    matmul::forward(fch, ln2, w.fc_w, Some(w.fc_b), c, 4 * c);
+    gelu::forward(fch_gelu, fch);
+    matmul::forward(branch, fch_gelu, w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+    intervene::apply_rows(edits, Site::MlpOut { layer }, branch, rows, cfg, t);
+    for (i, &r) in rows.iter().enumerate() {
+        let out = &mut a.residual3[r * c..(r + 1) * c];
+        out.iter_mut()
+            .zip(&residual2[i * c..(i + 1) * c])
+            .zip(&branch[i * c..(i + 1) * c])
+            .for_each(|((o, x), y)| *o = x + y);
     }
 }

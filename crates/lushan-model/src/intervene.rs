@@ -120,25 +120,46 @@ impl Edit {
 pub(crate) fn apply(edits: &[Edit], site: Site, buf: &mut [f32], cfg: &ModelConfig, b: usize, t: usize) {
     let c = cfg.n_embd;
     for edit in edits.iter().filter(|e| e.site == site) {
-        let (offset, width) = site.channels(cfg);
         let batches = edit.batch.map_or(0..b, |x| x..x + 1);
-        let mut row_index = 0;
         for bi in batches {
             let positions = edit.position.map_or(0..t, |x| x..x + 1);
             for ti in positions {
-                let row = &mut buf[(bi * t + ti) * c + offset..][..width];
-                match &edit.patch {
-                    Patch::Zero => row.fill(0.0),
-                    Patch::Set(values) if values.len() == width => row.copy_from_slice(values),
-                    Patch::Set(values) => row.copy_from_slice(&values[row_index * width..][..width]),
-                }
-                row_index += 1;
+                patch_row(edit, &mut buf[(bi * t + ti) * c..][..c], bi, ti, cfg, t);
             }
         }
     }
 }
 
-/// Whether any edit of `edits` is at `site` (so the common case of none costs one scan).
+/// [`apply`] on a compact buffer that holds only `rows` (indices into the b·t rows), in that order.
+pub(crate) fn apply_rows(edits: &[Edit], site: Site, buf: &mut [f32], rows: &[usize], cfg: &ModelConfig, t: usize) {
+    let c = cfg.n_embd;
+    for edit in edits.iter().filter(|e| e.site == site) {
+        for (k, &r) in rows.iter().enumerate() {
+            let (bi, ti) = (r / t, r % t);
+            if edit.batch.is_none_or(|x| x == bi) && edit.position.is_none_or(|x| x == ti) {
+                patch_row(edit, &mut buf[k * c..][..c], bi, ti, cfg, t);
+            }
+        }
+    }
+}
+
+/// Writes `edit`'s patch into one row (C values) of its site's buffer: the row of batch element `bi`,
+/// position `ti`, which the edit selects. A patch with one value row per selected row takes the row at
+/// the index of (`bi`, `ti`) among the selected rows, in (batch, position) order.
+fn patch_row(edit: &Edit, row: &mut [f32], bi: usize, ti: usize, cfg: &ModelConfig, t: usize) {
+    let (offset, width) = edit.site.channels(cfg);
+    let row = &mut row[offset..][..width];
+    match &edit.patch {
+        Patch::Zero => row.fill(0.0),
+        Patch::Set(values) if values.len() == width => row.copy_from_slice(values),
+        Patch::Set(values) => {
+            let positions = if edit.position.is_some() { 1 } else { t };
+            let index = edit.batch.map_or(bi, |_| 0) * positions + edit.position.map_or(ti, |_| 0);
+            row.copy_from_slice(&values[index * width..][..width]);
+        }
+    }
+}
+
 pub(crate) fn touches(edits: &[Edit], site: Site) -> bool {
     edits.iter().any(|e| e.site == site)
 }

@@ -116,6 +116,8 @@ pub(super) fn run_variants<R>(
     let batch_inputs: Vec<u32> = inputs.repeat(b);
     let batch_targets: Vec<u32> = targets.repeat(b);
     acts.broadcast_clean_streams(&single);
+    // Every reader here reads the counted rows (or, with no target ignored, every row).
+    acts.last_block_rows_only = true;
     let mut results = Vec::with_capacity(variants.len());
     for chunk in groups {
         let edits: Vec<Edit> = chunk
@@ -127,4 +129,47 @@ pub(super) fn run_variants<R>(
         results.extend((0..chunk.len()).map(|element| read(&acts, element)));
     }
     Ok((clean, results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::intervene::Site;
+    use lushan_kernels::crossentropy::IGNORE_INDEX;
+
+    /// The batched sweep (the last block on the counted rows only, unedited layers reused) reads the same
+    /// log-probabilities as separate full passes, with edits in the last block of every kind and selection.
+    #[test]
+    fn the_batched_sweep_equals_separate_full_passes() {
+        let model = Gpt::new(ModelConfig::new(23, 8, 3, 2, 16), 3).unwrap();
+        let (t, c, last) = (7, 16, 2);
+        let inputs: Vec<u32> = (0..t as u32).map(|i| (i * 5 + 2) % 23).collect();
+        let mut targets = vec![IGNORE_INDEX; t];
+        targets[4] = 9;
+        let row = |seed: f32| (0..c).map(|i| (i as f32 * 0.37 + seed).sin()).collect::<Vec<f32>>();
+        let variants: Vec<Vec<Edit>> = vec![
+            vec![Edit::zero(Site::MlpOut { layer: last })],
+            vec![Edit::set(Site::AttnOut { layer: last }, None, Some(4), row(1.0))],
+            vec![Edit::set(Site::MlpOut { layer: last }, None, None, (0..t).flat_map(|p| row(p as f32)).collect())],
+            vec![Edit::zero(Site::HeadZ { layer: last, head: 1 })],
+            vec![Edit::set(Site::AttnOut { layer: last }, None, Some(3), row(2.0))],
+            vec![Edit::zero(Site::HeadZ { layer: 1, head: 0 }), Edit::zero(Site::MlpOut { layer: last })],
+            vec![Edit::zero(Site::ResidPre { layer: 0 })],
+        ];
+        let log_prob = |acts: &Activations, element: usize| -acts.losses[element * t + 4];
+        let (clean, results) = run_variants(&model, &inputs, &targets, &variants, log_prob).unwrap();
+        let mut alone = Activations::new(&model.config, 1, t).unwrap();
+        model.forward(&mut alone, &inputs, Some(&targets), Mode::Eval).unwrap();
+        assert!((clean - log_prob(&alone, 0)).abs() < 1e-6);
+        for (edits, &batched) in variants.iter().zip(&results) {
+            let mut acts = Activations::new(&model.config, 1, t).unwrap();
+            model.forward_edited(&mut acts, &inputs, Some(&targets), edits).unwrap();
+            let full = log_prob(&acts, 0);
+            assert!((batched - full).abs() < 1e-5, "{edits:?}: batched {batched}, full pass {full}");
+        }
+        // The edits at position 3 do not reach position 4's prediction through the last block's own
+        // position-wise layers, but the one at position 4 does.
+        assert!((results[1] - clean).abs() > 1e-4);
+    }
 }
