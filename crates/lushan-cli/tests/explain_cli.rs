@@ -258,6 +258,7 @@ fn bench_explain_prints_the_sweep_time() {
     let out = ok(&[&args[..], &["--prompt-tokens", "8", "--repeats", "1", "--mean"]].concat());
     assert!(out.stdout.contains("8-token prompt, 12 ablations (zero + mean)"), "{}", out.stdout);
     assert!(out.stdout.contains("best: attribution + ablation sweep"), "{}", out.stdout);
+    assert!(out.stdout.contains("% of the sgemm ceiling measured in this run"), "{}", out.stdout);
 }
 
 #[test]

@@ -232,7 +232,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
 }
 
 /// Best of a few 768³ matrix products through the same matmul kernel the model uses.
-fn measure_sgemm_ceiling() -> f64 {
+pub(super) fn measure_sgemm_ceiling() -> f64 {
     let n = 768;
     let a = vec![0.5f32; n * n];
     let w = vec![0.25f32; n * n];

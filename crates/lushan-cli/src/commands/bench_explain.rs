@@ -70,5 +70,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
         1000.0 * best_sweep / variants as f64,
         rayon::current_num_threads()
     );
+    let flops = sweep_flops(&config, args.prompt_tokens, if args.mean { 2 } else { 1 });
+    let ceiling = super::bench::measure_sgemm_ceiling();
+    println!(
+        "work: ≈ {:.0} GFLOP of matrix products in the sweep → {:.1} GFLOP/s = {:.0} % of the sgemm ceiling measured \
+         in this run ({:.1} GFLOP/s at 768×768×768)",
+        flops / 1e9,
+        flops / best_sweep / 1e9,
+        100.0 * flops / best_sweep / ceiling,
+        ceiling / 1e9
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Matrix-product FLOPs of the sweep as `explain` runs it: one unedited pass of the prompt, then per sweep
+/// and layer `l` one batch of `n_head + 1` variants (the layer's heads and its MLP) that recomputes layers
+/// `l..` for every position — the last block past its attention only at the explained position — and the
+/// output layer at the explained position.
+fn sweep_flops(cfg: &lushan_model::ModelConfig, t: usize, sweeps: usize) -> f64 {
+    let (c, l, v) = (cfg.n_embd as f64, cfg.n_layer, cfg.vocab_size as f64);
+    let t = t as f64;
+    let qkv_and_attention = 2.0 * 3.0 * c * c + 2.0 * t * c; // per row (causal: half of QKᵀ and of A·V)
+    let rest_of_block = 2.0 * (c * c + 8.0 * c * c); // per row: output projection, MLP
+    let head = 2.0 * c * v; // per explained row
+    let clean = t * l as f64 * (qkv_and_attention + rest_of_block) + head;
+    let b = (cfg.n_head + 1) as f64;
+    let per_sweep: f64 = (0..l)
+        .map(|first| {
+            let full_layers = (l - 1 - first) as f64;
+            b * t * full_layers * (qkv_and_attention + rest_of_block)
+                + b * t * qkv_and_attention
+                + b * (rest_of_block + head)
+        })
+        .sum();
+    clean + sweeps as f64 * per_sweep
 }
