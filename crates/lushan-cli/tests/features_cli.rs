@@ -53,6 +53,7 @@ fn features_train_then_explain_shows_them_and_bad_input_is_named() {
     let (dir, data, a, b) = setup("features-cli");
     let out = ok(&features_train(&a, &data, "1", &["--expansion", "2"]));
     assert!(out.stdout.contains("activations/s") && out.stdout.contains("fraction of variance unexplained"), "{out:?}");
+    assert!(out.stdout.contains("allows at most") && out.stdout.contains("sgemm ceiling measured now"), "{out:?}");
     let sae_dir = a.join("features").join("layer-1");
     for file in ["sae.safetensors", "sae.json", "contexts.json"] {
         assert!(sae_dir.join(file).is_file(), "{file}");

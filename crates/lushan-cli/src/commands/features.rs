@@ -186,6 +186,17 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         cfg.n_embd,
         load.as_deref().unwrap_or("unknown")
     );
+    // The encoder is one dense product per activation (2·C·F FLOPs) whatever the sparsity: at the
+    // machine's GEMM ceiling it alone bounds the rate.
+    let ceiling = super::bench::measure_sgemm_ceiling();
+    let encoder_flops = 2.0 * cfg.n_embd as f64 * n_features as f64;
+    println!(
+        "the dense encoder product alone ({:.0} kFLOP an activation) allows at most {:.0} activations/s at the sgemm \
+         ceiling measured now ({:.1} GFLOP/s)",
+        encoder_flops / 1e3,
+        ceiling / encoder_flops,
+        ceiling / 1e9
+    );
     println!("wrote the sparse autoencoder to {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
