@@ -23,6 +23,11 @@ const CHANNELS_PER_TASK: usize = 64;
 pub trait QuantBlock: Copy + Send + Sync {
     /// `Σ_k w_k·x_k` over whole rows of blocks (`w.len() == x.len()`).
     fn dot(w: &[Self], x: &[BlockQ8_0]) -> f32;
+    /// [`QuantBlock::dot`] of four weight rows with one input row (each input block loaded once for the
+    /// four); each result is bit-identical to its row's own `dot`.
+    fn dot4(w: [&[Self]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+        w.map(|w| Self::dot(w, x))
+    }
     /// The block's 32 weights as integers (their scale apart).
     fn integers(&self) -> [i8; BLOCK];
     fn scale(&self) -> f32;
@@ -31,6 +36,10 @@ pub trait QuantBlock: Copy + Send + Sync {
 impl QuantBlock for BlockQ8_0 {
     fn dot(w: &[Self], x: &[BlockQ8_0]) -> f32 {
         dot_q8_0(w, x)
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    fn dot4(w: [&[Self]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+        avx2::dot_rows(w, x)
     }
     fn integers(&self) -> [i8; BLOCK] {
         self.qs
@@ -43,6 +52,10 @@ impl QuantBlock for BlockQ8_0 {
 impl QuantBlock for BlockQ4_0 {
     fn dot(w: &[Self], x: &[BlockQ8_0]) -> f32 {
         dot_q4_0(w, x)
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    fn dot4(w: [&[Self]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+        avx2::dot_rows(w, x)
     }
     fn integers(&self) -> [i8; BLOCK] {
         self.unpack()
@@ -127,6 +140,71 @@ mod avx2 {
         }
     }
 
+    /// A weight block as 32 signed bytes in a register, and its scale's f16 bits.
+    pub(super) trait Load {
+        /// # Safety
+        /// AVX2 must be available (it is compiled in wherever this module is).
+        unsafe fn integers(&self) -> __m256i;
+        fn scale_bits(&self) -> u16;
+    }
+
+    impl Load for BlockQ8_0 {
+        #[inline(always)]
+        unsafe fn integers(&self) -> __m256i {
+            // SAFETY: reads the 32 bytes of `qs`; unaligned loads accept any address.
+            unsafe { _mm256_loadu_si256(self.qs.as_ptr().cast()) }
+        }
+        fn scale_bits(&self) -> u16 {
+            self.d
+        }
+    }
+
+    impl Load for BlockQ4_0 {
+        #[inline(always)]
+        unsafe fn integers(&self) -> __m256i {
+            // SAFETY: reads the 16 bytes of `qs`; register operations otherwise. Weights 0..15 are the low
+            // nibbles, 16..31 the high ones, each minus 8.
+            unsafe {
+                let bytes = _mm_loadu_si128(self.qs.as_ptr().cast());
+                let both = _mm256_set_m128i(_mm_srli_epi16::<4>(bytes), bytes);
+                _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8))
+            }
+        }
+        fn scale_bits(&self) -> u16 {
+            self.d
+        }
+    }
+
+    /// An f16 scale to f32 with F16C (exact, as every f16 is an f32).
+    #[inline(always)]
+    unsafe fn f16_to_f32(bits: u16) -> f32 {
+        // SAFETY: F16C is compiled in wherever this is called (`cfg` of the callers); register-only.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+    }
+
+    /// Four weight rows against one input row: four independent accumulators (the fused multiply-add
+    /// latency of one chain is hidden by the other three) and one load of each input block for the four.
+    /// Each row's arithmetic is its single-row dot product's, so the results are bit-identical to it.
+    #[cfg(target_feature = "f16c")]
+    pub(super) fn dot_rows<B: Load>(w: [&[B]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+        assert!(w.iter().all(|w| w.len() == x.len()), "quantized dot: block counts differ");
+        // SAFETY: AVX2, FMA and F16C are compiled in (module and function `cfg`); every block read is an
+        // element of a slice indexed below its length (asserted equal for all five).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (k, xb) in x.iter().enumerate() {
+                let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+                let dx = f16_to_f32(xb.d);
+                for r in 0..4 {
+                    let wb = &w[r][k];
+                    let d = _mm256_set1_ps(f16_to_f32(wb.scale_bits()) * dx);
+                    acc[r] = _mm256_fmadd_ps(d, lane_sums(wb.integers(), qx), acc[r]);
+                }
+            }
+            acc.map(|a| hsum(a))
+        }
+    }
+
     pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
         assert_eq!(w.len(), x.len(), "quantized dot: block counts differ");
         // SAFETY: AVX2 and FMA are compiled in (module `cfg`); each load reads the 32 bytes of one block's
@@ -186,10 +264,21 @@ pub fn matmul<B: QuantBlock>(out: &mut [f32], x: &[f32], w: &[B], bias: Option<&
     let channel = |o: usize, r: usize| {
         B::dot(&w[o * blocks..(o + 1) * blocks], &xq[r * blocks..(r + 1) * blocks]) + bias.map_or(0.0, |b| b[o])
     };
+    let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
     if m == 1 {
         out.par_chunks_mut(CHANNELS_PER_TASK).enumerate().for_each(|(t, out)| {
-            for (k, o) in out.iter_mut().enumerate() {
-                *o = channel(t * CHANNELS_PER_TASK + k, 0);
+            let first = t * CHANNELS_PER_TASK;
+            let done = out.len() / 4 * 4;
+            let mut quads = out.chunks_exact_mut(4);
+            for (q, o4) in (&mut quads).enumerate() {
+                let o = first + 4 * q;
+                let dots = B::dot4([row(o), row(o + 1), row(o + 2), row(o + 3)], &xq);
+                for (i, (v, d)) in o4.iter_mut().zip(dots).enumerate() {
+                    *v = d + bias.map_or(0.0, |b| b[o + i]);
+                }
+            }
+            for (k, v) in quads.into_remainder().iter_mut().enumerate() {
+                *v = channel(first + done + k, 0);
             }
         });
         return;
@@ -236,6 +325,31 @@ mod tests {
         let mut w4 = vec![BlockQ4_0::default(); 24];
         quantize_q4_0(&w, &mut w4);
         assert_eq!(dot_q4_0(&w4, &xq).to_bits(), dot_portable(&w4, &xq).to_bits());
+        // Four rows at once: each result is its row's own.
+        let rows: Vec<Vec<BlockQ8_0>> = (0..4u64)
+            .map(|seed| {
+                let mut q = vec![BlockQ8_0::default(); 24];
+                quantize_q8_0(&random(32 * 24, 10 + seed), &mut q);
+                q
+            })
+            .collect();
+        let four = BlockQ8_0::dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &xq);
+        for (row, got) in rows.iter().zip(four) {
+            assert_eq!(got.to_bits(), dot_portable(row, &xq).to_bits());
+        }
+        let rows4: Vec<Vec<BlockQ4_0>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let mut q = vec![BlockQ4_0::default(); 24];
+                quantize_q4_0(&random(32 * 24, 20 + i as u64), &mut q);
+                q
+            })
+            .collect();
+        let four = BlockQ4_0::dot4([&rows4[0], &rows4[1], &rows4[2], &rows4[3]], &xq);
+        for (row, got) in rows4.iter().zip(four) {
+            assert_eq!(got.to_bits(), dot_portable(row, &xq).to_bits());
+        }
     }
 
     /// Plain loops over the dequantized weights and the dequantized quantized input, in f64.
