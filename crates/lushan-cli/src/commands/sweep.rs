@@ -344,13 +344,13 @@ impl Sweep<'_> {
         Ok(())
     }
 
-    /// The median rule on running trial `self.running[i]`'s new evaluations; a trial it stops is killed
-    /// (its best checkpoint and metrics up to that evaluation stay).
+    /// The median rule on running trial `self.running[i]`'s new evaluations; a trial it stops is asked to
+    /// stop (it saves its model and resume state, so its directory holds a checkpoint like any other's).
     fn judge(&mut self, journal: &Journal, i: usize) -> Result<()> {
         let id = self.running[i].id;
         let out = trial_dir(self.dir, id);
         let len = std::fs::metadata(out.join(lushan_train::metrics::METRICS_FILE)).map_or(0, |m| m.len());
-        if len == self.running[i].metrics_len {
+        if len == self.running[i].metrics_len || self.running[i].pruned.is_some() {
             return Ok(());
         }
         self.running[i].metrics_len = len;
@@ -370,7 +370,7 @@ impl Sweep<'_> {
             self.running[i].judged_step = step;
             if let Some(reason) = method::median_stop(self.spec, &curve, &others, step) {
                 let run = &mut self.running[i];
-                let _ = run.child.kill();
+                stop_child(&mut run.child);
                 run.pruned = Some(reason);
                 break;
             }
@@ -418,17 +418,24 @@ impl Sweep<'_> {
 
     /// Asks every running trial to stop and save its resume state (SIGINT, as Ctrl-C would).
     fn interrupt_children(&mut self) {
-        for run in &mut self.running {
-            let sent = Command::new("kill")
-                .args(["-INT", &run.child.id().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !sent {
-                let _ = run.child.kill();
-            }
+        for run in self.running.iter_mut().filter(|r| r.pruned.is_none()) {
+            stop_child(&mut run.child);
         }
+    }
+}
+
+/// Asks a trial's run to stop as Ctrl-C does (SIGINT, sent with `kill`, as this crate has no `unsafe`): it
+/// stops after the current micro-batch and saves its resume state and a model. Killed outright when the
+/// signal cannot be sent.
+fn stop_child(child: &mut Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sent {
+        let _ = child.kill();
     }
 }
 
