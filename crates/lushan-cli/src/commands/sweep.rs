@@ -401,9 +401,10 @@ impl Sweep<'_> {
             (None, _) => (Status::Failed, failure(&out.join(TRIAL_LOG), code)),
         };
         println!(
-            "trial {} {}{}{}",
+            "trial {} {} at step {}{}{}",
             run.id,
             status.name(),
+            trial.steps,
             trial.best.map(|b| format!(": best {} {b:.4}", self.spec.metric.name())).unwrap_or_default(),
             if reason.is_empty() { String::new() } else { format!(" ({reason})") }
         );
