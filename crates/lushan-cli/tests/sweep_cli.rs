@@ -60,12 +60,10 @@ fn a_random_sweep_writes_its_journal_table_best_settings_and_report() {
     }
     // best.toml is a complete config that `lushan train --config` accepts, with the best trial's settings.
     let best = std::fs::read_to_string(out.join("best.toml")).unwrap();
-    let best_id = trials
-        .iter()
-        .min_by(|a, b| a["best"].as_f64().unwrap().total_cmp(&b["best"].as_f64().unwrap()))
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let best_id =
+        trials.iter().min_by(|a, b| a["best"].as_f64().unwrap().total_cmp(&b["best"].as_f64().unwrap())).unwrap()["id"]
+            .as_u64()
+            .unwrap();
     let batch = trials[best_id as usize]["settings"]["batch_size"].as_i64().unwrap();
     assert!(best.contains(&format!("batch_size = {batch}\n")), "{best}");
     let trained = ok(&["train", "--config", s(&out.join("best.toml")), "--max-iters", "2"]);
@@ -78,7 +76,8 @@ fn a_random_sweep_writes_its_journal_table_best_settings_and_report() {
 #[test]
 fn halving_promotes_the_best_and_a_promoted_trial_continues_exactly_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let space = "[space]\nlearning_rate = { log_uniform = [1e-4, 3e-2] }\n[budget]\ntrials = 3\n[halving]\nmin_steps = 10\n";
+    let space =
+        "[space]\nlearning_rate = { log_uniform = [1e-4, 3e-2] }\n[budget]\ntrials = 3\n[halving]\nmin_steps = 10\n";
     let file = sweep_file(dir.path(), "sweep.toml", "method = \"halving\"\nseed = 2", 30, space);
     let out = dir.path().join("out");
     ok(&["sweep", "--config", &file, "--out", s(&out)]);
@@ -184,7 +183,10 @@ fn bad_input_is_refused_naming_the_setting() {
         ("[space]\nlr = [1e-3]\n[budget]\ntrials = 2\n", &["`lr`", "learning_rate"]),
         ("[budget]\ntrials = 2\n", &["search space is empty"]),
         ("[space]\nlearning_rate = []\n[budget]\ntrials = 2\n", &["learning_rate", "empty"]),
-        ("[space]\nlearning_rate = { log_uniform = [0, 1e-2] }\n[budget]\ntrials = 2\n", &["learning_rate", "includes 0"]),
+        (
+            "[space]\nlearning_rate = { log_uniform = [0, 1e-2] }\n[budget]\ntrials = 2\n",
+            &["learning_rate", "includes 0"],
+        ),
         ("[space]\nlearning_rate = [1e-3]\n[budget]\ntotal_steps = 10\n", &["budget fits no trial", "20"]),
     ];
     for (i, (tail, needles)) in cases.iter().enumerate() {
@@ -192,9 +194,10 @@ fn bad_input_is_refused_naming_the_setting() {
         fails(&["sweep", "--config", &file, "--out", s(&out)], needles);
         assert!(!out.join("trials.jsonl").exists(), "nothing is written for bad input");
     }
-    fails(&["sweep", "--space", "batch_size=[4]", "--trials", "1", "--set", "n_head=3", "--out", s(&out)], &[
-        "--n-head",
-    ]);
+    fails(
+        &["sweep", "--space", "batch_size=[4]", "--trials", "1", "--set", "n_head=3", "--out", s(&out)],
+        &["--n-head"],
+    );
     fails(&["sweep", "--resume", s(&dir.path().join("none"))], &["no sweep there"]);
     // --resume with another configuration names the difference.
     let file = sweep_file(dir.path(), "a.toml", "", 10, "[space]\nlearning_rate = [1e-3]\n[budget]\ntrials = 1\n");

@@ -184,11 +184,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let report = sweep_report::write(&dir, &spec, &journal, wall)?;
     print_summary(&spec, &journal, &dir, wall, best, &report);
     if interrupted {
-        println!(
-            "interrupted by {}: continue with `lushan sweep --resume {}`",
-            stop.signal_name(),
-            dir.display()
-        );
+        println!("interrupted by {}: continue with `lushan sweep --resume {}`", stop.signal_name(), dir.display());
         return Ok(ExitCode::from(stop.exit_code()));
     }
     if !why_done.is_empty() {
@@ -315,14 +311,7 @@ impl Sweep<'_> {
         let verb = if resumable { "continues" } else { "starts" };
         println!("trial {id} {verb} to step {target}: {}", settings.join(" "));
         journal.save(self.dir, self.spec.metric)?;
-        self.running.push(Running {
-            id,
-            child,
-            started: Instant::now(),
-            metrics_len: 0,
-            judged_step: 0,
-            pruned: None,
-        });
+        self.running.push(Running { id, child, started: Instant::now(), metrics_len: 0, judged_step: 0, pruned: None });
         Ok(())
     }
 
@@ -452,7 +441,10 @@ fn wait_for_orphan(out: &Path) {
             }
             Err(lushan_train::TrainError::Locked { pid, .. }) => {
                 if !told {
-                    println!("waiting for process {pid}, still training in {} (left by an earlier sweep)", out.display());
+                    println!(
+                        "waiting for process {pid}, still training in {} (left by an earlier sweep)",
+                        out.display()
+                    );
                     told = true;
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -466,7 +458,11 @@ fn wait_for_orphan(out: &Path) {
 /// Why a trial's run failed: its log's last error line.
 fn failure(log: &Path, code: Option<i32>) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let line = text.lines().rev().find(|l| l.starts_with("error:")).or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()));
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()));
     let code = code.map_or("a signal".to_owned(), |c| format!("exit code {c}"));
     match line {
         Some(line) => format!("{code}: {}", line.trim()),
@@ -477,9 +473,11 @@ fn failure(log: &Path, code: Option<i32>) -> String {
 /// Writes `best.toml`: the best trial's complete training config, into `DIR/best`, with the base's sample.
 fn write_best(spec: &SweepSpec, journal: &Journal, dir: &Path) -> Result<Option<usize>> {
     let direction = spec.metric.direction();
-    let Some(best) = journal.trials.iter().filter(|t| t.best.is_some()).min_by(|a, b| {
-        direction.compare(a.best.unwrap_or(f64::NAN), b.best.unwrap_or(f64::NAN)).then(a.id.cmp(&b.id))
-    }) else {
+    let Some(best) =
+        journal.trials.iter().filter(|t| t.best.is_some()).min_by(|a, b| {
+            direction.compare(a.best.unwrap_or(f64::NAN), b.best.unwrap_or(f64::NAN)).then(a.id.cmp(&b.id))
+        })
+    else {
         return Ok(None);
     };
     let mut config = spec.trial_config(&best.settings)?;

@@ -129,7 +129,10 @@ fn html(
     );
     let method = match (spec.method, &spec.halving) {
         (Method::Halving, Some(h)) => {
-            format!("successive halving: {} trials, rungs at {:?} steps, the best 1/{} promoted", h.trials, h.rungs, h.eta)
+            format!(
+                "successive halving: {} trials, rungs at {:?} steps, the best 1/{} promoted",
+                h.trials, h.rungs, h.eta
+            )
         }
         (Method::Grid, _) => format!("grid of {} points", spec.grid_points.unwrap_or(0)),
         (_, _) if spec.median.enabled => format!(
@@ -164,11 +167,8 @@ fn html(
             let value = t.settings.get(name).map(plain).unwrap_or_default();
             let _ = write!(out, "<td>{}</td>", escape(&value));
         }
-        let status = if t.reason.is_empty() {
-            t.status.name().to_owned()
-        } else {
-            format!("{}: {}", t.status.name(), t.reason)
-        };
+        let status =
+            if t.reason.is_empty() { t.status.name().to_owned() } else { format!("{}: {}", t.status.name(), t.reason) };
         let _ = writeln!(
             out,
             "<td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td class=\"l\">{}</td></tr>",

@@ -52,9 +52,8 @@ fn png(draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> R
 
 /// The range of `values` with a little room, never empty.
 fn padded(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return 0.0..1.0;
     }
@@ -107,7 +106,7 @@ pub fn curves(trials: &[TrialCurve], metric: &str) -> Result<Vec<u8>> {
             .map_err(draw_err("the curves"))?;
         let mut order: Vec<&TrialCurve> = trials.iter().collect();
         // The best last, so that it is drawn on top.
-        order.sort_by(|a, b| b.rank.cmp(&a.rank));
+        order.sort_by_key(|t| std::cmp::Reverse(t.rank));
         for t in order {
             let color = rank_color(t.rank, trials.len());
             let width = if t.rank == 0 { 3 } else { 1 };
@@ -141,7 +140,11 @@ fn label(axis: &Axis, x: f64) -> String {
     match &axis.categories {
         Some(names) => {
             let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         }
         None if axis.log => short_number(10f64.powf(x)),
         None => short_number(x),
@@ -189,7 +192,9 @@ pub fn metric_vs(axis: &Axis, metric: &[Option<f64>], best: Option<usize>, metri
             .draw_series(points.iter().filter(|p| Some(p.0) != best).map(|p| Circle::new((p.1, p.2), 5, BLUE.filled())))
             .map_err(draw_err("a setting's picture"))?;
         chart
-            .draw_series(points.iter().filter(|p| Some(p.0) == best).map(|p| Circle::new((p.1, p.2), 7, ORANGE.filled())))
+            .draw_series(
+                points.iter().filter(|p| Some(p.0) == best).map(|p| Circle::new((p.1, p.2), 7, ORANGE.filled())),
+            )
             .map_err(draw_err("a setting's picture"))?;
         Ok(())
     })
@@ -198,8 +203,7 @@ pub fn metric_vs(axis: &Axis, metric: &[Option<f64>], best: Option<usize>, metri
 /// Parallel coordinates: one vertical axis per setting and a last one for the metric; a line per trial
 /// through its values, coloured by rank (the best orange, on top).
 pub fn parallel(axes: &[Axis], metric: &[Option<f64>], ranks: &[Option<usize>], metric_name: &str) -> Result<Vec<u8>> {
-    let metric_axis =
-        Axis { name: metric_name.to_owned(), values: metric.to_vec(), log: false, categories: None };
+    let metric_axis = Axis { name: metric_name.to_owned(), values: metric.to_vec(), log: false, categories: None };
     let all: Vec<&Axis> = axes.iter().chain(std::iter::once(&metric_axis)).collect();
     // Each axis's range, from its values' positions.
     let ranges: Vec<(f64, f64)> = all
@@ -243,7 +247,8 @@ pub fn parallel(axes: &[Axis], metric: &[Option<f64>], ranks: &[Option<usize>], 
                 .draw_series(LineSeries::new([(x, 0.0), (x, 1.0)], INK.stroke_width(1)))
                 .map_err(draw_err("the parallel coordinates"))?;
             let (lo, hi) = ranges[j];
-            let style = |size| TextStyle::from((FONT_FAMILY, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+            let style =
+                |size| TextStyle::from((FONT_FAMILY, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
             let texts = [
                 (1.065, axis.name.clone(), INK, 14),
                 (-0.045, label(axis, if axis.categories.is_some() { 0.0 } else { lo }), GREY_INK, 12),

@@ -64,7 +64,15 @@ impl Direction {
 
     /// Best first; NaN last.
     pub fn compare(self, a: f64, b: f64) -> std::cmp::Ordering {
-        let key = |x: f64| if x.is_nan() { f64::INFINITY } else if self == Direction::Minimize { x } else { -x };
+        let key = |x: f64| {
+            if x.is_nan() {
+                f64::INFINITY
+            } else if self == Direction::Minimize {
+                x
+            } else {
+                -x
+            }
+        };
         key(a).total_cmp(&key(b))
     }
 }
@@ -158,13 +166,12 @@ pub fn check_budget(spec: &SweepSpec) -> Result<()> {
     if budget.trials == Some(0) {
         return Err(SweepError::BudgetFitsNoTrial { reason: "trials = 0".into() });
     }
-    if spec.method == Method::Random && budget.trials.is_none() && budget.total_steps.is_none() {
-        if budget.wall_seconds.is_none() {
-            return Err(SweepError::Invalid {
-                name: "[budget]".into(),
-                reason: "random search needs a budget: trials, total_steps or wall_time".into(),
-            });
-        }
+    let unbounded = budget.trials.is_none() && budget.total_steps.is_none() && budget.wall_seconds.is_none();
+    if spec.method == Method::Random && unbounded {
+        return Err(SweepError::Invalid {
+            name: "[budget]".into(),
+            reason: "random search needs a budget: trials, total_steps or wall_time".into(),
+        });
     }
     if let (Some(total), Method::Grid | Method::Random) = (budget.total_steps, spec.method) {
         // The cheapest trial: the base's max_iters, or the smallest max_iters the space offers.
@@ -230,7 +237,8 @@ fn next_new_trial(spec: &SweepSpec, journal: &mut Journal, busy: &BTreeSet<usize
     let target = spec.trial_config(&settings).map(|c| c.max_iters).unwrap_or(spec.base.max_iters);
     if let Some(total) = spec.budget.total_steps {
         // Steps spent or promised: a running trial may use all of its target.
-        let committed: u64 = journal.trials.iter().map(|t| if t.status.is_active() { t.target_steps } else { t.steps }).sum();
+        let committed: u64 =
+            journal.trials.iter().map(|t| if t.status.is_active() { t.target_steps } else { t.steps }).sum();
         if committed.saturating_add(target) > total {
             return Ok(wait_or(&format!("the next trial's {target} steps would pass total_steps {total}")));
         }
@@ -279,10 +287,8 @@ fn next_rung(spec: &SweepSpec, journal: &mut Journal, busy: &BTreeSet<usize>, ma
             trial.target_steps = next_steps;
         } else {
             trial.status = Status::Pruned;
-            trial.reason = format!(
-                "halving: not among the best {keep} of {entered} at rung {} ({rung_steps} steps)",
-                rung + 1
-            );
+            trial.reason =
+                format!("halving: not among the best {keep} of {entered} at rung {} ({rung_steps} steps)", rung + 1);
         }
     }
     match promoted.first() {

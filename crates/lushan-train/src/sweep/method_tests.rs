@@ -155,7 +155,7 @@ fn the_median_rule_stops_a_trial_worse_than_the_median_after_the_grace_period() 
 
 #[test]
 fn the_median_rule_is_off_for_grid_and_halving_unless_asked() {
-    let s = spec(&format!("method = \"grid\"\n[train]\nmax_iters = 10\n[space]\nbatch_size = [4, 8]\n"));
+    let s = spec("method = \"grid\"\n[train]\nmax_iters = 10\n[space]\nbatch_size = [4, 8]\n");
     assert!(!s.median.enabled);
     let s = spec(&format!("[train]\nmax_iters = 100\n[budget]\ntrials = 2\n{SPACE}"));
     assert!(s.median.enabled && s.median.grace_steps == 25);

@@ -9,7 +9,7 @@ pub mod space;
 pub mod spec;
 pub mod state;
 
-pub use method::{Direction, Metric, Method, NextJob};
+pub use method::{Direction, Method, Metric, NextJob};
 pub use space::{Kind, Space};
 pub use spec::{SweepFlags, SweepSpec};
 pub use state::{Curve, Journal, Status, TrialRecord};

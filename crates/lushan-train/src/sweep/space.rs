@@ -186,7 +186,9 @@ impl Space {
     /// The values a grid takes: a list's values or an int range's integers; `None` for a continuous range.
     pub fn grid_values(&self, kind: Kind) -> Option<Vec<Value>> {
         match self {
-            Space::Values(values) => Some(values.iter().map(|v| convert(v, kind).unwrap_or_else(|| v.clone())).collect()),
+            Space::Values(values) => {
+                Some(values.iter().map(|v| convert(v, kind).unwrap_or_else(|| v.clone())).collect())
+            }
             Space::Int([lo, hi]) if hi.abs_diff(*lo) < MAX_GRID_POINTS => {
                 Some((*lo..=*hi).map(|v| convert(&Value::Integer(v), kind).unwrap_or(Value::Integer(v))).collect())
             }
@@ -203,10 +205,9 @@ impl Space {
         match self {
             Space::Values(values) => values.iter().map(|v| convert(v, kind).unwrap_or_else(|| v.clone())).collect(),
             Space::Uniform([lo, hi]) | Space::LogUniform([lo, hi]) => vec![float(*lo), float(*hi)],
-            Space::Int([lo, hi]) => [*lo, *hi]
-                .iter()
-                .map(|&v| convert(&Value::Integer(v), kind).unwrap_or(Value::Integer(v)))
-                .collect(),
+            Space::Int([lo, hi]) => {
+                [*lo, *hi].iter().map(|&v| convert(&Value::Integer(v), kind).unwrap_or(Value::Integer(v))).collect()
+            }
         }
     }
 
@@ -342,7 +343,10 @@ mod tests {
             assert!(matches!(v, Value::Integer(4..=64)), "{v}");
         }
         let space = parse("n_layer", "{ int = [1, 3] }").unwrap();
-        assert_eq!(space.grid_values(Kind::Integer).unwrap(), vec![Value::Integer(1), Value::Integer(2), Value::Integer(3)]);
+        assert_eq!(
+            space.grid_values(Kind::Integer).unwrap(),
+            vec![Value::Integer(1), Value::Integer(2), Value::Integer(3)]
+        );
         let space = parse("dropout", "[0, 0.1]").unwrap();
         assert_eq!(space.grid_values(Kind::Float).unwrap(), vec![Value::Float(0.0), Value::Float(0.1)]);
     }

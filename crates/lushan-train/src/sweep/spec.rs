@@ -219,10 +219,8 @@ impl SweepSpec {
             for extreme in space.extremes(kind) {
                 let mut settings = train.clone();
                 settings.insert(name.clone(), extreme.clone());
-                resolve(preset, &settings, &format!("value {extreme}")).map_err(|e| SweepError::Space {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
+                resolve(preset, &settings, &format!("value {extreme}"))
+                    .map_err(|e| SweepError::Space { name: name.clone(), reason: e.to_string() })?;
             }
             spaces.insert(name, space);
         }
@@ -446,12 +444,15 @@ mod tests {
             (BASE.to_owned(), vec!["empty"]),
             (format!("{BASE}[space]\nlearning_rate = {{ log_uniform = [0.0, 0.1] }}\n"), vec!["learning_rate", "0"]),
             (format!("{BASE}[space]\nn_head = [3]\n"), vec!["n_head", "--n-embd"]),
-            ("[train]\nmax_iters = 90\n[budget]\ntotal_steps = 50\n[space]\nlearning_rate = [1e-3]\n".to_owned(), vec![
-                "budget fits no trial",
-                "90",
-            ]),
-            ("method = \"halving\"\n[train]\nmax_iters = 90\n[budget]\ntrials = 3\n[space]\nmax_iters = [10]\n"
-                .to_owned(), vec!["max_iters", "halving"]),
+            (
+                "[train]\nmax_iters = 90\n[budget]\ntotal_steps = 50\n[space]\nlearning_rate = [1e-3]\n".to_owned(),
+                vec!["budget fits no trial", "90"],
+            ),
+            (
+                "method = \"halving\"\n[train]\nmax_iters = 90\n[budget]\ntrials = 3\n[space]\nmax_iters = [10]\n"
+                    .to_owned(),
+                vec!["max_iters", "halving"],
+            ),
             ("[train]\nbatch = 3\n[budget]\ntrials = 2\n[space]\nn_layer = [1]\n".to_owned(), vec!["batch", "[train]"]),
         ];
         for (text, needles) in cases {

@@ -157,7 +157,8 @@ impl Journal {
         let path = dir.join(JOURNAL_FILE);
         lushan_fs::atomic_write(&path, jsonl.as_bytes()).map_err(|source| SweepError::Io { path, source })?;
         let path = dir.join(CSV_FILE);
-        let csv = self.csv(metric).map_err(|e| SweepError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+        let csv =
+            self.csv(metric).map_err(|e| SweepError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
         lushan_fs::atomic_write(&path, &csv).map_err(|source| SweepError::Io { path, source })
     }
 
@@ -229,11 +230,7 @@ impl Curve {
 
     /// The best value at or before `step`.
     pub fn best_until(&self, step: u64, direction: Direction) -> Option<f64> {
-        self.points
-            .iter()
-            .filter(|(s, _)| *s <= step)
-            .map(|&(_, v)| v)
-            .min_by(|a, b| direction.compare(*a, *b))
+        self.points.iter().filter(|(s, _)| *s <= step).map(|&(_, v)| v).min_by(|a, b| direction.compare(*a, *b))
     }
 
     /// The best point (the earliest of equal ones).
