@@ -126,8 +126,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1 (trials run at once)");
     }
-    let (dir, spec) = open(&args)?;
-    let _lock = RunLock::acquire(&dir).with_context(|| format!("locking the sweep directory {}", dir.display()))?;
+    let (dir, spec, _lock) = open(&args)?;
     let spec_path = dir.join(SPEC_FILE);
     let spec_json = serde_json::to_string_pretty(&spec).context("writing the sweep's settings as JSON")?;
     lushan_fs::atomic_write(&spec_path, spec_json.as_bytes())
@@ -195,10 +194,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// The sweep's directory and settings: a new sweep's from its file and flags, a resumed one's from its
 /// directory (refusing other settings, naming each difference).
-fn open(args: &Args) -> Result<(PathBuf, SweepSpec)> {
+fn open(args: &Args) -> Result<(PathBuf, SweepSpec, RunLock)> {
     let Some(dir) = &args.resume else {
         let spec = SweepSpec::load(args.config.as_deref(), &args.flags())?;
         let dir = args.out.clone();
+        // Before anything in it is read or removed: one sweep per directory.
+        let lock = lock(&dir)?;
         let held = [SPEC_FILE, state::JOURNAL_FILE].iter().any(|f| dir.join(f).exists());
         if held && !args.overwrite {
             bail!(
@@ -217,10 +218,13 @@ fn open(args: &Args) -> Result<(PathBuf, SweepSpec)> {
                 let _ = std::fs::remove_file(dir.join(file));
             }
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        return Ok((dir, spec));
+        return Ok((dir, spec, lock));
     };
     let path = dir.join(SPEC_FILE);
+    if !path.is_file() {
+        bail!("--resume {}: no sweep there (expected {})", dir.display(), path.display());
+    }
+    let lock = lock(dir)?;
     let text = lushan_fs::read_to_string_regular(&path)
         .with_context(|| format!("--resume {}: no sweep there (reading {})", dir.display(), path.display()))?;
     let saved: SweepSpec = serde_json::from_str(&text)
@@ -236,7 +240,12 @@ fn open(args: &Args) -> Result<(PathBuf, SweepSpec)> {
             .into());
         }
     }
-    Ok((dir.clone(), saved))
+    Ok((dir.clone(), saved, lock))
+}
+
+/// Creates the sweep's directory and locks it (a second sweep there is refused, naming the first's process).
+fn lock(dir: &Path) -> Result<RunLock> {
+    RunLock::acquire(dir).with_context(|| format!("locking the sweep directory {}", dir.display()))
 }
 
 /// A trial's training process.
@@ -266,7 +275,18 @@ impl Sweep<'_> {
         let trial = &mut journal.trials[id];
         let out = trial_dir(self.dir, id);
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        let mut config = self.spec.trial_config(&trial.settings)?;
+        // Settings drawn from several spaces may not fit together (n_head must divide n_embd): that trial
+        // fails, naming why, and the sweep goes on.
+        let mut config = match self.spec.trial_config(&trial.settings) {
+            Ok(config) => config,
+            Err(e) => {
+                trial.status = Status::Failed;
+                trial.reason = e.to_string();
+                println!("trial {id} failed: {}", trial.reason);
+                journal.save(self.dir, self.spec.metric)?;
+                return Ok(());
+            }
+        };
         config.out_dir = out.clone();
         config.sample_tokens = 0;
         let config_path = out.join(TRIAL_CONFIG);
