@@ -8,6 +8,7 @@ mod explain;
 mod interrupt;
 mod model_dir;
 mod plot;
+mod sweep_report;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Command {
     Merge(commands::merge::Args),
     /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming, /classify) for a checkpoint.
     Serve(commands::serve::Args),
+    /// Search hyper-parameters: grid, random (median stopping) or successive halving over `train` runs.
+    Sweep(Box<commands::sweep::Args>),
     /// Measure speed.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Sweep(args) => commands::sweep::run(*args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tokenizer(command) => commands::tokenizer::run(command),
     });

@@ -14,6 +14,7 @@ pub mod optim;
 pub mod parallel;
 pub mod resume;
 pub mod schedule;
+pub mod sweep;
 pub mod task_metrics;
 pub mod tasks;
 pub mod trainer;

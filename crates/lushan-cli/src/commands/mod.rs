@@ -14,5 +14,6 @@ pub mod generate;
 pub mod merge;
 pub mod prepare;
 pub mod serve;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;
