@@ -12,14 +12,14 @@
 # With OVERHEAD=1 it also runs 16 trials (a grid of 16 learning rates, OVERHEAD_STEPS each) as a sweep and
 # then the same 16 `lushan train --config` runs by hand, and prints the sweep's overhead (target ≤ 2 %).
 #
-# Environment: BUDGET (default 20000), SET="name=value …" (base settings for every run, e.g. a tiny model
+# Environment: BUDGET (default 9000, the preset's), SET="name=value …" (base settings for every run, e.g. a tiny model
 # for a quick check), MIN_STEPS (halving's first rung, for such a check), OVERHEAD, OVERHEAD_STEPS (default
 # 500), BIN (default target/release/lushan). A check at tiny scale (seconds):
 #   SET="n_layer=1 n_head=2 n_embd=32 block_size=16 max_iters=90 eval_iters=2" MIN_STEPS=10 BUDGET=600 \
 #   OVERHEAD=1 OVERHEAD_STEPS=20 tools/sweep_targets.sh /tmp/sweep-check
 set -euo pipefail
 out=${1:-out/sweep-targets}
-budget=${BUDGET:-20000}
+budget=${BUDGET:-9000}
 bin=${BIN:-target/release/lushan}
 [ -x "$bin" ] || cargo build --release -q
 sets=()
