@@ -618,7 +618,7 @@ impl Trainer {
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
         let mut tokens = 0usize;
-        for _ in 0..k {
+        for micro in 0..k {
             if ranks == 1 && stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
@@ -645,19 +645,22 @@ impl Trainer {
                     (&task_batch.inputs, &task_batch.targets, (task_batch.b, task_batch.t))
                 }
             };
-            let Some(slice) = RankSlice::of(rank, ranks, inputs, targets, (b, t)) else { continue };
-            let loss = self.runner.forward_backward_shaped(
+            // The last micro-batch's backward pass also sums the gradients over the ranks, bucket by bucket.
+            let slice = RankSlice::of(rank, ranks, inputs, targets, (b, t));
+            let loss = crate::distributed::micro_batch(
+                &mut self.group,
+                &mut self.runner,
                 &self.model,
-                slice.inputs,
-                slice.targets,
-                (slice.b, t),
-                (1.0 / k as f32) * slice.share,
-                dropout_seed,
+                slice,
+                t,
+                (1.0 / k as f32, dropout_seed),
                 &mut self.grads,
+                micro + 1 == k,
             )?;
-            loss_sum += loss as f64 * slice.share as f64;
+            if let (Some(loss), Some(slice)) = (loss, slice) {
+                loss_sum += loss as f64 * slice.share as f64;
+            }
         }
-        self.group.sum_gradients(&mut self.grads);
         let mut sums = [loss_sum];
         self.group.sum_f64(&mut sums);
         let loss_sum = sums[0];
