@@ -191,6 +191,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             comm_bytes = after.bytes - before.bytes;
         }
     }
+    // Overlap: the share of the all-reduce time (in flight) that the computing threads did not spend on it
+    // (exposed), over all timed steps of all ranks (docs/distributed.md) — a rank that waits for a slower
+    // one sees its sums complete at once, the slower one sees them hidden.
+    let mut totals = [in_flight_times.iter().sum(), exposed_times.iter().sum()];
+    group.sum_f64(&mut totals);
+    let [in_flight_total, exposed_total] = totals;
+    let overlap = if in_flight_total > 0.0 { (1.0 - exposed_total / in_flight_total).max(0.0) } else { 0.0 };
     if !writer {
         return Ok(ExitCode::SUCCESS);
     }
@@ -213,10 +220,6 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         ceiling / 1e9,
     );
     println!("peak RSS: {}", fmt_mib(peak_rss));
-    // Overlap: the share of the all-reduce time (in flight) that the computing thread did not spend on it
-    // (exposed), over all timed steps (docs/distributed.md).
-    let (in_flight_total, exposed_total): (f64, f64) = (in_flight_times.iter().sum(), exposed_times.iter().sum());
-    let overlap = if in_flight_total > 0.0 { (1.0 - exposed_total / in_flight_total).max(0.0) } else { 0.0 };
     let median_of = |mut values: Vec<f64>| {
         values.sort_by(|a, b| a.total_cmp(b));
         values.get(values.len() / 2).copied().unwrap_or(0.0)
