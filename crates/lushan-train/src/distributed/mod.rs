@@ -38,11 +38,7 @@ pub trait Communicator: std::fmt::Debug {
     ///
     /// This default sums everything after `produce` returns, so nothing overlaps; [`mpi_world::MpiWorld`]
     /// starts a non-blocking all-reduce per bucket.
-    fn sum_f32_during(
-        &mut self,
-        sums: &mut [f32],
-        produce: &mut dyn FnMut(&mut dyn FnMut(&[&[f32]])),
-    ) -> SumTimes {
+    fn sum_f32_during(&mut self, sums: &mut [f32], produce: &mut dyn FnMut(&mut dyn FnMut(&[&[f32]]))) -> SumTimes {
         let mut filled = 0;
         produce(&mut |pieces| {
             for piece in pieces {

@@ -14,7 +14,7 @@
 use super::{Group, RankSlice};
 use crate::error::{Result, TrainError};
 use crate::parallel::BatchRunner;
-use lushan_model::{GradSegment, Gpt, OnGradsFinal};
+use lushan_model::{Gpt, GradSegment, OnGradsFinal};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -132,7 +132,9 @@ pub fn micro_batch(
     let mut pass = |grads: &mut [f32], on_final: OnGradsFinal<'_>| -> Result<Option<f32>> {
         let Some(s) = slice else { return Ok(None) };
         let scale = loss_scale * s.share;
-        runner.forward_backward_hooked(model, s.inputs, s.targets, (s.b, t), scale, dropout_seed, grads, on_final).map(Some)
+        runner
+            .forward_backward_hooked(model, s.inputs, s.targets, (s.b, t), scale, dropout_seed, grads, on_final)
+            .map(Some)
     };
     if !last {
         return pass(grads, &mut |_| {});
