@@ -38,7 +38,7 @@ pub trait Communicator: std::fmt::Debug {
     ///
     /// This default sums everything after `produce` returns, so nothing overlaps; [`mpi_world::MpiWorld`]
     /// starts a non-blocking all-reduce per bucket.
-    fn sum_f32_during(&mut self, sums: &mut [f32], produce: &mut dyn FnMut(&mut dyn FnMut(&[&[f32]]))) -> SumTimes {
+    fn sum_f32_during(&mut self, sums: &mut [f32], produce: ProduceBuckets<'_>) -> SumTimes {
         let mut filled = 0;
         produce(&mut |pieces| {
             for piece in pieces {
@@ -87,6 +87,12 @@ impl Communicator for Solo {
         "one process".into()
     }
 }
+
+/// Hands one bucket (its pieces, in order) to [`Communicator::sum_f32_during`] to be summed.
+pub type SubmitBucket<'s> = &'s mut dyn FnMut(&[&[f32]]);
+
+/// The computation of [`Communicator::sum_f32_during`]: hands each bucket over as soon as it is final.
+pub type ProduceBuckets<'p> = &'p mut dyn FnMut(SubmitBucket<'_>);
 
 /// What one [`Communicator::sum_f32_during`] cost, in seconds.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -535,7 +541,8 @@ mod tests {
         }
         let mut group = Group::new(Box::new(PretendJob { others: vec![Box::new(|mine: &[u8]| mine.to_vec())] }));
         let mut grads = vec![1.0f32; 4];
-        let err = group.sum_gradients_during(&mut grads, &[vec![0..3]], |_, _| Ok(())).unwrap_err();
+        let err =
+            group.sum_gradients_during(&mut grads, &[(0..3).map(|i| i..i + 1).collect()], |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("do not cover its gradient buffer of 4 values"), "{err}");
     }
 

@@ -2,7 +2,7 @@
 //! MPI is initialised when this is made and finalised when it is dropped, so it must outlive every
 //! collective call (the CLI holds it for the whole command).
 
-use super::{Communicator, SumTimes};
+use super::{Communicator, ProduceBuckets, SumTimes};
 use crate::error::{Result, TrainError};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
@@ -60,7 +60,7 @@ impl Communicator for MpiWorld {
     /// handed over. Open MPI advances non-blocking collectives only inside MPI calls, so the requests in
     /// flight are tested at every hand-over (once per layer of the backward pass); the last are waited for
     /// once `produce` returns. All calls come from the computing thread (MPI's `Serialized` level).
-    fn sum_f32_during(&mut self, sums: &mut [f32], produce: &mut dyn FnMut(&mut dyn FnMut(&[&[f32]]))) -> SumTimes {
+    fn sum_f32_during(&mut self, sums: &mut [f32], produce: ProduceBuckets<'_>) -> SumTimes {
         let Self { world, send_f32, .. } = self;
         // The send buffer: MPI reads it while it writes the sums (an in-place sum would need unsafe code).
         if send_f32.len() < sums.len() {

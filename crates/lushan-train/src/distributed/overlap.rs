@@ -148,9 +148,15 @@ mod tests {
 
     #[test]
     fn only_buckets_that_tile_the_buffer_are_accepted() {
-        assert!(check_tiling(&[vec![4..6, 0..2], vec![2..4]], 6).is_ok());
-        assert!(check_tiling(&[vec![0..2], vec![2..4]], 6).is_err(), "a gap at the end");
-        assert!(check_tiling(&[vec![0..4], vec![2..6]], 6).is_err(), "an overlap");
-        assert!(check_tiling(&[vec![0..2], vec![3..6]], 6).is_err(), "a hole");
+        // Buckets of (start, end) ranges.
+        let tiles = |buckets: &[&[(usize, usize)]]| {
+            let buckets: Vec<Vec<Range<usize>>> =
+                buckets.iter().map(|b| b.iter().map(|&(start, end)| start..end).collect()).collect();
+            check_tiling(&buckets, 6).is_ok()
+        };
+        assert!(tiles(&[&[(4, 6), (0, 2)], &[(2, 4)]]));
+        assert!(!tiles(&[&[(0, 2)], &[(2, 4)]]), "a gap at the end");
+        assert!(!tiles(&[&[(0, 4)], &[(2, 6)]]), "an overlap");
+        assert!(!tiles(&[&[(0, 2)], &[(3, 6)]]), "a hole");
     }
 }
