@@ -136,7 +136,7 @@ pub fn micro_batch(
             .forward_backward_hooked(model, s.inputs, s.targets, (s.b, t), scale, dropout_seed, grads, on_final)
             .map(Some)
     };
-    if !last {
+    if !last || group.size() == 1 {
         return pass(grads, &mut |_| {});
     }
     group.sum_gradients_during(grads, &model.gradient_buckets(), pass)
