@@ -142,6 +142,55 @@ fn two_ranks_train_as_one_process_with_the_whole_batch_and_rank_0_alone_writes()
 }
 
 #[test]
+fn ranks_with_one_and_with_two_thread_replicas_sum_their_gradients_alike() {
+    // Batch 3 over 2 ranks with 2 replicas wanted: rank 0 runs 2 replicas (its buckets are summed after the
+    // replicas' sum), rank 1 one replica (its buckets start during its backward pass). Both must make the
+    // same all-reduce calls, and train as one process with 3 replicas (no dropout: the masks' seeds differ).
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let flags = |replicas: &'static str| {
+        let mut flags = EQUIVALENCE[..10].to_vec();
+        flags.extend(["--max-iters", "20", "--batch-size", "3", "--dropout", "0", "--data-parallel", replicas]);
+        flags
+    };
+    let Some(out) = mpi_run(dir.path(), &[(2, train_args(&data, &two, &flags("2")))]) else { return };
+    assert_eq!(out.code, 0, "{out:?}");
+    common::ok(&train_args(&data, &one, &flags("3")));
+    let ((steps_1, evals_1), (steps_2, evals_2)) = (losses(&one), losses(&two));
+    assert_eq!(steps_1.len(), 20);
+    assert_close(&steps_1, &steps_2, "training loss");
+    assert_close(&evals_1, &evals_2, "validation loss");
+}
+
+/// The JSON line of `lushan bench train` under `mpirun -np 2` on a tiny model, with `extra` flags.
+fn bench_json(dir: &Path, extra: &[&'static str]) -> Option<serde_json::Value> {
+    let mut args = vec!["bench", "train", "--steps", "4", "--warmup", "1", "--n-layer", "3", "--n-head", "2"];
+    args.extend(["--n-embd", "32", "--batch-size", "4", "--block-size", "16", "--data-parallel", "1"]);
+    args.extend(extra);
+    let out = mpi_run(dir, &[(2, args)])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let line = out.stdout.lines().find_map(|l| l.strip_prefix("JSON ")).unwrap();
+    Some(serde_json::from_str(line).unwrap())
+}
+
+#[test]
+fn bench_train_reports_the_overlap_of_the_all_reduce_with_the_backward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(overlapped) = bench_json(dir.path(), &[]) else { return };
+    let Some(blocking) = bench_json(dir.path(), &["--no-overlap"]) else { return };
+    for v in [&overlapped, &blocking] {
+        assert_eq!(v["ranks"], 2, "{v}");
+        // The whole gradient, once per step, in f32.
+        assert_eq!(v["allreduce_bytes"].as_u64().unwrap(), 4 * v["params"].as_u64().unwrap(), "{v}");
+        assert!(v["allreduce_ms"].as_f64().unwrap() >= v["allreduce_exposed_ms"].as_f64().unwrap(), "{v}");
+    }
+    let overlap = overlapped["overlap"].as_f64().unwrap();
+    assert!(overlap > 0.0 && overlap <= 1.0, "the sums started during the backward pass hid nothing: {overlapped}");
+    assert_eq!(blocking["overlap"], 0.0, "a blocking all-reduce hides nothing: {blocking}");
+}
+
+#[test]
 fn a_run_resumes_with_another_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let data = corpus(dir.path());

@@ -7,6 +7,7 @@ use crate::activations::{Activations, LayerActs, LoraShape, Scratch};
 use crate::adapter_pass::{self, Adapter};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
+use crate::grad_buckets::{self, OnGradsFinal};
 use crate::head;
 use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
@@ -401,6 +402,31 @@ impl Gpt {
     /// adapters — the adapter's layout (the frozen base's weight gradients are never computed). Gradient
     /// accumulation over k micro-batches passes `loss_scale = 1/k`.
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32], loss_scale: f32, mode: Mode) {
+        self.backward_with(acts, grads, loss_scale, mode, &mut |_| {});
+    }
+
+    /// The ranges of the gradient buffer that [`Gpt::backward_with`] hands to its hook, bucket by bucket in
+    /// the order it does (see [`crate::grad_buckets`]); one bucket, the whole adapter buffer, for a model
+    /// with LoRA adapters, whose backward hands over nothing. Together they cover the buffer exactly once.
+    pub fn gradient_buckets(&self) -> Vec<Vec<std::ops::Range<usize>>> {
+        match &self.lora {
+            Some(lora) => vec![vec![0..lora.layout.total()]],
+            None => grad_buckets::buckets(&self.config, &self.layout),
+        }
+    }
+
+    /// [`Gpt::backward`], calling `on_final` with each bucket of gradients as soon as the pass will not
+    /// change it again — the head's, each layer's from the last to the first, then the embeddings'
+    /// ([`crate::grad_buckets`]) — so that data-parallel training can start summing it over processes
+    /// while the pass goes on. The values handed over include what `grads` held before (accumulation).
+    pub fn backward_with(
+        &self,
+        acts: &mut Activations,
+        grads: &mut [f32],
+        loss_scale: f32,
+        mode: Mode,
+        on_final: OnGradsFinal<'_>,
+    ) {
         let cfg = &self.config;
         let (t, c, v, nh) = (acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
@@ -488,6 +514,9 @@ impl Gpt {
             None => (&mut s.frozen_dw[..], &mut s.frozen_db[..]),
         };
         layernorm::backward(&mut s.dresidual, dlnf_w, dlnf_b, &s.dln, last, p.lnf_w, lnf_mean, lnf_rstd, c);
+        if let Some(g) = g.as_ref() {
+            grad_buckets::head_done(&self.layout, g, on_final);
+        }
 
         // An adapter's backward onto the gradient of its layer's input, and its A/B gradients.
         macro_rules! adapter_backward {
@@ -585,6 +614,9 @@ impl Gpt {
                 None => (&mut s.frozen_dw[..], &mut s.frozen_db[..]),
             };
             layernorm::backward(&mut s.dresidual, dln1_w, dln1_b, &s.dln, x, w.ln1_w, &a.ln1_mean, &a.ln1_rstd, c);
+            if let Some(g) = g.as_ref() {
+                grad_buckets::layer_done(&self.layout, g, l, on_final);
+            }
         }
         // encoded = drop(wte[inputs] + wpe): only the base's embeddings receive this, and a frozen base none.
         let Some(g) = g else { return };
@@ -597,6 +629,7 @@ impl Gpt {
         };
         let dwpe = (cfg.position_encoding == PositionEncoding::Learned).then_some(&mut *g.wpe);
         encoder::backward(g.wte, dwpe, dencoded, inputs, t, c);
+        grad_buckets::embeddings_done(&self.layout, &g, on_final);
     }
 
     /// Trainable flag per kind, for optimisers (the sinusoidal table is fixed).

@@ -253,6 +253,43 @@ impl Tensors<&mut [f32]> {
     }
 }
 
+impl<S: AsRef<[f32]>> Tensors<S> {
+    /// The whole (stacked) tensor of `kind`.
+    pub fn tensor(&self, kind: ParamKind) -> &[f32] {
+        let t = match kind {
+            ParamKind::Wte => &self.wte,
+            ParamKind::Wpe => &self.wpe,
+            ParamKind::Ln1W => &self.ln1_w,
+            ParamKind::Ln1B => &self.ln1_b,
+            ParamKind::QkvW => &self.qkv_w,
+            ParamKind::QkvB => &self.qkv_b,
+            ParamKind::AttnProjW => &self.attn_proj_w,
+            ParamKind::AttnProjB => &self.attn_proj_b,
+            ParamKind::Ln2W => &self.ln2_w,
+            ParamKind::Ln2B => &self.ln2_b,
+            ParamKind::FcW => &self.fc_w,
+            ParamKind::FcB => &self.fc_b,
+            ParamKind::FcProjW => &self.fc_proj_w,
+            ParamKind::FcProjB => &self.fc_proj_b,
+            ParamKind::LnfW => &self.lnf_w,
+            ParamKind::LnfB => &self.lnf_b,
+            ParamKind::Score => &self.score,
+        };
+        t.as_ref()
+    }
+
+    /// Layer `layer`'s slice of a per-layer kind (the whole tensor for a global kind), as
+    /// [`ParamLayout::layer_range`] places it.
+    pub fn layer_tensor(&self, kind: ParamKind, layer: usize) -> &[f32] {
+        let whole = self.tensor(kind);
+        if !kind.per_layer() {
+            return whole;
+        }
+        let n = self.layer_sizes[kind.index()];
+        &whole[layer * n..(layer + 1) * n]
+    }
+}
+
 impl ParamLayout {
     pub fn new(cfg: &ModelConfig) -> Self {
         let mut sizes = [0; KIND_COUNT];

@@ -30,7 +30,8 @@ pub struct RunShape {
     pub seq_len: usize,
     /// Evaluation batches kept in memory per split (token-shard runs materialise them once).
     pub eval_batches: usize,
-    /// Gradient buffers besides the main one (one per data-parallel replica when there are several).
+    /// Gradient buffers besides the main one (one per data-parallel replica when there are several, and
+    /// two for the gradient sum of a job of several processes).
     pub replica_grads: usize,
     /// LoRA: only the adapters train (their own small buffers are ignored); the base needs no gradient or
     /// optimiser moments.
@@ -240,6 +241,40 @@ fn largest_flag(s: &RunShape) -> String {
     ];
     let (flag, value) = flags.iter().max_by_key(|(_, v)| *v).copied().unwrap_or(("--batch-size", s.batch_size));
     format!("lower {flag} (now {value})")
+}
+
+/// Refuses a run whose buffers would not fit in memory, before they are allocated: the model of
+/// `model_config` (already in memory when `loaded` is given) trained on `data` with `config`'s batch shape.
+pub fn check_memory(
+    config: &crate::TrainConfig,
+    model_config: &ModelConfig,
+    data: &crate::TrainData,
+    loaded: Option<&lushan_model::Gpt>,
+) -> Result<()> {
+    check_memory_of_rank(config, model_config, data, loaded, 1)
+}
+
+/// [`check_memory`] for one of `ranks` processes: a job's gradient sum needs a send buffer and a buffer for
+/// the sums, each of the gradient's size ([`crate::distributed::Group::sum_gradients_during`]).
+pub fn check_memory_of_rank(
+    config: &crate::TrainConfig,
+    model_config: &ModelConfig,
+    data: &crate::TrainData,
+    loaded: Option<&lushan_model::Gpt>,
+    ranks: usize,
+) -> Result<()> {
+    let seq_len = match &data.source {
+        crate::DataSource::Shards { .. } => config.block_size,
+        crate::DataSource::Task(task) => task.longest_example().clamp(1, config.block_size),
+    };
+    let mut shape = RunShape::of(model_config, config.batch_size, seq_len);
+    shape.eval_batches = config.eval_iters;
+    shape.model_loaded = loaded.is_some();
+    shape.frozen_base = loaded.is_some_and(|m| m.lora.is_some());
+    let params = parameter_count(&shape).and_then(|p| usize::try_from(p).ok()).unwrap_or(usize::MAX);
+    let replicas = crate::parallel::choose_replicas(config.data_parallel, params, config.batch_size);
+    shape.replica_grads = if replicas > 1 { replicas } else { 0 } + if ranks > 1 { 2 } else { 0 };
+    check_fits(&shape, available_memory()).map(|_| ())
 }
 
 #[cfg(test)]

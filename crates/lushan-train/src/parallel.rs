@@ -9,7 +9,7 @@
 use crate::error::{Result, TrainError};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_model::activations::LoraShape;
-use lushan_model::{Activations, Gpt, Mode, ModelConfig};
+use lushan_model::{Activations, Gpt, Mode, ModelConfig, OnGradsFinal};
 use rayon::prelude::*;
 
 /// Models up to this many parameters are split across cores by batch; larger ones by kernel.
@@ -125,11 +125,29 @@ impl BatchRunner {
         dropout_seed: u64,
         grads: &mut [f32],
     ) -> Result<f32> {
+        self.forward_backward_hooked(model, inputs, targets, (b, t), loss_scale, dropout_seed, grads, &mut |_| {})
+    }
+
+    /// [`BatchRunner::forward_backward_shaped`], handing each bucket of `grads` to `on_final` once it is
+    /// final ([`Gpt::backward_with`]) — with a single replica only: several replicas' gradients are
+    /// complete only after their sum at the end, so then nothing is handed over.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_hooked(
+        &mut self,
+        model: &Gpt,
+        inputs: &[u32],
+        targets: &[u32],
+        (b, t): (usize, usize),
+        loss_scale: f32,
+        dropout_seed: u64,
+        grads: &mut [f32],
+        on_final: OnGradsFinal<'_>,
+    ) -> Result<f32> {
         if let [single] = self.replicas.as_mut_slice() {
             let mode = Mode::Train { dropout_seed };
             single.acts.reshape(b, t)?;
             let loss = model.forward(&mut single.acts, inputs, Some(targets), mode)?.unwrap_or(f32::NAN);
-            model.backward(&mut single.acts, grads, loss_scale, mode);
+            model.backward_with(&mut single.acts, grads, loss_scale, mode, on_final);
             return Ok(loss);
         }
         for r in &mut self.replicas {

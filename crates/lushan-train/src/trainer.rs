@@ -7,7 +7,7 @@ use crate::data::{
 };
 use crate::distributed::{Group, RankSlice, rank_share};
 use crate::error::{Result, TrainError};
-use crate::memory::{self, RunShape};
+pub use crate::memory::{check_memory, check_memory_of_rank};
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamWState, OptimizerSettings, clip_grad_norm};
 use crate::parallel::{BatchRunner, choose_replicas, counted};
@@ -290,29 +290,6 @@ pub struct Trainer {
     group: Group,
 }
 
-/// Refuses a run whose buffers would not fit in memory, before they are allocated (see [`crate::memory`]):
-/// the model of `model_config` (already in memory when `loaded` is given) trained on `data` with `config`'s
-/// batch shape.
-pub fn check_memory(
-    config: &TrainConfig,
-    model_config: &lushan_model::ModelConfig,
-    data: &TrainData,
-    loaded: Option<&Gpt>,
-) -> Result<()> {
-    let seq_len = match &data.source {
-        DataSource::Shards { .. } => config.block_size,
-        DataSource::Task(task) => task.longest_example().clamp(1, config.block_size),
-    };
-    let mut shape = RunShape::of(model_config, config.batch_size, seq_len);
-    shape.eval_batches = config.eval_iters;
-    shape.model_loaded = loaded.is_some();
-    shape.frozen_base = loaded.is_some_and(|m| m.lora.is_some());
-    let params = memory::parameter_count(&shape).and_then(|p| usize::try_from(p).ok()).unwrap_or(usize::MAX);
-    let replicas = choose_replicas(config.data_parallel, params, config.batch_size);
-    shape.replica_grads = if replicas > 1 { replicas } else { 0 };
-    memory::check_fits(&shape, memory::available_memory()).map(|_| ())
-}
-
 /// The id task batches are padded with: the classifier's `pad_token_id`, else the end-of-turn token.
 fn pad_id(model: &Gpt, tokenizer: &Tokenizer) -> u32 {
     model.config.pad_token_id().or_else(|| lushan_tokenizer::chat::end_of_turn(tokenizer).ok()).unwrap_or(0)
@@ -403,7 +380,7 @@ impl Trainer {
             }
             _ => {}
         }
-        check_memory(&config, &model.config, &data, Some(&model))?;
+        check_memory_of_rank(&config, &model.config, &data, Some(&model), group.size())?;
         let (feed, t) = match &data.source {
             DataSource::Shards { train, val } => {
                 let t = config.block_size;
@@ -618,7 +595,7 @@ impl Trainer {
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
         let mut tokens = 0usize;
-        for _ in 0..k {
+        for micro in 0..k {
             if ranks == 1 && stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
@@ -645,19 +622,22 @@ impl Trainer {
                     (&task_batch.inputs, &task_batch.targets, (task_batch.b, task_batch.t))
                 }
             };
-            let Some(slice) = RankSlice::of(rank, ranks, inputs, targets, (b, t)) else { continue };
-            let loss = self.runner.forward_backward_shaped(
+            // The last micro-batch's backward pass also sums the gradients over the ranks, bucket by bucket.
+            let slice = RankSlice::of(rank, ranks, inputs, targets, (b, t));
+            let loss = crate::distributed::micro_batch(
+                &mut self.group,
+                &mut self.runner,
                 &self.model,
-                slice.inputs,
-                slice.targets,
-                (slice.b, t),
-                (1.0 / k as f32) * slice.share,
-                dropout_seed,
+                slice,
+                t,
+                (1.0 / k as f32, dropout_seed),
                 &mut self.grads,
+                micro + 1 == k,
             )?;
-            loss_sum += loss as f64 * slice.share as f64;
+            if let (Some(loss), Some(slice)) = (loss, slice) {
+                loss_sum += loss as f64 * slice.share as f64;
+            }
         }
-        self.group.sum_gradients(&mut self.grads);
         let mut sums = [loss_sum];
         self.group.sum_f64(&mut sums);
         let loss_sum = sums[0];

@@ -12,6 +12,9 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi_world;
+mod overlap;
+
+pub use overlap::micro_batch;
 
 use crate::error::{Result, TrainError};
 use std::cell::RefCell;
@@ -27,6 +30,29 @@ pub trait Communicator: std::fmt::Debug {
     fn size(&self) -> usize;
     /// Element-wise sum over the ranks, in place: every rank receives the same sums.
     fn sum_f32(&mut self, values: &mut [f32]);
+    /// Sums buckets of values over the ranks while `produce` computes them: `produce` is given a callback
+    /// through which it hands over each bucket (its pieces, in order) as soon as the values are final, and
+    /// the sums are written to `sums`, bucket after bucket, back to back in the order handed over. Every
+    /// rank must hand over buckets of the same sizes in the same order (each is a collective call), at
+    /// most `sums.len()` values in all. Returns once every sum has arrived, with what that cost.
+    ///
+    /// This default sums everything after `produce` returns, so nothing overlaps; [`mpi_world::MpiWorld`]
+    /// starts a non-blocking all-reduce per bucket.
+    fn sum_f32_during(&mut self, sums: &mut [f32], produce: ProduceBuckets<'_>) -> SumTimes {
+        let mut filled = 0;
+        produce(&mut |pieces| {
+            for piece in pieces {
+                if let Some(place) = sums.get_mut(filled..filled + piece.len()) {
+                    place.copy_from_slice(piece);
+                    filled += piece.len();
+                }
+            }
+        });
+        let start = Instant::now();
+        self.sum_f32(&mut sums[..filled]);
+        let seconds = start.elapsed().as_secs_f64();
+        SumTimes { in_flight: seconds, exposed: seconds }
+    }
     /// Element-wise sum over the ranks, in place (counts and loss sums of evaluation).
     fn sum_f64(&mut self, values: &mut [f64]);
     /// Every rank's `mine` (of one length on every rank), concatenated in rank order.
@@ -62,11 +88,33 @@ impl Communicator for Solo {
     }
 }
 
-/// Time and volume of the gradient sums so far (bench train reports them per step).
+/// Hands one bucket (its pieces, in order) to [`Communicator::sum_f32_during`] to be summed.
+pub type SubmitBucket<'s> = &'s mut dyn FnMut(&[&[f32]]);
+
+/// The computation of [`Communicator::sum_f32_during`]: hands each bucket over as soon as it is final.
+pub type ProduceBuckets<'p> = &'p mut dyn FnMut(SubmitBucket<'_>);
+
+/// What one [`Communicator::sum_f32_during`] cost, in seconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct SumTimes {
+    /// While at least one sum was under way: from the start of a bucket's hand-over (its copy included)
+    /// until the computing thread saw its sum complete.
+    pub in_flight: f64,
+    /// Spent by the computing thread on the sums instead of computing: copying buckets, starting and
+    /// testing the non-blocking all-reduces, and waiting for the last ones after the backward pass.
+    pub exposed: f64,
+}
+
+/// Time and volume of the gradient sums so far (bench train reports them per step). The overlap achieved
+/// is `1 − seconds / in_flight_seconds`: the share of the all-reduce time hidden behind computation.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct CommStats {
-    /// Seconds spent in gradient all-reduces.
+    /// Seconds the computing thread spent on gradient sums (a blocking all-reduce entirely; with overlap
+    /// the copies, the calls and the wait after the backward pass) — what the sums added to the steps.
     pub seconds: f64,
+    /// Seconds during which a gradient sum was under way (see [`SumTimes::in_flight`]); equal to
+    /// `seconds` for blocking sums.
+    pub in_flight_seconds: f64,
     /// Bytes of gradients each rank contributed to all-reduces.
     pub bytes: u64,
     pub calls: u64,
@@ -78,6 +126,10 @@ pub struct CommStats {
 pub struct Group {
     comm: Rc<RefCell<Box<dyn Communicator>>>,
     stats: CommStats,
+    /// Whether gradient sums overlap the backward pass ([`Group::sum_gradients_during`]).
+    overlap: bool,
+    /// The sums of overlapped gradient buckets, packed in bucket order (one gradient buffer's size).
+    sums: Vec<f32>,
 }
 
 impl Default for Group {
@@ -88,7 +140,7 @@ impl Default for Group {
 
 impl Group {
     pub fn new(comm: Box<dyn Communicator>) -> Self {
-        Self { comm: Rc::new(RefCell::new(comm)), stats: CommStats::default() }
+        Self { comm: Rc::new(RefCell::new(comm)), stats: CommStats::default(), overlap: true, sums: Vec::new() }
     }
 
     pub fn rank(&self) -> usize {
@@ -119,7 +171,9 @@ impl Group {
         }
         let start = Instant::now();
         self.comm.borrow_mut().sum_f32(grads);
-        self.stats.seconds += start.elapsed().as_secs_f64();
+        let seconds = start.elapsed().as_secs_f64();
+        self.stats.seconds += seconds;
+        self.stats.in_flight_seconds += seconds;
         self.stats.bytes += (std::mem::size_of_val(grads)) as u64;
         self.stats.calls += 1;
     }
@@ -453,6 +507,43 @@ mod tests {
         let mut grads = vec![1.0f32, 2.0];
         group.sum_gradients(&mut grads);
         assert_eq!((grads, group.stats().bytes, group.stats().calls), (vec![2.0, 4.0], 8, 1));
+    }
+
+    #[test]
+    fn overlapped_sums_cover_buckets_handed_over_early_late_or_not_at_all() {
+        use lushan_model::GradSegment;
+        // Buckets in the order a backward pass hands them over: [4..6, 0..1], [1..4].
+        let plan = vec![vec![4..6, 0..1], vec![1..4]];
+        for hand_over in [2, 1, 0] {
+            let mut group = Group::new(Box::new(PretendJob { others: vec![Box::new(|mine: &[u8]| mine.to_vec())] }));
+            let mut grads = vec![0.0f32; 6];
+            let loss = group
+                .sum_gradients_during(&mut grads, &plan, |grads, on_final| {
+                    grads.iter_mut().enumerate().for_each(|(i, g)| *g = i as f32 + 1.0);
+                    let segments = |ranges: &[std::ops::Range<usize>]| -> Vec<(usize, Vec<f32>)> {
+                        ranges.iter().map(|r| (r.start, grads[r.clone()].to_vec())).collect()
+                    };
+                    // A bucket that is not the plan's next one is not started early.
+                    on_final(&[GradSegment { offset: 1, values: &grads[1..2] }]);
+                    for bucket in &plan[..hand_over] {
+                        let owned = segments(bucket);
+                        let view: Vec<GradSegment<'_>> =
+                            owned.iter().map(|(offset, v)| GradSegment { offset: *offset, values: v }).collect();
+                        on_final(&view);
+                    }
+                    Ok(0.5)
+                })
+                .unwrap();
+            assert_eq!(loss, 0.5);
+            // The pretend job's other rank contributes the same values: every gradient doubles, once.
+            assert_eq!(grads, vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0], "{hand_over} buckets handed over early");
+            assert_eq!((group.stats().bytes, group.stats().calls), (24, 1));
+        }
+        let mut group = Group::new(Box::new(PretendJob { others: vec![Box::new(|mine: &[u8]| mine.to_vec())] }));
+        let mut grads = vec![1.0f32; 4];
+        let err =
+            group.sum_gradients_during(&mut grads, &[(0..3).map(|i| i..i + 1).collect()], |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("do not cover its gradient buffer of 4 values"), "{err}");
     }
 
     #[test]
