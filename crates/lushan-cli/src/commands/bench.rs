@@ -198,6 +198,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     group.sum_f64(&mut totals);
     let [in_flight_total, exposed_total] = totals;
     let overlap = if in_flight_total > 0.0 { (1.0 - exposed_total / in_flight_total).max(0.0) } else { 0.0 };
+    // Every rank measures its GEMM ceiling at the same time (each with its own threads), so the sum is what
+    // the machine's cores give together, the figure the ranks' combined FLOP/s compares with.
+    let mut ceiling = [measure_sgemm_ceiling()];
+    group.sum_f64(&mut ceiling);
+    let [ceiling] = ceiling;
     if !writer {
         return Ok(ExitCode::SUCCESS);
     }
@@ -209,15 +214,15 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let n = lushan_model::params::count_non_embedding(&mcfg) as f64;
     let flops_per_token = 6.0 * n + 12.0 * (mcfg.n_layer * mcfg.n_head * mcfg.head_size() * t) as f64;
     let achieved = flops_per_token * tokens_per_step / median;
-    let ceiling = measure_sgemm_ceiling();
     let peak_rss = peak_rss_mib();
     println!("ms/step: median {:.2}, mean {:.2}", median * 1e3, mean * 1e3);
     println!("tokens/s: {:.0} (median step)", tokens_per_step / median);
     println!(
-        "model FLOP/s: {:.1} GFLOP/s = {:.0}% of the sgemm ceiling measured in this run ({:.1} GFLOP/s at 768×768×768)",
+        "model FLOP/s: {:.1} GFLOP/s = {:.0}% of the sgemm ceiling measured in this run ({:.1} GFLOP/s at 768×768×768{})",
         achieved / 1e9,
         100.0 * achieved / ceiling,
         ceiling / 1e9,
+        if ranks > 1 { ", every rank at once" } else { "" },
     );
     println!("peak RSS: {}", fmt_mib(peak_rss));
     let median_of = |mut values: Vec<f64>| {
