@@ -14,6 +14,10 @@ use serde::Serialize;
 
 use crate::error::{Result, TrainError};
 
+/// Context windows run through the model in one forward when collecting activations or measuring the
+/// spliced loss: bigger products run nearer the GEMM's peak.
+const WINDOWS_PER_BATCH: usize = 16;
+
 /// Most activations collected (rows of C floats), so the buffer stays bounded whatever the text's size.
 pub const MAX_ROWS: usize = 4_000_000;
 
@@ -67,9 +71,8 @@ pub fn collect_residuals(model: &Gpt, tokens: &[u32], layer: usize, max_rows: us
     let c = cfg.n_embd;
     let mut out = Vec::with_capacity(rows.checked_mul(c).ok_or_else(|| invalid("data", "too many tokens".into()))?);
     let window = cfg.block_size.min(rows);
-    // Whole windows go through the model a batch at a time (bigger products run nearer the GEMM's peak);
-    // the residual stream of a batch is its windows' rows in order.
-    const WINDOWS_PER_BATCH: usize = 16;
+    // Whole windows go through the model a batch at a time; the residual stream of a batch is its windows'
+    // rows in order.
     let mut acts =
         Activations::with_lora(cfg, WINDOWS_PER_BATCH.min(rows / window).max(1), window, model.lora_shape())?;
     let whole = rows / window * window;
@@ -127,9 +130,7 @@ pub fn train_sae(
             return Err(invalid("l1/lr", format!("the SAE's loss became {} at step {step}", loss.loss)));
         }
         final_loss = loss.loss;
-        for &i in &batch.active_features {
-            fired[i as usize] = true;
-        }
+        batch.mark_fired(&mut fired);
         sae.backward(&x, &batch, &mut grads);
         adam.update(&mut sae.params, &grads, &mut m, &mut v, step);
         sae.normalize_decoder();
@@ -155,7 +156,9 @@ pub fn train_sae(
         .map(|row| row.iter().zip(&mean).map(|(&v, m)| (f64::from(v) - m).powi(2)).sum::<f64>())
         .sum();
     let error_sum = f64::from(loss.mse_sum) * heldout as f64;
-    let dead_features = batch.fired(f).iter().filter(|&&hit| !hit).count();
+    let mut fired_heldout = vec![false; f];
+    batch.mark_fired(&mut fired_heldout);
+    let dead_features = fired_heldout.iter().filter(|&&hit| !hit).count();
     Ok(SaeReport {
         steps: settings.steps,
         train_rows: train_n,
@@ -264,7 +267,6 @@ pub fn splice_losses(model: &Gpt, sae: &Sae, tokens: &[u32]) -> Result<SpliceRep
         return Err(invalid("data", "at least 2 tokens are needed to measure the loss".into()));
     }
     // The windows `explain --data` measures its loss over, a batch of equally long ones per forward.
-    const WINDOWS_PER_BATCH: usize = 16;
     let windows: Vec<&[u32]> = loss_windows(tokens, window).collect();
     let mut acts = Activations::with_lora(cfg, WINDOWS_PER_BATCH, window.min(tokens.len() - 1), model.lora_shape())?;
     let mut batch = SaeBatch::default();

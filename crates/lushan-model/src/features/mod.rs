@@ -45,6 +45,7 @@ use crate::activations::Activations;
 use crate::error::{ModelError, Result};
 use lushan_kernels::matmul;
 use lushan_kernels::rng::Rng;
+use lushan_kernels::vector::{axpy, dot};
 
 /// What an SAE is and which model and layer it reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,16 +110,17 @@ pub struct SaeBatch {
     pub active_values: Vec<f32>,
     /// Reconstructions, (N, C).
     pub reconstruction: Vec<f32>,
+    /// `‖d_i‖` of every decoder row at the forward (the backward of that forward reads them too).
+    pub decoder_norms: Vec<f32>,
 }
 
 impl SaeBatch {
-    /// Whether feature `i` fired on any row, for every feature (F flags), from the compressed rows.
-    pub fn fired(&self, n_features: usize) -> Vec<bool> {
-        let mut fired = vec![false; n_features];
+    /// Sets `fired[i]` for every feature `i` active on some row (from the compressed rows); flags already
+    /// set stay set, so calls over several batches accumulate.
+    pub fn mark_fired(&self, fired: &mut [bool]) {
         for &i in &self.active_features {
             fired[i as usize] = true;
         }
-        fired
     }
 
     /// Applies the ReLU to the pre-activations in `features` (N, F) and compresses the rows: the scan is
@@ -271,7 +273,9 @@ impl Sae {
         let n = (x.len() / c).max(1);
         self.encode(x, batch);
         let p = self.parts();
-        let norms = decoder_norms(p.w_dec, c);
+        batch.decoder_norms.clear();
+        batch.decoder_norms.par_extend(p.w_dec.par_chunks(c).map(|d| dot(d, d).sqrt()));
+        let norms = &batch.decoder_norms;
         let mut reconstruction = std::mem::take(&mut batch.reconstruction);
         reconstruction.resize(x.len(), 0.0);
         // x̂_n = b_pre + Σ_{i active} f_ni d_i, visiting only the active features.
@@ -310,7 +314,7 @@ impl Sae {
         let scale = 2.0 / n.max(1) as f32;
         let l1_scale = self.config.l1 / n.max(1) as f32;
         let p = self.parts();
-        let norms = decoder_norms(p.w_dec, c);
+        let norms = &batch.decoder_norms;
         let active = batch.active_features.len();
 
         // Rows: e_n = (2/N)(x̂_n − x_n); ∂L/∂a_ni = e_n·d_i + (l1/N)‖d_i‖ for active i (ReLU passes it);
@@ -402,29 +406,6 @@ impl Sae {
             },
         );
     }
-}
-
-/// `‖d_i‖` for every decoder row.
-fn decoder_norms(w_dec: &[f32], c: usize) -> Vec<f32> {
-    w_dec.par_chunks(c).map(|d| dot(d, d).sqrt()).collect()
-}
-
-/// `y += a·x`.
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
-}
-
-/// `x·y`, in eight partial sums so the compiler can keep them in one vector register.
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut partial = [0.0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
-    for (a, b) in xc.zip(yc) {
-        for j in 0..8 {
-            partial[j] += a[j] * b[j];
-        }
-    }
-    partial.iter().sum::<f32>() + tail
 }
 
 /// The residual stream entering block `layer` of the last forward, (B·T, C): the embeddings for layer 0,
@@ -519,7 +500,14 @@ mod tests {
         }
         assert_eq!(batch.active_rows.len(), 4);
         assert!(
-            batch.fired(8).iter().enumerate().all(|(i, &hit)| hit == (0..3).any(|n| batch.features[n * 8 + i] > 0.0))
+            {
+                let mut fired = [false; 8];
+                batch.mark_fired(&mut fired);
+                fired
+            }
+            .iter()
+            .enumerate()
+            .all(|(i, &hit)| hit == (0..3).any(|n| batch.features[n * 8 + i] > 0.0))
         );
     }
 
