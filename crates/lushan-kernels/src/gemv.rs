@@ -39,7 +39,7 @@ const MAX_TASKS: usize = 16;
 /// `a·b + c`, fused where the target has FMA (always under `target-cpu=native` on x86-64 since Haswell);
 /// without it `mul_add` would be a libm call, so fall back to a separate multiply and add.
 #[inline(always)]
-fn fmadd(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn fmadd(a: f32, b: f32, c: f32) -> f32 {
     if cfg!(target_feature = "fma") { a.mul_add(b, c) } else { a * b + c }
 }
 

@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use super::{BLOCK, BlockQ4_0, BlockQ8_0, quantize_q8_0};
+use crate::gemv::fmadd;
 
 /// Output channels one parallel task computes.
 const CHANNELS_PER_TASK: usize = 64;
@@ -63,12 +64,6 @@ impl QuantBlock for BlockQ4_0 {
     fn scale(&self) -> f32 {
         BlockQ4_0::scale(self)
     }
-}
-
-/// `a·b + c`, fused where the target has FMA (as the AVX2 path's `fmadd`).
-#[inline(always)]
-fn fmadd(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(target_feature = "fma") { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Sum of 8 lanes: lane i + (i + 4), then i + (i + 2), then 0 + 1 — the AVX2 horizontal sum's order.
