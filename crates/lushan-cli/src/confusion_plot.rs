@@ -2,13 +2,15 @@
 //! columns, the count written in every cell, and each cell coloured by its share of the gold row (so a class
 //! with few examples is as readable as a big one). Drawn with the shared toolkit in `crate::draw`.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use lushan_train::task_metrics::ClassificationReport;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::draw::{BLUES, FONT_FAMILY, GREY_INK, INK, LIGHT_GREY as GRID, draw_err, ensure_font, text_width};
+use crate::draw::{
+    BLUES, FONT_FAMILY, GREY_INK, INK, LIGHT_GREY as GRID, draw_err, encode_png, ensure_font, text_width,
+};
 
 /// Most classes drawn; beyond this the cells would be too small to read.
 pub const MAX_CLASSES: usize = 200;
@@ -191,22 +193,6 @@ fn draw(
     text("100%", (bar_x + COLORBAR_WIDTH as i32 + 6, gy + 6), &tick_style)?;
     text("0%", (bar_x + COLORBAR_WIDTH as i32 + 6, gy + bar_h - 6), &tick_style)?;
     Ok(())
-}
-
-/// Encodes an RGB buffer as PNG, as `plot.rs` and `explain/pictures.rs` do.
-fn encode_png(buf: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
-    let mut png_bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut png_bytes, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        // The default for a new encoder is the fast mode, which leaves a big grid of flat cells megabytes large.
-        encoder.set_compression(png::Compression::Default);
-        let mut writer = encoder.write_header().context("encoding the PNG header")?;
-        writer.write_image_data(buf).context("encoding the PNG data")?;
-        writer.finish().context("finishing the PNG")?;
-    }
-    Ok(png_bytes)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Loss-curve rendering: draws train/validation loss against step into a PNG, with the shared drawing
 //! toolkit's font and palette (`crate::draw`).
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use plotters::prelude::*;
 
 use crate::draw::{BLUE, FONT_FAMILY, GREEN, ORANGE, draw_err, ensure_font};
@@ -255,16 +255,7 @@ pub fn render_loss_curve_png(curves: &LossCurves, width: u32, height: u32) -> an
         root.present().map_err(draw_err("the loss curve"))?;
     }
 
-    let mut png_bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut png_bytes, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().context("encoding the PNG header")?;
-        writer.write_image_data(&buf).context("encoding the PNG data")?;
-        writer.finish().context("finishing the PNG")?;
-    }
-    Ok(png_bytes)
+    crate::draw::encode_png(&buf, width, height)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! text and lines drawn on the same buffer through plotters, and the result encoded as a PNG whose size is
 //! known before drawing (so HTML `<img>` tags, manifests and tests know it).
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -187,17 +187,7 @@ impl Canvas {
     }
 
     pub(crate) fn into_picture(self, file_name: String, title: String, description: String) -> Result<Picture> {
-        let mut png_bytes = Vec::new();
-        {
-            let mut encoder = png::Encoder::new(&mut png_bytes, self.width, self.height);
-            encoder.set_color(png::ColorType::Rgb);
-            encoder.set_depth(png::BitDepth::Eight);
-            // `Best` takes several times longer for a few percent less; a long prompt draws many big maps.
-            encoder.set_compression(png::Compression::Default);
-            let mut writer = encoder.write_header().context("encoding the PNG header")?;
-            writer.write_image_data(&self.pixels).context("encoding the PNG data")?;
-            writer.finish().context("finishing the PNG")?;
-        }
+        let png_bytes = super::encode_png(&self.pixels, self.width, self.height)?;
         Ok(Picture { file_name, title, description, width: self.width, height: self.height, png: png_bytes })
     }
 }

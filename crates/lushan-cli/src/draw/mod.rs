@@ -28,6 +28,24 @@ pub(crate) fn ensure_font() -> anyhow::Result<()> {
     if ok { Ok(()) } else { bail!("the embedded DejaVu Sans font could not be loaded") }
 }
 
+/// Encodes an RGB buffer (`width × height × 3` bytes) as PNG: every picture lushan writes goes through here.
+pub(crate) fn encode_png(rgb: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        // The new encoder's default, the fast mode, leaves a big grid of flat cells megabytes large; `Best`
+        // takes several times longer for a few percent less (a long prompt draws many big maps).
+        encoder.set_compression(png::Compression::Default);
+        let mut writer = encoder.write_header().context("encoding the PNG header")?;
+        writer.write_image_data(rgb).context("encoding the PNG data")?;
+        writer.finish().context("finishing the PNG")?;
+    }
+    Ok(png_bytes)
+}
+
 /// A plotters error as an error naming what was being drawn.
 pub(crate) fn draw_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
     move |e| anyhow!("drawing {what} failed: {e}")

@@ -1,8 +1,8 @@
 //! The sweep report's pictures, drawn with the shared toolkit (`crate::draw`): every trial's validation
 //! curve on one plot, the metric against each swept setting, and a parallel-coordinates picture.
 
-use crate::draw::{BLUE, FONT_FAMILY, GREY_INK, INK, LIGHT_GREY, ORANGE, VIRIDIS, draw_err, ensure_font};
-use anyhow::{Context, Result};
+use crate::draw::{BLUE, FONT_FAMILY, GREY_INK, INK, LIGHT_GREY, ORANGE, VIRIDIS, draw_err, encode_png, ensure_font};
+use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -38,16 +38,7 @@ fn png(draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> R
         draw(&root)?;
         root.present().map_err(draw_err("a sweep picture"))?;
     }
-    let mut bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut bytes, WIDTH, HEIGHT);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().context("encoding the PNG header")?;
-        writer.write_image_data(&buf).context("encoding the PNG data")?;
-        writer.finish().context("finishing the PNG")?;
-    }
-    Ok(bytes)
+    encode_png(&buf, WIDTH, HEIGHT)
 }
 
 /// The range of `values` with a little room, never empty.
