@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use lushan_model::checkpoint::adapter;
-use lushan_model::{Gpt, checkpoint};
+use lushan_model::{DType, Gpt, checkpoint};
 use lushan_tokenizer::Tokenizer;
 use std::path::Path;
 
@@ -52,4 +52,20 @@ pub fn load_with(model: &Path, adapter_dir: Option<&Path>) -> Result<(Gpt, Token
         .with_context(|| format!("loading LoRA adapter {} onto {}", dir.display(), model.display()))?;
     adapted.merge_lora()?;
     Ok((adapted, tokenizer))
+}
+
+/// `--dtype`: the type the weight matrices are converted to when the model loads.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DtypeArg {
+    /// Weight type to run with: f32, bf16, f16, q8_0 or q4_0. The weight matrices are converted as the
+    /// model loads and their f32 copies dropped (biases, layer norms and positions stay f32).
+    #[arg(long, default_value = "f32", value_name = "TYPE")]
+    pub dtype: DType,
+}
+
+/// [`load_with`], then the weight matrices converted to `dtype`.
+pub fn load_as(model: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(Gpt, Tokenizer)> {
+    let (gpt, tokenizer) = load_with(model, adapter_dir)?;
+    let gpt = gpt.with_dtype(dtype).with_context(|| format!("converting {} to --dtype {dtype}", model.display()))?;
+    Ok((gpt, tokenizer))
 }

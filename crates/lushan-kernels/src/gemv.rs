@@ -29,7 +29,7 @@ const LANES: usize = 16;
 /// Weight rows walked side by side.
 const GROUP: usize = 4;
 /// How far ahead (in elements, 4 KiB) each weight stream is prefetched.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 const PREFETCH: usize = 1024;
 /// Weight elements below which one more task costs more than it saves (≈ 256 KiB, a few microseconds).
 const MIN_TASK_ELEMS: usize = 1 << 16;
@@ -41,6 +41,65 @@ const MAX_TASKS: usize = 16;
 #[inline(always)]
 pub(crate) fn fmadd(a: f32, b: f32, c: f32) -> f32 {
     if cfg!(target_feature = "fma") { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// A weight element the products read directly: `f32`, or a 16-bit float (`bf16`, `f16`) widened to `f32`
+/// as it is loaded. Widening is exact (every bf16 and f16 value is an f32), so a 16-bit matrix gives the
+/// same results as its `f32` copy would, at half the bytes read.
+pub trait Element: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// Eight consecutive elements from `p`, widened.
+    ///
+    /// # Safety
+    /// `p..p + 8` must be readable; AVX2 and F16C must be available (they are compiled in wherever this is).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[allow(unsafe_code)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees eight readable floats at `p`; unaligned loads accept any address.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Element for half::bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees eight readable bf16 (16 bytes) at `p`; a bf16 is the top half of
+        // its f32, so zero-extending to 32 bits and shifting left by 16 widens it exactly.
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+    }
+}
+
+impl Element for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees eight readable f16 (16 bytes) at `p`; F16C widens them exactly.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
 }
 
 /// Sum of the lanes in a fixed pairwise order (halves first), the order the AVX2 path uses too.
@@ -62,18 +121,21 @@ fn hsum(acc: &[f32; LANES]) -> f32 {
 ///
 /// Portable twin of the AVX2 path, bit-identical to it. The compiler does not vectorise this loop well
 /// (it vectorises across the `R` rows and broadcasts `x`), hence the explicit path where available.
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", not(test)), allow(dead_code))]
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c", not(test)),
+    allow(dead_code)
+)]
 #[inline(always)]
-fn dot_rows_portable<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] {
+fn dot_rows_portable<T: Element, const R: usize>(x: &[f32], rows: [&[T]; R], c: usize) -> [f32; R] {
     debug_assert!(x.len() == c && rows.iter().all(|r| r.len() == c));
     let (xs, x_tail) = x.as_chunks::<LANES>();
-    let ws: [&[[f32; LANES]]; R] = std::array::from_fn(|r| rows[r].as_chunks::<LANES>().0);
+    let ws: [&[[T; LANES]]; R] = std::array::from_fn(|r| rows[r].as_chunks::<LANES>().0);
     let mut acc = [[0.0f32; LANES]; R];
     for (k, xs) in xs.iter().enumerate() {
         for r in 0..R {
             let ws = &ws[r][k];
             for i in 0..LANES {
-                acc[r][i] = fmadd(xs[i], ws[i], acc[r][i]);
+                acc[r][i] = fmadd(xs[i], ws[i].to_f32(), acc[r][i]);
             }
         }
     }
@@ -81,29 +143,34 @@ fn dot_rows_portable<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> 
     std::array::from_fn(|r| {
         let mut s = hsum(&acc[r]);
         for (k, &xk) in x_tail.iter().enumerate() {
-            s = fmadd(xk, rows[r][body + k], s);
+            s = fmadd(xk, rows[r][body + k].to_f32(), s);
         }
         s
     })
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
 use dot_rows_portable as dot_rows;
 
 /// [`dot_rows_portable`] with AVX2 + FMA: each row's 16 lanes are two 8-lane registers, so four rows keep
 /// eight independent accumulators in flight and each input load serves four rows. Each row stream is
 /// prefetched [`PREFETCH`] elements ahead (the next rows of a stream follow it in memory).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 #[inline(always)]
 #[allow(unsafe_code)]
-fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] {
+fn dot_rows<T: Element, const R: usize>(x: &[f32], rows: [&[T]; R], c: usize) -> [f32; R] {
     use std::arch::x86_64::*;
     const { assert!(LANES == 16) };
     // Checked in release builds: the raw loads below rely on them, and they cost nothing next to the loop.
     assert!(x.len() == c && rows.iter().all(|r| r.len() == c), "gemv: dot_rows shapes");
     let body = c / LANES * LANES;
     let xp = x.as_ptr();
-    let wp: [*const f32; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let wp: [*const T; R] = std::array::from_fn(|r| rows[r].as_ptr());
     // SAFETY: the intrinsics need AVX2 and FMA, which this function is compiled only with (`cfg` above). The
     // loads read x[k..k + 16] and rows[r][k..k + 16] with k + 16 ≤ body ≤ c = x.len() = rows[r].len()
     // (asserted above); unaligned loads accept any address. A prefetch is a hint that never faults, and its
@@ -116,8 +183,8 @@ fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] 
             for r in 0..R {
                 let p = wp[r].add(k);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
-                lo[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(p), lo[r]);
-                hi[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(p.add(8)), hi[r]);
+                lo[r] = _mm256_fmadd_ps(x0, T::load8(p), lo[r]);
+                hi[r] = _mm256_fmadd_ps(x1, T::load8(p.add(8)), hi[r]);
             }
         }
         (lo, hi)
@@ -132,7 +199,7 @@ fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] 
             _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
         };
         for k in body..c {
-            s = x[k].mul_add(rows[r][k], s);
+            s = x[k].mul_add(rows[r][k].to_f32(), s);
         }
         s
     })
@@ -141,16 +208,16 @@ fn dot_rows<const R: usize>(x: &[f32], rows: [&[f32]; R], c: usize) -> [f32; R] 
 /// [`dot_rows`] for two input rows at once: each weight load serves both, so with several sequences
 /// decoding together (where the weights of a group stay in cache across the input rows) half the loads
 /// per multiply-add go. Each row's lanes, order and tail are those of [`dot_rows`]: bit-identical results.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 #[inline(always)]
 #[allow(unsafe_code)]
-fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: usize) -> [[f32; R]; 2] {
+fn dot_rows_pair<T: Element, const R: usize>(xa: &[f32], xb: &[f32], rows: [&[T]; R], c: usize) -> [[f32; R]; 2] {
     use std::arch::x86_64::*;
     const { assert!(LANES == 16) };
     assert!(xa.len() == c && xb.len() == c && rows.iter().all(|r| r.len() == c), "gemv: dot_rows_pair shapes");
     let body = c / LANES * LANES;
     let (ap, bp) = (xa.as_ptr(), xb.as_ptr());
-    let wp: [*const f32; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let wp: [*const T; R] = std::array::from_fn(|r| rows[r].as_ptr());
     // SAFETY: as in `dot_rows`: AVX2 + FMA are compiled in (`cfg` above); every load reads 16 floats at
     // k + 16 ≤ body ≤ c, the length of xa, xb and each row (asserted above); unaligned loads accept any
     // address; the prefetch is a non-faulting hint formed with `wrapping_add`.
@@ -162,7 +229,7 @@ fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: u
             for r in 0..R {
                 let p = wp[r].add(k);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
-                let w = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                let w = [T::load8(p), T::load8(p.add(8))];
                 for h in 0..2 {
                     acc[0][r][h] = _mm256_fmadd_ps(a[h], w[h], acc[0][r][h]);
                     acc[1][r][h] = _mm256_fmadd_ps(b[h], w[h], acc[1][r][h]);
@@ -183,7 +250,7 @@ fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: u
                 _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
             };
             for k in body..c {
-                s = xs[i][k].mul_add(rows[r][k], s);
+                s = xs[i][k].mul_add(rows[r][k].to_f32(), s);
             }
             s
         })
@@ -191,10 +258,10 @@ fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: u
 }
 
 /// Without AVX2 the pair is two single-row calls (the same arithmetic).
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
 #[inline(always)]
-fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: usize) -> [[f32; R]; 2] {
-    [dot_rows::<R>(xa, rows, c), dot_rows::<R>(xb, rows, c)]
+fn dot_rows_pair<T: Element, const R: usize>(xa: &[f32], xb: &[f32], rows: [&[T]; R], c: usize) -> [[f32; R]; 2] {
+    [dot_rows::<T, R>(xa, rows, c), dot_rows::<T, R>(xb, rows, c)]
 }
 
 /// One task: output channels `0..w.len()/c` of this block for every input row.
@@ -204,7 +271,7 @@ fn dot_rows_pair<const R: usize>(xa: &[f32], xb: &[f32], rows: [&[f32]; R], c: u
 /// run (`j`, `j + q`, `j + 2q`, `j + 3q`): four sequential streams far apart, which the hardware prefetchers
 /// follow better than four adjacent rows (≈10% more bandwidth here). Rows past the four runs are the tail.
 /// Input rows go two at a time ([`dot_rows_pair`]), an odd last one alone.
-fn block(outs: &mut [&mut [f32]], inp: &[f32], w: &[f32], bias: Option<&[f32]>, c: usize) {
+fn block<T: Element>(outs: &mut [&mut [f32]], inp: &[f32], w: &[T], bias: Option<&[f32]>, c: usize) {
     let oc = w.len() / c;
     let q = oc / GROUP;
     let n = outs.len();
@@ -212,9 +279,9 @@ fn block(outs: &mut [&mut [f32]], inp: &[f32], w: &[f32], bias: Option<&[f32]>, 
     let x = |i: usize| &inp[i * c..(i + 1) * c];
     let bias_at = |j: usize| bias.map_or(0.0, |b| b[j]);
     for j in 0..q {
-        let rows: [&[f32]; GROUP] = std::array::from_fn(|g| row(j + g * q));
+        let rows: [&[T]; GROUP] = std::array::from_fn(|g| row(j + g * q));
         for i in (0..n - n % 2).step_by(2) {
-            let pair = dot_rows_pair::<GROUP>(x(i), x(i + 1), rows, c);
+            let pair = dot_rows_pair::<T, GROUP>(x(i), x(i + 1), rows, c);
             for (h, r) in pair.into_iter().enumerate() {
                 for (g, r) in r.into_iter().enumerate() {
                     outs[i + h][j + g * q] = r + bias_at(j + g * q);
@@ -222,7 +289,7 @@ fn block(outs: &mut [&mut [f32]], inp: &[f32], w: &[f32], bias: Option<&[f32]>, 
             }
         }
         if n % 2 == 1 {
-            let r = dot_rows::<GROUP>(x(n - 1), rows, c);
+            let r = dot_rows::<T, GROUP>(x(n - 1), rows, c);
             for (g, r) in r.into_iter().enumerate() {
                 outs[n - 1][j + g * q] = r + bias_at(j + g * q);
             }
@@ -230,7 +297,7 @@ fn block(outs: &mut [&mut [f32]], inp: &[f32], w: &[f32], bias: Option<&[f32]>, 
     }
     for j in GROUP * q..oc {
         for (o, x) in outs.iter_mut().zip(inp.chunks_exact(c)) {
-            let [r] = dot_rows::<1>(x, [row(j)], c);
+            let [r] = dot_rows::<T, 1>(x, [row(j)], c);
             o[j] = r + bias_at(j);
         }
     }
@@ -243,7 +310,7 @@ fn block(outs: &mut [&mut [f32]], inp: &[f32], w: &[f32], bias: Option<&[f32]>, 
 ///
 /// # Panics
 /// With more than [`MAX_BATCH`] rows (the output pieces live in fixed arrays).
-pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
+pub fn forward<T: Element>(out: &mut [f32], inp: &[f32], weight: &[T], bias: Option<&[f32]>, c: usize, oc: usize) {
     debug_assert!(c > 0);
     let n = inp.len() / c;
     assert!(n <= MAX_BATCH, "gemv: {n} rows > {MAX_BATCH}");
@@ -379,8 +446,8 @@ mod tests {
             let x = random_f32(&mut rng, c, 1.0);
             let w = random_f32(&mut rng, 4 * c, 1.0);
             let rows: [&[f32]; 4] = std::array::from_fn(|r| &w[r * c..(r + 1) * c]);
-            assert_eq!(dot_rows::<4>(&x, rows, c), dot_rows_portable::<4>(&x, rows, c), "c={c}");
-            assert_eq!(dot_rows::<1>(&x, [rows[2]], c), dot_rows_portable::<1>(&x, [rows[2]], c), "c={c}");
+            assert_eq!(dot_rows::<f32, 4>(&x, rows, c), dot_rows_portable::<f32, 4>(&x, rows, c), "c={c}");
+            assert_eq!(dot_rows::<f32, 1>(&x, [rows[2]], c), dot_rows_portable::<f32, 1>(&x, [rows[2]], c), "c={c}");
         }
     }
 
@@ -391,9 +458,9 @@ mod tests {
             let (xa, xb) = (random_f32(&mut rng, c, 1.0), random_f32(&mut rng, c, 1.0));
             let w = random_f32(&mut rng, 4 * c, 1.0);
             let rows: [&[f32]; 4] = std::array::from_fn(|r| &w[r * c..(r + 1) * c]);
-            let pair = dot_rows_pair::<4>(&xa, &xb, rows, c);
-            assert_eq!(pair, [dot_rows::<4>(&xa, rows, c), dot_rows::<4>(&xb, rows, c)], "c={c}");
-            assert_eq!(pair[1], dot_rows_portable::<4>(&xb, rows, c), "c={c}");
+            let pair = dot_rows_pair::<f32, 4>(&xa, &xb, rows, c);
+            assert_eq!(pair, [dot_rows::<f32, 4>(&xa, rows, c), dot_rows::<f32, 4>(&xb, rows, c)], "c={c}");
+            assert_eq!(pair[1], dot_rows_portable::<f32, 4>(&xb, rows, c), "c={c}");
         }
     }
 
@@ -421,6 +488,34 @@ mod tests {
             let mut shifted = vec![0.0; oc - 1];
             forward(&mut shifted, xi, &w[c..], None, c, oc - 1);
             assert_eq!(shifted, alone[1..]);
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_weights_give_exactly_the_products_of_their_f32_widening() {
+        // Widening bf16/f16 is exact, and the arithmetic is the f32 path's: the results must be bit-identical
+        // to the f32 kernel on the widened matrix, SIMD path and portable twin alike.
+        let mut rng = Rng::new(15);
+        for (n, c, oc) in [(1, 13, 7), (1, 768, 1001), (3, 100, 203), (MAX_BATCH, 65, 130)] {
+            let x = random_f32(&mut rng, n * c, 1.0);
+            let w = random_f32(&mut rng, oc * c, 1.0);
+            let b = random_f32(&mut rng, oc, 1.0);
+            let bf: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let hf: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let bf_wide: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
+            let hf_wide: Vec<f32> = hf.iter().map(|v| v.to_f32()).collect();
+            let (mut got, mut want) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+            forward(&mut got, &x, &bf, Some(&b), c, oc);
+            forward(&mut want, &x, &bf_wide, Some(&b), c, oc);
+            assert_eq!(got, want, "bf16 n={n} c={c} oc={oc}");
+            forward(&mut got, &x, &hf, Some(&b), c, oc);
+            forward(&mut want, &x, &hf_wide, Some(&b), c, oc);
+            assert_eq!(got, want, "f16 n={n} c={c} oc={oc}");
+            let rows: [&[half::f16]; 4] = std::array::from_fn(|r| &hf[r * c..(r + 1) * c]);
+            let xr = &x[..c];
+            assert_eq!(dot_rows::<half::f16, 4>(xr, rows, c), dot_rows_portable::<half::f16, 4>(xr, rows, c));
+            let rows: [&[half::bf16]; 4] = std::array::from_fn(|r| &bf[r * c..(r + 1) * c]);
+            assert_eq!(dot_rows::<half::bf16, 4>(xr, rows, c), dot_rows_portable::<half::bf16, 4>(xr, rows, c));
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod residual;
 pub mod rng;
 pub mod softmax;
 pub mod vector;
+pub mod weights;
 
 /// Finite-difference and comparison helpers for tests (this crate's and the model crate's).
 #[doc(hidden)]

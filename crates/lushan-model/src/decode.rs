@@ -3,7 +3,9 @@
 
 use crate::error::{ModelError, Result};
 use crate::gpt::Gpt;
-use lushan_kernels::{encoder, gelu, gemv, layernorm, matmul, residual, softmax::softmax_in_place, vector};
+use crate::params::ParamKind;
+use crate::weights::{self, Weights};
+use lushan_kernels::{gelu, gemv, layernorm, residual, softmax::softmax_in_place, vector};
 use rayon::prelude::*;
 
 /// Keys and values of every position seen so far, for every layer and head.
@@ -139,7 +141,7 @@ struct RowAt {
 }
 
 /// `out = inp·Wᵀ + b` as one decoding pass computes its linear layers.
-type Linear = fn(&mut [f32], &[f32], &[f32], Option<&[f32]>, usize, usize);
+type Linear = fn(&mut [f32], &[f32], Weights<'_>, Option<&[f32]>, usize, usize);
 
 impl Gpt {
     /// Appends `tokens` at the next positions of the cache and returns the logits of the last one.
@@ -157,11 +159,11 @@ impl Gpt {
         for chunk in tokens.chunks(buffers.rows) {
             let rows: Vec<RowAt> = (0..chunk.len()).map(|i| RowAt { cache: 0, pos: cache.len + i }).collect();
             // A chunk of several positions is a real matrix product (GEMM); one position a GEMV.
-            self.forward_rows(&mut [&mut *cache], &rows, chunk, buffers, matmul::forward);
+            self.forward_rows(&mut [&mut *cache], &rows, chunk, buffers, weights::forward);
             cache.len += chunk.len();
             // Only the last position's logits are needed for sampling: skip the rest of the output layer.
             let last = chunk.len() - 1;
-            self.output_logits(buffers, last..last + 1, logits, matmul::forward);
+            self.output_logits(buffers, last..last + 1, logits, weights::forward);
         }
         Ok(&state.logits)
     }
@@ -201,8 +203,8 @@ impl Gpt {
         self.check_tokens(tokens, false)?;
         let rows: Vec<RowAt> = states.iter().enumerate().map(|(i, s)| RowAt { cache: i, pos: s.cache.len }).collect();
         let mut caches: Vec<&mut KvCache> = states.iter_mut().map(|s| &mut s.cache).collect();
-        self.forward_rows(&mut caches, &rows, tokens, &mut scratch.buffers, gemv::forward);
-        self.output_logits(&mut scratch.buffers, 0..b, &mut scratch.logits, gemv::forward);
+        self.forward_rows(&mut caches, &rows, tokens, &mut scratch.buffers, weights::forward_rows);
+        self.output_logits(&mut scratch.buffers, 0..b, &mut scratch.logits, weights::forward_rows);
         let v = self.config.vocab_size;
         for (i, state) in states.iter_mut().enumerate() {
             state.cache.len += 1;
@@ -226,7 +228,7 @@ impl Gpt {
         let p = self.layout.split(&self.params);
         let mc = m * c;
         for (i, (at, &token)) in rows.iter().zip(tokens).enumerate() {
-            encoder::forward(&mut buf.x[i * c..][..c], &[token], p.wte, p.wpe, 1, at.pos, c);
+            self.embed(&mut buf.x[i * c..][..c], &[token], 1, at.pos);
         }
         for l in 0..cfg.n_layer {
             let w = p.layer(l);
@@ -240,7 +242,7 @@ impl Gpt {
                 c,
                 eps,
             );
-            linear(&mut buf.qkv[..3 * mc], &buf.ln[..mc], w.qkv_w, Some(w.qkv_b), c, 3 * c);
+            linear(&mut buf.qkv[..3 * mc], &buf.ln[..mc], self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
             for (i, at) in rows.iter().enumerate() {
                 let row = &buf.qkv[i * 3 * c..][..3 * c];
                 let cache = &mut caches[at.cache];
@@ -251,7 +253,8 @@ impl Gpt {
                 }
             }
             cached_attention(&mut buf.atty[..mc], &mut buf.att_scratch, &buf.qkv[..3 * mc], caches, rows, l, c, nh);
-            linear(&mut buf.branch[..mc], &buf.atty[..mc], w.attn_proj_w, Some(w.attn_proj_b), c, c);
+            let proj = self.matrix(ParamKind::AttnProjW, l);
+            linear(&mut buf.branch[..mc], &buf.atty[..mc], proj, Some(w.attn_proj_b), c, c);
             residual::forward(&mut buf.residual[..mc], &buf.x[..mc], &buf.branch[..mc]);
             layernorm::forward(
                 &mut buf.ln[..mc],
@@ -263,9 +266,10 @@ impl Gpt {
                 c,
                 eps,
             );
-            linear(&mut buf.fch[..4 * mc], &buf.ln[..mc], w.fc_w, Some(w.fc_b), c, 4 * c);
+            linear(&mut buf.fch[..4 * mc], &buf.ln[..mc], self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
             gelu::forward(&mut buf.fch_gelu[..4 * mc], &buf.fch[..4 * mc]);
-            linear(&mut buf.branch[..mc], &buf.fch_gelu[..4 * mc], w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+            let proj = self.matrix(ParamKind::FcProjW, l);
+            linear(&mut buf.branch[..mc], &buf.fch_gelu[..4 * mc], proj, Some(w.fc_proj_b), 4 * c, c);
             residual::forward(&mut buf.x[..mc], &buf.residual[..mc], &buf.branch[..mc]);
         }
     }
@@ -278,7 +282,7 @@ impl Gpt {
         let x = &buf.x[which.start * c..which.end * c];
         let (ln, mean, rstd) = (&mut buf.ln[..n * c], &mut buf.mean[..n], &mut buf.rstd[..n]);
         layernorm::forward(ln, mean, rstd, x, p.lnf_w, p.lnf_b, c, cfg.layer_norm_epsilon);
-        linear(&mut logits[..n * cfg.vocab_size], ln, p.wte, None, c, cfg.vocab_size);
+        linear(&mut logits[..n * cfg.vocab_size], ln, self.matrix(ParamKind::Wte, 0), None, c, cfg.vocab_size);
     }
 }
 

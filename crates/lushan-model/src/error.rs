@@ -7,6 +7,12 @@ pub enum ModelError {
     #[error("invalid model configuration: `{field}` {reason}")]
     InvalidConfig { field: &'static str, reason: String },
 
+    #[error("weight type {dtype}: tensor `{tensor}` {reason}")]
+    WeightType { dtype: &'static str, tensor: String, reason: String },
+
+    #[error("{job} needs the model's weights in f32, but they were loaded as {dtype} (load it without --dtype)")]
+    NeedsF32Weights { job: &'static str, dtype: &'static str },
+
     #[error("token id {token} at position {position} is out of range: the model's vocabulary has {vocab_size} tokens")]
     TokenOutOfRange { token: u32, position: usize, vocab_size: usize },
 

@@ -12,6 +12,7 @@ use crate::head;
 use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
 use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
+use crate::weights::{self, PackedWeights};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_kernels::{attention, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
 
@@ -33,6 +34,9 @@ pub struct Gpt {
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     pub lora: Option<Lora>,
+    /// The weight matrices when they are stored in another type than `f32` (`--dtype`, a quantized GGUF
+    /// file); `params` then has no room for them ([`crate::weights`]).
+    pub packed: Option<PackedWeights>,
 }
 
 impl Gpt {
@@ -41,7 +45,7 @@ impl Gpt {
         config.validate()?;
         let layout = ParamLayout::new(&config);
         let params = init_gpt2(&config, &layout, seed);
-        Ok(Self { config, layout, params, lora: None })
+        Ok(Self { config, layout, params, lora: None, packed: None })
     }
 
     /// A model from existing parameters (a checkpoint); the buffer must match the layout.
@@ -54,19 +58,22 @@ impl Gpt {
                 reason: format!("expected {} values for this configuration, got {}", layout.total(), params.len()),
             });
         }
-        Ok(Self { config, layout, params, lora: None })
+        Ok(Self { config, layout, params, lora: None, packed: None })
     }
 
     /// This model with a classifier head of `labels` (pooling at the last token that is not `pad_token_id`):
     /// a language model gets a new score head drawn from `N(0, 0.02)` as `transformers` initialises one; a
     /// classifier keeps its head when its labels are `labels` and gets a new one otherwise.
     pub fn with_classifier_head(self, labels: Vec<String>, pad_token_id: u32, seed: u64) -> Result<Self> {
-        let Self { mut config, layout, mut params, .. } = self;
+        let Self { mut config, layout, mut params, packed, .. } = self;
+        if let Some(packed) = packed {
+            return Err(ModelError::NeedsF32Weights { job: "a classifier head", dtype: packed.dtype.name() });
+        }
         if let Head::Classifier { labels: old, pad_token_id: old_pad } = &config.head
             && *old == labels
             && *old_pad == pad_token_id
         {
-            return Ok(Self { config, layout, params, lora: None });
+            return Ok(Self { config, layout, params, lora: None, packed: None });
         }
         // The score head is the last tensor of the layout: drop the old one, append the new.
         params.truncate(layout.range(ParamKind::Score).start);
@@ -78,7 +85,7 @@ impl Gpt {
     }
 
     pub fn num_params(&self) -> usize {
-        self.layout.total()
+        ParamLayout::new(&self.config).total()
     }
 
     /// Values the optimiser updates: the adapter's when there is one, else every parameter.
@@ -206,6 +213,9 @@ impl Gpt {
     ) -> Result<Option<f32>> {
         let (b, t) = (acts.b, acts.t);
         let cfg = &self.config;
+        if let (Some(packed), Mode::Train { .. }) = (&self.packed, mode) {
+            return Err(ModelError::NeedsF32Weights { job: "training", dtype: packed.dtype.name() });
+        }
         let labels = cfg.num_labels();
         let target_len = if labels > 0 { b } else { b * t };
         if inputs.len() != b * t || targets.is_some_and(|tg| tg.len() != target_len) {
@@ -250,6 +260,7 @@ impl Gpt {
         // Readers that asked for it and read only the counted rows' logits skip the rest of the last block.
         let last_block_rows_only = acts.last_block_rows_only
             && matches!(mode, Mode::Eval)
+            && self.packed.is_none()
             && self.lora.is_none()
             && matches!(cfg.head, Head::LanguageModel)
             && !acts.counted_rows.is_empty();
@@ -273,7 +284,7 @@ impl Gpt {
 
         let first_layer = resume.saturating_sub(1);
         if resume == 0 {
-            encoder::forward(encoded, inputs, p.wte, p.wpe, t, 0, c);
+            self.embed(encoded, inputs, t, 0);
             if let Some(rng) = seeds.as_mut() {
                 scratch.branch.copy_from_slice(encoded);
                 dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
@@ -289,7 +300,7 @@ impl Gpt {
             }
             let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
             layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
-            matmul::forward(&mut a.qkv, &a.ln1, w.qkv_w, Some(w.qkv_b), c, 3 * c);
+            weights::forward(&mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
             if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
                 let [h, ..] = &mut a.lora_hidden;
                 let [m, ..] = &mut a.lora_mask;
@@ -303,7 +314,8 @@ impl Gpt {
                 last_block_on_rows(a, x, &w, edits, counted_rows, scratch, cfg, l, t);
                 break;
             }
-            matmul::forward(&mut scratch.branch, &a.atty, w.attn_proj_w, Some(w.attn_proj_b), c, c);
+            let proj = self.matrix(ParamKind::AttnProjW, l);
+            weights::forward(&mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
             if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
                 let [_, h, ..] = &mut a.lora_hidden;
                 let [_, m, ..] = &mut a.lora_mask;
@@ -324,14 +336,15 @@ impl Gpt {
             intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
             residual::forward(&mut a.residual2, x, &scratch.branch);
             layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
-            matmul::forward(&mut a.fch, &a.ln2, w.fc_w, Some(w.fc_b), c, 4 * c);
+            weights::forward(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
             if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
                 let [_, _, h, _] = &mut a.lora_hidden;
                 let [_, _, m, _] = &mut a.lora_mask;
                 adapter_pass::forward(&ad, &mut a.fch, &a.ln2, h, m, &mut scratch.lora_x, lora_seeds.next_u64());
             }
             gelu::forward(&mut a.fch_gelu, &a.fch);
-            matmul::forward(&mut scratch.branch, &a.fch_gelu, w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+            let proj = self.matrix(ParamKind::FcProjW, l);
+            weights::forward(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
             if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
                 let [.., h] = &mut a.lora_hidden;
                 let [.., m] = &mut a.lora_mask;
@@ -364,10 +377,10 @@ impl Gpt {
             Head::LanguageModel => {
                 // logits = lnf · wteᵀ, on the counted rows only when some targets are ignored.
                 if counted_rows.is_empty() {
-                    matmul::forward(logits, lnf, p.wte, None, c, v);
+                    weights::forward(logits, lnf, self.matrix(ParamKind::Wte, 0), None, c, v);
                 } else {
                     head::gather_rows(&mut scratch.head_in, lnf, counted_rows.iter().copied(), c);
-                    matmul::forward(logits, &scratch.head_in, p.wte, None, c, v);
+                    weights::forward(logits, &scratch.head_in, self.matrix(ParamKind::Wte, 0), None, c, v);
                 }
                 let Some(targets) = targets else { return Ok(None) };
                 if counted_rows.is_empty() {
@@ -427,6 +440,8 @@ impl Gpt {
         mode: Mode,
         on_final: OnGradsFinal<'_>,
     ) {
+        // A forward in training mode refuses such a model, so there is never a pass to undo.
+        assert!(self.packed.is_none(), "backward needs f32 weights: the forward refuses training mode without them");
         let cfg = &self.config;
         let (t, c, v, nh) = (acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;

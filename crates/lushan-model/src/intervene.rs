@@ -192,6 +192,7 @@ impl crate::Gpt {
     /// # Errors
     /// [`ModelError::InvalidEdit`] for a layer or head out of range.
     pub fn ablated(&self, knockouts: &[Knockout]) -> Result<crate::Gpt> {
+        self.require_f32("switching components off")?;
         let cfg = &self.config;
         for knockout in knockouts {
             knockout.edit().validate(cfg, 1, 1)?;

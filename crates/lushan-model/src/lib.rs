@@ -20,6 +20,7 @@ pub mod intervene;
 pub mod lora;
 pub mod params;
 pub mod sampling;
+pub mod weights;
 
 pub use activations::Activations;
 pub use classify::{Classified, classify_batch};
@@ -34,3 +35,4 @@ pub use intervene::{Edit, Knockout, Patch, Site};
 pub use lora::{Lora, LoraConfig, LoraLayout, LoraTarget};
 pub use params::{ParamKind, ParamLayout};
 pub use sampling::{Sampler, Sampling};
+pub use weights::{DType, PackedWeights};

@@ -292,12 +292,22 @@ impl<S: AsRef<[f32]>> Tensors<S> {
 
 impl ParamLayout {
     pub fn new(cfg: &ModelConfig) -> Self {
+        Self::without(cfg, &[])
+    }
+
+    /// The layout of `cfg` with no room for the kinds in `absent` (their tensors are empty): a model whose
+    /// weight matrices are stored in another type keeps everything else in this layout.
+    pub fn without(cfg: &ModelConfig, absent: &[ParamKind]) -> Self {
         let mut sizes = [0; KIND_COUNT];
         let mut offsets = [0; KIND_COUNT];
         let mut layer_sizes = [0; KIND_COUNT];
         let mut total = 0;
         for kind in ParamKind::ALL {
             let i = kind.index();
+            if absent.contains(&kind) {
+                offsets[i] = total;
+                continue;
+            }
             layer_sizes[i] = kind.layer_numel(cfg);
             sizes[i] = kind.numel(cfg);
             offsets[i] = total;

@@ -243,6 +243,7 @@ async fn explain_route(State(st): State<Arc<AppState>>, body: Body) -> Result<Re
             ModelError::InvalidSampling { field, .. } | ModelError::InvalidExplainOption { field, .. } => {
                 ApiError::invalid(field, e.to_string())
             }
+            e @ ModelError::NeedsF32Weights { .. } => ApiError::invalid("model", e.to_string()),
             e => ApiError::internal(format!("explain failed: {e}")),
         })?;
         keep_selected_attention(&mut explanation, &req.layers, &req.heads);

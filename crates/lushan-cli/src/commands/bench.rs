@@ -1,6 +1,6 @@
 //! `lushan bench`: speed figures printed for people and scripts (never asserted by tests).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use lushan_kernels::rng::Rng;
 use lushan_model::sampling::argmax;
 use lushan_model::{BatchScratch, DecodeState, Generator, Gpt, ModelConfig, Sampling};
@@ -346,6 +346,8 @@ pub struct GenerateArgs {
     /// requests) and report the aggregate rate against batch 1.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    #[command(flatten)]
+    dtype: crate::model_dir::DtypeArg,
 }
 
 pub(super) fn median(xs: &[f64]) -> f64 {
@@ -400,14 +402,15 @@ fn generate_once(model: &Gpt, prompt: &[u32], new_tokens: usize) -> Result<Run> 
 /// Batch-1 greedy generation with the KV cache, as `lushan generate` runs it (the same `Generator`).
 fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let cfg = generate_config(&args)?;
-    let model = Gpt::new(cfg.clone(), args.seed)?;
+    let dtype = args.dtype.dtype;
+    let model = Gpt::new(cfg.clone(), args.seed)?.with_dtype(dtype).with_context(|| format!("--dtype {dtype}"))?;
     let mut rng = Rng::new(args.seed ^ 0x5eed);
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let (p, n) = (args.prompt_tokens, args.new_tokens);
     let threads = rayon::current_num_threads();
-    let weight_bytes = 4 * model.num_params();
+    let weight_bytes = model.weight_bytes();
     println!(
-        "bench generate: {:?} shape (L{} H{} C{} V{} T{}), {} params = {:.1} MB of f32 weights, {threads} threads",
+        "bench generate: {:?} shape (L{} H{} C{} V{} T{}), {} params = {:.1} MB of {dtype} weights, {threads} threads",
         args.shape.preset,
         cfg.n_layer,
         cfg.n_head,
@@ -474,7 +477,7 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     };
     println!(
         "JSON {}",
-        serde_json::json!({"bench": "generate", "batch": args.batch, "batched_tokens_per_second": batched, "preset": format!("{:?}", args.shape.preset), "params": model.num_params(),
+        serde_json::json!({"bench": "generate", "dtype": dtype.name(), "batch": args.batch, "batched_tokens_per_second": batched, "preset": format!("{:?}", args.shape.preset), "params": model.num_params(),
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
             "block_size": cfg.block_size, "threads": threads, "prompt_tokens": p, "new_tokens": n,
             "repeats": args.repeats, "prefill_ms": prefill * 1e3, "prefill_tokens_per_second": p as f64 / prefill,

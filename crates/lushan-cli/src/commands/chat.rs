@@ -28,6 +28,8 @@ pub struct Args {
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    dtype: model_dir::DtypeArg,
     /// A system message that starts the conversation (kept when old turns are dropped).
     #[arg(long)]
     system: Option<String>,
@@ -39,7 +41,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    let (model, tokenizer) = model_dir::load_as(&args.model, args.adapter.as_deref(), args.dtype.dtype)?;
     if let Head::Classifier { labels, .. } = &model.config.head {
         bail!(
             "{} is a classifier checkpoint (labels: {}); `lushan chat` needs a language model. Label texts with \

@@ -17,6 +17,8 @@ pub struct Args {
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    dtype: model_dir::DtypeArg,
     /// A token shard (.bin), a prepared data directory (its val.bin is used) or a text file.
     #[arg(long)]
     data: PathBuf,
@@ -45,7 +47,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    let (model, tokenizer) = model_dir::load_as(&args.model, args.adapter.as_deref(), args.dtype.dtype)?;
     if eval_task::is_task_file(&args.data) || model.config.num_labels() > 0 {
         let options = eval_task::TaskEvalOptions {
             generate: args.generate,

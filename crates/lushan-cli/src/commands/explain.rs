@@ -37,6 +37,8 @@ pub struct Args {
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    dtype: model_dir::DtypeArg,
     /// Text to explain (the same as --prompt); it must fit the model's context.
     #[arg(value_name = "PROMPT", conflicts_with = "prompt", required_unless_present = "prompt")]
     positional_prompt: Option<String>,
@@ -132,7 +134,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
 
-    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    // Explain reads the weights as f32 (attribution, ablation): a converted model is widened back, so
+    // what is explained is the converted weights' behaviour.
+    let (model, tokenizer) = model_dir::load_as(&args.model, args.adapter.as_deref(), args.dtype.dtype)?;
+    let model = model.into_f32_weights();
     let config = &model.config;
     let prompt = tokenizer.encode(prompt_text).context("encoding --prompt with the model's tokenizer")?;
     ensure!(!prompt.is_empty(), "--prompt encodes to no tokens: give some text to explain");

@@ -17,6 +17,8 @@ pub struct Args {
     /// A LoRA adapter directory (PEFT's files) to merge into the model first.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    dtype: model_dir::DtypeArg,
     /// Text to continue (the same as --prompt); without any prompt, generation starts from a newline.
     #[arg(value_name = "PROMPT", conflicts_with_all = ["prompt", "prompt_file"])]
     positional_prompt: Option<String>,
@@ -133,7 +135,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Checks that need no model come first, so a typo fails fast.
     let text = prompt_text(&args)?;
     let sampling = args.sampling.sampling()?;
-    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    let (model, tokenizer) = model_dir::load_as(&args.model, args.adapter.as_deref(), args.dtype.dtype)?;
     let prompt = tokenizer.encode(&text).context("encoding the prompt with the model's tokenizer")?;
     let stdout = std::io::stdout();
     let mut timing = Timing { prompt_tokens: prompt.len(), ..Timing::default() };

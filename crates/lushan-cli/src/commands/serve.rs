@@ -16,6 +16,8 @@ pub struct Args {
     /// A LoRA adapter directory (PEFT's files) to merge into the model before serving.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    dtype: model_dir::DtypeArg,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8080)]
@@ -66,7 +68,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.host
         );
     }
-    let (model, tokenizer) = model_dir::load_with(&args.model, args.adapter.as_deref())?;
+    let (model, tokenizer) = model_dir::load_as(&args.model, args.adapter.as_deref(), args.dtype.dtype)?;
     let dir = std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone());
     let model_id = dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
     let options = ServerOptions {

@@ -33,6 +33,9 @@ pub fn explain(
     options: &ExplainOptions,
 ) -> Result<Explanation> {
     let cfg = &model.config;
+    // Attribution and the weight-based views read the matrices as f32; a converted model is widened first
+    // (`Gpt::into_f32_weights`) by whoever loaded it.
+    model.require_f32("explain")?;
     if prompt.is_empty() {
         return Err(ModelError::EmptyInput);
     }
