@@ -33,6 +33,11 @@ pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
     let model = Gpt::from_params(config, params)?;
     // The tokenizer crate's error names the file, so no extra context is added.
     let tokenizer = Tokenizer::load_dir(dir)?;
+    check_vocab(dir, &tokenizer, &model)?;
+    Ok((model, tokenizer))
+}
+
+fn check_vocab(dir: &Path, tokenizer: &Tokenizer, model: &Gpt) -> Result<()> {
     anyhow::ensure!(
         tokenizer.vocab_size() == model.config.vocab_size,
         "{}: the tokenizer has {} tokens but the model's vocab_size is {}",
@@ -40,7 +45,7 @@ pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer)> {
         tokenizer.vocab_size(),
         model.config.vocab_size
     );
-    Ok((model, tokenizer))
+    Ok(())
 }
 
 /// Loads `model` and, when given, merges the LoRA adapter in `adapter_dir` into it (as PEFT's
@@ -63,8 +68,18 @@ pub struct DtypeArg {
     pub dtype: DType,
 }
 
-/// [`load_with`], then the weight matrices converted to `dtype`.
+/// [`load_with`], then the weight matrices converted to `dtype`. A plain checkpoint directory is converted
+/// as it is read (no f32 copy of the matrices is ever held); an adapter is merged in f32 first.
 pub fn load_as(model: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(Gpt, Tokenizer)> {
+    let plain = adapter_dir.is_none() && model.join(checkpoint::WEIGHTS_FILE).exists();
+    if plain && dtype != DType::F32 {
+        let (config, loaded) = checkpoint::load_model_dir_as(model, dtype)
+            .with_context(|| format!("loading {} as --dtype {dtype}", model.display()))?;
+        let gpt = Gpt::from_parts(config, loaded.params, loaded.packed)?;
+        let tokenizer = Tokenizer::load_dir(model)?;
+        check_vocab(model, &tokenizer, &gpt)?;
+        return Ok((gpt, tokenizer));
+    }
     let (gpt, tokenizer) = load_with(model, adapter_dir)?;
     let gpt = gpt.with_dtype(dtype).with_context(|| format!("converting {} to --dtype {dtype}", model.display()))?;
     Ok((gpt, tokenizer))

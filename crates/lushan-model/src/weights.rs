@@ -5,6 +5,7 @@
 //! each block's four linear layers, ≈ 99.5 % of GPT-2's parameters and of the bytes a decoding step reads.
 //! Biases, layer norms and the position table stay `f32`, as in llama.cpp's GGUF files.
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gpt::Gpt;
 use crate::params::{ParamKind, ParamLayout};
@@ -119,6 +120,18 @@ impl Matrix {
                 Matrix::Q4_0(blocks)
             }
         })
+    }
+
+    /// Appends the rows of `more` (same type; a different type is a caller bug and is ignored in release
+    /// builds after a debug assertion).
+    pub fn append(&mut self, more: Matrix) {
+        match (self, more) {
+            (Matrix::Bf16(a), Matrix::Bf16(b)) => a.extend(b),
+            (Matrix::F16(a), Matrix::F16(b)) => a.extend(b),
+            (Matrix::Q8_0(a), Matrix::Q8_0(b)) => a.extend(b),
+            (Matrix::Q4_0(a), Matrix::Q4_0(b)) => a.extend(b),
+            (a, b) => debug_assert!(false, "appending {} rows to a {} matrix", b.dtype(), a.dtype()),
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -241,6 +254,27 @@ impl Gpt {
             params.extend_from_slice(&model.params[model.layout.range(kind)][..layout.range(kind).len()]);
         }
         Ok(Gpt { layout, params, packed: Some(PackedWeights { dtype, wte, layers }), ..model })
+    }
+
+    /// A model from a checkpoint loaded as [`crate::checkpoint::load_model_dir_as`] gives it: `params` in the
+    /// layout without the converted kinds when `packed` is some, the full layout otherwise.
+    pub fn from_parts(config: ModelConfig, params: Vec<f32>, packed: Option<PackedWeights>) -> Result<Gpt> {
+        let Some(packed) = packed else { return Gpt::from_params(config, params) };
+        config.validate()?;
+        let layout = ParamLayout::without(&config, &PackedWeights::KINDS);
+        let expected_layers = config.n_layer;
+        if params.len() != layout.total() || packed.layers.len() != expected_layers {
+            return Err(ModelError::InvalidConfig {
+                field: "parameters",
+                reason: format!(
+                    "expected {} f32 values and {expected_layers} layers of converted matrices, got {} and {}",
+                    layout.total(),
+                    params.len(),
+                    packed.layers.len()
+                ),
+            });
+        }
+        Ok(Gpt { config, layout, params, lora: None, packed: Some(packed) })
     }
 
     /// This model with every weight matrix in `f32` (a converted model's widened values: the weights it

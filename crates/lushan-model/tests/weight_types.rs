@@ -119,3 +119,22 @@ fn converting_to_f32_or_to_the_same_type_changes_nothing() {
     let again = q8.clone().with_dtype(DType::Q8_0).unwrap();
     assert_eq!(again.packed.as_ref().map(|p| &p.wte), q8.packed.as_ref().map(|p| &p.wte));
 }
+
+#[test]
+fn loading_a_checkpoint_as_a_type_equals_converting_the_loaded_model() {
+    use lushan_model::checkpoint::{load_model_dir_as, save_model_dir};
+    let f32_model = model();
+    let dir = tempfile::tempdir().unwrap();
+    save_model_dir(dir.path(), &f32_model.config, &f32_model.params).unwrap();
+    for dtype in DType::ALL {
+        let (config, loaded) = load_model_dir_as(dir.path(), dtype).unwrap();
+        let streamed = Gpt::from_parts(config, loaded.params, loaded.packed).unwrap();
+        let converted = f32_model.clone().with_dtype(dtype).unwrap();
+        assert_eq!(streamed.params, converted.params, "{dtype}");
+        assert_eq!(streamed.layout, converted.layout, "{dtype}");
+        let (a, b) = (streamed.packed.as_ref(), converted.packed.as_ref());
+        assert_eq!(a.map(|p| &p.wte), b.map(|p| &p.wte), "{dtype}");
+        assert_eq!(a.map(|p| &p.layers), b.map(|p| &p.layers), "{dtype}");
+        assert_eq!(full_logits(&streamed, &TOKENS), full_logits(&converted, &TOKENS), "{dtype}");
+    }
+}

@@ -6,15 +6,18 @@ pub mod adapter;
 mod header;
 pub mod hf_config;
 pub mod safetensors_io;
+mod stream_load;
 mod tensor_match;
 
 pub use header::{MAX_HEADER_BYTES, MAX_HEADER_ENTRIES};
 pub use hf_config::{parse_config_json, write_config_json};
 pub use lushan_fs::{atomic_write, atomic_write_with, remove_stale_temp_files};
-pub use safetensors_io::{load_safetensors, save_safetensors};
+pub use safetensors_io::{load_safetensors, load_safetensors_as, save_safetensors};
+pub use stream_load::Loaded;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::weights::DType;
 use std::io;
 use std::path::Path;
 
@@ -46,6 +49,12 @@ pub fn save_model_dir(dir: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<(
 /// The weights are returned exactly as stored — including a sinusoidal position table, which is not
 /// recomputed — so a save/load round trip is bit-identical.
 pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
+    let (cfg, loaded) = load_model_dir_as(dir, DType::F32)?;
+    Ok((cfg, loaded.params))
+}
+
+/// [`load_model_dir`] with the weight matrices converted to `dtype` as they are read (no `f32` copy held).
+pub fn load_model_dir_as(dir: &Path, dtype: DType) -> Result<(ModelConfig, Loaded)> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
@@ -76,8 +85,8 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
         }
     })?;
     let cfg = parse_config_json(&text, &config_path)?;
-    let params = load_safetensors(&weights_path, &cfg)?;
-    Ok((cfg, params))
+    let loaded = load_safetensors_as(&weights_path, &cfg, dtype)?;
+    Ok((cfg, loaded))
 }
 
 /// Explains a missing `model.safetensors`, naming what is there instead when that is the reason.

@@ -8,13 +8,14 @@
 
 use super::header::{check_header_entries, check_header_length};
 use super::hf_config::check_size;
-use super::tensor_match::{Mismatch, match_tensors};
+use super::stream_load::{self, Loaded};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::params::{ParamKind, ParamLayout};
+use crate::weights::DType;
 use lushan_fs::atomic_write;
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
+use safetensors::{Dtype, SafeTensorError, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -147,47 +148,14 @@ pub(crate) fn map_checked(path: &Path) -> Result<memmap2::Mmap> {
 /// equal to `wte`, and the per-layer buffers in [`IGNORED_LAYER_BUFFERS`]. Refuses weights that are not
 /// finite (NaN or ±infinity), naming the tensor: a model holding one computes nothing but NaN.
 pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>> {
-    let layout = checked_layout(path, cfg)?;
-    let map = map_checked(path)?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| checkpoint_error(path, describe(&e)))?;
-    let found = match_tensors(&st, cfg, layout.total()).map_err(|Mismatch { problems, total }| {
-        ModelError::TensorMismatch { path: path.to_path_buf(), problems, total }
-    })?;
+    Ok(load_safetensors_as(path, cfg, DType::F32)?.params)
+}
 
-    // Shapes now match the config and the data lies in the file, so this allocation is at most twice
-    // the file's size (F16 → F32).
-    let mut params = vec![0.0f32; layout.total()];
-    for ((kind, layer), name, view) in &found.params {
-        let dst = &mut params[layout.layer_range(*kind, *layer)];
-        if kind.hf_transposed() {
-            let hf = decode(view);
-            check_finite(path, name, &hf)?;
-            let (cols, rows) = (view.shape()[0], view.shape()[1]); // HF (in, out) → ours (out, in)
-            for o in 0..rows {
-                for i in 0..cols {
-                    dst[o * cols + i] = hf[i * rows + o];
-                }
-            }
-        } else {
-            decode_into(view, dst);
-            check_finite(path, name, dst)?;
-        }
-    }
-    if let Some((name, view)) = found.lm_head {
-        let wte = &params[layout.range(ParamKind::Wte)];
-        let tied = decode(&view).iter().zip(wte).all(|(a, b)| a == b || a.to_bits() == b.to_bits());
-        if !tied {
-            return Err(checkpoint_error(
-                path,
-                format!(
-                    "`{name}` differs from `{HF_PREFIX}{}`: untied output layers are unsupported \
-                     (lushan ties the output layer to the token embedding, as GPT-2 does)",
-                    ParamKind::Wte.hf_name(0)
-                ),
-            ));
-        }
-    }
-    Ok(params)
+/// [`load_safetensors`] with the weight matrices converted to `dtype` as they are read, chunk by chunk:
+/// no `f32` copy of them is ever held ([`super::stream_load`]).
+pub fn load_safetensors_as(path: &Path, cfg: &ModelConfig, dtype: DType) -> Result<Loaded> {
+    let layout = checked_layout(path, cfg)?;
+    stream_load::load(path, cfg, &layout, dtype)
 }
 
 /// Refuses a tensor holding NaN or ±infinity, naming it, the first such index and how many there are.
@@ -205,17 +173,14 @@ pub(crate) fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()
     ))
 }
 
-fn decode(view: &TensorView<'_>) -> Vec<f32> {
-    let n = view.data().len() / (view.dtype().bitsize() / 8);
-    let mut out = vec![0.0; n];
-    decode_into(view, &mut out);
-    out
+/// Converts F32/F16/BF16 little-endian bytes of `view` to `f32` (`match_tensors` admits no other dtype).
+pub(crate) fn decode_into(view: &TensorView<'_>, dst: &mut [f32]) {
+    decode_bytes(view.dtype(), &view.data(), dst);
 }
 
-/// Converts F32/F16/BF16 little-endian bytes to `f32` (`match_tensors` admits no other dtype).
-pub(crate) fn decode_into(view: &TensorView<'_>, dst: &mut [f32]) {
-    let data = view.data();
-    match view.dtype() {
+/// Converts F32/F16/BF16 little-endian `data` to `f32` into `dst`; other types leave `dst` as it is.
+pub(crate) fn decode_bytes(dtype: Dtype, data: &[u8], dst: &mut [f32]) {
+    match dtype {
         Dtype::F32 => {
             for (d, b) in dst.iter_mut().zip(data.chunks_exact(4)) {
                 *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
