@@ -26,8 +26,8 @@ for t in $types; do
   gguf="$work/gpt2-$t.gguf"
   [ -f "$gguf" ] && continue
   case $t in
-    f32|f16|q8_0) "$py" "$llama/convert_hf_to_gguf.py" "$work/hf" --outtype "$t" --outfile "$gguf" > "$work/convert-$t.log" 2>&1 ;;
-    q4_0) [ -f "$work/gpt2-f32.gguf" ] || "$py" "$llama/convert_hf_to_gguf.py" "$work/hf" --outtype f32 --outfile "$work/gpt2-f32.gguf" > "$work/convert-f32.log" 2>&1
+    f32|f16|q8_0) "$py" tools/convert_gpt2_gguf.py "$llama" "$work/hf" --outtype "$t" --outfile "$gguf" > "$work/convert-$t.log" 2>&1 ;;
+    q4_0) [ -f "$work/gpt2-f32.gguf" ] || "$py" tools/convert_gpt2_gguf.py "$llama" "$work/hf" --outtype f32 --outfile "$work/gpt2-f32.gguf" > "$work/convert-f32.log" 2>&1
           "$llama/build/bin/llama-quantize" "$work/gpt2-f32.gguf" "$gguf" Q4_0 > "$work/quantize-q4_0.log" 2>&1 ;;
     *) echo "unknown type $t" >&2; exit 1 ;;
   esac

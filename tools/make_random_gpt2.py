@@ -8,6 +8,7 @@ import os
 import sys
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 out = sys.argv[1]
@@ -18,8 +19,15 @@ config = GPT2Config()
 config.n_ctx = config.n_positions
 model = GPT2LMHeadModel(config)
 model.save_pretrained(out, safe_serialization=True)
-# GPT-2's BPE files as OpenAI shipped them: encoder.json = vocab.json, vocab.bpe = merges.txt.
-tok = GPT2TokenizerFast(vocab_file=os.path.join(gpt2_files, "encoder.json"),
-                        merges_file=os.path.join(gpt2_files, "vocab.bpe"))
+# GPT-2's BPE files as OpenAI shipped them: encoder.json = vocab.json, vocab.bpe = merges.txt, built into a
+# byte-level BPE with the `tokenizers` library (so tokenizer.json carries the merges llama.cpp's converter reads).
+bpe = models.BPE.from_file(os.path.join(gpt2_files, "encoder.json"), os.path.join(gpt2_files, "vocab.bpe"))
+backend = Tokenizer(bpe)
+backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+backend.decoder = decoders.ByteLevel()
+backend.post_processor = processors.ByteLevel(trim_offsets=False)
+tok = GPT2TokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                        unk_token="<|endoftext|>")
 tok.save_pretrained(out)
+assert tok.encode("Hello world") == [15496, 995], tok.encode("Hello world")
 print(f"wrote {out}: {sum(p.numel() for p in model.parameters())} parameters")

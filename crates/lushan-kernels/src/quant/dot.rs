@@ -17,9 +17,6 @@ use rayon::prelude::*;
 use super::{BLOCK, BlockQ4_0, BlockQ8_0, quantize_q8_0};
 use crate::gemv::fmadd;
 
-/// Output channels one parallel task computes.
-const CHANNELS_PER_TASK: usize = 64;
-
 /// A weight block type the products read directly.
 pub trait QuantBlock: Copy + Send + Sync {
     /// `Σ_k w_k·x_k` over whole rows of blocks (`w.len() == x.len()`).
@@ -170,6 +167,9 @@ mod avx2 {
         }
     }
 
+    /// How far ahead of the fourth row the weight stream is prefetched.
+    const PREFETCH_BYTES: usize = 2048;
+
     /// An f16 scale to f32 with F16C (exact, as every f16 is an f32).
     #[inline(always)]
     unsafe fn f16_to_f32(bits: u16) -> f32 {
@@ -184,10 +184,13 @@ mod avx2 {
     pub(super) fn dot_rows<B: Load>(w: [&[B]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
         assert!(w.iter().all(|w| w.len() == x.len()), "quantized dot: block counts differ");
         // SAFETY: AVX2, FMA and F16C are compiled in (module and function `cfg`); every block read is an
-        // element of a slice indexed below its length (asserted equal for all five).
+        // element of a slice indexed below its length (asserted equal for all five); the prefetch is a hint that
+        // never faults, its address formed with `wrapping_add`.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
             for (k, xb) in x.iter().enumerate() {
+                // The next rows follow the fourth in memory (a task walks adjacent rows): keep the stream ahead.
+                _mm_prefetch::<_MM_HINT_T0>((&raw const w[3][k]).cast::<i8>().wrapping_add(PREFETCH_BYTES));
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
                 let dx = f16_to_f32(xb.d);
                 for r in 0..4 {
@@ -240,8 +243,14 @@ mod avx2 {
 use avx2::{dot_q4_0, dot_q8_0};
 
 /// `out = x·Wᵀ (+ bias)` with `W` (OC, C) quantized by rows and `x` (M, C) in `f32`, quantized to Q8_0
-/// row by row first. `out` is (M, OC). Output channels are split over the workers; each task reads its
-/// weight rows once for all M input rows.
+/// row by row first. `out` is (M, OC).
+///
+/// As in [`crate::gemv`], each thread owns one large contiguous block of output channels (a rayon task costs
+/// microseconds, and one decoding step makes ≈ 50 of these calls), and walks it four weight rows at a time
+/// ([`QuantBlock::dot4`]): each input block is loaded once for the four, and the four rows — adjacent in
+/// memory — stay in the L1 cache while every input row passes over them, so batched decoding reads the
+/// weights once for all its sequences. Each result is its row's own [`QuantBlock::dot`], whatever the
+/// grouping, the number of input rows or of threads.
 ///
 /// # Panics
 /// On inconsistent shapes (caller bugs: the model checks a tensor's row length with a named error when it
@@ -254,45 +263,57 @@ pub fn matmul<B: QuantBlock>(out: &mut [f32], x: &[f32], w: &[B], bias: Option<&
     assert_eq!(x.len(), m * c, "quantized matmul: input is not whole rows of C");
     assert_eq!(out.len(), m * oc, "quantized matmul: output length");
     assert!(bias.is_none_or(|b| b.len() == oc), "quantized matmul: bias length");
-    let mut xq = vec![BlockQ8_0::default(); m * blocks];
-    xq.par_chunks_mut(blocks).zip(x.par_chunks(c)).for_each(|(q, row)| quantize_q8_0(row, q));
-    let channel = |o: usize, r: usize| {
-        B::dot(&w[o * blocks..(o + 1) * blocks], &xq[r * blocks..(r + 1) * blocks]) + bias.map_or(0.0, |b| b[o])
-    };
-    let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
-    if m == 1 {
-        out.par_chunks_mut(CHANNELS_PER_TASK).enumerate().for_each(|(t, out)| {
-            let first = t * CHANNELS_PER_TASK;
-            let done = out.len() / 4 * 4;
-            let mut quads = out.chunks_exact_mut(4);
-            for (q, o4) in (&mut quads).enumerate() {
-                let o = first + 4 * q;
-                let dots = B::dot4([row(o), row(o + 1), row(o + 2), row(o + 3)], &xq);
-                for (i, (v, d)) in o4.iter_mut().zip(dots).enumerate() {
-                    *v = d + bias.map_or(0.0, |b| b[o + i]);
-                }
-            }
-            for (k, v) in quads.into_remainder().iter_mut().enumerate() {
-                *v = channel(first + done + k, 0);
-            }
-        });
+    if m == 0 || oc == 0 {
         return;
     }
-    // Channel-major results, (OC, M), then transposed into (M, OC).
-    let mut by_channel = vec![0.0f32; oc * m];
-    by_channel.par_chunks_mut(CHANNELS_PER_TASK * m).enumerate().for_each(|(t, part)| {
-        for (k, rows) in part.chunks_exact_mut(m).enumerate() {
-            let o = t * CHANNELS_PER_TASK + k;
-            for (r, v) in rows.iter_mut().enumerate() {
-                *v = channel(o, r);
+    let mut xq = vec![BlockQ8_0::default(); m * blocks];
+    for (q, row) in xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)) {
+        quantize_q8_0(row, q);
+    }
+    let tasks = (oc * c / MIN_TASK_WEIGHTS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS));
+    let per_task = oc.div_ceil(tasks).next_multiple_of(4);
+    // Channel-major results (OC, M): for one input row that is `out` itself; otherwise transposed below.
+    let mut by_channel = if m == 1 { Vec::new() } else { vec![0.0f32; oc * m] };
+    let dst: &mut [f32] = if m == 1 { out } else { &mut by_channel };
+    dst.par_chunks_mut(per_task * m).enumerate().for_each(|(t, dst)| {
+        let j0 = t * per_task;
+        channels(dst, &w[j0 * blocks..(j0 + dst.len() / m) * blocks], &xq, bias.map(|b| &b[j0..]), blocks, m);
+    });
+    if m > 1 {
+        out.par_chunks_mut(oc).enumerate().for_each(|(r, row)| {
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = by_channel[o * m + r];
+            }
+        });
+    }
+}
+
+/// Weights below which one more task costs more than it saves (as [`crate::gemv`]'s threshold in bytes).
+const MIN_TASK_WEIGHTS: usize = 1 << 16;
+/// Upper bound on tasks per call.
+const MAX_TASKS: usize = 16;
+
+/// One task: `dst` (channels × M, channel-major) for the weight rows `w` (channels × `blocks`) against every
+/// quantized input row of `xq` (M × `blocks`), plus the bias from `bias[0]` on.
+fn channels<B: QuantBlock>(dst: &mut [f32], w: &[B], xq: &[BlockQ8_0], bias: Option<&[f32]>, blocks: usize, m: usize) {
+    let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
+    let bias_at = |o: usize| bias.map_or(0.0, |b| b[o]);
+    let n = dst.len() / m;
+    let quads = n / 4 * 4;
+    for o in (0..quads).step_by(4) {
+        let rows = [row(o), row(o + 1), row(o + 2), row(o + 3)];
+        for (r, x) in xq.chunks_exact(blocks).enumerate() {
+            let dots = B::dot4(rows, x);
+            for (i, d) in dots.into_iter().enumerate() {
+                dst[(o + i) * m + r] = d + bias_at(o + i);
             }
         }
-    });
-    out.par_chunks_mut(oc).enumerate().for_each(|(r, row)| {
-        for (o, v) in row.iter_mut().enumerate() {
-            *v = by_channel[o * m + r];
+    }
+    for o in quads..n {
+        for (r, x) in xq.chunks_exact(blocks).enumerate() {
+            dst[o * m + r] = B::dot(row(o), x) + bias_at(o);
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ pub(crate) fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()
 
 /// Converts F32/F16/BF16 little-endian bytes of `view` to `f32` (`match_tensors` admits no other dtype).
 pub(crate) fn decode_into(view: &TensorView<'_>, dst: &mut [f32]) {
-    decode_bytes(view.dtype(), &view.data(), dst);
+    decode_bytes(view.dtype(), view.data(), dst);
 }
 
 /// Converts F32/F16/BF16 little-endian `data` to `f32` into `dst`; other types leave `dst` as it is.
