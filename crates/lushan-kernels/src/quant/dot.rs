@@ -63,6 +63,23 @@ impl QuantBlock for BlockQ4_0 {
     }
 }
 
+/// Every f16 value as an f32, indexed by its bits: a weight block's scale is one load instead of a
+/// conversion (as ggml's `table_f32_f16`); 256 KiB, built on first use.
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")),
+    allow(dead_code)
+)]
+fn f16_table() -> &'static [f32; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0.0f32; 1 << 16]);
+        for (bits, v) in t.iter_mut().enumerate() {
+            *v = half::f16::from_bits(bits as u16).to_f32();
+        }
+        t
+    })
+}
+
 /// Sum of 8 lanes: lane i + (i + 4), then i + (i + 2), then 0 + 1 — the AVX2 horizontal sum's order.
 #[inline(always)]
 fn hsum8(mut v: [f32; 8]) -> f32 {
@@ -186,6 +203,7 @@ mod avx2 {
         // SAFETY: AVX2, FMA and F16C are compiled in (module and function `cfg`); every block read is an
         // element of a slice indexed below its length (asserted equal for all five); the prefetch is a hint that
         // never faults, its address formed with `wrapping_add`.
+        let table = super::f16_table();
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
             for (k, xb) in x.iter().enumerate() {
@@ -195,7 +213,7 @@ mod avx2 {
                 let dx = f16_to_f32(xb.d);
                 for r in 0..4 {
                     let wb = &w[r][k];
-                    let d = _mm256_set1_ps(f16_to_f32(wb.scale_bits()) * dx);
+                    let d = _mm256_set1_ps(table[usize::from(wb.scale_bits())] * dx);
                     acc[r] = _mm256_fmadd_ps(d, lane_sums(wb.integers(), qx), acc[r]);
                 }
             }
