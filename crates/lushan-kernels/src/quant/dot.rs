@@ -184,8 +184,8 @@ mod avx2 {
         }
     }
 
-    /// How far ahead of the fourth row the weight stream is prefetched.
-    const PREFETCH_BYTES: usize = 2048;
+    /// How far ahead each weight stream is prefetched (as [`crate::gemv`]'s 4 KiB).
+    const PREFETCH_BYTES: usize = 4096;
 
     /// An f16 scale to f32 with F16C (exact, as every f16 is an f32).
     #[inline(always)]
@@ -207,8 +207,10 @@ mod avx2 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
             for (k, xb) in x.iter().enumerate() {
-                // The next rows follow the fourth in memory (a task walks adjacent rows): keep the stream ahead.
-                _mm_prefetch::<_MM_HINT_T0>((&raw const w[3][k]).cast::<i8>().wrapping_add(PREFETCH_BYTES));
+                // Each row's stream goes on into the next rows of its run: keep all four ahead.
+                for row in &w {
+                    _mm_prefetch::<_MM_HINT_T0>((&raw const row[k]).cast::<i8>().wrapping_add(PREFETCH_BYTES));
+                }
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
                 let dx = f16_to_f32(xb.d);
                 for r in 0..4 {
@@ -313,21 +315,26 @@ const MAX_TASKS: usize = 16;
 
 /// One task: `dst` (channels × M, channel-major) for the weight rows `w` (channels × `blocks`) against every
 /// quantized input row of `xq` (M × `blocks`), plus the bias from `bias[0]` on.
+///
+/// As in [`crate::gemv`]'s blocks, the rows are cut into four equal runs and the four rows walked together
+/// are one from each run (`o`, `o + q`, `o + 2q`, `o + 3q`): four long sequential streams, which the hardware
+/// prefetchers (and the software prefetch in the dot products) follow. Rows past the four runs are the tail.
 fn channels<B: QuantBlock>(dst: &mut [f32], w: &[B], xq: &[BlockQ8_0], bias: Option<&[f32]>, blocks: usize, m: usize) {
     let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
     let bias_at = |o: usize| bias.map_or(0.0, |b| b[o]);
     let n = dst.len() / m;
-    let quads = n / 4 * 4;
-    for o in (0..quads).step_by(4) {
-        let rows = [row(o), row(o + 1), row(o + 2), row(o + 3)];
+    let q = n / 4;
+    for j in 0..q {
+        let at = [j, j + q, j + 2 * q, j + 3 * q];
+        let rows = at.map(row);
         for (r, x) in xq.chunks_exact(blocks).enumerate() {
             let dots = B::dot4(rows, x);
-            for (i, d) in dots.into_iter().enumerate() {
-                dst[(o + i) * m + r] = d + bias_at(o + i);
+            for (&o, d) in at.iter().zip(dots) {
+                dst[o * m + r] = d + bias_at(o);
             }
         }
     }
-    for o in quads..n {
+    for o in 4 * q..n {
         for (r, x) in xq.chunks_exact(blocks).enumerate() {
             dst[o * m + r] = B::dot(row(o), x) + bias_at(o);
         }
