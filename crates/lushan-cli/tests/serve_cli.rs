@@ -128,3 +128,38 @@ fn a_served_completion_equals_lushan_generate_with_the_same_seed() {
     assert_eq!(answer["choices"][0]["text"], expected, "{answer}");
     assert_eq!(answer["usage"]["completion_tokens"], tokens, "{answer}");
 }
+
+#[test]
+fn every_weight_type_serves_what_generate_gives_with_that_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = checkpoint(dir.path());
+    let (prompt, tokens) = ("The king", 20usize);
+    for dtype in ["bf16", "q8_0", "q4_0"] {
+        let generated = ok(&[
+            "generate",
+            "--model",
+            s(&model),
+            "--dtype",
+            dtype,
+            "--prompt",
+            prompt,
+            "--seed",
+            "11",
+            "--temperature",
+            "0.9",
+            "--max-new-tokens",
+            &tokens.to_string(),
+        ]);
+        let expected = generated.stdout.strip_prefix(prompt).unwrap().strip_suffix('\n').unwrap();
+        let served = serve(&model, &["--dtype", dtype]);
+        // Two at once: continuous batching decodes them together, and each gets what it would alone.
+        let body = json!({"prompt": prompt, "max_tokens": tokens, "seed": 11, "temperature": 0.9});
+        let other = json!({"prompt": "A horse", "max_tokens": tokens, "seed": 12});
+        let port = served.port;
+        let background = std::thread::spawn(move || post(port, "/v1/completions", &other));
+        let (status, answer) = post(served.port, "/v1/completions", &body);
+        assert_eq!(status, 200, "{dtype}: {answer}");
+        assert_eq!(answer["choices"][0]["text"], expected, "{dtype}: {answer}");
+        assert_eq!(background.join().unwrap().0, 200);
+    }
+}

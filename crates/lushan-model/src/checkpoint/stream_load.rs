@@ -47,7 +47,8 @@ pub(super) fn load(path: &Path, cfg: &ModelConfig, layout: &ParamLayout, dtype: 
     let lm_head = found.lm_head.as_ref();
     for ((kind, layer), name, view) in &found.params {
         let (kind, layer) = (*kind, *layer);
-        let cols = *view.shape().last().unwrap_or(&1);
+        // Row length as the model stores the tensor: HF Conv1D weights are (in, out), ours (out, in).
+        let cols = if kind.hf_transposed() { view.shape()[0] } else { *view.shape().last().unwrap_or(&1) };
         let mut sink = |rows: &[f32], first_value: usize| -> Result<()> {
             if converted.contains(&kind) {
                 let part = Matrix::convert(dtype, rows, cols, name)?;
