@@ -190,6 +190,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(20));
         sweep.poll(&mut journal, interrupted)?;
     }
+    // The last decision may have changed records without starting anything (ASHA marks the trials left
+    // at a rung when it ends).
+    journal.save(&dir, spec.metric)?;
     let wall = started.elapsed().as_secs_f64();
     let best = write_best(&spec, &journal, &dir)?;
     let report = sweep_report::write(&dir, &spec, &journal, wall)?;
