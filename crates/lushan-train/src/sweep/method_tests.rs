@@ -32,7 +32,8 @@ fn the_cost_counts_promoted_trials_from_where_they_stopped() {
 
 #[test]
 fn a_step_budget_buys_the_most_trials_that_fit() {
-    let s = spec(&format!("method = \"halving\"\n[train]\nmax_iters = 900\n[budget]\ntotal_steps = 2100\n{SPACE}{SYNC}"));
+    let s =
+        spec(&format!("method = \"halving\"\n[train]\nmax_iters = 900\n[budget]\ntotal_steps = 2100\n{SPACE}{SYNC}"));
     let h = s.halving.unwrap();
     assert_eq!((h.schedule, h.rungs.clone(), h.trials), (Schedule::Sync, vec![100, 300, 900], Some(9)));
     assert!(halving_cost(9, &h.rungs, 3) <= 2100 && halving_cost(10, &h.rungs, 3) > 2100);
