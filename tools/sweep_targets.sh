@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # The sweep targets of docs/sweep.md, one command (run from the repository root):
 #
-#   tools/sweep_targets.sh [OUT]          # default OUT=out/sweep-targets; ≈ 30 minutes on 2 cores
+#   tools/sweep_targets.sh [OUT]          # default OUT=out/sweep-targets; ≈ 35 minutes on 2 cores
 #
 # 1. the default configuration (`lushan train`, 2000 steps): its best validation loss;
-# 2. the preset halving sweep (examples/sweep/shakespeare.toml, total_steps = BUDGET);
+# 2. the preset halving sweep (examples/sweep/shakespeare.toml: ASHA, total_steps = BUDGET);
 # 3. a random search over the same space with the same total_steps (median stopping rule on);
 # then prints halving's gain over the default (target ≥ 0.05 nats) and the share of random's steps that
-# halving needed to reach random's best (target ≤ 40 %).
+# halving had spent when one of its trials first reached random's best (target ≤ 40 %).
 #
 # With OVERHEAD=1 it also runs 16 trials (a grid of 16 learning rates, OVERHEAD_STEPS each) as a sweep and
 # then the same 16 `lushan train --config` runs by hand, and prints the sweep's overhead (target ≤ 2 %).
 #
-# Environment: BUDGET (default 9000, the preset's), SET="name=value …" (base settings for every run, e.g. a tiny model
-# for a quick check), MIN_STEPS (halving's first rung, for such a check), OVERHEAD, OVERHEAD_STEPS (default
-# 500), BIN (default target/release/lushan). A check at tiny scale (seconds):
+# Environment: BUDGET (default 8000, the preset's), SEED (both sweeps' seed; default the preset's 0),
+# RUNS (default "default halving random": the runs to do; the others' directories must be in OUT already,
+# e.g. another seed's sweeps beside the same default run), SET="name=value …" (base settings for every
+# run, e.g. a tiny model for a quick check), MIN_STEPS (halving's first rung, for such a check), OVERHEAD,
+# OVERHEAD_STEPS (default 500), BIN (default target/release/lushan). A check at tiny scale (seconds):
 #   SET="n_layer=1 n_head=2 n_embd=32 block_size=16 max_iters=90 eval_iters=2" MIN_STEPS=10 BUDGET=600 \
 #   OVERHEAD=1 OVERHEAD_STEPS=20 tools/sweep_targets.sh /tmp/sweep-check
 set -euo pipefail
 out=${1:-out/sweep-targets}
-budget=${BUDGET:-9000}
+budget=${BUDGET:-8000}
+runs=" ${RUNS:-default halving random} "
+seed=(${SEED:+--seed "$SEED"})
 bin=${BIN:-target/release/lushan}
 [ -x "$bin" ] || cargo build --release -q
 sets=()
@@ -29,17 +33,25 @@ for kv in ${SET:-}; do
     name=${kv%%=*}
     train_flags+=("--${name//_/-}" "${kv#*=}")
 done
-rm -rf "$out"
 mkdir -p "$out"
 
-echo "== 1/3 the default configuration"
-"$bin" train --out-dir "$out/default" --sample-tokens 0 "${train_flags[@]}" > "$out/default.log"
-echo "== 2/3 halving, total_steps $budget"
-"$bin" sweep --config examples/sweep/shakespeare.toml --out "$out/halving" --total-steps "$budget" "${sets[@]}" \
-    ${MIN_STEPS:+--min-steps "$MIN_STEPS"} > "$out/halving.log"
-echo "== 3/3 random, total_steps $budget"
-"$bin" sweep --config examples/sweep/shakespeare.toml --method random --out "$out/random" --total-steps "$budget" \
-    "${sets[@]}" > "$out/random.log"
+if [[ $runs == *" default "* ]]; then
+    echo "== 1/3 the default configuration"
+    rm -rf "$out/default"
+    "$bin" train --out-dir "$out/default" --sample-tokens 0 "${train_flags[@]}" > "$out/default.log"
+fi
+if [[ $runs == *" halving "* ]]; then
+    echo "== 2/3 halving, total_steps $budget"
+    rm -rf "$out/halving"
+    "$bin" sweep --config examples/sweep/shakespeare.toml --out "$out/halving" --total-steps "$budget" "${seed[@]}" \
+        "${sets[@]}" ${MIN_STEPS:+--min-steps "$MIN_STEPS"} > "$out/halving.log"
+fi
+if [[ $runs == *" random "* ]]; then
+    echo "== 3/3 random, total_steps $budget"
+    rm -rf "$out/random"
+    "$bin" sweep --config examples/sweep/shakespeare.toml --method random --out "$out/random" \
+        --total-steps "$budget" "${seed[@]}" "${sets[@]}" > "$out/random.log"
+fi
 
 python3 - "$out" <<'PY'
 import json, re, sys
@@ -52,18 +64,19 @@ def best_default():
 def trials(name):
     return [json.loads(l) for l in open(f"{out}/{name}/trials.jsonl")]
 
-def steps_to_reach(name, target):
-    """Training steps the sweep had spent when one of its trials first reached `target` (from its log:
-    each `trial N STATUS at step S: best val_loss V` line ends a run of trial N at step S)."""
+def steps_to_reach(name, target, status=None):
+    """Training steps the sweep had spent when one of its trials first reached `target` (or first ended
+    with `status`), from its log: each `trial N STATUS at step S: best val_loss V` line ends a run of
+    trial N at step S."""
     done, reached = {}, 0
     for line in open(f"{out}/{name}.log"):
-        m = re.match(r"trial (\d+) \S+ at step (\d+): best val_loss ([0-9.]+)", line)
+        m = re.match(r"trial (\d+) (\S+) at step (\d+): best val_loss ([0-9.]+)", line)
         if not m:
             continue
-        trial, step, value = int(m[1]), int(m[2]), float(m[3])
+        trial, ended, step, value = int(m[1]), m[2], int(m[3]), float(m[4])
         reached += step - done.get(trial, 0)
         done[trial] = step
-        if value <= target:
+        if (status is None and value <= target) or ended == status:
             return reached
     return None
 
@@ -76,6 +89,9 @@ print(f"default configuration: best val loss {default:.4f}")
 print(f"halving: {len(halving)} trials, {h_steps} steps, best {h_best:.4f}; "
       f"{default - h_best:+.4f} nats against the default (target ≥ 0.05)")
 print(f"random:  {len(random)} trials, {r_steps} steps, best {r_best:.4f}")
+first_full = steps_to_reach("halving", None, "finished")
+if first_full is not None:
+    print(f"halving's first full-length trial ended after {first_full} steps")
 needed = steps_to_reach("halving", r_best)
 if needed is None:
     print(f"halving did not reach random's best {r_best:.4f}")

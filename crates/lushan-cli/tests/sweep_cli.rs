@@ -1,5 +1,6 @@
 //! `lushan sweep` end to end: the files a sweep writes, halving's promotion continuing a trial exactly,
-//! resuming after `kill -9` and after Ctrl-C without rerunning finished trials, and bad input.
+//! resuming after `kill -9` (also in the middle of an asynchronous halving sweep with two trials at once)
+//! and after Ctrl-C without rerunning finished work, and bad input.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -148,6 +149,62 @@ fn a_sweep_killed_with_kill_9_resumes_without_rerunning_finished_trials() {
         let id = t["id"].as_u64().unwrap() as usize;
         assert!(after[id]["launches"].as_u64().unwrap() >= 2, "{}", after[id]);
     }
+}
+
+#[test]
+fn an_asha_sweep_killed_with_kill_9_resumes_without_rerunning_finished_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = "[space]\nlearning_rate = { log_uniform = [1e-4, 3e-2] }\n[budget]\ntrials = 9\n\
+                 [halving]\nmin_steps = 20\n";
+    let file = sweep_file(dir.path(), "sweep.toml", "method = \"halving\"\nseed = 4", 60, space);
+    let out = dir.path().join("out");
+    let mut sweep = spawn(&["sweep", "--config", &file, "--out", s(&out), "--parallel", "2"], dir.path());
+    let promoted = wait_for(Duration::from_secs(180), || {
+        std::fs::read_to_string(out.join("trials.jsonl")).is_ok_and(|t| t.contains("\"rung\":1"))
+    });
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    assert!(promoted, "no trial was promoted before the timeout");
+    let before = journal(&out);
+    assert!(before.len() < 9 || before.iter().any(|t| t["status"] == "running"), "{before:?}");
+
+    let resumed = ok(&["sweep", "--resume", s(&out), "--parallel", "2"]);
+    let after = journal(&out);
+    assert_eq!(after.len(), 9, "{resumed:?}");
+    let finished: Vec<&serde_json::Value> = after.iter().filter(|t| t["status"] == "finished").collect();
+    assert!(!finished.is_empty(), "{after:?}");
+    for t in &after {
+        let (id, steps) = (t["id"].as_u64().unwrap() as usize, t["steps"].as_u64().unwrap());
+        match t["status"].as_str().unwrap() {
+            "finished" => assert_eq!(steps, 60, "{t}"),
+            "pruned" => assert_eq!(steps, 20, "{t}"),
+            _ => panic!("trial {id} ended {t}"),
+        }
+        // One run per piece (rung), and one more for a piece that the kill interrupted.
+        let pieces = t["rung"].as_u64().unwrap() as usize + 1;
+        let interrupted = before.get(id).is_some_and(|b| b["status"] == "running") as usize;
+        assert!((pieces..=pieces + interrupted).contains(&launches_logged(&out, id)), "{t}");
+    }
+    // What was done before the kill stays done: a trial waiting at its rung keeps its result there, and a
+    // finished one its record.
+    for b in &before {
+        let id = b["id"].as_u64().unwrap() as usize;
+        match b["status"].as_str().unwrap() {
+            "finished" => assert_eq!(after[id], *b),
+            "rung_done" => assert_eq!(after[id]["rung_results"][0], b["rung_results"][0], "{}", after[id]),
+            _ => {}
+        }
+    }
+    // A sweep made before the schedule existed (its sweep.json without one) resumes as synchronous
+    // halving: this one is done, so nothing runs again.
+    let saved = std::fs::read_to_string(out.join("sweep.json")).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    spec["halving"].as_object_mut().unwrap().remove("schedule");
+    std::fs::write(out.join("sweep.json"), spec.to_string()).unwrap();
+    let again = ok(&["sweep", "--resume", s(&out)]);
+    assert!(again.stdout.contains("synchronous successive halving"), "{again:?}");
+    assert!(!again.stdout.contains("starts to step") && !again.stdout.contains("continues to step"), "{again:?}");
+    assert_eq!(journal(&out), after);
 }
 
 #[test]

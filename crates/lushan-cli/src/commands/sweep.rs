@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use lushan_train::Preset;
 use lushan_train::lock::RunLock;
 use lushan_train::sweep::state::{self, trial_dir};
-use lushan_train::sweep::{Curve, Journal, Method, Metric, NextJob, Status, SweepFlags, SweepSpec, method};
+use lushan_train::sweep::{Curve, Journal, Method, Metric, NextJob, Schedule, Status, SweepFlags, SweepSpec, method};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,13 +73,18 @@ pub struct Args {
     /// What trials are compared by (default: val_accuracy for `--task classify`, else val_loss).
     #[arg(long, value_enum)]
     metric: Option<Metric>,
+    /// Halving: `async` (ASHA, the default: promote as soon as a trial is among its rung's best so far) or
+    /// `sync` (every trial of a rung finishes before any goes on).
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
     /// Halving: keep the best 1/ETA of each rung (default 3).
     #[arg(long)]
     eta: Option<u64>,
     /// Halving: the first rung's steps (default max_iters / eta²).
     #[arg(long)]
     min_steps: Option<u64>,
-    /// Trials run at once, the cores split between them (each gets RAYON_NUM_THREADS = cores / N).
+    /// Trials run at once, the cores split between them (each gets RAYON_NUM_THREADS = cores / N; with
+    /// RAYON_NUM_THREADS set for the sweep, that many threads are split instead).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
 }
@@ -97,6 +102,7 @@ impl Args {
             trials: self.trials,
             total_steps: self.total_steps,
             wall_time: self.wall_time.clone(),
+            schedule: self.schedule,
             eta: self.eta,
             min_steps: self.min_steps,
         }
@@ -116,6 +122,7 @@ impl Args {
             || f.trials.is_some()
             || f.total_steps.is_some()
             || f.wall_time.is_some()
+            || f.schedule.is_some()
             || f.eta.is_some()
             || f.min_steps.is_some()
     }
@@ -132,8 +139,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     lushan_fs::atomic_write(&spec_path, spec_json.as_bytes())
         .with_context(|| format!("writing {}", spec_path.display()))?;
     let mut journal = Journal::load(&dir)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / args.parallel).max(1);
+    // The threads to share: RAYON_NUM_THREADS when set (to keep a sweep to part of the machine), else the cores.
+    let shared = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = (shared / args.parallel).max(1);
     println!("{}", describe(&spec, &dir, args.parallel, threads));
     let lock_path = dir.join(lushan_train::lock::LOCK_FILE);
     let stop = crate::interrupt::install(move || {
@@ -178,6 +190,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(20));
         sweep.poll(&mut journal, interrupted)?;
     }
+    // The last decision may have changed records without starting anything (ASHA marks the trials left
+    // at a rung when it ends).
+    journal.save(&dir, spec.metric)?;
     let wall = started.elapsed().as_secs_f64();
     let best = write_best(&spec, &journal, &dir)?;
     let report = sweep_report::write(&dir, &spec, &journal, wall)?;
@@ -419,6 +434,9 @@ impl Sweep<'_> {
         );
         trial.status = status;
         trial.reason = reason;
+        if last_rung.is_some() && matches!(status, Status::RungDone | Status::Finished) {
+            trial.complete_rung();
+        }
         if !trial.status.is_active() {
             self.finished_curves.insert(run.id, curve);
         }
@@ -521,7 +539,7 @@ fn write_best(spec: &SweepSpec, journal: &Journal, dir: &Path) -> Result<Option<
 fn describe(spec: &SweepSpec, dir: &Path, parallel: usize, threads: usize) -> String {
     let spaces: Vec<String> = spec.space.iter().map(|(k, s)| format!("{k}: {}", s.describe())).collect();
     let plan = match (&spec.halving, spec.method) {
-        (Some(h), _) => format!("{} trials, rungs {:?} steps, the best 1/{} promoted", h.trials, h.rungs, h.eta),
+        (Some(h), _) => method::describe_halving(h),
         (None, Method::Grid) => format!("{} grid points", spec.grid_points.unwrap_or(0)),
         (None, _) => "random samples".to_owned(),
     };

@@ -128,12 +128,7 @@ fn html(
          figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}</style></head><body>\n<h1>lushan sweep</h1>\n",
     );
     let method = match (spec.method, &spec.halving) {
-        (Method::Halving, Some(h)) => {
-            format!(
-                "successive halving: {} trials, rungs at {:?} steps, the best 1/{} promoted",
-                h.trials, h.rungs, h.eta
-            )
-        }
+        (Method::Halving, Some(h)) => lushan_train::sweep::method::describe_halving(h),
         (Method::Grid, _) => format!("grid of {} points", spec.grid_points.unwrap_or(0)),
         (_, _) if spec.median.enabled => format!(
             "random search (seed {}) with the median stopping rule after {} steps",

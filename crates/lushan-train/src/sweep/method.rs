@@ -1,5 +1,6 @@
 //! The search methods, as decisions over the trials' records: which trial runs next (and to how many
-//! steps), which trials a halving rung promotes, when the median rule stops a trial. Nothing here starts a
+//! steps), which trials halving promotes (a whole rung at once, or ASHA's one at a time), when the median
+//! rule stops a trial. Nothing here starts a
 //! process or reads a clock, so every decision is a function of the journal — a resumed sweep decides as
 //! the interrupted one would have.
 
@@ -17,8 +18,27 @@ pub enum Method {
     Grid,
     /// Seeded random samples of the spaces, with the median stopping rule.
     Random,
-    /// Successive halving: many trials for a few steps, the best 1/eta continued, rung after rung.
+    /// Successive halving: many trials for a few steps, the best 1/eta continued, rung after rung
+    /// (asynchronously by default: ASHA).
     Halving,
+}
+
+/// How halving promotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// ASHA (Li et al. 2018): whenever a worker is free, promote the best not-yet-promoted trial among the
+    /// best 1/eta of a rung's results so far (the highest rung first), else start a new trial.
+    Async,
+    /// Synchronous successive halving: every trial of a rung finishes before the rung's best 1/eta go on.
+    Sync,
+}
+
+impl Schedule {
+    /// Sweeps saved before the schedule existed were synchronous: they resume as they started.
+    pub fn of_older_sweeps() -> Schedule {
+        Schedule::Sync
+    }
 }
 
 /// What a sweep compares trials by: the best validation figure each reached.
@@ -107,8 +127,8 @@ pub fn halving_cost(n: u64, rungs: &[u64], eta: u64) -> u64 {
     cost
 }
 
-/// Plans the rungs and the number of trials from the budget.
-pub fn plan_halving(spec: &SweepSpec, eta: u64, min_steps: Option<u64>) -> Result<Halving> {
+/// Plans the rungs and, for the synchronous schedule, the number of trials from the budget.
+pub fn plan_halving(spec: &SweepSpec, schedule: Schedule, eta: u64, min_steps: Option<u64>) -> Result<Halving> {
     let max = spec.base.max_iters;
     if eta < 2 {
         return Err(SweepError::Invalid {
@@ -124,6 +144,9 @@ pub fn plan_halving(spec: &SweepSpec, eta: u64, min_steps: Option<u64>) -> Resul
         });
     }
     let rungs = rungs(max, eta, min_steps);
+    if schedule == Schedule::Async {
+        return plan_asha(spec, eta, min_steps, rungs);
+    }
     let trials = match (spec.budget.trials, spec.budget.total_steps) {
         (Some(trials), None) => trials,
         (trials, Some(total)) => {
@@ -157,7 +180,57 @@ pub fn plan_halving(spec: &SweepSpec, eta: u64, min_steps: Option<u64>) -> Resul
             });
         }
     };
-    Ok(Halving { eta, min_steps, rungs, trials })
+    Ok(Halving { schedule, eta, min_steps, rungs, trials: Some(trials) })
+}
+
+/// ASHA starts trials as long as the budget allows. With `n = eta^(K−1)` results at the first of K rungs,
+/// the best `⌊n/eta⌋` of each rung are promoted in the end whatever order the results come in, so one
+/// trial reaches the last rung; a trials budget below `n`, or a step budget below what synchronous
+/// halving spends on `n` trials, reaches it only if the results come in a lucky order, and is refused.
+fn plan_asha(spec: &SweepSpec, eta: u64, min_steps: u64, rungs: Vec<u64>) -> Result<Halving> {
+    let budget = &spec.budget;
+    if budget.trials.is_none() && budget.total_steps.is_none() && budget.wall_seconds.is_none() {
+        return Err(SweepError::Invalid {
+            name: "[budget]".into(),
+            reason: "halving needs a budget: trials, total_steps or wall_time".into(),
+        });
+    }
+    let exponent = u32::try_from(rungs.len() - 1).unwrap_or(u32::MAX);
+    let needed = eta.checked_pow(exponent).unwrap_or(u64::MAX);
+    if let Some(trials) = budget.trials.filter(|&t| t < needed) {
+        return Err(SweepError::BudgetFitsNoTrial {
+            reason: format!(
+                "trials = {trials}: asynchronous halving over rungs {rungs:?} with eta {eta} needs at least \
+                 {needed} trials (eta^{exponent}) for one to reach the last rung"
+            ),
+        });
+    }
+    let cost = halving_cost(needed, &rungs, eta);
+    if let Some(total) = budget.total_steps.filter(|&t| t < cost) {
+        return Err(SweepError::BudgetFitsNoTrial {
+            reason: format!(
+                "total_steps {total} is less than the {cost} steps asynchronous halving over rungs {rungs:?} \
+                 needs for one trial to reach the last rung ({needed} trials at the first rung, eta {eta})"
+            ),
+        });
+    }
+    Ok(Halving { schedule: Schedule::Async, eta, min_steps, rungs, trials: budget.trials })
+}
+
+/// Halving's plan in words, for the sweep's first line and its report.
+pub fn describe_halving(halving: &Halving) -> String {
+    let (eta, rungs) = (halving.eta, &halving.rungs);
+    match (halving.schedule, halving.trials) {
+        (Schedule::Sync, trials) => format!(
+            "synchronous successive halving: {} trials, rungs at {rungs:?} steps, the best 1/{eta} of each promoted",
+            trials.unwrap_or(0)
+        ),
+        (Schedule::Async, trials) => format!(
+            "asynchronous successive halving (ASHA): {}, rungs at {rungs:?} steps, a trial promoted once among the \
+             best 1/{eta} of its rung's results",
+            trials.map_or("trials while the budget lasts".to_owned(), |t| format!("up to {t} trials"))
+        ),
+    }
 }
 
 /// Refuses a budget that no trial fits in.
@@ -211,7 +284,10 @@ pub fn next_job(spec: &SweepSpec, journal: &mut Journal, busy: &BTreeSet<usize>,
     }
     match spec.method {
         Method::Grid | Method::Random => next_new_trial(spec, journal, busy, may_start),
-        Method::Halving => next_rung(spec, journal, busy, may_start),
+        Method::Halving => match spec.halving.as_ref().map(|h| h.schedule) {
+            Some(Schedule::Async) => next_asha(spec, journal, busy, may_start),
+            _ => next_rung(spec, journal, busy, may_start),
+        },
     }
 }
 
@@ -255,7 +331,7 @@ fn next_rung(spec: &SweepSpec, journal: &mut Journal, busy: &BTreeSet<usize>, ma
         if !may_start {
             return Ok(NextJob::Done("the wall time is up".into()));
         }
-        for id in 0..halving.trials {
+        for id in 0..halving.trials.unwrap_or(0) {
             let settings = space::sample_point(&spec.space, &kinds, spec.seed, id);
             journal.trials.push(TrialRecord::new(id as usize, settings, halving.rungs[0]));
         }
@@ -295,6 +371,96 @@ fn next_rung(spec: &SweepSpec, journal: &mut Journal, busy: &BTreeSet<usize>, ma
         Some(&id) if may_start => Ok(NextJob::Launch(id)),
         _ => Ok(NextJob::Done("the wall time is up".into())),
     }
+}
+
+/// ASHA's decision (Li et al. 2018, Algorithm 2): promote the best not-yet-promoted trial among a rung's
+/// top `1/eta`, the highest rung first; otherwise start a new trial at the first rung. The next piece of
+/// work must fit in the step budget, counting running trials at their targets; when it does not (or the
+/// trials budget is spent) the sweep waits for its running trials, then ends.
+fn next_asha(spec: &SweepSpec, journal: &mut Journal, busy: &BTreeSet<usize>, may_start: bool) -> Result<NextJob> {
+    let Some(halving) = &spec.halving else { return Ok(NextJob::Done("no halving plan".into())) };
+    let wait_or = |why: String| if busy.is_empty() { NextJob::Done(why) } else { NextJob::Wait };
+    if !may_start {
+        return Ok(wait_or("the wall time is up".into()));
+    }
+    let promotion = asha_promotion(&journal.trials, halving, spec.metric.direction());
+    let (cost, piece) = match promotion {
+        Some((id, rung)) => {
+            let next = halving.rungs[rung + 1];
+            (next.saturating_sub(journal.trials[id].steps), format!("promoting trial {id} to {next} steps"))
+        }
+        None => {
+            let started = journal.trials.len() as u64;
+            if halving.trials.is_some_and(|limit| started >= limit) {
+                return Ok(finish_asha(journal, halving, busy, format!("all {started} trials started")));
+            }
+            (halving.rungs[0], format!("a new trial's {} steps", halving.rungs[0]))
+        }
+    };
+    if let Some(total) = spec.budget.total_steps {
+        let committed: u64 =
+            journal.trials.iter().map(|t| if t.status.is_active() { t.target_steps } else { t.steps }).sum();
+        if committed.saturating_add(cost) > total {
+            let why = format!("{piece} would pass total_steps {total} ({committed} spent or running)");
+            return Ok(finish_asha(journal, halving, busy, why));
+        }
+    }
+    match promotion {
+        Some((id, rung)) => {
+            let trial = &mut journal.trials[id];
+            trial.status = Status::Pending;
+            trial.rung = rung + 1;
+            trial.target_steps = halving.rungs[rung + 1];
+            Ok(NextJob::Launch(id))
+        }
+        None => {
+            let id = journal.trials.len();
+            let settings = space::sample_point(&spec.space, &space::setting_kinds(), spec.seed, id as u64);
+            journal.trials.push(TrialRecord::new(id, settings, halving.rungs[0]));
+            Ok(NextJob::Launch(id))
+        }
+    }
+}
+
+/// ASHA's promotion: `(trial, rung)` for the best trial that completed `rung`, is not yet promoted and is
+/// among the best `⌊n/eta⌋` of the `n` results `rung` has so far (promoted trials included, each by its
+/// value at that rung), looking at the highest rung below the last first.
+pub fn asha_promotion(trials: &[TrialRecord], halving: &Halving, direction: Direction) -> Option<(usize, usize)> {
+    for rung in (0..halving.rungs.len().saturating_sub(1)).rev() {
+        let mut results: Vec<(f64, &TrialRecord)> = trials
+            .iter()
+            .filter_map(|t| t.rung_results.get(rung).map(|value| (value.unwrap_or(f64::NAN), t)))
+            .collect();
+        results.sort_by(|a, b| direction.compare(a.0, b.0).then(a.1.id.cmp(&b.1.id)));
+        let top = results.len() / halving.eta.max(1) as usize;
+        let waiting = |t: &TrialRecord| t.rung == rung && t.status == Status::RungDone;
+        if let Some((_, trial)) = results.iter().take(top).find(|(_, t)| waiting(t)) {
+            return Some((trial.id, rung));
+        }
+    }
+    None
+}
+
+/// The end of an ASHA sweep: with trials still running, wait (their results may allow a promotion);
+/// otherwise the trials left at a rung stay there, marked pruned with why.
+fn finish_asha(journal: &mut Journal, halving: &Halving, busy: &BTreeSet<usize>, why: String) -> NextJob {
+    if !busy.is_empty() {
+        return NextJob::Wait;
+    }
+    let results: Vec<usize> =
+        (0..halving.rungs.len()).map(|k| journal.trials.iter().filter(|t| t.rung_results.len() > k).count()).collect();
+    for trial in journal.trials.iter_mut().filter(|t| t.status == Status::RungDone) {
+        let n = results.get(trial.rung).copied().unwrap_or(0);
+        trial.status = Status::Pruned;
+        trial.reason = format!(
+            "asha: not promoted from rung {} ({} steps; of its {n} results the best {} go on) before the sweep \
+             ended: {why}",
+            trial.rung + 1,
+            halving.rungs.get(trial.rung).copied().unwrap_or(0),
+            n as u64 / halving.eta.max(1)
+        );
+    }
+    NextJob::Done(why)
 }
 
 /// The median stopping rule: `Some(reason)` when the trial whose curve is `this` should stop at `step`.

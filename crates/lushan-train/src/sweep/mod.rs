@@ -1,15 +1,15 @@
 //! Hyper-parameter sweeps (`lushan sweep`): search spaces over any training setting ([`space`]), the
 //! sweep's settings read from a file and flags ([`spec`]), the methods — grid, random with the median
-//! stopping rule, successive halving — as pure decisions over the trials' records ([`method`]), and the
-//! journal that makes a sweep resumable ([`state`]). The trials themselves are `lushan train` runs, each in
-//! its own directory; the CLI starts them and draws the report.
+//! stopping rule, successive halving (asynchronous: ASHA, or synchronous) — as pure decisions over the
+//! trials' records ([`method`]), and the journal that makes a sweep resumable ([`state`]). The trials
+//! themselves are `lushan train` runs, each in its own directory; the CLI starts them and draws the report.
 
 pub mod method;
 pub mod space;
 pub mod spec;
 pub mod state;
 
-pub use method::{Direction, Method, Metric, NextJob};
+pub use method::{Direction, Method, Metric, NextJob, Schedule};
 pub use space::{Kind, Space};
 pub use spec::{SweepFlags, SweepSpec};
 pub use state::{Curve, Journal, Status, TrialRecord};

@@ -13,11 +13,12 @@
 //! batch_size = [8, 12, 16]
 //! [budget]                      # trials, total_steps, wall_time ("15m", "1h", seconds)
 //! total_steps = 12000
-//! [halving]                     # eta (keep the best 1/eta at each rung), min_steps (the first rung)
+//! [halving]                     # schedule (async = ASHA, or sync), eta (keep the best 1/eta at each
+//!                               # rung), min_steps (the first rung)
 //! [median]                      # the median stopping rule: enabled, grace_steps, min_trials
 //! ```
 
-use super::method::{self, Method, Metric};
+use super::method::{self, Method, Metric, Schedule};
 use super::space::{self, Kind, Space};
 use super::{Result, SweepError};
 use crate::config::{Preset, TrainConfig, TrainOverrides};
@@ -59,6 +60,7 @@ struct BudgetFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HalvingFile {
+    schedule: Option<Schedule>,
     eta: Option<u64>,
     min_steps: Option<u64>,
 }
@@ -86,6 +88,7 @@ pub struct SweepFlags {
     pub trials: Option<u64>,
     pub total_steps: Option<u64>,
     pub wall_time: Option<String>,
+    pub schedule: Option<Schedule>,
     pub eta: Option<u64>,
     pub min_steps: Option<u64>,
 }
@@ -103,12 +106,17 @@ pub struct Budget {
 /// go on to the next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Halving {
+    /// Asynchronous (ASHA) or synchronous promotion; a `sweep.json` from before the choice existed is
+    /// synchronous.
+    #[serde(default = "Schedule::of_older_sweeps")]
+    pub schedule: Schedule,
     pub eta: u64,
     pub min_steps: u64,
     /// The steps of each rung, the last being the full `max_iters`.
     pub rungs: Vec<u64>,
-    /// Trials started at the first rung.
-    pub trials: u64,
+    /// Trials started at the first rung: planned from the budget when synchronous; the trials budget (if
+    /// any) when asynchronous, which starts trials while the step and time budgets allow.
+    pub trials: Option<u64>,
 }
 
 /// The median stopping rule (Google Vizier's): at an evaluation at step s ≥ `grace_steps`, a trial whose
@@ -264,9 +272,10 @@ impl SweepSpec {
         match method {
             Method::Grid => spec.grid_points = Some(space::grid(&spec.space, &kinds)?.len() as u64),
             Method::Halving => {
+                let schedule = flags.schedule.or(parsed.halving.schedule).unwrap_or(Schedule::Async);
                 let eta = flags.eta.or(parsed.halving.eta).unwrap_or(3);
                 let min_steps = flags.min_steps.or(parsed.halving.min_steps);
-                spec.halving = Some(method::plan_halving(&spec, eta, min_steps)?);
+                spec.halving = Some(method::plan_halving(&spec, schedule, eta, min_steps)?);
             }
             Method::Random => {}
         }

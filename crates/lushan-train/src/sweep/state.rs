@@ -76,6 +76,10 @@ pub struct TrialRecord {
     /// Halving's rung (0 for the other methods).
     #[serde(default)]
     pub rung: usize,
+    /// Halving: the best value up to each rung the trial completed (what ASHA ranks a rung's results by,
+    /// a promoted trial's included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rung_results: Vec<Option<f64>>,
     /// The best value of the sweep's metric, and the step where it was reached.
     pub best: Option<f64>,
     pub best_step: Option<u64>,
@@ -95,6 +99,7 @@ impl TrialRecord {
             target_steps,
             steps: 0,
             rung: 0,
+            rung_results: Vec::new(),
             best: None,
             best_step: None,
             seconds: 0.0,
@@ -109,6 +114,13 @@ impl TrialRecord {
             self.best = Some(value);
             self.best_step = Some(step);
         }
+    }
+
+    /// Notes the best value so far as the result of the rung the trial just completed (its curve holds
+    /// only the steps up to that rung, so its best so far is its value there).
+    pub fn complete_rung(&mut self) {
+        self.rung_results.resize(self.rung, None);
+        self.rung_results.push(self.best);
     }
 }
 
