@@ -113,6 +113,9 @@ pub struct TrainingMemory {
     /// Keep only each transformer block's output during the forward; the backward runs each block's
     /// forward again just before its backward (`--checkpoint-activations`).
     pub checkpoint_blocks: bool,
+    /// Keep the attention probabilities as inspection buffers do (and train with the kernel that keeps
+    /// them): only to measure what the tiled attention saves (`lushan bench train --attention-maps`).
+    pub attention_maps: bool,
 }
 
 /// Gradient and temporary buffers shared across layers.
@@ -213,8 +216,8 @@ impl Activations {
     }
 
     /// Buffers for training passes, which nothing inspects: no attention probabilities (only their
-    /// log-sum-exp, (B, T, NH) per layer, instead of (B, NH, T, T)), and with `memory.checkpoint_blocks`
-    /// only each block's output per layer plus one shared set of block buffers.
+    /// log-sum-exp, (B, T, NH) per layer, instead of (B, NH, T, T)) unless `memory.attention_maps`, and with
+    /// `memory.checkpoint_blocks` only each block's output per layer plus one shared set of block buffers.
     pub fn for_training(
         cfg: &ModelConfig,
         b: usize,
@@ -222,7 +225,7 @@ impl Activations {
         lora: Option<LoraShape>,
         memory: TrainingMemory,
     ) -> Result<Self> {
-        Self::allocate(cfg, b, t, lora, false, memory)
+        Self::allocate(cfg, b, t, lora, memory.attention_maps, memory)
     }
 
     fn allocate(

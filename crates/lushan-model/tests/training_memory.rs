@@ -33,7 +33,14 @@ fn step(model: &Gpt, acts: &mut Activations, (b, t): (usize, usize), mode: Mode,
 }
 
 fn training(model: &Gpt, b: usize, t: usize, checkpoint_blocks: bool) -> Activations {
-    Activations::for_training(&model.config, b, t, model.lora_shape(), TrainingMemory { checkpoint_blocks }).unwrap()
+    Activations::for_training(
+        &model.config,
+        b,
+        t,
+        model.lora_shape(),
+        TrainingMemory { checkpoint_blocks, attention_maps: false },
+    )
+    .unwrap()
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
