@@ -2,7 +2,7 @@
 //! and the matmul choice (our matrixmultiply path vs the `gemm` crate vs the naive twin) at GPT shapes.
 //! Prints figures; asserts nothing (speed is measured, never tested).
 
-use lushan_kernels::{attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
+use lushan_kernels::{attention, flash_attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
 use std::time::Instant;
 
 fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
@@ -71,6 +71,11 @@ fn gemm_crate(out: &mut [f32], inp: &[f32], w: &[f32], n: usize, c: usize, oc: u
 fn main() {
     let mut rng = Rng::new(0);
     println!("threads: {}", rayon::current_num_threads());
+    long_context_attention(&mut rng);
+    // `cargo bench -p lushan-kernels -- attention`: the long-context attention figures alone.
+    if std::env::args().any(|a| a == "attention") {
+        return;
+    }
     println!("-- matmul forward (N×C · Wᵀ, W is OC×C)");
     for (n, c, oc) in [
         (768, 128, 384),
@@ -206,5 +211,29 @@ fn main() {
     let mut scratch = vec![0.0; n * t];
     time("attention backward", 2.0 * attn_flops, || {
         attention::backward(&mut dqkv, &mut scratch, &x, &qkv, &att, t, c, nh)
+    });
+}
+
+/// The probabilities kernel against the tiled one at GPT-2 124M's long context (one layer's attention).
+fn long_context_attention(rng: &mut Rng) {
+    let (b, t, c, nh) = (1, 1024, 768, 12);
+    let n = b * t;
+    println!("-- attention, GPT-2 124M long context: B={b} T={t} C={c} NH={nh}");
+    let qkv = random(n * 3 * c, rng);
+    let dout = random(n * c, rng);
+    let attn_flops = 4.0 * (b * nh * t * t * (c / nh)) as f64 / 2.0;
+    let (mut out, mut att) = (vec![0.0; n * c], vec![0.0; b * nh * t * t]);
+    time("attention forward (probabilities kept)", attn_flops, || {
+        attention::forward(&mut out, &mut att, &qkv, t, c, nh)
+    });
+    let (mut dqkv, mut scratch) = (vec![0.0; n * 3 * c], vec![0.0; n * t]);
+    time("attention backward (probabilities kept)", 2.0 * attn_flops, || {
+        attention::backward(&mut dqkv, &mut scratch, &dout, &qkv, &att, t, c, nh)
+    });
+    let mut lse = vec![0.0; n * nh];
+    time("flash attention forward", attn_flops, || flash_attention::forward(&mut out, &mut lse, &qkv, t, c, nh));
+    let mut scratch = vec![0.0; b * flash_attention::backward_scratch_len(t, c, nh)];
+    time("flash attention backward", 2.0 * attn_flops, || {
+        flash_attention::backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, t, c, nh)
     });
 }

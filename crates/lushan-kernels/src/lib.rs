@@ -19,6 +19,7 @@ pub mod attention;
 pub mod crossentropy;
 pub mod dropout;
 pub mod encoder;
+pub mod flash_attention;
 pub mod gelu;
 pub mod gemv;
 pub mod layernorm;

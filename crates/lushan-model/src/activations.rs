@@ -3,12 +3,19 @@
 //! Forward activations that backward needs are stored per layer; gradient scratch is shared by all layers
 //! because backward visits one layer at a time.
 //!
+//! Training buffers ([`Activations::for_training`]) keep less: no attention probabilities (the attention
+//! keeps each row's log-sum-exp and its backward recomputes them, see `lushan_kernels::flash_attention`),
+//! and with block checkpointing only each block's output, the other buffers of a block being one shared set
+//! that the backward refills by running the block's forward again.
+//!
 //! Buffers are allocated for a largest shape (B, T) and can then be [`Activations::reshape`]d to any smaller
 //! (b, t) — batches of task examples padded only to their own longest sequence — without allocating:
 //! every buffer keeps its capacity and only its length changes.
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use lushan_kernels::flash_attention;
+use lushan_kernels::rng::Rng;
 
 /// Per-layer activations kept for backward (and for inspection: `att` is the attention map).
 #[derive(Debug, Default)]
@@ -18,8 +25,10 @@ pub struct LayerActs {
     pub ln1_rstd: Vec<f32>,
     pub qkv: Vec<f32>,
     pub atty: Vec<f32>,
-    /// Attention probabilities, (B, NH, T, T); zero above the diagonal.
+    /// Attention probabilities, (B, NH, T, T); zero above the diagonal. Empty in training buffers.
     pub att: Vec<f32>,
+    /// Training buffers instead of `att`: each attention row's log-sum-exp, (B, T, NH).
+    pub lse: Vec<f32>,
     pub residual2: Vec<f32>,
     pub ln2: Vec<f32>,
     pub ln2_mean: Vec<f32>,
@@ -73,6 +82,40 @@ pub struct Activations {
     /// then runs the last block past its attention on the counted rows alone, leaving the other rows of
     /// the last residual stream stale.
     pub(crate) last_block_rows_only: bool,
+    /// Block checkpointing: the buffers of the block being computed (every [`LayerActs`] buffer but
+    /// `residual3`), lent to one layer at a time; `None` when every layer keeps its own.
+    pub(crate) work: Option<LayerActs>,
+    /// Block checkpointing: the random streams at the start of each block, so that its recomputation draws
+    /// the same dropout masks.
+    pub(crate) block_seeds: Vec<BlockSeeds>,
+}
+
+/// The dropout and LoRA-dropout random streams as a block starts drawing from them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockSeeds {
+    pub dropout: Option<Rng>,
+    pub lora: Rng,
+}
+
+impl LayerActs {
+    /// Exchanges every buffer but the block output `residual3` with `work`: a checkpointed layer borrows the
+    /// shared block buffers for its forward (or its recomputation and backward), and a second call gives
+    /// them back.
+    pub(crate) fn swap_work(&mut self, work: &mut LayerActs) {
+        std::mem::swap(self, work);
+        std::mem::swap(&mut self.residual3, &mut work.residual3);
+    }
+}
+
+/// What training buffers keep between the forward and the backward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrainingMemory {
+    /// Keep only each transformer block's output during the forward; the backward runs each block's
+    /// forward again just before its backward (`--checkpoint-activations`).
+    pub checkpoint_blocks: bool,
+    /// Keep the attention probabilities as inspection buffers do (and train with the kernel that keeps
+    /// them): only to measure what the tiled attention saves (`lushan bench train --attention-maps`).
+    pub attention_maps: bool,
 }
 
 /// Gradient and temporary buffers shared across layers.
@@ -124,10 +167,41 @@ struct Dims {
     lora_masks: bool,
     /// Input width of each LoRA target (C, C, C, 4C).
     lora_in: [usize; 4],
+    /// Keep the attention probabilities (`att`), else their log-sum-exp (`lse`).
+    attention_maps: bool,
+    checkpoint_blocks: bool,
 }
 
 fn fit<T: Clone + Default>(buf: &mut Vec<T>, len: usize) {
     buf.resize(len, T::default());
+}
+
+/// Sizes a block's buffers but its output `residual3` for a (b, t) batch, or empties them (`keep` false:
+/// a checkpointed layer, whose block buffers are lent by the shared set while it runs).
+fn fit_layer(a: &mut LayerActs, d: &Dims, b: usize, t: usize, keep: bool) {
+    let (n, c) = (b * t, d.c);
+    let on = |len: usize| if keep { len } else { 0 };
+    let mask = |len: usize| if d.masks { on(len) } else { 0 };
+    fit(&mut a.ln1, on(n * c));
+    fit(&mut a.ln1_mean, on(n));
+    fit(&mut a.ln1_rstd, on(n));
+    fit(&mut a.qkv, on(n * 3 * c));
+    fit(&mut a.atty, on(n * c));
+    fit(&mut a.att, if d.attention_maps { on(b * d.nh * t * t) } else { 0 });
+    fit(&mut a.lse, if d.attention_maps { 0 } else { on(n * d.nh) });
+    fit(&mut a.residual2, on(n * c));
+    fit(&mut a.ln2, on(n * c));
+    fit(&mut a.ln2_mean, on(n));
+    fit(&mut a.ln2_rstd, on(n));
+    fit(&mut a.fch, on(n * 4 * c));
+    fit(&mut a.fch_gelu, on(n * 4 * c));
+    fit(&mut a.attn_mask, mask(n * c));
+    fit(&mut a.mlp_mask, mask(n * c));
+    for i in 0..4 {
+        let lora = d.lora_targets[i];
+        fit(&mut a.lora_hidden[i], if lora { on(n * d.lora_rank) } else { 0 });
+        fit(&mut a.lora_mask[i], if lora && d.lora_masks { on(n * d.lora_in[i]) } else { 0 });
+    }
 }
 
 impl Activations {
@@ -138,6 +212,30 @@ impl Activations {
 
     /// Like [`Activations::new`], with room for LoRA adapters of the given shape.
     pub fn with_lora(cfg: &ModelConfig, b: usize, t: usize, lora: Option<LoraShape>) -> Result<Self> {
+        Self::allocate(cfg, b, t, lora, true, TrainingMemory::default())
+    }
+
+    /// Buffers for training passes, which nothing inspects: no attention probabilities (only their
+    /// log-sum-exp, (B, T, NH) per layer, instead of (B, NH, T, T)) unless `memory.attention_maps`, and with
+    /// `memory.checkpoint_blocks` only each block's output per layer plus one shared set of block buffers.
+    pub fn for_training(
+        cfg: &ModelConfig,
+        b: usize,
+        t: usize,
+        lora: Option<LoraShape>,
+        memory: TrainingMemory,
+    ) -> Result<Self> {
+        Self::allocate(cfg, b, t, lora, memory.attention_maps, memory)
+    }
+
+    fn allocate(
+        cfg: &ModelConfig,
+        b: usize,
+        t: usize,
+        lora: Option<LoraShape>,
+        attention_maps: bool,
+        memory: TrainingMemory,
+    ) -> Result<Self> {
         cfg.validate()?;
         if b == 0 || t == 0 {
             return Err(ModelError::EmptyInput);
@@ -157,6 +255,8 @@ impl Activations {
             lora_targets: lora.targets,
             lora_masks: lora.dropout,
             lora_in: [c, c, c, 4 * c],
+            attention_maps,
+            checkpoint_blocks: memory.checkpoint_blocks,
         };
         let mut acts = Self {
             b: 0,
@@ -180,6 +280,11 @@ impl Activations {
             scratch: Scratch::default(),
             clean_layers: 0,
             last_block_rows_only: false,
+            work: memory.checkpoint_blocks.then(LayerActs::default),
+            block_seeds: vec![
+                BlockSeeds { dropout: None, lora: Rng::new(0) };
+                if memory.checkpoint_blocks { cfg.n_layer } else { 0 }
+            ],
         };
         acts.resize_all(b, t);
         Ok(acts)
@@ -191,27 +296,13 @@ impl Activations {
         let d = self.dims;
         let (n, c) = (b * t, d.c);
         let mask = |len: usize| if d.masks { len } else { 0 };
+        // With block checkpointing each layer keeps its output only and the shared `work` set the rest.
         for a in &mut self.layers {
-            fit(&mut a.ln1, n * c);
-            fit(&mut a.ln1_mean, n);
-            fit(&mut a.ln1_rstd, n);
-            fit(&mut a.qkv, n * 3 * c);
-            fit(&mut a.atty, n * c);
-            fit(&mut a.att, b * d.nh * t * t);
-            fit(&mut a.residual2, n * c);
-            fit(&mut a.ln2, n * c);
-            fit(&mut a.ln2_mean, n);
-            fit(&mut a.ln2_rstd, n);
-            fit(&mut a.fch, n * 4 * c);
-            fit(&mut a.fch_gelu, n * 4 * c);
+            fit_layer(a, &d, b, t, !d.checkpoint_blocks);
             fit(&mut a.residual3, n * c);
-            fit(&mut a.attn_mask, mask(n * c));
-            fit(&mut a.mlp_mask, mask(n * c));
-            for i in 0..4 {
-                let on = d.lora_targets[i];
-                fit(&mut a.lora_hidden[i], if on { n * d.lora_rank } else { 0 });
-                fit(&mut a.lora_mask[i], if on && d.lora_masks { n * d.lora_in[i] } else { 0 });
-            }
+        }
+        if let Some(work) = self.work.as_mut() {
+            fit_layer(work, &d, b, t, true);
         }
         // The output layer: the vocabulary for a language model, the labels (one row per sequence) for a
         // classifier.
@@ -237,7 +328,11 @@ impl Activations {
         fit(&mut s.dfch, n * 4 * c);
         fit(&mut s.dlogits, head_rows * head_width);
         fit(&mut s.dlosses, head_rows);
-        fit(&mut s.att_grad, n * t);
+        // The attention backward's scratch: a (T, T) block per sequence, or the tiled kernel's head gradients.
+        fit(
+            &mut s.att_grad,
+            if d.attention_maps { n * t } else { b * flash_attention::backward_scratch_len(t, c, d.nh) },
+        );
         fit(&mut s.head_in, head_rows * c);
         fit(&mut s.dhead_in, head_rows * c);
         let lora_on = d.lora_targets.iter().any(|&x| x);
@@ -249,6 +344,12 @@ impl Activations {
         self.b = b;
         self.t = t;
         self.clean_layers = 0;
+    }
+
+    /// Whether the forward keeps the attention probabilities `att` (buffers from [`Activations::new`] and
+    /// [`Activations::with_lora`]; not training buffers).
+    pub fn keeps_attention_maps(&self) -> bool {
+        self.dims.attention_maps
     }
 
     /// Makes the buffers describe a (b, t) batch, up to the shape they were allocated for, without

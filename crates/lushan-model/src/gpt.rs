@@ -3,7 +3,7 @@
 //! `forward` is a list of kernel calls per layer; `backward` is that list reversed, each step naming the
 //! forward line it undoes.
 
-use crate::activations::{Activations, LayerActs, LoraShape, Scratch};
+use crate::activations::{Activations, BlockSeeds, LayerActs, LoraShape, Scratch};
 use crate::adapter_pass::{self, Adapter};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
@@ -14,7 +14,7 @@ use crate::lora::{Lora, LoraTarget};
 use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
 use crate::weights::{self, PackedWeights};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
-use lushan_kernels::{attention, dropout, encoder, gelu, layernorm, matmul, residual, rng::Rng};
+use lushan_kernels::{attention, dropout, encoder, flash_attention, gelu, layernorm, matmul, residual, rng::Rng};
 
 /// Whether dropout is active. Training mode carries the seed its masks are drawn from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ impl Gpt {
             _ => b,
         });
         acts.counted_rows = counted.unwrap_or_default();
-        let (c, v, nh, eps) = (cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.layer_norm_epsilon);
+        let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_epsilon);
         let p = self.layout.split(&self.params);
         let mut seeds = match mode {
             Mode::Train { dropout_seed } if cfg.dropout > 0.0 => Some(Rng::new(dropout_seed)),
@@ -252,7 +252,7 @@ impl Gpt {
                 reason: "the activations were allocated without room for this model's LoRA adapters".into(),
             });
         }
-        let mut lora_seeds = match mode {
+        let lora_seeds = match mode {
             Mode::Train { dropout_seed } => Rng::derive(dropout_seed, 0x6c6f_7261),
             Mode::Eval => Rng::new(0),
         };
@@ -265,6 +265,7 @@ impl Gpt {
             && matches!(cfg.head, Head::LanguageModel)
             && !acts.counted_rows.is_empty();
         acts.inputs.copy_from_slice(inputs);
+        let attention_maps = acts.keeps_attention_maps();
         let Activations {
             encoded,
             emb_mask,
@@ -279,6 +280,8 @@ impl Gpt {
             targets: kept_targets,
             counted_rows,
             scratch,
+            work,
+            block_seeds: block_seeds_kept,
             ..
         } = acts;
 
@@ -290,80 +293,28 @@ impl Gpt {
                 dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
             }
         }
+        let pass = BlockPass { mode, edits, b, t, attention_maps, last_block_rows_only, counted_rows };
+        let mut block_seeds = BlockSeeds { dropout: seeds, lora: lora_seeds };
         for l in first_layer..cfg.n_layer {
-            let w = p.layer(l);
             let (before, rest) = layers.split_at_mut(l);
-            let a = &mut rest[0];
             if intervene::touches(edits, Site::ResidPre { layer: l }) {
                 let stream = if l == 0 { &mut *encoded } else { &mut before[l - 1].residual3 };
                 intervene::apply(edits, Site::ResidPre { layer: l }, stream, cfg, b, t);
             }
             let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
-            layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
-            weights::forward(&mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
-            if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
-                let [h, ..] = &mut a.lora_hidden;
-                let [m, ..] = &mut a.lora_mask;
-                adapter_pass::forward(&ad, &mut a.qkv, &a.ln1, h, m, &mut scratch.lora_x, lora_seeds.next_u64());
+            // A checkpointed layer keeps its output only: it borrows the shared block buffers while it runs,
+            // and the seeds it starts from are kept for the backward's recomputation.
+            if let Some(work) = work.as_mut() {
+                rest[0].swap_work(work);
+                block_seeds_kept[l] = block_seeds;
             }
-            attention::forward(&mut a.atty, &mut a.att, &a.qkv, t, c, nh);
-            for head in 0..nh {
-                intervene::apply(edits, Site::HeadZ { layer: l, head }, &mut a.atty, cfg, b, t);
+            let whole = self.block_forward(&mut rest[0], x, l, &mut block_seeds, scratch, &pass);
+            if let Some(work) = work.as_mut() {
+                rest[0].swap_work(work);
             }
-            if last_block_rows_only && l + 1 == cfg.n_layer {
-                last_block_on_rows(a, x, &w, edits, counted_rows, scratch, cfg, l, t);
+            if !whole {
                 break;
             }
-            let proj = self.matrix(ParamKind::AttnProjW, l);
-            weights::forward(&mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
-            if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
-                let [_, h, ..] = &mut a.lora_hidden;
-                let [_, m, ..] = &mut a.lora_mask;
-                adapter_pass::forward(
-                    &ad,
-                    &mut scratch.branch,
-                    &a.atty,
-                    h,
-                    m,
-                    &mut scratch.lora_x,
-                    lora_seeds.next_u64(),
-                );
-            }
-            if let Some(rng) = seeds.as_mut() {
-                dropout::forward(&mut scratch.branch2, &mut a.attn_mask, &scratch.branch, cfg.dropout, rng.next_u64());
-                std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
-            }
-            intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
-            residual::forward(&mut a.residual2, x, &scratch.branch);
-            layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
-            weights::forward(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
-            if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
-                let [_, _, h, _] = &mut a.lora_hidden;
-                let [_, _, m, _] = &mut a.lora_mask;
-                adapter_pass::forward(&ad, &mut a.fch, &a.ln2, h, m, &mut scratch.lora_x, lora_seeds.next_u64());
-            }
-            gelu::forward(&mut a.fch_gelu, &a.fch);
-            let proj = self.matrix(ParamKind::FcProjW, l);
-            weights::forward(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
-            if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
-                let [.., h] = &mut a.lora_hidden;
-                let [.., m] = &mut a.lora_mask;
-                adapter_pass::forward(
-                    &ad,
-                    &mut scratch.branch,
-                    &a.fch_gelu,
-                    h,
-                    m,
-                    &mut scratch.lora_x,
-                    lora_seeds.next_u64(),
-                );
-            }
-            if let Some(rng) = seeds.as_mut() {
-                dropout::forward(&mut scratch.branch2, &mut a.mlp_mask, &scratch.branch, cfg.dropout, rng.next_u64());
-                std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
-            }
-            intervene::apply(edits, Site::MlpOut { layer: l }, &mut scratch.branch, cfg, b, t);
-            residual::forward(&mut a.residual3, &a.residual2, &scratch.branch);
         }
         let final_stream = Site::ResidPre { layer: cfg.n_layer };
         if intervene::touches(edits, final_stream) {
@@ -410,6 +361,86 @@ impl Gpt {
         }
     }
 
+    /// One transformer block's forward, `a.residual3 = block(x)` with every buffer its backward reads kept in
+    /// `a`; the forward of a whole pass and a checkpointed block's recomputation in the backward. Returns
+    /// false when it stopped after the attention for a reader of counted rows only (`last_block_on_rows`).
+    fn block_forward(
+        &self,
+        a: &mut LayerActs,
+        x: &[f32],
+        l: usize,
+        seeds: &mut BlockSeeds,
+        scratch: &mut Scratch,
+        pass: &BlockPass<'_>,
+    ) -> bool {
+        let cfg = &self.config;
+        let BlockPass { mode, edits, b, t, .. } = *pass;
+        let (c, nh, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_epsilon);
+        let w = self.layout.split(&self.params).layer(l);
+        layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
+        weights::forward(&mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
+        if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
+            let [h, ..] = &mut a.lora_hidden;
+            let [m, ..] = &mut a.lora_mask;
+            adapter_pass::forward(&ad, &mut a.qkv, &a.ln1, h, m, &mut scratch.lora_x, seeds.lora.next_u64());
+        }
+        if pass.attention_maps {
+            attention::forward(&mut a.atty, &mut a.att, &a.qkv, t, c, nh);
+        } else {
+            flash_attention::forward(&mut a.atty, &mut a.lse, &a.qkv, t, c, nh);
+        }
+        for head in 0..nh {
+            intervene::apply(edits, Site::HeadZ { layer: l, head }, &mut a.atty, cfg, b, t);
+        }
+        if pass.last_block_rows_only && l + 1 == cfg.n_layer {
+            last_block_on_rows(a, x, &w, edits, pass.counted_rows, scratch, cfg, l, t);
+            return false;
+        }
+        let proj = self.matrix(ParamKind::AttnProjW, l);
+        weights::forward(&mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
+        if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
+            let [_, h, ..] = &mut a.lora_hidden;
+            let [_, m, ..] = &mut a.lora_mask;
+            adapter_pass::forward(&ad, &mut scratch.branch, &a.atty, h, m, &mut scratch.lora_x, seeds.lora.next_u64());
+        }
+        if let Some(rng) = seeds.dropout.as_mut() {
+            dropout::forward(&mut scratch.branch2, &mut a.attn_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+            std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
+        }
+        intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
+        residual::forward(&mut a.residual2, x, &scratch.branch);
+        layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
+        weights::forward(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
+        if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
+            let [_, _, h, _] = &mut a.lora_hidden;
+            let [_, _, m, _] = &mut a.lora_mask;
+            adapter_pass::forward(&ad, &mut a.fch, &a.ln2, h, m, &mut scratch.lora_x, seeds.lora.next_u64());
+        }
+        gelu::forward(&mut a.fch_gelu, &a.fch);
+        let proj = self.matrix(ParamKind::FcProjW, l);
+        weights::forward(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
+        if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
+            let [.., h] = &mut a.lora_hidden;
+            let [.., m] = &mut a.lora_mask;
+            adapter_pass::forward(
+                &ad,
+                &mut scratch.branch,
+                &a.fch_gelu,
+                h,
+                m,
+                &mut scratch.lora_x,
+                seeds.lora.next_u64(),
+            );
+        }
+        if let Some(rng) = seeds.dropout.as_mut() {
+            dropout::forward(&mut scratch.branch2, &mut a.mlp_mask, &scratch.branch, cfg.dropout, rng.next_u64());
+            std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
+        }
+        intervene::apply(edits, Site::MlpOut { layer: l }, &mut scratch.branch, cfg, b, t);
+        residual::forward(&mut a.residual3, &a.residual2, &scratch.branch);
+        true
+    }
+
     /// Backward of the mean loss of the last `forward` (which must have had targets), **accumulating**
     /// `loss_scale ×` its gradient into `grads`: the parameters' layout, or — when the model carries LoRA
     /// adapters — the adapter's layout (the frozen base's weight gradients are never computed). Gradient
@@ -443,7 +474,10 @@ impl Gpt {
         // A forward in training mode refuses such a model, so there is never a pass to undo.
         assert!(self.packed.is_none(), "backward needs f32 weights: the forward refuses training mode without them");
         let cfg = &self.config;
-        let (t, c, v, nh) = (acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let (b, t, c, v, nh) = (acts.b, acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let attention_maps = acts.keeps_attention_maps();
+        // A checkpointed block is recomputed as the training forward ran it: no edits, every row.
+        let pass = BlockPass { mode, edits: &[], b, t, attention_maps, last_block_rows_only: false, counted_rows: &[] };
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
         let p = self.layout.split(&self.params);
         let lora = self.lora.as_ref();
@@ -465,6 +499,8 @@ impl Gpt {
             pooled,
             counted_rows,
             scratch,
+            work,
+            block_seeds,
             ..
         } = acts;
         let s = scratch;
@@ -562,9 +598,16 @@ impl Gpt {
         for l in (0..cfg.n_layer).rev() {
             let w = p.layer(l);
             let mut dw = g.as_mut().map(|g| g.layer_mut(l));
-            let (before, rest) = layers.split_at(l);
-            let a = &rest[0];
+            let (before, rest) = layers.split_at_mut(l);
             let x: &[f32] = if l == 0 { encoded } else { &before[l - 1].residual3 };
+            // A checkpointed block: borrow the shared buffers and refill them by running its forward again
+            // from its kept input, with the random streams it started from (the same dropout masks).
+            if let Some(work) = work.as_mut() {
+                rest[0].swap_work(work);
+                let mut seeds = block_seeds[l];
+                self.block_forward(&mut rest[0], x, l, &mut seeds, s, &pass);
+            }
+            let a = &rest[0];
             // residual3 = residual2 + drop(fcproj): both inputs receive dresidual (see residual::backward).
             let dfcproj: &[f32] = if dropout_on {
                 s.dbranch.fill(0.0);
@@ -617,7 +660,11 @@ impl Gpt {
             adapter_backward!(LoraTarget::AttnProj, a, l, &mut s.datty, dattproj, &a.atty);
             // atty = attention(qkv)
             s.dqkv.fill(0.0);
-            attention::backward(&mut s.dqkv, &mut s.att_grad, &s.datty, &a.qkv, &a.att, t, c, nh);
+            if attention_maps {
+                attention::backward(&mut s.dqkv, &mut s.att_grad, &s.datty, &a.qkv, &a.att, t, c, nh);
+            } else {
+                flash_attention::backward(&mut s.dqkv, &mut s.att_grad, &s.datty, &a.qkv, &a.atty, &a.lse, t, c, nh);
+            }
             // qkv = ln1 · qkvᵀ + b (+ adapter)
             s.dln.fill(0.0);
             let frozen = dw.as_mut().map(|d| (&mut *d.qkv_w, &mut *d.qkv_b));
@@ -629,6 +676,9 @@ impl Gpt {
                 None => (&mut s.frozen_dw[..], &mut s.frozen_db[..]),
             };
             layernorm::backward(&mut s.dresidual, dln1_w, dln1_b, &s.dln, x, w.ln1_w, &a.ln1_mean, &a.ln1_rstd, c);
+            if let Some(work) = work.as_mut() {
+                rest[0].swap_work(work);
+            }
             if let Some(g) = g.as_ref() {
                 grad_buckets::layer_done(&self.layout, g, l, on_final);
             }
@@ -651,6 +701,19 @@ impl Gpt {
     pub fn trainable(&self, kind: ParamKind) -> bool {
         kind.trainable(&self.config)
     }
+}
+
+/// What every block of one forward pass shares (see [`Gpt::block_forward`]).
+#[derive(Clone, Copy)]
+struct BlockPass<'a> {
+    mode: Mode,
+    edits: &'a [Edit],
+    b: usize,
+    t: usize,
+    /// Keep the attention probabilities (else their log-sum-exp: training buffers).
+    attention_maps: bool,
+    last_block_rows_only: bool,
+    counted_rows: &'a [usize],
 }
 
 /// Backward of a linear layer `y = x·Wᵀ + b`, **accumulating** `dx += dy·W` and, unless the weights are

@@ -76,7 +76,8 @@ macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident $(| $alias:literal)* : $ty:ty = $default:expr ),* $(,)?) => {
         /// Every training setting, resolved.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
+        // A setting missing from a saved configuration (one written before it existed) takes its default.
+        #[serde(deny_unknown_fields, default)]
         pub struct TrainConfig {
             $( $(#[doc = $doc])* pub $name: $ty, )*
         }
@@ -99,6 +100,12 @@ macro_rules! settings {
                 )]
                 pub $name: Option<$ty>,
             )*
+        }
+
+        impl Default for TrainConfig {
+            fn default() -> Self {
+                Self::base()
+            }
         }
 
         impl TrainConfig {
@@ -162,6 +169,10 @@ settings! {
     /// Replicas the batch is split over, one per core (0 = automatic: one per core for models up to 30M
     /// parameters, otherwise 1 with every kernel split over the cores instead).
     data_parallel: usize = 0,
+    /// Keep only each transformer block's input during the forward and run the block's forward again just
+    /// before its backward: activation memory of about one block instead of all, for about a third more
+    /// forward work.
+    checkpoint_activations: bool = false,
     /// Updates (optimiser steps) to train for.
     max_iters | "iters" | "steps": u64 = 2000,
     /// Warm up then cosine-decay the learning rate (false = constant).

@@ -38,6 +38,8 @@ pub struct RunShape {
     pub frozen_base: bool,
     /// The model's weights are already in memory (fine-tuning, resuming), so they are not counted again.
     pub model_loaded: bool,
+    /// `--checkpoint-activations`: each layer keeps its block's output only, one block's buffers are shared.
+    pub checkpoint_blocks: bool,
 }
 
 impl RunShape {
@@ -57,6 +59,7 @@ impl RunShape {
             replica_grads: 0,
             frozen_base: false,
             model_loaded: false,
+            checkpoint_blocks: false,
         }
     }
 }
@@ -71,7 +74,8 @@ pub struct MemoryEstimate {
     pub optimizer: u64,
     /// Per-layer activations kept for backward, without the attention maps.
     pub activations: u64,
-    /// Attention probabilities, B·H·T·T per layer (and their gradient scratch).
+    /// Attention: each row's log-sum-exp, B·T·H per layer, and the backward's scratch (training never keeps
+    /// the B·H·T·T probabilities).
     pub attention: u64,
     /// Output-layer logits, probabilities and their gradient, B·T·V.
     pub logits: u64,
@@ -90,7 +94,7 @@ impl MemoryEstimate {
     pub fn advice(&self) -> &'static str {
         let parts = [
             (self.weights.saturating_add(self.optimizer), "the model: lower --n-layer, --n-embd or --block-size"),
-            (self.attention, "attention maps (B·heads·T²): lower --block-size or --batch-size"),
+            (self.attention, "attention (B·heads·T per layer): lower --block-size or --batch-size"),
             (self.logits, "logits (B·T·vocabulary): lower --batch-size or --block-size"),
             (self.activations, "activations (B·T·layers·width): lower --batch-size, --block-size or --n-layer"),
             (self.batches, "token batches: lower --batch-size, --block-size or --eval-iters"),
@@ -101,7 +105,7 @@ impl MemoryEstimate {
     fn describe(&self) -> String {
         format!(
             "about {} in all: model weights {}, gradients + AdamW moments + checkpoint copies {}, activations {}, \
-             attention maps {}, logits {}, token batches {}",
+             attention {}, logits {}, token batches {}",
             human(self.total()),
             human(self.weights),
             human(self.optimizer),
@@ -164,10 +168,12 @@ pub fn estimate(s: &RunShape) -> Option<MemoryEstimate> {
     // (a byte copy, then the file's buffer).
     let buffers = sum(&[Some(3), s.replica_grads.try_into().ok(), Some(4)])?;
     let optimizer = sum(&[product(&[trainable, buffers, F32]), product(&[parameters, F32])])?;
-    // Per layer 16 values per row and channel (layer norms, QKV, attention output, residuals, MLP), plus
-    // about 19 more shared (embedding output, final norm, backward scratch).
-    let activations = product(&[rows, sum(&[product(&[16, l, c]), product(&[19, c])])?, F32])?;
-    let attention = sum(&[product(&[l, b, h, t, t, F32]), product(&[rows, t, F32])])?;
+    // Per layer 16 values per row and channel (layer norms, QKV, attention output, residuals, MLP) — or, with
+    // block checkpointing, the block output (1) per layer and the 15 others once — plus about 19 more shared
+    // (embedding output, final norm, backward scratch).
+    let per_layer = if s.checkpoint_blocks { sum(&[Some(l), Some(15)])? } else { product(&[16, l])? };
+    let activations = product(&[rows, sum(&[product(&[per_layer, c]), product(&[19, c])])?, F32])?;
+    let attention = sum(&[product(&[l, rows, h, F32]), product(&[rows, sum(&[product(&[3, c]), Some(h)])?, F32])])?;
     let head_width = if s.labels > 0 { s.labels as u64 } else { s.vocab_size as u64 };
     let head_rows = if s.labels > 0 { b } else { rows };
     let logits = product(&[3, head_rows, head_width, F32])?;
@@ -271,6 +277,7 @@ pub fn check_memory_of_rank(
     shape.eval_batches = config.eval_iters;
     shape.model_loaded = loaded.is_some();
     shape.frozen_base = loaded.is_some_and(|m| m.lora.is_some());
+    shape.checkpoint_blocks = config.checkpoint_activations;
     let params = parameter_count(&shape).and_then(|p| usize::try_from(p).ok()).unwrap_or(usize::MAX);
     let replicas = crate::parallel::choose_replicas(config.data_parallel, params, config.batch_size);
     shape.replica_grads = if replicas > 1 { replicas } else { 0 } + if ranks > 1 { 2 } else { 0 };
@@ -303,8 +310,15 @@ mod tests {
         assert!(message.contains("--batch-size") && message.contains("16.0 GiB"), "{message}");
         let mut long = tiny();
         (long.context, long.seq_len) = (200_000, 200_000);
-        let message = check_fits(&long, Some(1 << 34)).unwrap_err().to_string();
-        assert!(message.contains("attention") && message.contains("--block-size"), "{message}");
+        // Training keeps no T×T attention maps: a long context costs activations linear in T.
+        let message = check_fits(&long, Some(1 << 30)).unwrap_err().to_string();
+        assert!(message.contains("activations (B·T") && message.contains("--block-size"), "{message}");
+        // With several layers, checkpointing keeps one block's buffers instead of one per layer.
+        long.n_layer = 4;
+        long.checkpoint_blocks = true;
+        let kept = estimate(&long).unwrap().activations;
+        long.checkpoint_blocks = false;
+        assert!(kept < estimate(&long).unwrap().activations, "checkpointing keeps less");
         let mut overflowing = tiny();
         (overflowing.n_layer, overflowing.n_embd) = (usize::MAX, usize::MAX);
         let message = check_fits(&overflowing, None).unwrap_err().to_string();

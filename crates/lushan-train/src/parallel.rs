@@ -8,7 +8,7 @@
 
 use crate::error::{Result, TrainError};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
-use lushan_model::activations::LoraShape;
+use lushan_model::activations::{LoraShape, TrainingMemory};
 use lushan_model::{Activations, Gpt, Mode, ModelConfig, OnGradsFinal};
 use rayon::prelude::*;
 
@@ -67,6 +67,20 @@ impl BatchRunner {
 
     /// Buffers for a model that may carry LoRA adapters (whose gradients then replace the base's).
     pub fn for_model(cfg: &ModelConfig, lora: Option<LoraShape>, b: usize, t: usize, replicas: usize) -> Result<Self> {
+        Self::with_memory(cfg, lora, b, t, replicas, TrainingMemory::default())
+    }
+
+    /// [`BatchRunner::for_model`] keeping what `memory` says between each forward and backward (block
+    /// checkpointing). Training buffers never keep the attention probabilities
+    /// ([`Activations::for_training`]).
+    pub fn with_memory(
+        cfg: &ModelConfig,
+        lora: Option<LoraShape>,
+        b: usize,
+        t: usize,
+        replicas: usize,
+        memory: TrainingMemory,
+    ) -> Result<Self> {
         let replicas = replicas.clamp(1, b.max(1));
         let num_grads = match &lora {
             Some(_) => 0, // sized by the caller's buffer on first use; see `grads_len`
@@ -85,7 +99,7 @@ impl BatchRunner {
                 None
             };
             out.push(Replica {
-                acts: Activations::with_lora(cfg, share_of(r, replicas, b).len(), t, lora)?,
+                acts: Activations::for_training(cfg, share_of(r, replicas, b).len(), t, lora, memory)?,
                 grads: if replicas > 1 { vec![0.0; num_grads] } else { Vec::new() },
                 pool,
             });

@@ -16,6 +16,7 @@ use crate::schedule::LrSchedule;
 use crate::tasks::{SftRecord, Task, TaskBatch, TaskData, TaskDataOptions, TaskLoader};
 use lushan_kernels::rng::Rng;
 use lushan_model::Gpt;
+use lushan_model::activations::TrainingMemory;
 use lushan_model::inspect::{HeadRole, HeadScore, head_roles};
 use lushan_tokenizer::Tokenizer;
 use std::path::PathBuf;
@@ -419,7 +420,8 @@ impl Trainer {
         // This rank's share of the global batch (rank 0's is the largest).
         let rank_b = rank_share(0, group.size(), b).len();
         let replicas = choose_replicas(config.data_parallel, model.num_params(), rank_b);
-        let runner = BatchRunner::for_model(&model.config, model.lora_shape(), rank_b, t, replicas)?;
+        let memory = TrainingMemory { checkpoint_blocks: config.checkpoint_activations, attention_maps: false };
+        let runner = BatchRunner::with_memory(&model.config, model.lora_shape(), rank_b, t, replicas, memory)?;
         let trainable = model.num_trainable();
         if optimizer.m.is_empty() {
             optimizer = AdamWState::new(trainable);

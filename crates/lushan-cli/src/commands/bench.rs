@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use lushan_kernels::rng::Rng;
+use lushan_model::activations::TrainingMemory;
 use lushan_model::sampling::argmax;
 use lushan_model::{BatchScratch, DecodeState, Generator, Gpt, ModelConfig, Sampling};
 use lushan_train::distributed::{RankSlice, micro_batch};
@@ -44,6 +45,10 @@ pub struct TrainArgs {
     /// Shakespeare's characters)].
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// Train with the attention kernel that keeps the (B, NH, T, T) probabilities, as before the tiled one
+    /// (for comparison).
+    #[arg(long)]
+    attention_maps: bool,
     /// Under `mpirun`: sum the gradients in one blocking all-reduce after the backward pass instead of
     /// overlapping the sum of each layer's gradients with the rest of the pass (for comparison).
     #[arg(long)]
@@ -86,6 +91,9 @@ pub struct BenchTrainSettings {
     /// Data-parallel replicas (0 = automatic).
     #[arg(long)]
     data_parallel: Option<usize>,
+    /// Keep only each block's input in the forward and recompute the block before its backward.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    checkpoint_activations: Option<bool>,
     /// Seed of the initialisation and the random tokens.
     #[arg(long)]
     seed: Option<u64>,
@@ -104,6 +112,7 @@ impl From<BenchTrainSettings> for TrainOverrides {
             gradient_accumulation_steps: s.gradient_accumulation_steps,
             grad_clip: s.grad_clip,
             data_parallel: s.data_parallel,
+            checkpoint_activations: s.checkpoint_activations,
             seed: s.seed,
             ..TrainOverrides::default()
         }
@@ -144,7 +153,9 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     anyhow::ensure!(ranks <= b, "--batch-size {b} cannot be split over {ranks} ranks: give at least {ranks}");
     let rank_b = lushan_train::distributed::rank_share(0, ranks, b).len();
     let replicas = choose_replicas(config.data_parallel, model.num_params(), rank_b);
-    let mut runner = BatchRunner::new(&mcfg, rank_b, t, replicas)?;
+    let memory =
+        TrainingMemory { checkpoint_blocks: config.checkpoint_activations, attention_maps: args.attention_maps };
+    let mut runner = BatchRunner::with_memory(&mcfg, None, rank_b, t, replicas, memory)?;
     let mut grads = vec![0.0; model.num_params()];
     let mut opt = AdamWState::new(model.num_params());
     let hp =
@@ -155,14 +166,16 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let writer = rank == 0;
     if writer {
         println!(
-            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps",
+            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps, attention {}{}",
             args.preset,
             model.num_params(),
             config.gradient_accumulation_steps,
             group.describe(),
             runner.replicas(),
             args.warmup,
-            args.steps
+            args.steps,
+            if args.attention_maps { "keeping the T×T probabilities" } else { "tiled (log-sum-exp kept)" },
+            if config.checkpoint_activations { ", blocks checkpointed" } else { "" },
         );
     }
     // Per timed step: its time, and its gradient sums' time in flight and time not hidden (CommStats).
@@ -256,7 +269,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "threads": threads, "replicas": runner.replicas(), "params": model.num_params(), "ranks": ranks,
             "allreduce_ms": in_flight * 1e3, "allreduce_exposed_ms": exposed * 1e3, "allreduce_bytes": comm_bytes,
             "overlap": overlap,
-            "batch_size": b, "block_size": t, "peak_rss_mib": peak_rss})
+            "batch_size": b, "block_size": t, "peak_rss_mib": peak_rss,
+            "checkpoint_activations": config.checkpoint_activations, "attention_maps": args.attention_maps})
     );
     Ok(ExitCode::SUCCESS)
 }
