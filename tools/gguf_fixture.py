@@ -34,7 +34,7 @@ def convert(llama_cpp, model_dir, outtype, out):
     import convert_hf_to_gguf as conv
 
     conv.Model.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out]
+    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out, "--model-name", "tiny-gpt2"]
     conv.main()
 
 
@@ -86,6 +86,8 @@ def make(llama_cpp, out_dir):
         ids = tokenizer(PROMPT)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0]
+        greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                pad_token_id=tokenizer.eos_token_id)[0][len(ids):].tolist()
         expected = {
             "prompt": PROMPT,
             "prompt_ids": ids,
@@ -94,8 +96,8 @@ def make(llama_cpp, out_dir):
             "tokenizer_text": TOKENIZER_TEXT,
             # transformers matches added tokens such as <|endoftext|> in text: lushan's encode_with_special.
             "tokenizer_ids": tokenizer(TOKENIZER_TEXT)["input_ids"],
-            "greedy_continuation": model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                                                  pad_token_id=tokenizer.eos_token_id)[0][len(ids):].tolist(),
+            "greedy_continuation": greedy,
+            "greedy_text": tokenizer.decode(greedy),
         }
         with open(os.path.join(out_dir, "expected.json"), "w") as f:
             json.dump(expected, f)

@@ -139,3 +139,56 @@ pub fn load_as(model: &Path, adapter_dir: Option<&Path>, dtype: Option<DType>) -
     let gpt = gpt.with_dtype(dtype).with_context(|| format!("converting {} to --dtype {dtype}", model.display()))?;
     Ok((gpt, tokenizer))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
+    use super::*;
+    use lushan_tokenizer::CharTokenizer;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lushan-model/tests/fixtures/gguf").join(name)
+    }
+
+    #[test]
+    fn the_embedded_tokenizer_encodes_like_the_hugging_face_one() {
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture("expected.json")).unwrap()).unwrap();
+        let ids = |key: &str| -> Vec<u32> {
+            expected[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        };
+        let (model, tokenizer) = load(&fixture("tiny-q8_0.gguf")).unwrap();
+        assert_eq!(model.dtype(), DType::Q8_0);
+        let text = expected["tokenizer_text"].as_str().unwrap();
+        // transformers matches <|endoftext|> in text: lushan's encode_with_special.
+        assert_eq!(tokenizer.encode_with_special(text).unwrap(), ids("tokenizer_ids"));
+        assert_eq!(tokenizer.encode(expected["prompt"].as_str().unwrap()).unwrap(), ids("prompt_ids"));
+        assert_eq!(tokenizer.decode(&ids("tokenizer_ids")).unwrap(), text);
+        assert_eq!(tokenizer.end_of_text(), Some(0));
+    }
+
+    #[test]
+    fn the_gguf_form_of_a_tokenizer_round_trips() {
+        let stored = gguf::load_gpt2(&fixture("tiny-f32.gguf")).unwrap().tokenizer;
+        let tokenizer = gguf_tokenizer(&stored, "tiny-f32.gguf").unwrap();
+        let written = to_gguf_tokenizer(&tokenizer).unwrap();
+        // What convert_hf_to_gguf.py wrote, entry for entry.
+        assert_eq!(written, stored);
+    }
+
+    #[test]
+    fn a_character_level_tokenizer_has_no_gguf_form() {
+        let char_level: Tokenizer = CharTokenizer::from_text("abc").unwrap().into();
+        let err = to_gguf_tokenizer(&char_level).unwrap_err().to_string();
+        assert!(err.contains("character-level") && err.contains("GGUF"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_embedded_vocabulary_names_the_file() {
+        let mut stored = gguf::load_gpt2(&fixture("tiny-f32.gguf")).unwrap().tokenizer;
+        stored.merges.push("zz qq".into());
+        let err = gguf_tokenizer(&stored, "x.gguf").unwrap_err().to_string();
+        assert!(err.contains("x.gguf (embedded tokenizer)"), "{err}");
+    }
+}
