@@ -377,9 +377,14 @@ fn read_weights(file: &GgufFile<'_>, config: ModelConfig, path: &Path) -> Result
     if all_f32 {
         return Ok((Gpt::from_params(config, params)?, notes));
     }
-    // The block matrices' type: the first layer's QKV (or the embedding's, in a model whose blocks are F32).
-    let first = tensor_name(ParamKind::QkvW, 0).and_then(|n| file.tensor(&n)).map_or(embd.ty, |t| t.ty);
-    let dtype = dtype_of(first).filter(|&d| d != DType::F32).or(dtype_of(embd.ty)).unwrap_or(DType::F16);
+    // Every matrix in a type lushan reads, before any conversion work.
+    let matrices: Vec<&TensorInfo> = expected.iter().filter(|e| is_matrix(e.0)).map(|(k, _, n, _)| info(*k, n)).collect();
+    if let Some(t) = matrices.iter().find(|t| dtype_of(t.ty).is_none()) {
+        return Err(unsupported(path, t));
+    }
+    // The block matrices' type: the first that is not F32 (the embedding's when every block is F32).
+    let blocks_first = matrices.iter().skip(1).chain(matrices.first()).filter_map(|t| dtype_of(t.ty));
+    let dtype = blocks_first.into_iter().find(|&d| d != DType::F32).unwrap_or(DType::F16);
     let mut widened = Vec::new();
     let mut load = |kind: ParamKind, layer: usize| -> Result<Matrix> {
         let name = tensor_name(kind, layer).unwrap_or_default();

@@ -249,7 +249,7 @@ impl<'a> Reader<'a> {
         if n > most {
             return Err(self.error_at(
                 at,
-                format!("{what} is {n}, but the {} bytes left hold at most {most}", self.remaining()),
+                format!("{what} is {n}, but the {} bytes left hold at most {most} (truncated or corrupt file?)", self.remaining()),
             ));
         }
         // `n ≤ remaining bytes`, which fit in usize.
