@@ -39,10 +39,7 @@ fn generate_runs_llama_cpp_files_with_their_embedded_tokenizer() {
         assert!(out.starts_with(PROMPT) && out.len() > PROMPT.len() + 1, "{file}: {out}");
     }
     // --dtype applies on top of a GGUF: the F32 file run as q8_0 is the Q8_0 file (identical matrices).
-    assert_eq!(
-        greedy(s(&fixture("tiny-f32.gguf")), &["--dtype", "q8_0"]),
-        greedy(s(&fixture("tiny-q8_0.gguf")), &[])
-    );
+    assert_eq!(greedy(s(&fixture("tiny-f32.gguf")), &["--dtype", "q8_0"]), greedy(s(&fixture("tiny-q8_0.gguf")), &[]));
 }
 
 #[test]

@@ -267,7 +267,12 @@ fn a_type_lushan_does_not_read_is_named_with_its_tensor() {
         .map(|t| {
             if t.name == "blk.0.attn_qkv.weight" {
                 let size = TensorType::Q4_1.bytes_for(t.elements(), t.dims[0]).unwrap() as usize;
-                TensorData { name: t.name.clone(), dims: t.dims.clone(), ty: TensorType::Q4_1, bytes: vec![0; size].into() }
+                TensorData {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: TensorType::Q4_1,
+                    bytes: vec![0; size].into(),
+                }
             } else {
                 TensorData { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty, bytes: file.tensor_bytes(t).into() }
             }
@@ -285,10 +290,10 @@ fn alignment_from_metadata_is_respected() {
         ty: TensorType::F32,
         bytes: Cow::Owned((0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()),
     };
-    let bytes = write(&[kv("general.alignment", Value::U32(64)), kv("x", Value::Array(Array::I32(vec![1, -2])))], &[
-        t("a", 3),
-        t("b", 5),
-    ]);
+    let bytes = write(
+        &[kv("general.alignment", Value::U32(64)), kv("x", Value::Array(Array::I32(vec![1, -2])))],
+        &[t("a", 3), t("b", 5)],
+    );
     let file = parse(&bytes).unwrap();
     assert_eq!(file.alignment, 64);
     assert_eq!(file.tensors[1].offset, 64);

@@ -172,7 +172,8 @@ fn read_config(file: &GgufFile<'_>, err: &dyn Fn(String) -> ModelError) -> Resul
             err(format!("metadata `{key}` must be a non-negative integer, got {} {value:?}", value.type_name()))
         })
     };
-    let (n_layer, block_size, n_embd) = (number("block_count")?, number("context_length")?, number("embedding_length")?);
+    let (n_layer, block_size, n_embd) =
+        (number("block_count")?, number("context_length")?, number("embedding_length")?);
     let (n_head, n_ff) = (number("attention.head_count")?, number("feed_forward_length")?);
     let eps_key = "gpt2.attention.layer_norm_epsilon";
     let eps = file
@@ -378,7 +379,8 @@ fn read_weights(file: &GgufFile<'_>, config: ModelConfig, path: &Path) -> Result
         return Ok((Gpt::from_params(config, params)?, notes));
     }
     // Every matrix in a type lushan reads, before any conversion work.
-    let matrices: Vec<&TensorInfo> = expected.iter().filter(|e| is_matrix(e.0)).map(|(k, _, n, _)| info(*k, n)).collect();
+    let matrices: Vec<&TensorInfo> =
+        expected.iter().filter(|e| is_matrix(e.0)).map(|(k, _, n, _)| info(*k, n)).collect();
     if let Some(t) = matrices.iter().find(|t| dtype_of(t.ty).is_none()) {
         return Err(unsupported(path, t));
     }

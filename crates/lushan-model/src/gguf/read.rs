@@ -155,7 +155,10 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<GgufFile<'_>, GgufError> {
             )
         })?;
         if !offset.is_multiple_of(alignment) {
-            return Err(r.error_at(at, format!("tensor `{name}` starts at offset {offset}, not a multiple of the alignment {alignment}")));
+            return Err(r.error_at(
+                at,
+                format!("tensor `{name}` starts at offset {offset}, not a multiple of the alignment {alignment}"),
+            ));
         }
         infos.push(TensorInfo { name, dims, ty, offset, size });
     }
@@ -167,8 +170,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<GgufFile<'_>, GgufError> {
         if end.is_none_or(|end| end > data.len() as u64) {
             return Err(GgufError {
                 offset: data_start.saturating_add(t.offset),
-                message:
-                format!(
+                message: format!(
                     "tensor `{}` ({} bytes at offset {} of the data section) ends past the end of the file: the \
                      data section holds {} bytes (truncated file?)",
                     t.name,
@@ -195,7 +197,8 @@ pub fn with_file<T>(path: &Path, then: impl FnOnce(&GgufFile<'_>) -> Result<T>) 
     // if another process rewrites the file in place while we read it; lushan never does (saves write a new
     // file and rename it), and every read goes through slices bounds-checked against the validated header.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-    let parsed = parse(&map).map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+    let parsed =
+        parse(&map).map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
     then(&parsed)
 }
 
@@ -218,7 +221,10 @@ impl<'a> Reader<'a> {
         let Some(end) = end else {
             return Err(self.error_at(
                 self.pos,
-                format!("the file ends while reading {what} ({n} bytes needed, {} left): truncated file?", self.remaining()),
+                format!(
+                    "the file ends while reading {what} ({n} bytes needed, {} left): truncated file?",
+                    self.remaining()
+                ),
             ));
         };
         let out = &self.bytes[self.pos..end];
@@ -249,7 +255,10 @@ impl<'a> Reader<'a> {
         if n > most {
             return Err(self.error_at(
                 at,
-                format!("{what} is {n}, but the {} bytes left hold at most {most} (truncated or corrupt file?)", self.remaining()),
+                format!(
+                    "{what} is {n}, but the {} bytes left hold at most {most} (truncated or corrupt file?)",
+                    self.remaining()
+                ),
             ));
         }
         // `n ≤ remaining bytes`, which fit in usize.
@@ -260,8 +269,9 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let len = self.count(&format!("the length of {what}"), 1)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| self.error_at(at, format!("{what} is not UTF-8 (bad byte at {})", e.utf8_error().valid_up_to())))
+        String::from_utf8(bytes.to_vec()).map_err(|e| {
+            self.error_at(at, format!("{what} is not UTF-8 (bad byte at {})", e.utf8_error().valid_up_to()))
+        })
     }
 
     fn value(&mut self, ty: u32, key: &str) -> std::result::Result<Value, GgufError> {
@@ -280,7 +290,12 @@ impl<'a> Reader<'a> {
             value_type::U64 => Value::U64(self.u64(&what())?),
             value_type::I64 => Value::I64(i64::from_le_bytes(self.array(&what())?)),
             value_type::F64 => Value::F64(f64::from_le_bytes(self.array(&what())?)),
-            other => return Err(self.error_at(self.pos - 4, format!("`{key}` has value type {other}, which GGUF does not define (0 to 12)"))),
+            other => {
+                return Err(self.error_at(
+                    self.pos - 4,
+                    format!("`{key}` has value type {other}, which GGUF does not define (0 to 12)"),
+                ));
+            }
         })
     }
 
@@ -306,7 +321,9 @@ impl<'a> Reader<'a> {
             value_type::U64 | value_type::I64 | value_type::F64 | value_type::STRING => 8,
             value_type::ARRAY => 12,
             other => {
-                return Err(self.error_at(at, format!("`{key}` is an array of type {other}, which GGUF does not define")));
+                return Err(
+                    self.error_at(at, format!("`{key}` is an array of type {other}, which GGUF does not define"))
+                );
             }
         };
         let n = self.count(&format!("the length of `{key}`"), min_bytes)?;

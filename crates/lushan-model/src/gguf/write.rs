@@ -24,7 +24,9 @@ pub fn write_gguf(out: &mut impl Write, metadata: &[(String, Value)], tensors: &
     let alignment = match metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
         None => DEFAULT_ALIGNMENT,
         Some((_, Value::U32(a))) if a.is_power_of_two() => u64::from(*a),
-        Some((_, other)) => return Err(invalid(format!("`{ALIGNMENT_KEY}` must be a u32 power of two, got {other:?}"))),
+        Some((_, other)) => {
+            return Err(invalid(format!("`{ALIGNMENT_KEY}` must be a u32 power of two, got {other:?}")));
+        }
     };
     let mut header = Vec::new();
     header.extend_from_slice(&MAGIC);
