@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ ${#limit[@]} -gt 0 ] || limit=(-max_total_time=60)
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors config_json shard_header tokenizer_files train_toml http_bodies)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors config_json shard_header tokenizer_files train_toml http_bodies gguf)
 command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build -O > /dev/null
 grown=${LUSHAN_FUZZ_CORPUS:-target/fuzz-corpus}

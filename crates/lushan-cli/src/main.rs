@@ -41,6 +41,8 @@ enum Command {
     Classify(commands::classify::Args),
     /// Merge a LoRA adapter into its base model: a plain checkpoint every command and transformers load.
     Merge(commands::merge::Args),
+    /// Write a checkpoint as a GGUF file llama.cpp runs (f32, f16, bf16, q8_0 or q4_0 weights).
+    Export(commands::export::Args),
     /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming, /classify) for a checkpoint.
     Serve(commands::serve::Args),
     /// Search hyper-parameters: grid, random (median stopping) or successive halving over `train` runs.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => commands::chat::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Sweep(args) => commands::sweep::run(*args),
         Command::Bench(bench) => commands::bench::run(bench),

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod error;
 pub mod features;
 pub mod generate;
+pub mod gguf;
 pub mod gpt;
 pub mod grad_buckets;
 mod head;

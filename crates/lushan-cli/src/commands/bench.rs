@@ -416,7 +416,7 @@ fn generate_once(model: &Gpt, prompt: &[u32], new_tokens: usize) -> Result<Run> 
 /// Batch-1 greedy generation with the KV cache, as `lushan generate` runs it (the same `Generator`).
 fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let cfg = generate_config(&args)?;
-    let dtype = args.dtype.dtype;
+    let dtype = args.dtype.dtype.unwrap_or_default();
     let model = Gpt::new(cfg.clone(), args.seed)?.with_dtype(dtype).with_context(|| format!("--dtype {dtype}"))?;
     let mut rng = Rng::new(args.seed ^ 0x5eed);
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();

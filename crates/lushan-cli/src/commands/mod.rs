@@ -9,6 +9,7 @@ pub mod classify;
 pub mod eval;
 pub mod eval_task;
 pub mod explain;
+pub mod export;
 pub mod features;
 pub mod generate;
 pub mod merge;
