@@ -86,10 +86,18 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
     }
 }
 
-/// `out = inp·Wᵀ (+ bias)` for at most [`gemv::MAX_BATCH`] rows, each computed exactly as it would be alone
-/// (batched decoding of several sequences reads the weights once for all of them).
+/// `out = inp·Wᵀ (+ bias)` for any number of rows, each computed exactly as it would be alone (batched
+/// decoding of several sequences reads the weights once for all of them; a batched sweep of edited forward
+/// passes gets each row's logits bit-identical to its own pass). Rows go [`gemv::MAX_BATCH`] at a time.
 pub fn forward_rows(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     w.check(out, inp, bias, c, oc);
+    let per_call = gemv::MAX_BATCH;
+    for (out, inp) in out.chunks_mut(per_call * oc).zip(inp.chunks(per_call * c)) {
+        rows_at_most_max_batch(out, inp, w, bias, c, oc);
+    }
+}
+
+fn rows_at_most_max_batch(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     match w {
         Weights::F32(w) => gemv::forward(out, inp, w, bias, c, oc),
         Weights::Bf16(w) => gemv::forward(out, inp, w, bias, c, oc),

@@ -12,7 +12,7 @@ use crate::head;
 use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
 use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
-use crate::weights::{self, PackedWeights};
+use crate::weights::{self, PackedWeights, Weights};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_kernels::{attention, dropout, encoder, flash_attention, gelu, layernorm, matmul, residual, rng::Rng};
 
@@ -159,7 +159,8 @@ impl Gpt {
         acts.clean_layers = 0;
         let loss = self.run_forward(acts, inputs, targets, mode, &[], 0)?;
         if mode == Mode::Eval {
-            acts.clean_layers = self.config.n_layer + 1;
+            // A pass that ran the last block on the counted rows only left the final stream incomplete.
+            acts.clean_layers = self.config.n_layer + usize::from(!acts.last_block_rows_only);
         }
         Ok(loss)
     }
@@ -196,7 +197,8 @@ impl Gpt {
         let resume_from = if clean == 0 { None } else { Some(start) };
         acts.clean_layers = 0;
         let loss = self.run_forward(acts, inputs, targets, Mode::Eval, edits, resume_from.map_or(0, |s| s + 1))?;
-        acts.clean_layers = edits.iter().map(first_dirty_stream).min().unwrap_or(self.config.n_layer + 1);
+        let complete = self.config.n_layer + usize::from(!acts.last_block_rows_only);
+        acts.clean_layers = edits.iter().map(first_dirty_stream).min().unwrap_or(complete).min(complete);
         Ok(loss)
     }
 
@@ -331,7 +333,9 @@ impl Gpt {
                     weights::forward(logits, lnf, self.matrix(ParamKind::Wte, 0), None, c, v);
                 } else {
                     head::gather_rows(&mut scratch.head_in, lnf, counted_rows.iter().copied(), c);
-                    weights::forward(logits, &scratch.head_in, self.matrix(ParamKind::Wte, 0), None, c, v);
+                    // A sweep's counted rows row by row, as the last block computed them (`last_block_on_rows`).
+                    let head = if last_block_rows_only { weights::forward_rows } else { weights::forward };
+                    head(logits, &scratch.head_in, self.matrix(ParamKind::Wte, 0), None, c, v);
                 }
                 let Some(targets) = targets else { return Ok(None) };
                 if counted_rows.is_empty() {
@@ -753,7 +757,9 @@ fn last_block_on_rows(
     let (c, k, eps) = (cfg.n_embd, rows.len(), cfg.layer_norm_epsilon);
     let (gathered, branch) = (&mut scratch.branch2[..k * c], &mut scratch.branch[..k * c]);
     head::gather_rows(gathered, &a.atty, rows.iter().copied(), c);
-    matmul::forward(branch, gathered, w.attn_proj_w, Some(w.attn_proj_b), c, c);
+    // Row by row (`forward_rows`): each counted row's result does not depend on how many rows are counted,
+    // so a batched sweep reads exactly what each variant's own pass gives.
+    weights::forward_rows(branch, gathered, Weights::F32(w.attn_proj_w), Some(w.attn_proj_b), c, c);
     intervene::apply_rows(edits, Site::AttnOut { layer }, branch, rows, cfg, t);
     head::gather_rows(gathered, x, rows.iter().copied(), c);
     let residual2 = &mut a.residual2[..k * c];
@@ -761,9 +767,9 @@ fn last_block_on_rows(
     let (ln2, mean, rstd) = (&mut a.ln2[..k * c], &mut a.ln2_mean[..k], &mut a.ln2_rstd[..k]);
     layernorm::forward(ln2, mean, rstd, residual2, w.ln2_w, w.ln2_b, c, eps);
     let (fch, fch_gelu) = (&mut a.fch[..k * 4 * c], &mut a.fch_gelu[..k * 4 * c]);
-    matmul::forward(fch, ln2, w.fc_w, Some(w.fc_b), c, 4 * c);
+    weights::forward_rows(fch, ln2, Weights::F32(w.fc_w), Some(w.fc_b), c, 4 * c);
     gelu::forward(fch_gelu, fch);
-    matmul::forward(branch, fch_gelu, w.fc_proj_w, Some(w.fc_proj_b), 4 * c, c);
+    weights::forward_rows(branch, fch_gelu, Weights::F32(w.fc_proj_w), Some(w.fc_proj_b), 4 * c, c);
     intervene::apply_rows(edits, Site::MlpOut { layer }, branch, rows, cfg, t);
     for (i, &r) in rows.iter().enumerate() {
         let out = &mut a.residual3[r * c..(r + 1) * c];

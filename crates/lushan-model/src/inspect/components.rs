@@ -110,6 +110,9 @@ pub(super) fn run_variants<R>(
     let b = groups.iter().map(|g| g.len()).max().unwrap_or(1);
 
     let mut single = Activations::new(&model.config, 1, t)?;
+    // The unedited pass takes the variants' path (the last block on the counted rows, row by row), so a
+    // variant whose edit changes nothing reads exactly the unedited value.
+    single.last_block_rows_only = true;
     model.forward(&mut single, inputs, Some(targets), Mode::Eval)?;
     let clean = read(&single, 0);
     let mut acts = Activations::new(&model.config, b, t)?;
