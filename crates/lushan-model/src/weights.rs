@@ -204,6 +204,23 @@ impl PackedWeights {
         self.layers.get(layer).map(|m| &m[i])
     }
 
+    /// The matrices of a model of `n_layer` blocks, each made by `matrix(kind, layer)` (the embedding with
+    /// layer 0) — the one place the per-kind, per-layer collection is assembled, whatever the source.
+    pub fn assemble(
+        dtype: DType,
+        n_layer: usize,
+        mut matrix: impl FnMut(ParamKind, usize) -> Result<Matrix>,
+    ) -> Result<PackedWeights> {
+        let wte = matrix(ParamKind::Wte, 0)?;
+        let layers = (0..n_layer)
+            .map(|l| -> Result<[Matrix; 4]> {
+                let [a, b, c, d] = Self::LAYER_KINDS.map(|k| matrix(k, l));
+                Ok([a?, b?, c?, d?])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PackedWeights { dtype, wte, layers })
+    }
+
     /// Bytes of every converted matrix together.
     pub fn bytes(&self) -> usize {
         self.wte.bytes() + self.layers.iter().flatten().map(Matrix::bytes).sum::<usize>()
@@ -241,19 +258,13 @@ impl Gpt {
             let cols = kind.shape(cfg).last().copied().unwrap_or(0);
             Matrix::convert(dtype, &model.params[model.layout.layer_range(kind, layer)], cols, &kind.hf_name(layer))
         };
-        let wte = convert(ParamKind::Wte, 0)?;
-        let layers = (0..cfg.n_layer)
-            .map(|l| -> Result<[Matrix; 4]> {
-                let [a, b, c, d] = PackedWeights::LAYER_KINDS.map(|k| convert(k, l));
-                Ok([a?, b?, c?, d?])
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let packed = PackedWeights::assemble(dtype, cfg.n_layer, convert)?;
         let layout = ParamLayout::without(cfg, &PackedWeights::KINDS);
         let mut params = Vec::with_capacity(layout.total());
         for kind in ParamKind::ALL {
             params.extend_from_slice(&model.params[model.layout.range(kind)][..layout.range(kind).len()]);
         }
-        Ok(Gpt { layout, params, packed: Some(PackedWeights { dtype, wte, layers }), ..model })
+        Ok(Gpt { layout, params, packed: Some(packed), ..model })
     }
 
     /// A model from a checkpoint loaded as [`crate::checkpoint::load_model_dir_as`] gives it: `params` in the

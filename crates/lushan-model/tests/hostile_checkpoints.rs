@@ -76,6 +76,22 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
 }
 
 #[test]
+fn a_non_finite_weight_past_the_first_chunk_read_is_named_by_its_index_in_the_tensor() {
+    // The loader reads a tensor in chunks of 2^22 values: an embedding of 40 000 × 128 = 5 120 000 values
+    // takes two, and the bad value lies in the second.
+    let cfg = ModelConfig::new(40_000, 4, 1, 2, 128);
+    let layout = ParamLayout::new(&cfg);
+    let mut values = vec![0.01f32; layout.total()];
+    let bad_index = 4_500_000;
+    values[layout.layer_range(lushan_model::ParamKind::Wte, 0).start + bad_index] = f32::NAN;
+    let dir = tempfile::tempdir().unwrap();
+    save_model_dir(dir.path(), &cfg, &values).unwrap();
+    let e = load_safetensors(&dir.path().join(WEIGHTS_FILE), &cfg).unwrap_err().to_string();
+    assert!(e.contains(&format!("tensor `transformer.wte.weight` holds NaN at index {bad_index} ")), "{e}");
+    assert!(e.contains("from index 4194304"), "{e}");
+}
+
+#[test]
 fn non_finite_adapter_weights_are_refused_naming_the_tensor() {
     let cfg = tiny();
     let config = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec![LoraTarget::ALL[0]] };

@@ -160,15 +160,25 @@ pub fn load_safetensors_as(path: &Path, cfg: &ModelConfig, dtype: DType) -> Resu
 
 /// Refuses a tensor holding NaN or ±infinity, naming it, the first such index and how many there are.
 pub(crate) fn check_finite(path: &Path, name: &str, values: &[f32]) -> Result<()> {
+    check_finite_from(path, name, values, 0)
+}
+
+/// [`check_finite`] for `values` read from index `offset` of the tensor: the index it names is the tensor's.
+pub(crate) fn check_finite_from(path: &Path, name: &str, values: &[f32], offset: usize) -> Result<()> {
     let Some(first) = values.iter().position(|x| !x.is_finite()) else { return Ok(()) };
     let count = values.iter().filter(|x| !x.is_finite()).count();
+    let span = if offset == 0 {
+        format!("{count} of its {} values are not finite", values.len())
+    } else {
+        format!("{count} of its {} values from index {offset} are not finite", values.len())
+    };
     Err(checkpoint_error(
         path,
         format!(
-            "tensor `{name}` holds {} at index {first} ({count} of its {} values are not finite): the weights \
-             are corrupt or training diverged, and a model with them computes only NaN",
+            "tensor `{name}` holds {} at index {} ({span}): the weights are corrupt or training diverged, and \
+             a model with them computes only NaN",
             values[first],
-            values.len()
+            offset + first,
         ),
     ))
 }

@@ -5,7 +5,7 @@
 //! dropped. So a model loaded as Q8_0 never holds an `f32` copy of its matrices, and no model holds the
 //! file's pages on top of its own parameters: a process's peak memory is its parameters plus one chunk.
 
-use super::safetensors_io::{HF_PREFIX, check_finite, decode_bytes, map_checked};
+use super::safetensors_io::{HF_PREFIX, check_finite_from, decode_bytes, map_checked};
 use super::tensor_match::{Mismatch, match_tensors};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -103,19 +103,11 @@ pub(super) fn load(path: &Path, cfg: &ModelConfig, layout: &ParamLayout, dtype: 
     let packed = if dtype == DType::F32 {
         None
     } else {
-        let mut take = |kind: ParamKind, layer: usize| {
+        Some(PackedWeights::assemble(dtype, cfg.n_layer, |kind, layer| {
             matrices.remove(&(kind, layer)).ok_or_else(|| {
                 checkpoint_error(path, format!("tensor `{}` was not found in the file", kind.hf_name(layer)))
             })
-        };
-        let wte = take(ParamKind::Wte, 0)?;
-        let layers = (0..cfg.n_layer)
-            .map(|l| -> Result<[Matrix; 4]> {
-                let [a, b, c, d] = PackedWeights::LAYER_KINDS.map(|k| take(k, l));
-                Ok([a?, b?, c?, d?])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Some(PackedWeights { dtype, wte, layers })
+        })?)
     };
     Ok(Loaded { params, packed })
 }
@@ -134,7 +126,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Elements `range` of `view`, as `f32`; refuses values that are not finite, naming the tensor.
+    /// Elements `range` of `view`, as `f32`; refuses values that are not finite, naming the tensor and the
+    /// index within it.
     fn read_f32(&self, view: &TensorView<'_>, range: std::ops::Range<usize>, name: &str) -> Result<Vec<f32>> {
         let size = view.dtype().bitsize() / 8;
         let data = view.data();
@@ -145,7 +138,7 @@ impl Reader<'_> {
             .map_err(|source| ModelError::Io { path: self.path.to_path_buf(), source })?;
         let mut values = vec![0.0f32; range.len()];
         decode_bytes(view.dtype(), &bytes, &mut values);
-        check_finite(self.path, name, &values)?;
+        check_finite_from(self.path, name, &values, range.start)?;
         Ok(values)
     }
 }

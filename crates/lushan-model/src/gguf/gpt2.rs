@@ -397,13 +397,7 @@ fn read_weights(file: &GgufFile<'_>, config: ModelConfig, path: &Path) -> Result
         widened.push(t.name.clone());
         Matrix::convert(dtype, &to_f32(file, t, path)?, t.dims[0] as usize, &t.name)
     };
-    let wte = load(ParamKind::Wte, 0)?;
-    let layers = (0..config.n_layer)
-        .map(|l| -> Result<[Matrix; 4]> {
-            let [a, b, c, d] = PackedWeights::LAYER_KINDS.map(|k| load(k, l));
-            Ok([a?, b?, c?, d?])
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let packed = PackedWeights::assemble(dtype, config.n_layer, &mut load)?;
     if !widened.is_empty() {
         notes.push(format!(
             "{} F32 matri(ces) converted to {dtype}, the type of the others: {}",
@@ -411,7 +405,6 @@ fn read_weights(file: &GgufFile<'_>, config: ModelConfig, path: &Path) -> Result
             widened.join(", ")
         ));
     }
-    let packed = PackedWeights { dtype, wte, layers };
     Ok((Gpt { config, layout, params, lora: None, packed: Some(packed) }, notes))
 }
 
