@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Makes the GGUF fixtures of crates/lushan-model/tests/fixtures/gguf/ with llama.cpp's own tools.
 
-    /work/main/venv/bin/python tools/gguf_fixture.py [--llama-cpp /work/llama.cpp] [--out DIR]
+    venv/bin/python tools/gguf_fixture.py [--llama-cpp ../llama.cpp] [--out DIR]
 
 1. A tiny GPT-2 (32 channels, 2 layers, 2 heads, context 64; weights drawn with a fixed seed) and a byte-level
    BPE of 300 tokens trained with `tokenizers` on the start of tiny Shakespeare, saved by `transformers`.
 2. llama.cpp's convert_hf_to_gguf.py turns it into tiny-f32.gguf, tiny-f16.gguf and tiny-q8_0.gguf; its
    llama-quantize turns the F32 file into tiny-q4_0.gguf. convert_hf_to_gguf recognises a pre-tokenizer by
-   hashing the ids it gives on a test text, which a fresh vocabulary cannot match: the script patches that
-   detection to answer "gpt-2" (the pre-tokenizer GPT-2 and this vocabulary use) instead of editing llama.cpp.
+   hashing the ids it gives on a test text, which a fresh vocabulary cannot match: tools/convert_gpt2_gguf.py
+   runs it with that detection answering "gpt-2" (the pre-tokenizer GPT-2 and this vocabulary use) instead of
+   editing llama.cpp.
 3. expected.json: transformers' logits for a fixed prompt (every position), and the ids the Hugging Face
    tokenizer gives for a test text — lushan-independent references for the Rust tests.
 
@@ -25,17 +26,6 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "ROMEO: But soft, what light"
 TOKENIZER_TEXT = "Hello  world!\n\tIt's 2026 — naïve café 🙂 <|endoftext|> ROMEO: yes,  sir."
-
-
-def convert(llama_cpp, model_dir, outtype, out):
-    """Runs convert_hf_to_gguf.main() in this process with the pre-tokenizer detection patched."""
-    sys.path.insert(0, llama_cpp)
-    sys.path.insert(0, os.path.join(llama_cpp, "gguf-py"))
-    import convert_hf_to_gguf as conv
-
-    conv.Model.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out, "--model-name", "tiny-gpt2"]
-    conv.main()
 
 
 def check(path):
@@ -78,7 +68,8 @@ def make(llama_cpp, out_dir):
 
         for outtype in ["f32", "f16", "q8_0"]:
             path = os.path.join(out_dir, f"tiny-{outtype}.gguf")
-            subprocess.run([sys.executable, __file__, "--convert", tmp, outtype, path], check=True)
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_gpt2_gguf.py"), llama_cpp, tmp,
+                            "--outtype", outtype, "--outfile", path, "--model-name", "tiny-gpt2"], check=True)
         subprocess.run([os.path.join(llama_cpp, "build", "bin", "llama-quantize"),
                         os.path.join(out_dir, "tiny-f32.gguf"), os.path.join(out_dir, "tiny-q4_0.gguf"), "Q4_0"],
                        check=True, stdout=subprocess.DEVNULL)
@@ -107,16 +98,13 @@ def make(llama_cpp, out_dir):
 
 
 def main():
-    if len(sys.argv) == 5 and sys.argv[1] == "--convert":
-        return convert(os.environ.get("LLAMA_CPP", "/work/llama.cpp"), sys.argv[2], sys.argv[3], sys.argv[4])
     ap = argparse.ArgumentParser()
-    ap.add_argument("--llama-cpp", default="/work/llama.cpp")
+    ap.add_argument("--llama-cpp", default=os.path.join(os.path.dirname(ROOT), "llama.cpp"))
     ap.add_argument("--out", default=os.path.join(ROOT, "crates", "lushan-model", "tests", "fixtures", "gguf"))
     ap.add_argument("--check", metavar="FILE")
     args = ap.parse_args()
     if args.check:
         return check(args.check)
-    os.environ["LLAMA_CPP"] = args.llama_cpp
     make(args.llama_cpp, args.out)
 
 
