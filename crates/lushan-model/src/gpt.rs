@@ -244,7 +244,7 @@ impl Gpt {
             _ => b,
         });
         acts.counted_rows = counted.unwrap_or_default();
-        let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_epsilon);
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let p = self.layout.split(&self.params);
         let mut seeds = match mode {
             Mode::Train { dropout_seed } if cfg.dropout > 0.0 => Some(Rng::new(dropout_seed)),

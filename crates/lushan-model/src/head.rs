@@ -58,26 +58,28 @@ impl Gpt {
         // as (list, stride): row k is `k·stride + list[k]`.
         let rows: Option<(&[usize], usize)> = match &cfg.head {
             Head::LanguageModel if counted_rows.is_empty() => None,
-            Head::LanguageModel => Some((counted_rows, 0)),
+            Head::LanguageModel => Some((counted_rows.as_slice(), 0)),
             Head::Classifier { pad_token_id, .. } => {
                 pool_positions(pooled, inputs, t, *pad_token_id);
-                Some((pooled, t))
+                Some((pooled.as_slice(), t))
             }
         };
-        let row_indices = |(list, stride): (&[usize], usize)| list.iter().enumerate().map(move |(k, &r)| k * stride + r);
         if let Some(rows) = rows {
             gather_rows(&mut s.head_in, lnf, row_indices(rows), c);
         }
         let counted_lm_rows = rows.is_some() && matches!(cfg.head, Head::LanguageModel);
-        let gradient = gradient.map(|g| {
-            let dweight = self.head_weight_grad(g.grads);
-            s.dln.fill(0.0);
-            let dinp: &mut [f32] = if rows.is_some() { &mut s.dhead_in } else { &mut s.dln };
-            dinp.fill(0.0);
-            HeadGradient { weight: f32_weight, dweight, dinp, loss_scale: g.loss_scale }
-        });
+        let has_gradient = gradient.is_some();
+        let gradient = match gradient {
+            Some(LossGradient { grads, loss_scale }) => {
+                s.dln.fill(0.0);
+                let dinp: &mut [f32] = if rows.is_some() { &mut s.dhead_in } else { &mut s.dln };
+                dinp.fill(0.0);
+                Some(HeadGradient { weight: f32_weight, dweight: self.head_weight_grad(grads), dinp, loss_scale })
+            }
+            None => None,
+        };
         let inp: &[f32] = if rows.is_some() { &s.head_in } else { lnf };
-        let row_losses: &mut [f32] = if counted_lm_rows { &mut s.head_losses } else { losses };
+        let row_losses: &mut [f32] = if counted_lm_rows { &mut s.head_losses } else { &mut losses[..] };
         let bufs = HeadBuffers {
             logits,
             logits_ready,
@@ -86,7 +88,6 @@ impl Gpt {
             chunk_dlosses: &mut s.head_dlosses,
             losses: row_losses,
         };
-        let has_gradient = gradient.is_some();
         let mean = pass(inp, weight, project, targets.then_some(&kept[..]), gradient, bufs, c, width);
         if let Some(rows) = rows {
             if has_gradient {
@@ -131,6 +132,12 @@ pub(crate) fn pool_positions(pooled: &mut [usize], inputs: &[u32], t: usize, pad
     for (p, row) in pooled.iter_mut().zip(inputs.chunks_exact(t)) {
         *p = row.iter().rposition(|&tok| tok != pad).unwrap_or(0);
     }
+}
+
+/// Rows of lnf a list names: row `k` is `k·stride + list[k]` — counted rows (stride 0) or each sequence's
+/// pooled position (stride T).
+fn row_indices((list, stride): (&[usize], usize)) -> impl Iterator<Item = usize> + '_ {
+    list.iter().enumerate().map(move |(k, &r)| k * stride + r)
 }
 
 /// Copies rows `rows` of `src` (row width `c`) into consecutive rows of `dst`.
@@ -243,7 +250,19 @@ pub(crate) fn pass(
             // z is spent: its buffer takes the chunk's logit gradient.
             let dinp = &mut g.dinp[ins.clone()];
             let dlosses = &mut chunk_dlosses[..n];
-            backward(dinp, g.dweight.as_deref_mut(), z_buf, dlosses, p, &targets[start..end], &inp[ins], g.weight, dloss, c, width);
+            backward(
+                dinp,
+                g.dweight.as_deref_mut(),
+                z_buf,
+                dlosses,
+                p,
+                &targets[start..end],
+                &inp[ins],
+                g.weight,
+                dloss,
+                c,
+                width,
+            );
         }
     }
     let total: f64 = losses.iter().map(|&x| x as f64).sum();
@@ -314,7 +333,8 @@ mod tests {
     fn chunked(inp: &[f32], w: &[f32], targets: &[u32], chunk: usize, c: usize, v: usize) -> (f32, Vec<f32>, Vec<f32>) {
         let rows = targets.len();
         let (mut dw, mut dinp) = (vec![0.5; v * c], vec![0.5; rows * c]);
-        let (mut z, mut p, mut dl, mut losses) = (vec![0.0; chunk * v], vec![0.0; chunk * v], vec![0.0; chunk], vec![0.0; rows]);
+        let (mut z, mut p, mut dl, mut losses) =
+            (vec![0.0; chunk * v], vec![0.0; chunk * v], vec![0.0; chunk], vec![0.0; rows]);
         let gradient = HeadGradient { weight: w, dweight: Some(&mut dw), dinp: &mut dinp, loss_scale: 0.25 };
         let bufs = HeadBuffers {
             logits: &mut [],
@@ -324,7 +344,8 @@ mod tests {
             chunk_dlosses: &mut dl,
             losses: &mut losses,
         };
-        let loss = pass(inp, Weights::F32(w), lushan_kernels::weights::forward, Some(targets), Some(gradient), bufs, c, v);
+        let loss =
+            pass(inp, Weights::F32(w), lushan_kernels::weights::forward, Some(targets), Some(gradient), bufs, c, v);
         (loss.unwrap(), dw, dinp)
     }
 

@@ -177,7 +177,8 @@ pub fn estimate(s: &RunShape) -> Option<MemoryEstimate> {
     let activations = product(&[rows, sum(&[product(&[per_layer, c]), product(&[19, c])])?, F32])?;
     let attention = sum(&[product(&[l, rows, h, F32]), product(&[rows, sum(&[product(&[3, c]), Some(h)])?, F32])])?;
     let head_width = if s.labels > 0 { s.labels } else { s.vocab_size };
-    let head_rows = if s.labels > 0 { b } else { rows.min(lushan_model::activations::head_chunk_rows(head_width) as u64) };
+    let head_rows =
+        if s.labels > 0 { b } else { rows.min(lushan_model::activations::head_chunk_rows(head_width) as u64) };
     let buffers = if s.labels > 0 { 3 } else { 2 };
     let logits = product(&[buffers, head_rows, head_width as u64, F32])?;
     // The loader's inputs and targets, and the evaluation batches of both splits.
