@@ -14,6 +14,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+pub use crate::head::{HEAD_CHUNK_BYTES, chunk_rows as head_chunk_rows};
 use lushan_kernels::flash_attention;
 use lushan_kernels::rng::Rng;
 
@@ -62,10 +63,9 @@ pub struct Activations {
     pub lnf_rstd: Vec<f32>,
     /// Language-model head: (B, T, V), or — after a forward with targets some of which are ignored — only
     /// the rows whose target counts, in order ((M, V), M = counted targets), so masked positions of a
-    /// fine-tuning batch never pay for the vocabulary projection. Classifier head: (B, num_labels).
+    /// fine-tuning batch never pay for the vocabulary projection. Empty in training buffers, whose head
+    /// works on one chunk of rows at a time (`crate::head::pass`). Classifier head: (B, num_labels).
     pub logits: Vec<f32>,
-    /// softmax(logits), the same rows; filled when targets are given.
-    pub probs: Vec<f32>,
     /// Per-position cross-entropy, (B, T) (0 for ignored targets); per sequence (B) for a classifier.
     pub losses: Vec<f32>,
     /// Classifier: the position pooled for each sequence (its last token that is not padding).
@@ -130,8 +130,13 @@ pub(crate) struct Scratch {
     pub dqkv: Vec<f32>,
     pub dfch_gelu: Vec<f32>,
     pub dfch: Vec<f32>,
-    pub dlogits: Vec<f32>,
-    pub dlosses: Vec<f32>,
+    /// The output layer's chunk of rows (see [`crate::head::pass`]): its logits and then their gradient,
+    /// its probabilities, (chunk, width), and its loss gradients, (chunk).
+    pub head_z: Vec<f32>,
+    pub head_p: Vec<f32>,
+    pub head_dlosses: Vec<f32>,
+    /// Per-row losses of the counted rows, in order (M), before they are scattered to `losses`.
+    pub head_losses: Vec<f32>,
     pub att_grad: Vec<f32>,
     /// Gathered rows feeding the output layer: counted LM rows (M, C) or pooled classifier rows (B, C).
     pub head_in: Vec<f32>,
@@ -170,6 +175,10 @@ struct Dims {
     /// Keep the attention probabilities (`att`), else their log-sum-exp (`lse`).
     attention_maps: bool,
     checkpoint_blocks: bool,
+    /// Keep every row's language-model logits (inspection buffers), else one chunk's (training buffers).
+    keep_logits: bool,
+    /// Rows per chunk of the output layer ([`crate::head::chunk_rows`] unless set for a test).
+    head_chunk: usize,
 }
 
 fn fit<T: Clone + Default>(buf: &mut Vec<T>, len: usize) {
@@ -212,12 +221,13 @@ impl Activations {
 
     /// Like [`Activations::new`], with room for LoRA adapters of the given shape.
     pub fn with_lora(cfg: &ModelConfig, b: usize, t: usize, lora: Option<LoraShape>) -> Result<Self> {
-        Self::allocate(cfg, b, t, lora, true, TrainingMemory::default())
+        Self::allocate(cfg, b, t, lora, true, true, TrainingMemory::default())
     }
 
     /// Buffers for training passes, which nothing inspects: no attention probabilities (only their
-    /// log-sum-exp, (B, T, NH) per layer, instead of (B, NH, T, T)) unless `memory.attention_maps`, and with
-    /// `memory.checkpoint_blocks` only each block's output per layer plus one shared set of block buffers.
+    /// log-sum-exp, (B, T, NH) per layer, instead of (B, NH, T, T)) unless `memory.attention_maps`, with
+    /// `memory.checkpoint_blocks` only each block's output per layer plus one shared set of block buffers,
+    /// and no (B·T, V) logits: the language-model head and its loss run one chunk of rows at a time.
     pub fn for_training(
         cfg: &ModelConfig,
         b: usize,
@@ -225,7 +235,7 @@ impl Activations {
         lora: Option<LoraShape>,
         memory: TrainingMemory,
     ) -> Result<Self> {
-        Self::allocate(cfg, b, t, lora, memory.attention_maps, memory)
+        Self::allocate(cfg, b, t, lora, memory.attention_maps, false, memory)
     }
 
     fn allocate(
@@ -234,6 +244,7 @@ impl Activations {
         t: usize,
         lora: Option<LoraShape>,
         attention_maps: bool,
+        inspection: bool,
         memory: TrainingMemory,
     ) -> Result<Self> {
         cfg.validate()?;
@@ -257,6 +268,8 @@ impl Activations {
             lora_in: [c, c, c, 4 * c],
             attention_maps,
             checkpoint_blocks: memory.checkpoint_blocks,
+            keep_logits: inspection,
+            head_chunk: crate::head::chunk_rows(if cfg.num_labels() > 0 { cfg.num_labels() } else { cfg.vocab_size }),
         };
         let mut acts = Self {
             b: 0,
@@ -271,7 +284,6 @@ impl Activations {
             lnf_mean: Vec::new(),
             lnf_rstd: Vec::new(),
             logits: Vec::new(),
-            probs: Vec::new(),
             losses: Vec::new(),
             pooled: Vec::new(),
             targets: Vec::new(),
@@ -313,11 +325,8 @@ impl Activations {
         fit(&mut self.lnf, n * c);
         fit(&mut self.lnf_mean, n);
         fit(&mut self.lnf_rstd, n);
-        fit(&mut self.logits, head_rows * head_width);
-        fit(&mut self.probs, head_rows * head_width);
         fit(&mut self.losses, head_rows);
         fit(&mut self.pooled, if d.labels > 0 { b } else { 0 });
-        fit(&mut self.targets, head_rows);
         fit(&mut self.inputs, n);
         let s = &mut self.scratch;
         for buf in [&mut s.branch, &mut s.branch2, &mut s.dresidual, &mut s.dln, &mut s.dbranch, &mut s.datty] {
@@ -326,21 +335,18 @@ impl Activations {
         fit(&mut s.dqkv, n * 3 * c);
         fit(&mut s.dfch_gelu, n * 4 * c);
         fit(&mut s.dfch, n * 4 * c);
-        fit(&mut s.dlogits, head_rows * head_width);
-        fit(&mut s.dlosses, head_rows);
         // The attention backward's scratch: a (T, T) block per sequence, or the tiled kernel's head gradients.
         fit(
             &mut s.att_grad,
             if d.attention_maps { n * t } else { b * flash_attention::backward_scratch_len(t, c, d.nh) },
         );
-        fit(&mut s.head_in, head_rows * c);
-        fit(&mut s.dhead_in, head_rows * c);
         let lora_on = d.lora_targets.iter().any(|&x| x);
         fit(&mut s.lora_x, if lora_on { n * 4 * c } else { 0 });
         fit(&mut s.lora_dx, if lora_on { n * 4 * c } else { 0 });
         fit(&mut s.frozen_dw, if lora_on { c } else { 0 });
         fit(&mut s.frozen_db, if lora_on { c } else { 0 });
         fit(&mut s.lora_dh, if lora_on { n * d.lora_rank } else { 0 });
+        self.fit_head(head_rows, head_width);
         self.b = b;
         self.t = t;
         self.clean_layers = 0;
@@ -371,13 +377,41 @@ impl Activations {
     /// forward, or all of them), within capacity.
     pub(crate) fn set_head_rows(&mut self, rows: usize) {
         let width = if self.dims.labels > 0 { self.dims.labels } else { self.dims.v };
-        fit(&mut self.logits, rows * width);
-        fit(&mut self.probs, rows * width);
+        self.fit_head(rows, width);
+    }
+
+    /// Sizes the output layer's buffers for `rows` rows of `width`: every row's logits only when kept (a
+    /// classifier's always), the chunk buffers for one chunk of at most [`crate::head::chunk_rows`] rows.
+    fn fit_head(&mut self, rows: usize, width: usize) {
+        let d = self.dims;
+        let keep = d.keep_logits || d.labels > 0;
+        let chunk = rows.min(d.head_chunk);
+        fit(&mut self.logits, if keep { rows * width } else { 0 });
         fit(&mut self.targets, rows);
-        fit(&mut self.scratch.dlosses, rows);
-        fit(&mut self.scratch.dlogits, rows * width);
-        fit(&mut self.scratch.head_in, rows * self.dims.c);
-        fit(&mut self.scratch.dhead_in, rows * self.dims.c);
+        let s = &mut self.scratch;
+        fit(&mut s.head_z, chunk * width);
+        fit(&mut s.head_p, chunk * width);
+        fit(&mut s.head_dlosses, chunk);
+        fit(&mut s.head_losses, rows);
+        fit(&mut s.head_in, rows * d.c);
+        fit(&mut s.dhead_in, rows * d.c);
+    }
+
+    /// Makes the output layer work on chunks of at most `rows` rows (at least one) instead of the
+    /// [`crate::head::HEAD_CHUNK_BYTES`] default: a test hook, so that chunks that do not divide the batch
+    /// can be checked against one whole chunk. Reallocates the chunk buffers when they grow.
+    pub fn set_head_chunk_rows(&mut self, rows: usize) {
+        self.dims.head_chunk = rows.max(1);
+        let (b, t) = (self.b, self.t);
+        self.resize_all(b, t);
+    }
+
+    /// Bytes the output layer's buffers hold for the current shape: the kept logits (if any), one chunk's
+    /// logits or logit gradient and probabilities, and the per-row values.
+    pub fn head_bytes(&self) -> usize {
+        let s = &self.scratch;
+        let floats = [&self.logits, &s.head_z, &s.head_p, &s.head_dlosses, &s.head_losses, &s.head_in, &s.dhead_in];
+        4 * floats.iter().map(|v| v.len()).sum::<usize>()
     }
 
     /// Every element of this batch made to hold the residual streams of `single`'s one sequence (an unedited

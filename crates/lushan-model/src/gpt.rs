@@ -8,7 +8,7 @@ use crate::adapter_pass::{self, Adapter};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
 use crate::grad_buckets::{self, OnGradsFinal};
-use crate::head;
+use crate::head::{self, LossGradient};
 use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
 use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
@@ -157,7 +157,7 @@ impl Gpt {
         mode: Mode,
     ) -> Result<Option<f32>> {
         acts.clean_layers = 0;
-        let loss = self.run_forward(acts, inputs, targets, mode, &[], 0)?;
+        let loss = self.run_forward(acts, inputs, targets, mode, &[], 0, None)?;
         if mode == Mode::Eval {
             // A pass that ran the last block on the counted rows only left the final stream incomplete.
             acts.clean_layers = self.config.n_layer + usize::from(!acts.last_block_rows_only);
@@ -196,14 +196,17 @@ impl Gpt {
         let start = if clean == 0 { 0 } else { first_edited_layer.min(clean - 1) };
         let resume_from = if clean == 0 { None } else { Some(start) };
         acts.clean_layers = 0;
-        let loss = self.run_forward(acts, inputs, targets, Mode::Eval, edits, resume_from.map_or(0, |s| s + 1))?;
+        let resume = resume_from.map_or(0, |s| s + 1);
+        let loss = self.run_forward(acts, inputs, targets, Mode::Eval, edits, resume, None)?;
         let complete = self.config.n_layer + usize::from(!acts.last_block_rows_only);
         acts.clean_layers = edits.iter().map(first_dirty_stream).min().unwrap_or(complete).min(complete);
         Ok(loss)
     }
 
-    /// The forward pass behind [`forward`](Self::forward) and [`forward_edited`](Self::forward_edited).
-    /// `resume` is 0 for a whole pass, or `1 + l` to start at layer `l` over residual streams already in `acts`.
+    /// The forward pass behind [`forward`](Self::forward), [`forward_edited`](Self::forward_edited) and
+    /// [`forward_backward`](Self::forward_backward) (which passes the head's `gradient`). `resume` is 0 for
+    /// a whole pass, or `1 + l` to start at layer `l` over residual streams already in `acts`.
+    #[allow(clippy::too_many_arguments)]
     fn run_forward(
         &self,
         acts: &mut Activations,
@@ -212,6 +215,7 @@ impl Gpt {
         mode: Mode,
         edits: &[Edit],
         resume: usize,
+        gradient: Option<LossGradient<'_>>,
     ) -> Result<Option<f32>> {
         let (b, t) = (acts.b, acts.t);
         let cfg = &self.config;
@@ -240,7 +244,7 @@ impl Gpt {
             _ => b,
         });
         acts.counted_rows = counted.unwrap_or_default();
-        let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_epsilon);
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let p = self.layout.split(&self.params);
         let mut seeds = match mode {
             Mode::Train { dropout_seed } if cfg.dropout > 0.0 => Some(Rng::new(dropout_seed)),
@@ -258,7 +262,6 @@ impl Gpt {
             Mode::Train { dropout_seed } => Rng::derive(dropout_seed, 0x6c6f_7261),
             Mode::Eval => Rng::new(0),
         };
-        let score_w: &[f32] = self.lora.as_ref().and_then(Lora::score).unwrap_or(p.score);
         // Readers that asked for it and read only the counted rows' logits skip the rest of the last block.
         let last_block_rows_only = acts.last_block_rows_only
             && matches!(mode, Mode::Eval)
@@ -275,10 +278,6 @@ impl Gpt {
             lnf,
             lnf_mean,
             lnf_rstd,
-            logits,
-            probs,
-            losses,
-            pooled,
             targets: kept_targets,
             counted_rows,
             scratch,
@@ -326,43 +325,20 @@ impl Gpt {
         let last = layers.last().map_or(&*encoded, |a| &a.residual3);
         layernorm::forward(lnf, lnf_mean, lnf_rstd, last, p.lnf_w, p.lnf_b, c, eps);
 
-        match &cfg.head {
-            Head::LanguageModel => {
-                // logits = lnf · wteᵀ, on the counted rows only when some targets are ignored.
-                if counted_rows.is_empty() {
-                    weights::forward(logits, lnf, self.matrix(ParamKind::Wte, 0), None, c, v);
-                } else {
-                    head::gather_rows(&mut scratch.head_in, lnf, counted_rows.iter().copied(), c);
-                    // A sweep's counted rows row by row, as the last block computed them (`last_block_on_rows`).
-                    let head = if last_block_rows_only { weights::forward_rows } else { weights::forward };
-                    head(logits, &scratch.head_in, self.matrix(ParamKind::Wte, 0), None, c, v);
+        // The head reads the targets of its rows: every row's, the counted rows' in order, or one label per
+        // sequence.
+        if let Some(targets) = targets {
+            match (&cfg.head, counted_rows.is_empty()) {
+                (Head::LanguageModel, false) => {
+                    for (k, &r) in kept_targets.iter_mut().zip(counted_rows.iter()) {
+                        *k = targets[r];
+                    }
                 }
-                let Some(targets) = targets else { return Ok(None) };
-                if counted_rows.is_empty() {
-                    kept_targets.copy_from_slice(targets);
-                    return Ok(Some(head::loss(losses, probs, logits, kept_targets, v)));
-                }
-                for (k, &r) in kept_targets.iter_mut().zip(counted_rows.iter()) {
-                    *k = targets[r];
-                }
-                let mean = head::loss(&mut scratch.dlosses, probs, logits, kept_targets, v);
-                losses.fill(0.0);
-                for (&r, &l) in counted_rows.iter().zip(scratch.dlosses.iter()) {
-                    losses[r] = l;
-                }
-                Ok(Some(mean))
-            }
-            Head::Classifier { pad_token_id, .. } => {
-                // logits = lnf[pooled] · scoreᵀ
-                head::pool_positions(pooled, inputs, t, *pad_token_id);
-                let rows = pooled.iter().enumerate().map(|(i, &pos)| i * t + pos);
-                head::gather_rows(&mut scratch.head_in, lnf, rows, c);
-                matmul::forward(logits, &scratch.head_in, score_w, None, c, labels);
-                let Some(targets) = targets else { return Ok(None) };
-                kept_targets.copy_from_slice(targets);
-                Ok(Some(head::loss(losses, probs, logits, kept_targets, labels)))
+                _ => kept_targets.copy_from_slice(targets),
             }
         }
+        let project: head::Project = if last_block_rows_only { weights::forward_rows } else { weights::forward };
+        Ok(self.head_pass(acts, targets.is_some(), project, gradient, false))
     }
 
     /// One transformer block's forward, `a.residual3 = block(x)` with every buffer its backward reads kept in
@@ -467,6 +443,10 @@ impl Gpt {
     /// change it again — the head's, each layer's from the last to the first, then the embeddings'
     /// ([`crate::grad_buckets`]) — so that data-parallel training can start summing it over processes
     /// while the pass goes on. The values handed over include what `grads` held before (accumulation).
+    ///
+    /// The output layer's gradient is taken here from the final norm's output kept by the forward: a
+    /// language model's logits are computed again, chunk by chunk, unless the buffers kept them (inspection
+    /// buffers). Training passes use [`Gpt::forward_backward`], whose forward takes it at once.
     pub fn backward_with(
         &self,
         acts: &mut Activations,
@@ -477,8 +457,53 @@ impl Gpt {
     ) {
         // A forward in training mode refuses such a model, so there is never a pass to undo.
         assert!(self.packed.is_none(), "backward needs f32 weights: the forward refuses training mode without them");
+        let logits_kept = !acts.logits.is_empty();
+        let gradient = LossGradient { grads: &mut *grads, loss_scale };
+        self.head_pass(acts, true, weights::forward, Some(gradient), logits_kept);
+        self.backward_from_head(acts, grads, mode, on_final);
+    }
+
+    /// Forward and backward of one training batch, **accumulating** `loss_scale ×` the gradient of its mean
+    /// loss into `grads` (as [`Gpt::forward`] then [`Gpt::backward_with`]) and returning that loss. The
+    /// output layer's gradient is taken during the forward, chunk by chunk of rows, right after each
+    /// chunk's logits and loss (`crate::head::pass`): no (rows, V) logits, probabilities or logit gradient
+    /// are ever held, and the backward starts from the final norm's output gradient the forward left.
+    ///
+    /// The token embedding's gradient thus receives the head's part during the forward and the
+    /// embedding's in the backward; `on_final` still hands it over last ([`crate::grad_buckets`]).
+    ///
+    /// # Errors
+    /// As [`Gpt::forward`]; [`ModelError::NeedsF32Weights`] for weights in another type, and
+    /// [`ModelError::InvalidConfig`] when `grads` is not the trainable layout's length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &self,
+        acts: &mut Activations,
+        inputs: &[u32],
+        targets: &[u32],
+        mode: Mode,
+        grads: &mut [f32],
+        loss_scale: f32,
+        on_final: OnGradsFinal<'_>,
+    ) -> Result<f32> {
+        self.require_f32("training")?;
+        if grads.len() != self.num_trainable() {
+            return Err(ModelError::InvalidConfig {
+                field: "gradient buffer",
+                reason: format!("expected {} values (the trainable layout), got {}", self.num_trainable(), grads.len()),
+            });
+        }
+        let gradient = LossGradient { grads: &mut *grads, loss_scale };
+        let loss = self.run_forward(acts, inputs, Some(targets), mode, &[], 0, Some(gradient))?;
+        self.backward_from_head(acts, grads, mode, on_final);
+        Ok(loss.unwrap_or(f32::NAN))
+    }
+
+    /// The backward below the output layer, from the gradient of the final norm's output in `scratch.dln`
+    /// (left by [`Gpt::head_pass`]).
+    fn backward_from_head(&self, acts: &mut Activations, grads: &mut [f32], mode: Mode, on_final: OnGradsFinal<'_>) {
         let cfg = &self.config;
-        let (b, t, c, v, nh) = (acts.b, acts.t, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let (b, t, c, nh) = (acts.b, acts.t, cfg.n_embd, cfg.n_head);
         let attention_maps = acts.keeps_attention_maps();
         // A checkpointed block is recomputed as the training forward ran it: no edits, every row.
         let pass = BlockPass { mode, edits: &[], b, t, attention_maps, last_block_rows_only: false, counted_rows: &[] };
@@ -489,78 +514,10 @@ impl Gpt {
             Some(_) => (None, Some(grads)),
             None => (Some(self.layout.split_mut(grads)), None),
         };
-        let score_w: &[f32] = lora.and_then(Lora::score).unwrap_or(p.score);
-        let Activations {
-            encoded,
-            emb_mask,
-            layers,
-            lnf,
-            lnf_mean,
-            lnf_rstd,
-            probs,
-            targets,
-            inputs,
-            pooled,
-            counted_rows,
-            scratch,
-            work,
-            block_seeds,
-            ..
-        } = acts;
+        let Activations { encoded, emb_mask, layers, lnf_mean, lnf_rstd, inputs, scratch, work, block_seeds, .. } =
+            acts;
         let s = scratch;
 
-        // The head: logits = head_in · Wᵀ (W = wte or score), head_in = rows of lnf.
-        s.dln.fill(0.0);
-        match &cfg.head {
-            Head::LanguageModel => {
-                let dwte = g.as_mut().map(|g| &mut *g.wte);
-                let all_rows = counted_rows.is_empty();
-                let (dinp, inp): (&mut [f32], &[f32]) =
-                    if all_rows { (&mut s.dln, lnf) } else { (&mut s.dhead_in, &s.head_in) };
-                if !all_rows {
-                    dinp.fill(0.0);
-                }
-                head::backward(
-                    dinp,
-                    dwte,
-                    &mut s.dlogits,
-                    &mut s.dlosses,
-                    probs,
-                    targets,
-                    inp,
-                    p.wte,
-                    loss_scale,
-                    c,
-                    v,
-                );
-                if !all_rows {
-                    head::scatter_add_rows(&mut s.dln, &s.dhead_in, counted_rows.iter().copied(), c);
-                }
-            }
-            Head::Classifier { labels, .. } => {
-                let dscore = match (g.as_mut(), lora.and_then(|l| l.layout.score_range())) {
-                    (Some(g), _) => Some(&mut *g.score),
-                    (None, Some(range)) => lora_grads.as_deref_mut().map(|lg| &mut lg[range]),
-                    (None, None) => None,
-                };
-                s.dhead_in.fill(0.0);
-                head::backward(
-                    &mut s.dhead_in,
-                    dscore,
-                    &mut s.dlogits,
-                    &mut s.dlosses,
-                    probs,
-                    targets,
-                    &s.head_in,
-                    score_w,
-                    loss_scale,
-                    c,
-                    labels.len(),
-                );
-                let rows = pooled.iter().enumerate().map(|(i, &pos)| i * t + pos);
-                head::scatter_add_rows(&mut s.dln, &s.dhead_in, rows, c);
-            }
-        }
         // lnf = layernorm(last residual); a frozen base's layer-norm gradients go to scratch.
         let last = layers.last().map_or(&*encoded, |a| &a.residual3);
         s.dresidual.fill(0.0);

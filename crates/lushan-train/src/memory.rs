@@ -77,7 +77,9 @@ pub struct MemoryEstimate {
     /// Attention: each row's log-sum-exp, B·T·H per layer, and the backward's scratch (training never keeps
     /// the B·H·T·T probabilities).
     pub attention: u64,
-    /// Output-layer logits, probabilities and their gradient, B·T·V.
+    /// The output layer: a language model's logits and probabilities of one chunk of rows (the logits'
+    /// gradient reuses the first buffer), at most [`lushan_model::activations::HEAD_CHUNK_BYTES`] each;
+    /// a classifier's logits, probabilities and their gradient, B·labels.
     pub logits: u64,
     /// Batches of token ids: the loader's and the fixed evaluation batches.
     pub batches: u64,
@@ -174,9 +176,11 @@ pub fn estimate(s: &RunShape) -> Option<MemoryEstimate> {
     let per_layer = if s.checkpoint_blocks { sum(&[Some(l), Some(15)])? } else { product(&[16, l])? };
     let activations = product(&[rows, sum(&[product(&[per_layer, c]), product(&[19, c])])?, F32])?;
     let attention = sum(&[product(&[l, rows, h, F32]), product(&[rows, sum(&[product(&[3, c]), Some(h)])?, F32])])?;
-    let head_width = if s.labels > 0 { s.labels as u64 } else { s.vocab_size as u64 };
-    let head_rows = if s.labels > 0 { b } else { rows };
-    let logits = product(&[3, head_rows, head_width, F32])?;
+    let head_width = if s.labels > 0 { s.labels } else { s.vocab_size };
+    let head_rows =
+        if s.labels > 0 { b } else { rows.min(lushan_model::activations::head_chunk_rows(head_width) as u64) };
+    let buffers = if s.labels > 0 { 3 } else { 2 };
+    let logits = product(&[buffers, head_rows, head_width as u64, F32])?;
     // The loader's inputs and targets, and the evaluation batches of both splits.
     let batches = product(&[rows, U32, 2, sum(&[Some(1), product(&[2, s.eval_batches as u64])])?])?;
     Some(MemoryEstimate { parameters, weights, optimizer, activations, attention, logits, batches })

@@ -160,9 +160,7 @@ impl BatchRunner {
         if let [single] = self.replicas.as_mut_slice() {
             let mode = Mode::Train { dropout_seed };
             single.acts.reshape(b, t)?;
-            let loss = model.forward(&mut single.acts, inputs, Some(targets), mode)?.unwrap_or(f32::NAN);
-            model.backward_with(&mut single.acts, grads, loss_scale, mode, on_final);
-            return Ok(loss);
+            return Ok(model.forward_backward(&mut single.acts, inputs, targets, mode, grads, loss_scale, on_final)?);
         }
         for r in &mut self.replicas {
             if r.grads.len() != grads.len() {
@@ -171,10 +169,9 @@ impl BatchRunner {
         }
         let (loss, _) = self.on_replicas(inputs, targets, (b, t), |i, share, acts, replica_grads, x, y| {
             let mode = Mode::Train { dropout_seed: dropout_seed.wrapping_add(i as u64) };
-            let loss = model.forward(acts, x, Some(y), mode)?.unwrap_or(f32::NAN);
+            // Zeroed before the forward, which already accumulates the output layer's gradient.
             replica_grads.fill(0.0);
-            model.backward(acts, replica_grads, loss_scale * share, mode);
-            Ok(loss)
+            Ok(model.forward_backward(acts, x, y, mode, replica_grads, loss_scale * share, &mut |_| {})?)
         })?;
         // Fixed order of addition: results do not depend on scheduling.
         const CHUNK: usize = 1 << 14;
