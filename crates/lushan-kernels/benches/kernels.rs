@@ -71,6 +71,11 @@ fn gemm_crate(out: &mut [f32], inp: &[f32], w: &[f32], n: usize, c: usize, oc: u
 fn main() {
     let mut rng = Rng::new(0);
     println!("threads: {}", rayon::current_num_threads());
+    // `cargo bench -p lushan-kernels --bench kernels -- quant`: the quantized decode products alone.
+    if std::env::args().any(|a| a == "quant") {
+        quantized_decode(&mut rng);
+        return;
+    }
     long_context_attention(&mut rng);
     // `cargo bench -p lushan-kernels -- attention`: the long-context attention figures alone.
     if std::env::args().any(|a| a == "attention") {
@@ -130,35 +135,7 @@ fn main() {
         });
         println!("{:>58} {:.1} GB/s weights streamed", "", (c * oc * 4) as f64 / secs / 1e9);
     }
-    println!("-- quantized decode products (weights read as Q8_0 / Q4_0 blocks; input quantized to Q8_0)");
-    for (n, c, oc) in [(1, 768, 2304), (1, 3072, 768), (1, 768, 50257), (4, 768, 50257)] {
-        let x = random(n * c, &mut rng);
-        let w = random(oc * c, &mut rng);
-        let mut out = vec![0.0; n * oc];
-        let f32_secs = time(&format!("f32  {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
-            matmul::forward(&mut out, &x, &w, None, c, oc)
-        });
-        let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
-        quant::quantize_q8_0(&w, &mut q8);
-        let q8_secs = time(&format!("q8_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
-            quant::dot::matmul(&mut out, &x, &q8, None, c, oc)
-        });
-        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
-        quant::quantize_q4_0(&w, &mut q4);
-        let q4_secs = time(&format!("q4_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
-            quant::dot::matmul(&mut out, &x, &q4, None, c, oc)
-        });
-        let gb = |bytes_per_weight: f64, secs: f64| (c * oc) as f64 * bytes_per_weight / secs / 1e9;
-        println!(
-            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×)",
-            "",
-            gb(4.0, f32_secs),
-            gb(34.0 / 32.0, q8_secs),
-            f32_secs / q8_secs,
-            gb(18.0 / 32.0, q4_secs),
-            f32_secs / q4_secs
-        );
-    }
+    quantized_decode(&mut rng);
     // One GPT-2 124M decode step's products in order (12 × qkv, proj, fc, fc_proj, then the tied output
     // layer): ≈0.5 GB, larger than the caches, so this is the DRAM-bound figure decode can reach.
     let shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
@@ -235,5 +212,93 @@ fn long_context_attention(rng: &mut Rng) {
     let mut scratch = vec![0.0; b * flash_attention::backward_scratch_len(t, c, nh)];
     time("flash attention backward", 2.0 * attn_flops, || {
         flash_attention::backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, t, c, nh)
+    });
+}
+
+/// The Q8_0 / Q4_0 decode products against f32 at GPT-2 124M's shapes, then one whole decode step's products
+/// (12 × qkv, proj, fc, fc_proj, then the tied output layer) in each block type, median of 7.
+fn quantized_decode(rng: &mut Rng) {
+    println!("-- quantized decode products (weights read as Q8_0 / Q4_0 blocks; input quantized to Q8_0)");
+    for (n, c, oc) in [(1, 768, 2304), (1, 768, 3072), (1, 3072, 768), (1, 768, 50257), (4, 768, 50257)] {
+        let x = random(n * c, rng);
+        let w = random(oc * c, rng);
+        let mut out = vec![0.0; n * oc];
+        let f32_secs = time(&format!("f32  {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            matmul::forward(&mut out, &x, &w, None, c, oc)
+        });
+        let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q8_0(&w, &mut q8);
+        let q8_secs = time(&format!("q8_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            quant::dot::matmul(&mut out, &x, &q8, None, c, oc)
+        });
+        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q4_0(&w, &mut q4);
+        let q4_secs = time(&format!("q4_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            quant::dot::matmul(&mut out, &x, &q4, None, c, oc)
+        });
+        let gb = |bytes_per_weight: f64, secs: f64| (c * oc) as f64 * bytes_per_weight / secs / 1e9;
+        println!(
+            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×)",
+            "",
+            gb(4.0, f32_secs),
+            gb(34.0 / 32.0, q8_secs),
+            f32_secs / q8_secs,
+            gb(18.0 / 32.0, q4_secs),
+            f32_secs / q4_secs
+        );
+    }
+    let shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
+    let mut mats: Vec<(usize, usize, Vec<f32>)> = Vec::new();
+    for _ in 0..12 {
+        mats.extend(shapes.iter().map(|&(c, oc)| (c, oc, random(c * oc, rng))));
+    }
+    mats.push((768, 50257, random(768 * 50257, rng)));
+    let x = random(3072, rng);
+    let mut out = vec![0.0; 50257];
+    let q8: Vec<Vec<quant::BlockQ8_0>> = mats
+        .iter()
+        .map(|(c, oc, w)| {
+            let mut q = vec![quant::BlockQ8_0::default(); c * oc / quant::BLOCK];
+            quant::quantize_q8_0(w, &mut q);
+            q
+        })
+        .collect();
+    let q4: Vec<Vec<quant::BlockQ4_0>> = mats
+        .iter()
+        .map(|(c, oc, w)| {
+            let mut q = vec![quant::BlockQ4_0::default(); c * oc / quant::BLOCK];
+            quant::quantize_q4_0(w, &mut q);
+            q
+        })
+        .collect();
+    let weights: usize = mats.iter().map(|(c, oc, _)| c * oc).sum();
+    let mut step = |name: &str, bytes_per_weight: f64, product: &mut dyn FnMut(usize, &mut [f32])| {
+        let mut times: Vec<f64> = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                for (i, (c, oc, _)) in mats.iter().enumerate() {
+                    product(i, &mut out[..*oc]);
+                    std::hint::black_box(&out[..*c]);
+                }
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let bytes = weights as f64 * bytes_per_weight;
+        println!(
+            "{:<48} {:>9.3} ms {:>7.1} GB/s",
+            format!("GPT-2 124M decode products, {name} ({:.0} MB)", bytes / 1e6),
+            median * 1e3,
+            bytes / median / 1e9
+        );
+    };
+    step("q8_0", 34.0 / 32.0, &mut |i, out| {
+        let (c, oc, _) = &mats[i];
+        quant::dot::matmul(out, &x[..*c], &q8[i], None, *c, *oc)
+    });
+    step("q4_0", 18.0 / 32.0, &mut |i, out| {
+        let (c, oc, _) = &mats[i];
+        quant::dot::matmul(out, &x[..*c], &q4[i], None, *c, *oc)
     });
 }
