@@ -13,7 +13,7 @@
 
 use crate::PAR_ROWS;
 use crate::matmul::gemm_serial;
-use crate::vector::{dot, exp_fast};
+use crate::vector::{dot, exp_fast, sum8};
 use rayon::prelude::*;
 
 /// Query rows and keys per tile. 64 × 64 scores are 16 KiB: the score tile, the key/value rows it reads
@@ -36,18 +36,6 @@ fn max8(x: &[f32]) -> f32 {
         }
     }
     x[split..].iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max)
-}
-
-/// Sum with eight independent lanes (see [`max8`]).
-fn sum8(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let split = x.len() / 8 * 8;
-    for chunk in x[..split].chunks_exact(8) {
-        for i in 0..8 {
-            lanes[i] += chunk[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + x[split..].iter().sum::<f32>()
 }
 
 /// Forward: per query tile `Q_i` (rows `r0..r1`), head by head, for every key tile `K_j` with `j ≤ i`:

@@ -1,7 +1,7 @@
 //! Row-wise softmax, numerically stabilised by subtracting the row maximum.
 
 use crate::PAR_ROWS;
-use crate::vector::exp_fast;
+use crate::vector::{exp_fast, sum8};
 use rayon::prelude::*;
 
 /// Softmax of one row into `probs` (no allocation; used by sampling and inspection too). Returns
@@ -15,18 +15,6 @@ pub fn softmax_row(probs: &mut [f32], logits: &[f32]) -> f32 {
     let inv = 1.0 / sum;
     probs.iter_mut().for_each(|p| *p *= inv);
     max + sum.ln()
-}
-
-/// Sum with eight independent accumulators (vectorisable; see `vector::dot`).
-fn sum8(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let split = x.len() / 8 * 8;
-    for chunk in x[..split].chunks_exact(8) {
-        for i in 0..8 {
-            acc[i] += chunk[i];
-        }
-    }
-    acc.iter().sum::<f32>() + x[split..].iter().sum::<f32>()
 }
 
 /// Softmax of one row, overwriting it.

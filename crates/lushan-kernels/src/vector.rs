@@ -18,6 +18,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// Sum with eight independent accumulators, for the same reason as [`dot`] (softmax rows, attention tiles).
+#[inline]
+pub fn sum8(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let split = x.len() / 8 * 8;
+    for chunk in x[..split].chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] += chunk[i];
+        }
+    }
+    acc.iter().sum::<f32>() + x[split..].iter().sum::<f32>()
+}
+
 /// `y += alpha·x`.
 #[inline]
 pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
