@@ -71,9 +71,14 @@ impl Gpt {
         let has_gradient = gradient.is_some();
         let gradient = match gradient {
             Some(LossGradient { grads, loss_scale }) => {
+                // The pass accumulates into dinp; gathered rows are then scattered (added) into dln.
                 s.dln.fill(0.0);
-                let dinp: &mut [f32] = if rows.is_some() { &mut s.dhead_in } else { &mut s.dln };
-                dinp.fill(0.0);
+                let dinp: &mut [f32] = if rows.is_some() {
+                    s.dhead_in.fill(0.0);
+                    &mut s.dhead_in
+                } else {
+                    &mut s.dln
+                };
                 Some(HeadGradient { weight: f32_weight, dweight: self.head_weight_grad(grads), dinp, loss_scale })
             }
             None => None,
