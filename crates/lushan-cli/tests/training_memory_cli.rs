@@ -65,3 +65,42 @@ fn bench_train_reports_peak_rss_and_what_it_kept() {
         assert_eq!(v["attention_maps"], maps, "{v}");
     }
 }
+
+#[test]
+fn bf16_precision_trains_close_to_f32_and_says_how_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let shape = ["--n-layer", "2", "--block-size", "64", "--max-iters", "40", "--eval-interval", "20"];
+    let f32_run = dir.path().join("f32");
+    ok(&train_args(&data, &f32_run, &shape));
+    let bf16_run = dir.path().join("bf16");
+    let o = ok(&[&train_args(&data, &bf16_run, &shape)[..], &["--precision", "bf16"]].concat());
+    assert!(o.stdout.contains("precision = \"bf16\""), "the resolved settings show it: {o:?}");
+    let last_val = |out: &Path| {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let evals: Vec<f64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
+            .collect();
+        *evals.last().unwrap()
+    };
+    let (a, b) = (last_val(&f32_run), last_val(&bf16_run));
+    assert!((a - b).abs() <= 0.02 * a, "validation loss after 40 updates: f32 {a}, bf16 {b}");
+    assert_ne!(losses(&f32_run), losses(&bf16_run), "bf16 rounds the products' operands");
+    // The setting in a config file, and a wrong value named.
+    let config = dir.path().join("precision.toml");
+    std::fs::write(&config, "precision = \"bf16\"\n").unwrap();
+    let from_file = dir.path().join("from-file");
+    ok(&[&train_args(&data, &from_file, &shape)[..], &["--config", s(&config)]].concat());
+    assert_eq!(losses(&from_file), losses(&bf16_run), "precision in the config file");
+    fails(&[&train_args(&data, &f32_run, &shape)[..], &["--precision", "fp8"]].concat(), &["fp8", "f32 or bf16"]);
+    std::fs::write(&config, "precision = \"half\"\n").unwrap();
+    fails(&[&train_args(&data, &f32_run, &shape)[..], &["--config", s(&config)]].concat(), &["half", "f32 or bf16"]);
+    // bench train says which products it ran and how this CPU computes them.
+    let tiny = ["bench", "train", "--steps", "1", "--warmup", "1", "--n-layer", "1", "--n-embd", "32", "--n-head", "2"];
+    let o = ok(&[&tiny[..], &["--precision", "bf16"]].concat());
+    assert!(o.stdout.contains("products bf16 ("), "{o:?}");
+    let json = o.stdout.lines().find_map(|l| l.strip_prefix("JSON ")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["precision"], "bf16", "{v}");
+}

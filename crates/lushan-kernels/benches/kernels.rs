@@ -76,6 +76,12 @@ fn main() {
         quantized_decode(&mut rng);
         return;
     }
+    // `cargo bench -p lushan-kernels --bench kernels -- gemm`: one thread, matrixmultiply against the packed
+    // AVX-512 kernels (f32 and bf16) at training shapes.
+    if std::env::args().any(|a| a == "gemm") {
+        packed_gemm_one_thread(&mut rng);
+        return;
+    }
     long_context_attention(&mut rng);
     // `cargo bench -p lushan-kernels -- attention`: the long-context attention figures alone.
     if std::env::args().any(|a| a == "attention") {
@@ -301,4 +307,39 @@ fn quantized_decode(rng: &mut Rng) {
         let (c, oc, _) = &mats[i];
         quant::dot::matmul(out, &x[..*c], &q4[i], None, *c, *oc)
     });
+}
+
+/// The linear layer's forward and backward at GPT training shapes, f32 (matrixmultiply) against bf16
+/// (`packed_gemm`, this CPU's microkernel), with every thread.
+fn packed_gemm_one_thread(rng: &mut Rng) {
+    use lushan_kernels::packed_gemm::{self, Precision};
+    println!(
+        "-- linear layer, {} threads; bf16 products: {}",
+        rayon::current_num_threads(),
+        packed_gemm::describe(Precision::Bf16)
+    );
+    for (label, n, c, oc) in [
+        ("124M qkv B4·T64", 256, 768, 2304),
+        ("124M head chunk", 166, 768, 50257),
+        ("124M fc T1024", 1024, 768, 3072),
+        ("124M fc_proj T1024", 1024, 3072, 768),
+        ("baby-GPT fc B64·T256", 16384, 384, 1536),
+    ] {
+        let x = random(n * c, rng);
+        let w = random(oc * c, rng);
+        let dout = random(n * oc, rng);
+        let (mut out, mut dx, mut dw) = (vec![0.0; n * oc], vec![0.0; n * c], vec![0.0; oc * c]);
+        let flops = 2.0 * (n * c * oc) as f64;
+        let mut times = Vec::new();
+        for precision in Precision::ALL {
+            let f = time(&format!("forward {precision:<4} {label} {n}×{c}×{oc}"), flops, || {
+                matmul::forward_in(precision, &mut out, &x, &w, None, c, oc)
+            });
+            let b = time(&format!("backward {precision:<4} {label} {n}×{c}×{oc}"), 2.0 * flops, || {
+                matmul::backward_in(precision, Some(&mut dx), &mut dw, None, &dout, &x, &w, c, oc)
+            });
+            times.push(f + b);
+        }
+        println!("{:>48} bf16 forward+backward {:.2}× f32", "", times[0] / times[1]);
+    }
 }

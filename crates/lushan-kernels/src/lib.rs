@@ -24,6 +24,7 @@ pub mod gelu;
 pub mod gemv;
 pub mod layernorm;
 pub mod matmul;
+pub mod packed_gemm;
 pub mod quant;
 pub mod reduce;
 pub mod residual;

@@ -5,6 +5,7 @@
 //! `bench/BASELINES.md`), builds five times faster, and accepts arbitrary strides, so every transpose below
 //! is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
+use crate::packed_gemm::{self, Precision, Strided};
 use rayon::prelude::*;
 
 /// Rows of the output handed to one single-threaded GEMM call. Splitting the output rows over rayon
@@ -13,9 +14,11 @@ use rayon::prelude::*;
 /// results do not depend on the thread count.
 const ROWS_PER_TASK: usize = 64;
 
-/// `C = A·B + beta·C` on row/column strides; the one place that names the GEMM library.
+/// `C = A·B + beta·C` on row/column strides; the one place that names the GEMM library. In
+/// [`Precision::Bf16`] the product runs on [`packed_gemm`] (operands rounded to bf16, sums in f32).
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
+    precision: Precision,
     m: usize,
     k: usize,
     n: usize,
@@ -35,6 +38,10 @@ fn sgemm(
     assert!(k == 0 || fits((m, k), (rsa, csa), a.len()), "matmul: A too short for its shape");
     assert!(k == 0 || fits((k, n), (rsb, csb), b.len()), "matmul: B too short for its shape");
     assert!(fits((m, n), (rsc, 1), c.len()), "matmul: C too short for its shape");
+    if precision == Precision::Bf16 {
+        let (a, b) = (Strided { data: a, rs: rsa, cs: csa }, Strided { data: b, rs: rsb, cs: csb });
+        return packed_gemm::gemm(precision, (m, k, n), a, b, beta, c, rsc);
+    }
     let tasks = rayon::current_num_threads().max(1);
     if tasks > 1 && n > m {
         // Short and wide (prefill, small batches, big output layers): split the output columns, so each task
@@ -156,6 +163,21 @@ pub fn gemm_serial(
 /// # Shapes
 /// `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC).
 pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, c: usize, oc: usize) {
+    forward_in(Precision::F32, out, inp, weight, bias, c, oc);
+}
+
+/// [`forward`] with the product in `precision` (bias added in f32). Up to [`crate::gemv::MAX_ROWS`] rows
+/// take the f32 matrix-vector path whatever the precision: there the weights' bytes, not the arithmetic,
+/// bound the time.
+pub fn forward_in(
+    precision: Precision,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
     let n = inp.len() / c;
     assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
     assert_eq!(out.len(), n * oc, "matmul: output shape");
@@ -171,7 +193,7 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
         None => 0.0,
     };
     // out (N×OC) = inp (N×C) · Wᵀ (C×OC); Wᵀ[k][j] = W[j·C + k] → strides (1, C).
-    sgemm(n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
+    sgemm(precision, n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
 }
 
 /// `out += inp·Wᵀ` (no bias): adds a second product onto an output, as a LoRA adapter adds
@@ -184,7 +206,7 @@ pub fn forward_accumulate(out: &mut [f32], inp: &[f32], weight: &[f32], c: usize
     assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
     assert_eq!(out.len(), n * oc, "matmul: output shape");
     assert_eq!(weight.len(), oc * c, "matmul: weight shape");
-    sgemm(n, c, oc, inp, (c, 1), weight, (1, c), 1.0, out, oc);
+    sgemm(Precision::F32, n, c, oc, inp, (c, 1), weight, (1, c), 1.0, out, oc);
 }
 
 /// Backward to the input only, **accumulating** `dinp += dout·W`: for a frozen weight (LoRA fine-tuning
@@ -193,10 +215,15 @@ pub fn forward_accumulate(out: &mut [f32], inp: &[f32], weight: &[f32], c: usize
 /// # Shapes
 /// `dinp`: (N, C); `dout`: (N, OC); `weight`: (OC, C).
 pub fn backward_input(dinp: &mut [f32], dout: &[f32], weight: &[f32], c: usize, oc: usize) {
+    backward_input_in(Precision::F32, dinp, dout, weight, c, oc);
+}
+
+/// [`backward_input`] with the product in `precision`.
+pub fn backward_input_in(precision: Precision, dinp: &mut [f32], dout: &[f32], weight: &[f32], c: usize, oc: usize) {
     let n = dinp.len() / c;
     assert_eq!(dout.len(), n * oc, "matmul: output-gradient shape");
     assert_eq!(weight.len(), oc * c, "matmul: weight shape");
-    sgemm(n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
+    sgemm(precision, n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
 }
 
 /// Up to this many rows (cached decoding) a GEMM cannot block its work; the matrix-vector kernel in
@@ -226,16 +253,32 @@ pub fn backward(
     c: usize,
     oc: usize,
 ) {
+    backward_in(Precision::F32, dinp, dweight, dbias, dout, inp, weight, c, oc);
+}
+
+/// [`backward`] with both products in `precision` (the bias gradient is an f32 sum).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_in(
+    precision: Precision,
+    dinp: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    c: usize,
+    oc: usize,
+) {
     let n = inp.len() / c;
     assert_eq!(dout.len(), n * oc, "matmul: output-gradient shape");
     assert_eq!(dweight.len(), oc * c, "matmul: weight-gradient shape");
     if let Some(dinp) = dinp {
         assert_eq!(dinp.len(), n * c, "matmul: input-gradient shape");
         // dinp (N×C) += dout (N×OC) · W (OC×C).
-        sgemm(n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
+        sgemm(precision, n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dinp, c);
     }
     // dW (OC×C) += doutᵀ (OC×N) · inp (N×C); doutᵀ[j][i] = dout[i·OC + j] → strides (1, OC).
-    sgemm(oc, n, c, dout, (1, oc), inp, (c, 1), 1.0, dweight, c);
+    sgemm(precision, oc, n, c, dout, (1, oc), inp, (c, 1), 1.0, dweight, c);
     if let Some(dbias) = dbias {
         bias_backward(dbias, dout, oc);
     }

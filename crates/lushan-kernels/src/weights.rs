@@ -9,6 +9,7 @@
 //!   [`TILE_ROWS`] weight rows are widened to `f32` and handed to the same single-precision GEMM as `f32`
 //!   weights: the widening is read once per tile and amortised over every input row.
 
+use crate::packed_gemm::Precision;
 use crate::quant::{BLOCK, BlockQ4_0, BlockQ8_0, dequantize_q4_0, dequantize_q8_0, dot};
 use crate::{gemv, matmul};
 use half::{bf16, f16};
@@ -83,6 +84,26 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
         Weights::F32(w) => matmul::forward(out, inp, w, bias, c, oc),
         _ if m <= gemv::MAX_ROWS => forward_rows(out, inp, w, bias, c, oc),
         _ => forward_tiled(out, inp, w, bias, c, oc),
+    }
+}
+
+/// [`forward`] with `f32` weights' products in `precision` ([`matmul::forward_in`]); other weight types
+/// compute as [`forward`] does.
+pub fn forward_in(
+    precision: Precision,
+    out: &mut [f32],
+    inp: &[f32],
+    w: Weights<'_>,
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    match w {
+        Weights::F32(weight) if precision != Precision::F32 => {
+            w.check(out, inp, bias, c, oc);
+            matmul::forward_in(precision, out, inp, weight, bias, c, oc)
+        }
+        _ => forward(out, inp, w, bias, c, oc),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 pub use crate::head::{HEAD_CHUNK_BYTES, chunk_rows as head_chunk_rows};
 use lushan_kernels::flash_attention;
+use lushan_kernels::packed_gemm::Precision;
 use lushan_kernels::rng::Rng;
 
 /// Per-layer activations kept for backward (and for inspection: `att` is the attention map).
@@ -88,6 +89,8 @@ pub struct Activations {
     /// Block checkpointing: the random streams at the start of each block, so that its recomputation draws
     /// the same dropout masks.
     pub(crate) block_seeds: Vec<BlockSeeds>,
+    /// How the linear layers' and the output layer's matrix products run (`--precision`).
+    pub(crate) precision: Precision,
 }
 
 /// The dropout and LoRA-dropout random streams as a block starts drawing from them.
@@ -107,7 +110,7 @@ impl LayerActs {
     }
 }
 
-/// What training buffers keep between the forward and the backward.
+/// What training buffers keep between the forward and the backward, and how their products run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrainingMemory {
     /// Keep only each transformer block's output during the forward; the backward runs each block's
@@ -116,6 +119,9 @@ pub struct TrainingMemory {
     /// Keep the attention probabilities as inspection buffers do (and train with the kernel that keeps
     /// them): only to measure what the tiled attention saves (`lushan bench train --attention-maps`).
     pub attention_maps: bool,
+    /// How the linear layers' and the output layer's matrix products run (`--precision`); see
+    /// [`Activations::set_precision`].
+    pub precision: Precision,
 }
 
 /// Gradient and temporary buffers shared across layers.
@@ -297,6 +303,7 @@ impl Activations {
                 BlockSeeds { dropout: None, lora: Rng::new(0) };
                 if memory.checkpoint_blocks { cfg.n_layer } else { 0 }
             ],
+            precision: memory.precision,
         };
         acts.resize_all(b, t);
         Ok(acts)
@@ -356,6 +363,18 @@ impl Activations {
     /// [`Activations::with_lora`]; not training buffers).
     pub fn keeps_attention_maps(&self) -> bool {
         self.dims.attention_maps
+    }
+
+    /// Runs the passes over these buffers with the linear layers' and the output layer's matrix products
+    /// in `precision` (f32 master weights, f32 activations and gradients: only the products' operands are
+    /// rounded, as `torch.autocast(dtype=torch.bfloat16)` does). Attention, norms and LoRA adapters stay f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The precision set by [`Activations::set_precision`] (f32 unless set).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Makes the buffers describe a (b, t) batch, up to the shape they were allocated for, without

@@ -14,6 +14,7 @@ use crate::lora::{Lora, LoraTarget};
 use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
 use crate::weights::{self, PackedWeights, Weights};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
+use lushan_kernels::packed_gemm::Precision;
 use lushan_kernels::{attention, dropout, encoder, flash_attention, gelu, layernorm, matmul, residual, rng::Rng};
 
 /// Whether dropout is active. Training mode carries the seed its masks are drawn from.
@@ -271,6 +272,7 @@ impl Gpt {
             && !acts.counted_rows.is_empty();
         acts.inputs.copy_from_slice(inputs);
         let attention_maps = acts.keeps_attention_maps();
+        let precision = acts.precision;
         let Activations {
             encoded,
             emb_mask,
@@ -294,7 +296,7 @@ impl Gpt {
                 dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
             }
         }
-        let pass = BlockPass { mode, edits, b, t, attention_maps, last_block_rows_only, counted_rows };
+        let pass = BlockPass { mode, edits, b, t, attention_maps, last_block_rows_only, counted_rows, precision };
         let mut block_seeds = BlockSeeds { dropout: seeds, lora: lora_seeds };
         for l in first_layer..cfg.n_layer {
             let (before, rest) = layers.split_at_mut(l);
@@ -354,11 +356,11 @@ impl Gpt {
         pass: &BlockPass<'_>,
     ) -> bool {
         let cfg = &self.config;
-        let BlockPass { mode, edits, b, t, .. } = *pass;
+        let BlockPass { mode, edits, b, t, precision, .. } = *pass;
         let (c, nh, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_epsilon);
         let w = self.layout.split(&self.params).layer(l);
         layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
-        weights::forward(&mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
+        weights::forward_in(precision, &mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
         if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
             let [h, ..] = &mut a.lora_hidden;
             let [m, ..] = &mut a.lora_mask;
@@ -377,7 +379,7 @@ impl Gpt {
             return false;
         }
         let proj = self.matrix(ParamKind::AttnProjW, l);
-        weights::forward(&mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
+        weights::forward_in(precision, &mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
         if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
             let [_, h, ..] = &mut a.lora_hidden;
             let [_, m, ..] = &mut a.lora_mask;
@@ -390,7 +392,7 @@ impl Gpt {
         intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
         residual::forward(&mut a.residual2, x, &scratch.branch);
         layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
-        weights::forward(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
+        weights::forward_in(precision, &mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
         if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
             let [_, _, h, _] = &mut a.lora_hidden;
             let [_, _, m, _] = &mut a.lora_mask;
@@ -398,7 +400,7 @@ impl Gpt {
         }
         gelu::forward(&mut a.fch_gelu, &a.fch);
         let proj = self.matrix(ParamKind::FcProjW, l);
-        weights::forward(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
+        weights::forward_in(precision, &mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
         if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
             let [.., h] = &mut a.lora_hidden;
             let [.., m] = &mut a.lora_mask;
@@ -506,7 +508,17 @@ impl Gpt {
         let (b, t, c, nh) = (acts.b, acts.t, cfg.n_embd, cfg.n_head);
         let attention_maps = acts.keeps_attention_maps();
         // A checkpointed block is recomputed as the training forward ran it: no edits, every row.
-        let pass = BlockPass { mode, edits: &[], b, t, attention_maps, last_block_rows_only: false, counted_rows: &[] };
+        let precision = acts.precision;
+        let pass = BlockPass {
+            mode,
+            edits: &[],
+            b,
+            t,
+            attention_maps,
+            last_block_rows_only: false,
+            counted_rows: &[],
+            precision,
+        };
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
         let p = self.layout.split(&self.params);
         let lora = self.lora.as_ref();
@@ -580,7 +592,7 @@ impl Gpt {
             // fcproj = fch_gelu · fc_projᵀ + b (+ adapter)
             s.dfch_gelu.fill(0.0);
             let frozen = dw.as_mut().map(|d| (&mut *d.fc_proj_w, &mut *d.fc_proj_b));
-            linear_backward(&mut s.dfch_gelu, frozen, dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
+            linear_backward(precision, &mut s.dfch_gelu, frozen, dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
             adapter_backward!(LoraTarget::FcProj, a, l, &mut s.dfch_gelu, dfcproj, &a.fch_gelu);
             // fch_gelu = gelu(fch)
             s.dfch.fill(0.0);
@@ -588,7 +600,7 @@ impl Gpt {
             // fch = ln2 · fcᵀ + b (+ adapter)
             s.dln.fill(0.0);
             let frozen = dw.as_mut().map(|d| (&mut *d.fc_w, &mut *d.fc_b));
-            linear_backward(&mut s.dln, frozen, &s.dfch, &a.ln2, w.fc_w, c, 4 * c);
+            linear_backward(precision, &mut s.dln, frozen, &s.dfch, &a.ln2, w.fc_w, c, 4 * c);
             adapter_backward!(LoraTarget::Fc, a, l, &mut s.dln, &s.dfch, &a.ln2);
             // ln2 = layernorm(residual2)
             let (dln2_w, dln2_b) = match dw.as_mut() {
@@ -617,7 +629,7 @@ impl Gpt {
             // attproj = atty · attn_projᵀ + b (+ adapter)
             s.datty.fill(0.0);
             let frozen = dw.as_mut().map(|d| (&mut *d.attn_proj_w, &mut *d.attn_proj_b));
-            linear_backward(&mut s.datty, frozen, dattproj, &a.atty, w.attn_proj_w, c, c);
+            linear_backward(precision, &mut s.datty, frozen, dattproj, &a.atty, w.attn_proj_w, c, c);
             adapter_backward!(LoraTarget::AttnProj, a, l, &mut s.datty, dattproj, &a.atty);
             // atty = attention(qkv)
             s.dqkv.fill(0.0);
@@ -629,7 +641,7 @@ impl Gpt {
             // qkv = ln1 · qkvᵀ + b (+ adapter)
             s.dln.fill(0.0);
             let frozen = dw.as_mut().map(|d| (&mut *d.qkv_w, &mut *d.qkv_b));
-            linear_backward(&mut s.dln, frozen, &s.dqkv, &a.ln1, w.qkv_w, c, 3 * c);
+            linear_backward(precision, &mut s.dln, frozen, &s.dqkv, &a.ln1, w.qkv_w, c, 3 * c);
             adapter_backward!(LoraTarget::Qkv, a, l, &mut s.dln, &s.dqkv, &a.ln1);
             // ln1 = layernorm(x)
             let (dln1_w, dln1_b) = match dw.as_mut() {
@@ -675,11 +687,15 @@ struct BlockPass<'a> {
     attention_maps: bool,
     last_block_rows_only: bool,
     counted_rows: &'a [usize],
+    /// The linear layers' matrix products.
+    precision: Precision,
 }
 
 /// Backward of a linear layer `y = x·Wᵀ + b`, **accumulating** `dx += dy·W` and, unless the weights are
 /// frozen (`None`), `dW += dyᵀ·x` and `db += Σ dy`.
+#[allow(clippy::too_many_arguments)]
 fn linear_backward(
+    precision: Precision,
     dx: &mut [f32],
     dweights: Option<(&mut [f32], &mut [f32])>,
     dy: &[f32],
@@ -689,8 +705,8 @@ fn linear_backward(
     oc: usize,
 ) {
     match dweights {
-        Some((dw, db)) => matmul::backward(Some(dx), dw, Some(db), dy, x, w, c, oc),
-        None => matmul::backward_input(dx, dy, w, c, oc),
+        Some((dw, db)) => matmul::backward_in(precision, Some(dx), dw, Some(db), dy, x, w, c, oc),
+        None => matmul::backward_input_in(precision, dx, dy, w, c, oc),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::lora::Lora;
 use crate::params::ParamKind;
 use lushan_kernels::crossentropy::{self, IGNORE_INDEX};
 use lushan_kernels::matmul;
+use lushan_kernels::packed_gemm::Precision;
 use lushan_kernels::weights::Weights;
 
 /// A training pass's gradient buffer (the model's trainable layout) and the weight of this batch's mean
@@ -46,6 +47,7 @@ impl Gpt {
         let cfg = &self.config;
         let (t, c) = (acts.t, cfg.n_embd);
         let p = self.layout.split(&self.params);
+        let precision = acts.precision;
         let Activations { lnf, logits, losses, pooled, inputs, targets: kept, counted_rows, scratch: s, .. } = acts;
         let (weight, width, f32_weight) = match &cfg.head {
             Head::LanguageModel => (self.matrix(ParamKind::Wte, 0), cfg.vocab_size, p.wte),
@@ -93,7 +95,7 @@ impl Gpt {
             chunk_dlosses: &mut s.head_dlosses,
             losses: row_losses,
         };
-        let mean = pass(inp, weight, project, targets.then_some(&kept[..]), gradient, bufs, c, width);
+        let mean = pass(inp, weight, (project, precision), targets.then_some(&kept[..]), gradient, bufs, c, width);
         if let Some(rows) = rows {
             if has_gradient {
                 scatter_add_rows(&mut s.dln, &s.dhead_in, row_indices(rows), c);
@@ -218,13 +220,16 @@ pub(crate) struct HeadBuffers<'a> {
 /// `dinp += dz·W`. No more than one chunk's (rows, width) values exist at a time unless `bufs.logits` keeps
 /// them all. Returns the mean loss over counted targets; `None` without targets (logits only).
 ///
+/// The chunks' products run in `precision` when the weight is `f32` (training, evaluation in training);
+/// `project` computes the logits `bufs.logits` keeps (inspection), always in f32.
+///
 /// # Shapes
 /// `inp`: (rows, C); `weight`: (width, C); `targets`: (rows).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pass(
     inp: &[f32],
     weight: Weights<'_>,
-    project: Project,
+    (project, precision): (Project, Precision),
     targets: Option<&[u32]>,
     mut gradient: Option<HeadGradient<'_>>,
     bufs: HeadBuffers<'_>,
@@ -245,7 +250,12 @@ pub(crate) fn pass(
         let (n, cols, ins) = (end - start, start * width..end * width, start * c..end * c);
         let (z_buf, p) = (&mut chunk_z[..n * width], &mut chunk_p[..n * width]);
         let z: &[f32] = if logits.is_empty() {
-            project(z_buf, &inp[ins.clone()], weight, None, c, width);
+            match weight {
+                Weights::F32(w) if precision != Precision::F32 => {
+                    matmul::forward_in(precision, z_buf, &inp[ins.clone()], w, None, c, width)
+                }
+                _ => project(z_buf, &inp[ins.clone()], weight, None, c, width),
+            }
             z_buf
         } else {
             &logits[cols]
@@ -256,6 +266,7 @@ pub(crate) fn pass(
             let dinp = &mut g.dinp[ins.clone()];
             let dlosses = &mut chunk_dlosses[..n];
             backward(
+                precision,
                 dinp,
                 g.dweight.as_deref_mut(),
                 z_buf,
@@ -283,6 +294,7 @@ pub(crate) fn pass(
 /// `weight`, `dweight`: (width, C).
 #[allow(clippy::too_many_arguments)]
 fn backward(
+    precision: Precision,
     dinp: &mut [f32],
     dweight: Option<&mut [f32]>,
     dlogits: &mut [f32],
@@ -301,8 +313,8 @@ fn backward(
     crossentropy::backward(dlogits, dlosses, probs, targets, width);
     // logits = inp · Wᵀ
     match dweight {
-        Some(dweight) => matmul::backward(Some(dinp), dweight, None, dlogits, inp, weight, c, width),
-        None => matmul::backward_input(dinp, dlogits, weight, c, width),
+        Some(dweight) => matmul::backward_in(precision, Some(dinp), dweight, None, dlogits, inp, weight, c, width),
+        None => matmul::backward_input_in(precision, dinp, dlogits, weight, c, width),
     }
 }
 
@@ -349,8 +361,16 @@ mod tests {
             chunk_dlosses: &mut dl,
             losses: &mut losses,
         };
-        let loss =
-            pass(inp, Weights::F32(w), lushan_kernels::weights::forward, Some(targets), Some(gradient), bufs, c, v);
+        let loss = pass(
+            inp,
+            Weights::F32(w),
+            (lushan_kernels::weights::forward, Precision::F32),
+            Some(targets),
+            Some(gradient),
+            bufs,
+            c,
+            v,
+        );
         (loss.unwrap(), dw, dinp)
     }
 

@@ -29,7 +29,7 @@ fn batch(b: usize, t: usize, vocab: usize, seed: u64, ignore_every: usize) -> (V
 }
 
 fn training(model: &Gpt, b: usize, t: usize, checkpoint_blocks: bool, chunk_rows: usize) -> Activations {
-    let memory = TrainingMemory { checkpoint_blocks, attention_maps: false };
+    let memory = TrainingMemory { checkpoint_blocks, ..TrainingMemory::default() };
     let mut acts = Activations::for_training(&model.config, b, t, model.lora_shape(), memory).unwrap();
     acts.set_head_chunk_rows(chunk_rows);
     acts

@@ -38,7 +38,7 @@ fn training(model: &Gpt, b: usize, t: usize, checkpoint_blocks: bool) -> Activat
         b,
         t,
         model.lora_shape(),
-        TrainingMemory { checkpoint_blocks, attention_maps: false },
+        TrainingMemory { checkpoint_blocks, ..TrainingMemory::default() },
     )
     .unwrap()
 }

@@ -4,6 +4,7 @@
 
 use crate::error::{Result, TrainError};
 use crate::tasks::Task;
+use lushan_kernels::packed_gemm::Precision;
 use lushan_model::{ModelConfig, PositionEncoding};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,39 @@ pub enum Preset {
     /// A character-level GPT on Tang poems (全唐诗) from the file given with `--data`: 4 layers, 4 heads,
     /// 128 channels, context 64, batch 16, 1500 iters, writing to `out/tang-poems`.
     TangPoems,
+}
+
+/// The `precision` setting: a [`Precision`] read and written by its name (`f32`, `bf16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct PrecisionSetting(pub Precision);
+
+impl std::str::FromStr for PrecisionSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+impl std::fmt::Display for PrecisionSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<PrecisionSetting> for String {
+    fn from(v: PrecisionSetting) -> String {
+        v.0.name().to_owned()
+    }
+}
+
+impl TryFrom<String> for PrecisionSetting {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 /// Where the weights come from.
@@ -173,6 +207,11 @@ settings! {
     /// before its backward: activation memory of about one block instead of all, for about a third more
     /// forward work.
     checkpoint_activations: bool = false,
+    /// Matrix products of the linear layers and the output layer: `f32`, or `bf16` (operands rounded to
+    /// bfloat16, products summed in f32, as PyTorch's `autocast(dtype=torch.bfloat16)`; weights, activations,
+    /// gradients and the optimiser stay f32). Runs on AVX-512 BF16 instructions where the CPU has them
+    /// (checked when training starts), emulated — slower than f32 — where it does not.
+    precision: PrecisionSetting = PrecisionSetting::default(),
     /// Updates (optimiser steps) to train for.
     max_iters | "iters" | "steps": u64 = 2000,
     /// Warm up then cosine-decay the learning rate (false = constant).

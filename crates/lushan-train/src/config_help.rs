@@ -28,7 +28,8 @@ pub fn heading(name: &str) -> &'static str {
         | "gradient_accumulation_steps"
         | "seed"
         | "data_parallel"
-        | "checkpoint_activations" => OPTIMISER,
+        | "checkpoint_activations"
+        | "precision" => OPTIMISER,
         "max_iters" | "decay_lr" | "warmup_iters" | "lr_decay_iters" | "min_lr" => SCHEDULE,
         "eval_interval" | "eval_iters" | "early_stopping_patience" => EVALUATION,
         "init_from" | "reset_head" | "lora_rank" | "lora_alpha" | "lora_dropout" | "lora_targets" => FINE_TUNING,

@@ -420,7 +420,11 @@ impl Trainer {
         // This rank's share of the global batch (rank 0's is the largest).
         let rank_b = rank_share(0, group.size(), b).len();
         let replicas = choose_replicas(config.data_parallel, model.num_params(), rank_b);
-        let memory = TrainingMemory { checkpoint_blocks: config.checkpoint_activations, attention_maps: false };
+        let memory = TrainingMemory {
+            checkpoint_blocks: config.checkpoint_activations,
+            attention_maps: false,
+            precision: config.precision.0,
+        };
         let runner = BatchRunner::with_memory(&model.config, model.lora_shape(), rank_b, t, replicas, memory)?;
         let trainable = model.num_trainable();
         if optimizer.m.is_empty() {

@@ -94,6 +94,9 @@ pub struct BenchTrainSettings {
     /// Keep only each block's input in the forward and recompute the block before its backward.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     checkpoint_activations: Option<bool>,
+    /// Matrix products of the linear layers and the output layer: `f32` or `bf16` (see `lushan train --help`).
+    #[arg(long)]
+    precision: Option<lushan_train::config::PrecisionSetting>,
     /// Seed of the initialisation and the random tokens.
     #[arg(long)]
     seed: Option<u64>,
@@ -113,6 +116,7 @@ impl From<BenchTrainSettings> for TrainOverrides {
             grad_clip: s.grad_clip,
             data_parallel: s.data_parallel,
             checkpoint_activations: s.checkpoint_activations,
+            precision: s.precision,
             seed: s.seed,
             ..TrainOverrides::default()
         }
@@ -153,8 +157,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     anyhow::ensure!(ranks <= b, "--batch-size {b} cannot be split over {ranks} ranks: give at least {ranks}");
     let rank_b = lushan_train::distributed::rank_share(0, ranks, b).len();
     let replicas = choose_replicas(config.data_parallel, model.num_params(), rank_b);
-    let memory =
-        TrainingMemory { checkpoint_blocks: config.checkpoint_activations, attention_maps: args.attention_maps };
+    let memory = TrainingMemory {
+        checkpoint_blocks: config.checkpoint_activations,
+        attention_maps: args.attention_maps,
+        precision: config.precision.0,
+    };
     let mut runner = BatchRunner::with_memory(&mcfg, None, rank_b, t, replicas, memory)?;
     let mut grads = vec![0.0; model.num_params()];
     let mut opt = AdamWState::new(model.num_params());
@@ -166,7 +173,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let writer = rank == 0;
     if writer {
         println!(
-            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps, attention {}{}",
+            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps, attention {}{}, products {}",
             args.preset,
             model.num_params(),
             config.gradient_accumulation_steps,
@@ -176,6 +183,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             args.steps,
             if args.attention_maps { "keeping the T×T probabilities" } else { "tiled (log-sum-exp kept)" },
             if config.checkpoint_activations { ", blocks checkpointed" } else { "" },
+            lushan_kernels::packed_gemm::describe(config.precision.0),
         );
     }
     // Per timed step: its time, and its gradient sums' time in flight and time not hidden (CommStats).
@@ -270,7 +278,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "allreduce_ms": in_flight * 1e3, "allreduce_exposed_ms": exposed * 1e3, "allreduce_bytes": comm_bytes,
             "overlap": overlap,
             "batch_size": b, "block_size": t, "peak_rss_mib": peak_rss,
-            "checkpoint_activations": config.checkpoint_activations, "attention_maps": args.attention_maps})
+            "checkpoint_activations": config.checkpoint_activations, "precision": config.precision.0.name(), "attention_maps": args.attention_maps})
     );
     Ok(ExitCode::SUCCESS)
 }

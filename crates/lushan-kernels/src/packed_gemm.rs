@@ -1,0 +1,511 @@
+//! A cache-blocked matrix product on packed operands, `C = A·B + beta·C`, in single precision or with the
+//! operands rounded to bfloat16 and the products summed in single precision (mixed precision, as PyTorch's
+//! `autocast(dtype=torch.bfloat16)` computes a linear layer on a CPU).
+//!
+//! The blocking is Goto's / BLIS's: for each block of `KC` steps of the inner dimension, a block of B
+//! (`KC × n`) is packed into column panels of [`NR`] and, for each block of `MC` rows, a block of A into row
+//! panels of [`MR`]; a microkernel multiplies one A panel by one B panel into an `MR × NR` tile held in
+//! registers. The B panel (`KC × NR`) stays in L1 while the A panels of the block stream past it from L2.
+//!
+//! Microkernels, chosen at run time (the build machine need not be the run machine):
+//! - AVX-512 F (f32): per step of k, two 16-lane loads of B and `MR` broadcasts of A feed `2·MR`
+//!   fused multiply-adds into 24 accumulators.
+//! - AVX-512 BF16 (bf16): operands packed as pairs of consecutive k, so one `vdpbf16ps` does two steps of k
+//!   for 16 columns (32 multiply-adds, products exact, summed in f32).
+//! - A portable twin of both over the same packed layout, the reference the vector kernels are tested against
+//!   and the path on CPUs without AVX-512.
+//!
+//! Rounding to bf16 is round-to-nearest-even (`half::bf16::from_f32`), done once per element while packing.
+
+use half::bf16;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// How the operands of a matrix product are represented while they are multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// IEEE single precision throughout.
+    #[default]
+    F32,
+    /// Operands rounded to bfloat16, products (exact in f32) summed in f32.
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
+
+    /// The name flags and files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == lower)
+            .ok_or_else(|| format!("unknown precision `{s}`: expected f32 or bf16"))
+    }
+}
+
+/// Rows of an A panel (and of the register tile).
+pub const MR: usize = 12;
+/// Columns of a B panel: two 16-lane registers.
+pub const NR: usize = 32;
+/// Rows of A packed at once: a block of `MC × KC` stays in L2.
+const MC: usize = 12 * MR;
+/// Steps of the inner dimension packed at once, in packed words: f32 values, or bf16 pairs (twice the k).
+const KC_WORDS: usize = 256;
+
+/// Which microkernel this CPU runs for a precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512,
+    Portable,
+}
+
+/// The microkernel this CPU runs for `precision` (checked once per process).
+pub fn kernel(precision: Precision) -> Kernel {
+    use std::sync::OnceLock;
+    static FEATURES: OnceLock<(bool, bool)> = OnceLock::new();
+    let (f32_ok, bf16_ok) = *FEATURES.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f = std::arch::is_x86_feature_detected!("avx512f");
+            (f, f && std::arch::is_x86_feature_detected!("avx512bf16"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            (false, false)
+        }
+    });
+    let vector = match precision {
+        Precision::F32 => f32_ok,
+        Precision::Bf16 => bf16_ok,
+    };
+    if vector { Kernel::Avx512 } else { Kernel::Portable }
+}
+
+/// The precision and how this CPU computes it, for logs: `f32`, `bf16 (AVX-512 BF16)` or
+/// `bf16 (emulated: this CPU has no AVX-512 BF16 instructions, slower than f32)`.
+pub fn describe(precision: Precision) -> &'static str {
+    match (precision, kernel(precision)) {
+        (Precision::F32, _) => "f32",
+        (Precision::Bf16, Kernel::Avx512) => "bf16 (AVX-512 BF16)",
+        (Precision::Bf16, Kernel::Portable) => {
+            "bf16 (emulated: this CPU has no AVX-512 BF16 instructions, slower than f32)"
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's packed block of A, reused from call to call.
+    static A_PANELS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's packed block of B (shared read-only by the tasks of one product).
+    static B_PANELS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A matrix read through strides: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Whether a `rows × cols` matrix (both ≥ 1) with strides `(rs, cs)` lies inside a slice of `len` elements.
+fn fits((rows, cols): (usize, usize), (rs, cs): (usize, usize), len: usize) -> bool {
+    let last = (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c));
+    last.is_some_and(|last| last < len)
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), its bits in the high half, the low half zero; NaNs
+/// stay quiet NaNs. Integer arithmetic only, so packing loops vectorise; equal to `half::bf16::from_f32`.
+#[inline(always)]
+fn bf16_high_bits(x: f32) -> u32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    let quiet_nan = (bits | 0x0040_0000) & 0xffff_0000;
+    if bits & 0x7fff_ffff > 0x7f80_0000 { quiet_nan } else { rounded }
+}
+
+/// One packed word of the k-steps `2p` (low half) and `2p + 1` (high half).
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    (bf16_high_bits(lo) >> 16) | bf16_high_bits(hi)
+}
+
+/// One operand read as `(x, k)` → `data[x·xs + k·ks]`: A with `x` its rows, B with `x` its columns.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    xs: usize,
+    ks: usize,
+}
+
+/// Packs `x0..x0+width` (zero past `x_end`) × k-steps `k0..k0+kc` of `op` into steps of `width` words:
+/// word `s·width + x` is element `(x0+x, k0+s)` as f32 bits, or for bf16 the pair of k-steps `2s`, `2s+1`
+/// (the second zero past `kc`). The loop runs along whichever axis is contiguous in memory.
+fn pack(
+    dst: &mut [u32],
+    op: Operand<'_>,
+    precision: Precision,
+    width: usize,
+    (x0, x_end): (usize, usize),
+    (k0, kc): (usize, usize),
+) {
+    let valid = width.min(x_end - x0);
+    let steps = match precision {
+        Precision::F32 => kc,
+        Precision::Bf16 => kc.div_ceil(2),
+    };
+    let dst = &mut dst[..steps * width];
+    if valid < width {
+        dst.fill(0);
+    }
+    let Operand { data, xs, ks } = op;
+    match precision {
+        Precision::F32 if xs == 1 => {
+            for (s, words) in dst.chunks_exact_mut(width).enumerate() {
+                let src = &data[x0 + (k0 + s) * ks..][..valid];
+                words.iter_mut().zip(src).for_each(|(w, v)| *w = v.to_bits());
+            }
+        }
+        Precision::F32 => {
+            let rows = row_slices(data, xs, ks, (x0, valid), (k0, kc));
+            for (s, words) in dst.chunks_exact_mut(width).enumerate() {
+                for (w, row) in words.iter_mut().zip(&rows[..valid]) {
+                    *w = row.at(s).to_bits();
+                }
+            }
+        }
+        Precision::Bf16 if xs == 1 => {
+            for (s, words) in dst.chunks_exact_mut(width).enumerate() {
+                let lo = &data[x0 + (k0 + 2 * s) * ks..][..valid];
+                if 2 * s + 1 < kc {
+                    let hi = &data[x0 + (k0 + 2 * s + 1) * ks..][..valid];
+                    words.iter_mut().zip(lo.iter().zip(hi)).for_each(|(w, (&l, &h))| *w = pair(l, h));
+                } else {
+                    words.iter_mut().zip(lo).for_each(|(w, &l)| *w = pair(l, 0.0));
+                }
+            }
+        }
+        Precision::Bf16 => {
+            let rows = row_slices(data, xs, ks, (x0, valid), (k0, kc));
+            for (s, words) in dst.chunks_exact_mut(width).enumerate() {
+                if 2 * s + 1 < kc {
+                    for (w, row) in words.iter_mut().zip(&rows[..valid]) {
+                        *w = pair(row.at(2 * s), row.at(2 * s + 1));
+                    }
+                } else {
+                    for (w, row) in words.iter_mut().zip(&rows[..valid]) {
+                        *w = pair(row.at(2 * s), 0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One x of an operand along k: `kc` values `stride` apart (1 when k is contiguous).
+#[derive(Clone, Copy)]
+struct KRow<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+impl KRow<'_> {
+    #[inline(always)]
+    fn at(&self, k: usize) -> f32 {
+        self.data[k * self.stride]
+    }
+}
+
+/// The `valid` x's of a panel as rows along k, so the packing loops run along k with `width` rows read side
+/// by side (each row's reads sequential) and each step's words written together.
+fn row_slices<'a>(
+    data: &'a [f32],
+    xs: usize,
+    ks: usize,
+    (x0, valid): (usize, usize),
+    (k0, kc): (usize, usize),
+) -> [KRow<'a>; NR] {
+    let mut rows = [KRow { data: &[], stride: 1 }; NR];
+    for (x, row) in rows.iter_mut().enumerate().take(valid) {
+        let start = (x0 + x) * xs + k0 * ks;
+        *row = KRow { data: &data[start..=start + (kc - 1) * ks], stride: ks };
+    }
+    rows
+}
+
+/// `tile = Σ_steps a_panel[step] ⊗ b_panel[step]` in the layout both panels were packed in.
+/// `tile` is `MR × NR`, row-major.
+fn microkernel_portable(tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize, precision: Precision) {
+    tile.fill(0.0);
+    for s in 0..steps {
+        let a_step = &a[s * MR..][..MR];
+        let b_step = &b[s * NR..][..NR];
+        for (i, &aw) in a_step.iter().enumerate() {
+            let row = &mut tile[i * NR..][..NR];
+            match precision {
+                Precision::F32 => {
+                    let av = f32::from_bits(aw);
+                    for (t, &bw) in row.iter_mut().zip(b_step) {
+                        *t = av.mul_add(f32::from_bits(bw), *t);
+                    }
+                }
+                Precision::Bf16 => {
+                    let (alo, ahi) = (f32::from_bits(aw << 16), f32::from_bits(aw & 0xffff_0000));
+                    for (t, &bw) in row.iter_mut().zip(b_step) {
+                        let (blo, bhi) = (f32::from_bits(bw << 16), f32::from_bits(bw & 0xffff_0000));
+                        // Both products are exact in f32 (8-bit significands); one rounding per addition.
+                        *t = *t + alo * blo + ahi * bhi;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The f32 microkernel: `tile = Σ_s a[s]ᵀ ⊗ b[s]` over `steps` packed steps.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F; `a` holds `steps·MR` words and `b` `steps·NR` (asserted).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_f32(tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize) {
+        assert!(a.len() >= steps * MR && b.len() >= steps * NR, "packed_gemm: panel shorter than its steps");
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for s in 0..steps {
+            // SAFETY: s < steps, so words s·NR..s·NR+32 of b and s·MR..s·MR+12 of a are inside (asserted above).
+            unsafe {
+                let b0 = _mm512_loadu_ps(bp.add(s * NR).cast());
+                let b1 = _mm512_loadu_ps(bp.add(s * NR + 16).cast());
+                for i in 0..MR {
+                    let ai = _mm512_set1_ps(f32::from_bits(*ap.add(s * MR + i)));
+                    acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                    acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                }
+            }
+        }
+        store(tile, &acc);
+    }
+
+    /// The bf16 microkernel: each packed word holds two consecutive k-steps, and `vdpbf16ps` adds both
+    /// products of a lane to its f32 accumulator.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F and BF16; `a` holds `steps·MR` words and `b` `steps·NR` (asserted).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn tile_bf16(tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize) {
+        assert!(a.len() >= steps * MR && b.len() >= steps * NR, "packed_gemm: panel shorter than its steps");
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for s in 0..steps {
+            // SAFETY: as in `tile_f32`; the bf16 vectors are reinterpretations of the packed words.
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(s * NR).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(s * NR + 16).cast()));
+                for i in 0..MR {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(s * MR + i) as i32));
+                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
+                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
+                }
+            }
+        }
+        store(tile, &acc);
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn store(tile: &mut [f32; MR * NR], acc: &[__m512; 2 * MR]) {
+        for (i, row) in tile.chunks_exact_mut(16).enumerate() {
+            // SAFETY: each chunk is 16 f32, exactly one unaligned 512-bit store.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr(), acc[i]) };
+        }
+    }
+}
+
+/// One tile through the microkernel this CPU has for `precision`.
+fn tile(kernel: Kernel, tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize, precision: Precision) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Kernel::Avx512 => match precision {
+            // SAFETY: `Kernel::Avx512` is only chosen when the CPU reports the features each kernel enables
+            // (see `kernel`); panel lengths are asserted inside.
+            Precision::F32 => unsafe { avx512::tile_f32(tile, a, b, steps) },
+            Precision::Bf16 => unsafe { avx512::tile_bf16(tile, a, b, steps) },
+        },
+        _ => microkernel_portable(tile, a, b, steps, precision),
+    }
+}
+
+/// Columns of B packed at once: a packed block (`KC_WORDS × NC` words, 4 MiB) stays in the last-level cache
+/// while every row block of C is computed against it.
+const NC: usize = 128 * NR;
+
+/// `C = A·B + beta·C` for an `m × k` A and a `k × n` B read through strides, C row-major with row stride
+/// `rsc`, multiplied in `precision` by the given microkernel (tests pin the portable one).
+///
+/// Parallel over rayon's threads: for each block of k and of columns, B is packed once (its panels in
+/// parallel) and shared; then each task owns a block of C's rows, packs its rows of A and computes them. Each
+/// output is summed by one thread in a fixed order, so results do not depend on the thread count.
+///
+/// # Shapes
+/// A: `(m, k)` with strides `(a.rs, a.cs)`; B: `(k, n)` with strides `(b.rs, b.cs)`; C: `(m, n)`, rows `rsc` apart.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with(
+    kernel: Kernel,
+    precision: Precision,
+    (m, k, n): (usize, usize, usize),
+    a: Strided<'_>,
+    b: Strided<'_>,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || fits((m, k), (a.rs, a.cs), a.data.len()), "packed_gemm: A too short for its shape");
+    assert!(k == 0 || fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
+    assert!(fits((m, n), (rsc, 1), c.len()), "packed_gemm: C too short for its shape");
+    let c = &mut c[..(m - 1) * rsc + n];
+    if k == 0 {
+        for row in c.chunks_mut(rsc) {
+            row[..n].iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { beta * *v });
+        }
+        return;
+    }
+    let kc_max = match precision {
+        Precision::F32 => KC_WORDS,
+        Precision::Bf16 => 2 * KC_WORDS,
+    };
+    let tasks = rayon::current_num_threads().max(1);
+    // Rows per task: whole panels, at most MC, and enough tasks to keep every thread busy.
+    let rows = m.div_ceil(tasks).div_ceil(MR).clamp(1, MC / MR) * MR;
+    let a_op = Operand { data: a.data, xs: a.rs, ks: a.cs };
+    let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
+    B_PANELS.with_borrow_mut(|b_buf| {
+        let need_b = NC.min(n.div_ceil(NR) * NR) * KC_WORDS;
+        if b_buf.len() < need_b {
+            b_buf.resize(need_b, 0);
+        }
+        for k0 in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - k0);
+            let steps = match precision {
+                Precision::F32 => kc,
+                Precision::Bf16 => kc.div_ceil(2),
+            };
+            let beta_now = if k0 == 0 { beta } else { 1.0 };
+            for j0 in (0..n).step_by(NC) {
+                let nc = NC.min(n - j0);
+                let panels = &mut b_buf[..nc.div_ceil(NR) * NR * steps];
+                panels.par_chunks_mut(NR * steps).enumerate().for_each(|(p, dst)| {
+                    pack(dst, b_op, precision, NR, (j0 + p * NR, n), (k0, kc));
+                });
+                let panels = &*panels;
+                c.par_chunks_mut(rows * rsc).enumerate().for_each(|(t, c_rows)| {
+                    let block = RowBlock { i0: t * rows, m, j0, nc, k0, kc, steps, beta: beta_now };
+                    multiply_row_block(kernel, precision, &block, a_op, panels, c_rows, rsc);
+                });
+            }
+        }
+    });
+}
+
+/// Where one task's work lies: rows `i0..` of C (to `m`), columns `j0..j0+nc`, k-steps `k0..k0+kc`.
+struct RowBlock {
+    i0: usize,
+    m: usize,
+    j0: usize,
+    nc: usize,
+    k0: usize,
+    kc: usize,
+    steps: usize,
+    beta: f32,
+}
+
+/// Packs this block's rows of A and multiplies them by every packed B panel into `c_rows` (C from row `i0`).
+fn multiply_row_block(
+    kernel: Kernel,
+    precision: Precision,
+    blk: &RowBlock,
+    a: Operand<'_>,
+    b_panels: &[u32],
+    c_rows: &mut [f32],
+    rsc: usize,
+) {
+    let mr_all = c_rows.len().div_ceil(rsc);
+    let panels_m = mr_all.div_ceil(MR);
+    A_PANELS.with_borrow_mut(|a_buf| {
+        let need = panels_m * MR * blk.steps;
+        if a_buf.len() < need {
+            a_buf.resize(need, 0);
+        }
+        for q in 0..panels_m {
+            pack(&mut a_buf[q * MR * blk.steps..], a, precision, MR, (blk.i0 + q * MR, blk.m), (blk.k0, blk.kc));
+        }
+        let mut out = [0.0f32; MR * NR];
+        for (p, b_panel) in b_panels.chunks_exact(NR * blk.steps).enumerate() {
+            let j0 = blk.j0 + p * NR;
+            let cols = NR.min(blk.j0 + blk.nc - j0);
+            for q in 0..panels_m {
+                let a_panel = &a_buf[q * MR * blk.steps..][..MR * blk.steps];
+                tile(kernel, &mut out, a_panel, b_panel, blk.steps, precision);
+                for (ii, t_row) in out.chunks_exact(NR).take(MR.min(mr_all - q * MR)).enumerate() {
+                    let c_row = &mut c_rows[(q * MR + ii) * rsc + j0..][..cols];
+                    let t_row = &t_row[..cols];
+                    if blk.beta == 0.0 {
+                        c_row.copy_from_slice(t_row);
+                    } else if blk.beta == 1.0 {
+                        c_row.iter_mut().zip(t_row).for_each(|(c, t)| *c += t);
+                    } else {
+                        c_row.iter_mut().zip(t_row).for_each(|(c, t)| *c = blk.beta * *c + t);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`gemm_with`] on the fastest microkernel this CPU has for `precision`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    precision: Precision,
+    shape: (usize, usize, usize),
+    a: Strided<'_>,
+    b: Strided<'_>,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    gemm_with(kernel(precision), precision, shape, a, b, beta, c, rsc);
+}
+
+/// `x` rounded to the nearest bf16, as f32: what the bf16 products see of an operand.
+pub fn round_bf16(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+#[cfg(test)]
+mod tests;
