@@ -168,10 +168,7 @@ fn pack(
     (k0, kc): (usize, usize),
 ) {
     let valid = width.min(x_end - x0);
-    let steps = match precision {
-        Precision::F32 => kc,
-        Precision::Bf16 => kc.div_ceil(2),
-    };
+    let steps = steps(precision, kc);
     let dst = &mut dst[..steps * width];
     if valid < width {
         dst.fill(0);
@@ -200,6 +197,23 @@ fn pack(
                     words.iter_mut().zip(lo.iter().zip(hi)).for_each(|(w, (&l, &h))| *w = pair(l, h));
                 } else {
                     words.iter_mut().zip(lo).for_each(|(w, &l)| *w = pair(l, 0.0));
+                }
+            }
+        }
+        Precision::Bf16 if ks == 1 => {
+            // Each row's pairs are converted in one contiguous (vectorised) pass, then spread over the steps.
+            let mut words = [0u32; KC_WORDS];
+            for x in 0..valid {
+                let row = &data[(x0 + x) * xs + k0..][..kc];
+                let mut pairs = row.chunks_exact(2);
+                for (w, p) in words.iter_mut().zip(pairs.by_ref()) {
+                    *w = pair(p[0], p[1]);
+                }
+                if let [last] = pairs.remainder() {
+                    words[kc / 2] = pair(*last, 0.0);
+                }
+                for (s, &w) in words[..steps].iter().enumerate() {
+                    dst[s * width + x] = w;
                 }
             }
         }
@@ -383,11 +397,107 @@ pub fn gemm_with(
     c: &mut [f32],
     rsc: usize,
 ) {
+    if m > 0 && n > 0 && k > 0 {
+        assert!(fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
+    }
+    multiply(kernel, precision, (m, k, n), a, BSource::Strided(b), beta, c, rsc);
+}
+
+/// A B operand packed once for several products — the output layer's weight, multiplied by every chunk of
+/// rows of a training pass — in the layout [`gemm_with`] packs each block into: its k-blocks in order, each
+/// holding every column panel.
+pub struct PackedB {
+    precision: Precision,
+    k: usize,
+    n: usize,
+    words: Vec<u32>,
+}
+
+impl PackedB {
+    /// Packs the `k × n` matrix `b` (read through its strides) for products in `precision`.
+    pub fn new(precision: Precision, (k, n): (usize, usize), b: Strided<'_>) -> Self {
+        assert!(k == 0 || n == 0 || fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
+        let kc_max = kc_max(precision);
+        let panels_n = n.div_ceil(NR);
+        let total_steps: usize = (0..k).step_by(kc_max).map(|k0| steps(precision, kc_max.min(k - k0))).sum();
+        let mut words = vec![0u32; panels_n * NR * total_steps];
+        let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
+        let mut rest = &mut words[..];
+        for k0 in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - k0);
+            let block_len = panels_n * NR * steps(precision, kc);
+            let (block, tail) = rest.split_at_mut(block_len);
+            rest = tail;
+            block.par_chunks_mut(NR * steps(precision, kc)).enumerate().for_each(|(p, dst)| {
+                pack(dst, b_op, precision, NR, (p * NR, n), (k0, kc));
+            });
+        }
+        Self { precision, k, n, words }
+    }
+
+    /// `(k, n)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// The panels of columns `j0..j0+nc` (`j0` a multiple of [`NR`]) in the k-block starting at `k0`.
+    fn panels(&self, k0: usize, j0: usize, nc: usize) -> &[u32] {
+        let kc_max = kc_max(self.precision);
+        let panels_n = self.n.div_ceil(NR);
+        let start_block = (k0 / kc_max) * panels_n * NR * steps(self.precision, kc_max);
+        let steps = steps(self.precision, kc_max.min(self.k - k0));
+        &self.words[start_block + (j0 / NR) * NR * steps..][..nc.div_ceil(NR) * NR * steps]
+    }
+}
+
+/// `C = A·B + beta·C` with B packed beforehand ([`PackedB`], whose precision it takes), on the fastest
+/// microkernel this CPU has.
+///
+/// # Shapes
+/// A: `(m, k)`; B: `(k, n)` = `b.shape()`; C: `(m, n)`, rows `rsc` apart.
+pub fn gemm_packed(m: usize, a: Strided<'_>, b: &PackedB, beta: f32, c: &mut [f32], rsc: usize) {
+    let (k, n) = b.shape();
+    multiply(kernel(b.precision), b.precision, (m, k, n), a, BSource::Packed(b), beta, c, rsc);
+}
+
+/// Where a product's B comes from: packed block by block as it goes, or packed beforehand.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    Strided(Strided<'a>),
+    Packed(&'a PackedB),
+}
+
+/// Steps of packed words for `kc` values of k.
+fn steps(precision: Precision, kc: usize) -> usize {
+    match precision {
+        Precision::F32 => kc,
+        Precision::Bf16 => kc.div_ceil(2),
+    }
+}
+
+/// Values of k in one packed block.
+fn kc_max(precision: Precision) -> usize {
+    match precision {
+        Precision::F32 => KC_WORDS,
+        Precision::Bf16 => 2 * KC_WORDS,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn multiply(
+    kernel: Kernel,
+    precision: Precision,
+    (m, k, n): (usize, usize, usize),
+    a: Strided<'_>,
+    b: BSource<'_>,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(k == 0 || fits((m, k), (a.rs, a.cs), a.data.len()), "packed_gemm: A too short for its shape");
-    assert!(k == 0 || fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
     assert!(fits((m, n), (rsc, 1), c.len()), "packed_gemm: C too short for its shape");
     let c = &mut c[..(m - 1) * rsc + n];
     if k == 0 {
@@ -396,34 +506,33 @@ pub fn gemm_with(
         }
         return;
     }
-    let kc_max = match precision {
-        Precision::F32 => KC_WORDS,
-        Precision::Bf16 => 2 * KC_WORDS,
-    };
+    let kc_max = kc_max(precision);
     let tasks = rayon::current_num_threads().max(1);
     // Rows per task: whole panels, at most MC, and enough tasks to keep every thread busy.
     let rows = m.div_ceil(tasks).div_ceil(MR).clamp(1, MC / MR) * MR;
     let a_op = Operand { data: a.data, xs: a.rs, ks: a.cs };
-    let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
     B_PANELS.with_borrow_mut(|b_buf| {
         let need_b = NC.min(n.div_ceil(NR) * NR) * KC_WORDS;
-        if b_buf.len() < need_b {
+        if matches!(b, BSource::Strided(_)) && b_buf.len() < need_b {
             b_buf.resize(need_b, 0);
         }
         for k0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - k0);
-            let steps = match precision {
-                Precision::F32 => kc,
-                Precision::Bf16 => kc.div_ceil(2),
-            };
+            let steps = steps(precision, kc);
             let beta_now = if k0 == 0 { beta } else { 1.0 };
             for j0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - j0);
-                let panels = &mut b_buf[..nc.div_ceil(NR) * NR * steps];
-                panels.par_chunks_mut(NR * steps).enumerate().for_each(|(p, dst)| {
-                    pack(dst, b_op, precision, NR, (j0 + p * NR, n), (k0, kc));
-                });
-                let panels = &*panels;
+                let panels: &[u32] = match b {
+                    BSource::Strided(b) => {
+                        let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
+                        let panels = &mut b_buf[..nc.div_ceil(NR) * NR * steps];
+                        panels.par_chunks_mut(NR * steps).enumerate().for_each(|(p, dst)| {
+                            pack(dst, b_op, precision, NR, (j0 + p * NR, n), (k0, kc));
+                        });
+                        panels
+                    }
+                    BSource::Packed(packed) => packed.panels(k0, j0, nc),
+                };
                 c.par_chunks_mut(rows * rsc).enumerate().for_each(|(t, c_rows)| {
                     let block = RowBlock { i0: t * rows, m, j0, nc, k0, kc, steps, beta: beta_now };
                     multiply_row_block(kernel, precision, &block, a_op, panels, c_rows, rsc);

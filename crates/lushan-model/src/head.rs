@@ -20,7 +20,7 @@ use crate::lora::Lora;
 use crate::params::ParamKind;
 use lushan_kernels::crossentropy::{self, IGNORE_INDEX};
 use lushan_kernels::matmul;
-use lushan_kernels::packed_gemm::Precision;
+use lushan_kernels::packed_gemm::{self, PackedB, Precision, Strided};
 use lushan_kernels::weights::Weights;
 
 /// A training pass's gradient buffer (the model's trainable layout) and the weight of this batch's mean
@@ -245,13 +245,28 @@ pub(crate) fn pass(
     let counted = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     let dloss = gradient.as_ref().map_or(0.0, |g| g.loss_scale / counted.max(1) as f32);
     let chunk = (chunk_z.len() / width.max(1)).max(1);
+    // Reduced-precision products over several chunks pack the weight once for all of them: as Wᵀ for the
+    // logits and, with a gradient, as W for the input gradient.
+    let prepacked = match weight {
+        Weights::F32(w) if precision != Precision::F32 && logits.is_empty() && rows > chunk => {
+            let forward = PackedB::new(precision, (c, width), Strided { data: w, rs: 1, cs: c });
+            let input_grad =
+                gradient.is_some().then(|| PackedB::new(precision, (width, c), Strided { data: w, rs: c, cs: 1 }));
+            Some((forward, input_grad))
+        }
+        _ => None,
+    };
     for start in (0..rows).step_by(chunk) {
         let end = rows.min(start + chunk);
         let (n, cols, ins) = (end - start, start * width..end * width, start * c..end * c);
         let (z_buf, p) = (&mut chunk_z[..n * width], &mut chunk_p[..n * width]);
         let z: &[f32] = if logits.is_empty() {
-            match weight {
-                Weights::F32(w) if precision != Precision::F32 => {
+            match (weight, &prepacked) {
+                (_, Some((forward, _))) => {
+                    let x = Strided { data: &inp[ins.clone()], rs: c, cs: 1 };
+                    packed_gemm::gemm_packed(n, x, forward, 0.0, z_buf, width)
+                }
+                (Weights::F32(w), None) if precision != Precision::F32 => {
                     matmul::forward_in(precision, z_buf, &inp[ins.clone()], w, None, c, width)
                 }
                 _ => project(z_buf, &inp[ins.clone()], weight, None, c, width),
@@ -266,7 +281,7 @@ pub(crate) fn pass(
             let dinp = &mut g.dinp[ins.clone()];
             let dlosses = &mut chunk_dlosses[..n];
             backward(
-                precision,
+                (precision, prepacked.as_ref().and_then(|(_, input_grad)| input_grad.as_ref())),
                 dinp,
                 g.dweight.as_deref_mut(),
                 z_buf,
@@ -287,14 +302,15 @@ pub(crate) fn pass(
 
 /// Backward of the loss through the head's projection `logits = inp · Wᵀ`: with every counted row's loss
 /// weighted `dloss` (`loss_scale / counted rows` for a mean), fills `dlogits`, then **accumulates**
-/// `dinp += dlogits·W` and, when given, `dweight += dlogitsᵀ·inp`.
+/// `dinp += dlogits·W` (with `W` packed beforehand when `input_grad` is given) and, when given,
+/// `dweight += dlogitsᵀ·inp`, both products in `precision`.
 ///
 /// # Shapes
 /// `dlogits`, `probs`: (rows, width); `dlosses`, `targets`: (rows); `dinp`, `inp`: (rows, C);
 /// `weight`, `dweight`: (width, C).
 #[allow(clippy::too_many_arguments)]
 fn backward(
-    precision: Precision,
+    (precision, input_grad): (Precision, Option<&PackedB>),
     dinp: &mut [f32],
     dweight: Option<&mut [f32]>,
     dlogits: &mut [f32],
@@ -312,9 +328,18 @@ fn backward(
     dlogits.fill(0.0);
     crossentropy::backward(dlogits, dlosses, probs, targets, width);
     // logits = inp · Wᵀ
-    match dweight {
-        Some(dweight) => matmul::backward_in(precision, Some(dinp), dweight, None, dlogits, inp, weight, c, width),
-        None => matmul::backward_input_in(precision, dinp, dlogits, weight, c, width),
+    match (dweight, input_grad) {
+        (dweight, Some(packed)) => {
+            let rows = dinp.len() / c;
+            packed_gemm::gemm_packed(rows, Strided { data: dlogits, rs: width, cs: 1 }, packed, 1.0, dinp, c);
+            if let Some(dweight) = dweight {
+                matmul::backward_in(precision, None, dweight, None, dlogits, inp, weight, c, width);
+            }
+        }
+        (Some(dweight), None) => {
+            matmul::backward_in(precision, Some(dinp), dweight, None, dlogits, inp, weight, c, width)
+        }
+        (None, None) => matmul::backward_input_in(precision, dinp, dlogits, weight, c, width),
     }
 }
 

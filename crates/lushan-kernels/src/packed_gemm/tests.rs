@@ -170,3 +170,25 @@ fn results_do_not_depend_on_the_thread_count() {
         assert_eq!(one, run(3), "{precision}");
     }
 }
+
+#[test]
+fn a_b_packed_beforehand_gives_the_same_product_as_packing_as_it_goes() {
+    let mut rng = Rng::new(8);
+    for precision in Precision::ALL {
+        for (m, k, n, b_t) in [(7, 1100, 45, false), (30, 40, 4200, true), (1, 3, 1, false), (13, 513, 33, true)] {
+            let a = random_f32(&mut rng, m * k, 1.0);
+            let b = random_f32(&mut rng, k * n, 1.0);
+            let av = Strided { data: &a, rs: k, cs: 1 };
+            let bv = Strided { data: &b, rs: if b_t { 1 } else { n }, cs: if b_t { k } else { 1 } };
+            let packed = PackedB::new(precision, (k, n), bv);
+            assert_eq!(packed.shape(), (k, n));
+            for beta in [0.0, 1.0] {
+                let c0 = random_f32(&mut rng, m * n, 1.0);
+                let (mut once, mut each) = (c0.clone(), c0.clone());
+                gemm_packed(m, av, &packed, beta, &mut once, n);
+                gemm(precision, (m, k, n), av, bv, beta, &mut each, n);
+                assert!(once == each, "{precision} m{m} k{k} n{n} beta {beta}");
+            }
+        }
+    }
+}
