@@ -1,6 +1,7 @@
 //! `lushan bench`: speed figures printed for people and scripts (never asserted by tests).
 
 use anyhow::{Context, Result, bail};
+use lushan_kernels::packed_gemm::Precision;
 use lushan_kernels::rng::Rng;
 use lushan_model::activations::TrainingMemory;
 use lushan_model::sampling::argmax;
@@ -221,9 +222,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let overlap = if in_flight_total > 0.0 { (1.0 - exposed_total / in_flight_total).max(0.0) } else { 0.0 };
     // Every rank measures its GEMM ceiling at the same time (each with its own threads), so the sum is what
     // the machine's cores give together, the figure the ranks' combined FLOP/s compares with.
-    let mut ceiling = [measure_sgemm_ceiling()];
+    // With bf16 products the ceiling is the bf16 product's at the same shape (the f32 one is printed too).
+    let precision = config.precision.0;
+    let mut ceiling = [measure_sgemm_ceiling(), measure_gemm_ceiling(precision)];
     group.sum_f64(&mut ceiling);
-    let [ceiling] = ceiling;
+    let [sgemm_ceiling, ceiling] = ceiling;
     if !writer {
         return Ok(ExitCode::SUCCESS);
     }
@@ -238,13 +241,23 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let peak_rss = peak_rss_mib();
     println!("ms/step: median {:.2}, mean {:.2}", median * 1e3, mean * 1e3);
     println!("tokens/s: {:.0} (median step)", tokens_per_step / median);
-    println!(
-        "model FLOP/s: {:.1} GFLOP/s = {:.0}% of the sgemm ceiling measured in this run ({:.1} GFLOP/s at 768×768×768{})",
-        achieved / 1e9,
-        100.0 * achieved / ceiling,
-        ceiling / 1e9,
-        if ranks > 1 { ", every rank at once" } else { "" },
-    );
+    let every_rank = if ranks > 1 { ", every rank at once" } else { "" };
+    if precision == Precision::F32 {
+        println!(
+            "model FLOP/s: {:.1} GFLOP/s = {:.0}% of the sgemm ceiling measured in this run ({:.1} GFLOP/s at 768×768×768{every_rank})",
+            achieved / 1e9,
+            100.0 * achieved / ceiling,
+            ceiling / 1e9,
+        );
+    } else {
+        println!(
+            "model FLOP/s: {:.1} GFLOP/s = {:.0}% of the {precision} GEMM ceiling measured in this run ({:.1} GFLOP/s at 768×768×768{every_rank}; the sgemm ceiling: {:.1} GFLOP/s)",
+            achieved / 1e9,
+            100.0 * achieved / ceiling,
+            ceiling / 1e9,
+            sgemm_ceiling / 1e9,
+        );
+    }
     println!("peak RSS: {}", fmt_mib(peak_rss));
     let median_of = |mut values: Vec<f64>| {
         values.sort_by(|a, b| a.total_cmp(b));
@@ -273,7 +286,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     println!(
         "JSON {}",
         serde_json::json!({"bench": "train", "preset": format!("{:?}", args.preset), "ms_per_step": median * 1e3,
-            "tokens_per_second": tokens_per_step / median, "gflops": achieved / 1e9, "sgemm_ceiling_gflops": ceiling / 1e9,
+            "tokens_per_second": tokens_per_step / median, "gflops": achieved / 1e9, "sgemm_ceiling_gflops": sgemm_ceiling / 1e9, "gemm_ceiling_gflops": ceiling / 1e9,
             "threads": threads, "replicas": runner.replicas(), "params": model.num_params(), "ranks": ranks,
             "allreduce_ms": in_flight * 1e3, "allreduce_exposed_ms": exposed * 1e3, "allreduce_bytes": comm_bytes,
             "overlap": overlap,
@@ -285,6 +298,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
 
 /// Best of a few 768³ matrix products through the same matmul kernel the model uses.
 pub(super) fn measure_sgemm_ceiling() -> f64 {
+    measure_gemm_ceiling(Precision::F32)
+}
+
+/// [`measure_sgemm_ceiling`] with the products in `precision`.
+fn measure_gemm_ceiling(precision: Precision) -> f64 {
     let n = 768;
     let a = vec![0.5f32; n * n];
     let w = vec![0.25f32; n * n];
@@ -292,7 +310,7 @@ pub(super) fn measure_sgemm_ceiling() -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..8 {
         let start = Instant::now();
-        lushan_kernels::matmul::forward(&mut out, &a, &w, None, n, n);
+        lushan_kernels::matmul::forward_in(precision, &mut out, &a, &w, None, n, n);
         best = best.min(start.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best
