@@ -68,7 +68,7 @@ pub const NR: usize = 32;
 /// Rows of A packed at once: a block of `MC × KC` stays in L2.
 const MC: usize = 12 * MR;
 /// Steps of the inner dimension packed at once, in packed words: f32 values, or bf16 pairs (twice the k).
-const KC_WORDS: usize = 256;
+const KC_WORDS: usize = 512;
 
 /// Which microkernel this CPU runs for a precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
