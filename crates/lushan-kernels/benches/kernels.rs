@@ -2,6 +2,7 @@
 //! and the matmul choice (our matrixmultiply path vs the `gemm` crate vs the naive twin) at GPT shapes.
 //! Prints figures; asserts nothing (speed is measured, never tested).
 
+use lushan_kernels::weights::{self, Weights};
 use lushan_kernels::{attention, flash_attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
 use std::time::Instant;
 
@@ -72,6 +73,12 @@ fn main() {
     let mut rng = Rng::new(0);
     println!("threads: {}", rayon::current_num_threads());
     // `cargo bench -p lushan-kernels --bench kernels -- quant`: the quantized decode products alone.
+    // `cargo bench -p lushan-kernels --bench kernels -- quant-rows`: 16 rows (batched decoding) and 64 rows
+    // (a prompt) through each type's kernel.
+    if std::env::args().any(|a| a == "quant-rows") {
+        quantized_rows(&mut rng);
+        return;
+    }
     if std::env::args().any(|a| a == "quant") {
         quantized_decode(&mut rng);
         return;
@@ -341,5 +348,50 @@ fn packed_gemm_one_thread(rng: &mut Rng) {
             times.push(f + b);
         }
         println!("{:>48} bf16 forward+backward {:.2}× f32", "", times[0] / times[1]);
+    }
+}
+
+/// Batched decoding (16 rows, [`weights::forward_rows`]) and a prompt's products (64 rows) at GPT-2 124M's
+/// shapes: f32 weights against Q8_0 / Q4_0 through the integer products ([`quant::dot::matmul`]) and through
+/// widened tiles and the f32 GEMM ([`weights::forward_tiled`]).
+fn quantized_rows(rng: &mut Rng) {
+    println!("-- quantized products over many rows (integer: input quantized to Q8_0; tiles: weights widened to f32)");
+    for (m, c, oc) in [
+        (16, 768, 2304),
+        (16, 768, 3072),
+        (16, 3072, 768),
+        (16, 768, 50257),
+        (64, 768, 2304),
+        (64, 768, 3072),
+        (64, 3072, 768),
+    ] {
+        let x = random(m * c, rng);
+        let w = random(oc * c, rng);
+        let mut out = vec![0.0; m * oc];
+        let flops = 2.0 * (m * c * oc) as f64;
+        let f32_secs = time(&format!("f32            {m}×{c}×{oc}"), flops, || {
+            if m <= gemv::MAX_BATCH {
+                weights::forward_rows(&mut out, &x, Weights::F32(&w), None, c, oc)
+            } else {
+                weights::forward(&mut out, &x, Weights::F32(&w), None, c, oc)
+            }
+        });
+        let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q8_0(&w, &mut q8);
+        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q4_0(&w, &mut q4);
+        let mut ratios = Vec::new();
+        for (name, weights) in [("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))] {
+            let int_secs = time(&format!("{name} integer   {m}×{c}×{oc}"), flops, || match weights {
+                Weights::Q8_0(q) => quant::dot::matmul(&mut out, &x, q, None, c, oc),
+                Weights::Q4_0(q) => quant::dot::matmul(&mut out, &x, q, None, c, oc),
+                _ => unreachable!(),
+            });
+            let tile_secs = time(&format!("{name} tiles     {m}×{c}×{oc}"), flops, || {
+                weights::forward_tiled(&mut out, &x, weights, None, c, oc)
+            });
+            ratios.push(format!("{name} integer {:.2}×, tiles {:.2}×", f32_secs / int_secs, f32_secs / tile_secs));
+        }
+        println!("{:>58} speed vs f32: {}", "", ratios.join("; "));
     }
 }

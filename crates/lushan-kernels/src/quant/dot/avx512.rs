@@ -1,0 +1,156 @@
+//! The AVX-512 VNNI path: four weight rows a register and tiles of four weight rows × up to [`TILE`] input
+//! rows.
+//!
+//! For one block `k`, the four rows' weights are unpacked once into two registers — positions 0..16 of row
+//! `i` in 128-bit slot `i` of `low`, positions 16..32 in slot `i` of `high`, as unsigned bytes (Q4_0's
+//! nibbles as they are, Q8_0's bytes with their top bit flipped) — and their scales into one vector (slot
+//! `i` holding row `i`'s scale four times). Each input row's block then costs two 128-bit broadcasts, one
+//! broadcast of its offsets (`−8·s` or `−128·s`, the start of the integer sums), two `vpdpbusd` (64
+//! products each), one conversion, one multiply (`d_w·d_x`) and one fused multiply-add, for 128 products.
+//! The lanes are [`super`]'s, so each result is bit-identical to the portable twin.
+
+#![allow(unsafe_code)]
+use super::{BlockQ4_0, BlockQ8_0, InputBlock, LANES, f16_table};
+use crate::quant::dot::avx2::prefetch;
+use std::arch::x86_64::*;
+
+/// Input rows a tile holds in registers (one 512-bit accumulator each).
+pub(super) const TILE: usize = 8;
+const _: () = assert!(TILE == 8, "dot4_rows dispatches tiles of 1..=8 rows");
+
+/// A block type's four-row unpacking.
+trait Unpack: Copy {
+    /// Row `i`'s positions 0..16 in slot `i` of the first register, 16..32 in slot `i` of the second, as the
+    /// unsigned bytes `vpdpbusd` multiplies by the signed input.
+    unsafe fn unpack4(w: [&Self; 4]) -> (__m512i, __m512i);
+    /// The input offsets that turn the unsigned sums into the signed ones.
+    fn offsets(x: &InputBlock) -> &[i32; LANES];
+    fn d(&self) -> u16;
+}
+
+impl Unpack for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn unpack4(w: [&Self; 4]) -> (__m512i, __m512i) {
+        // SAFETY: AVX-512 F is compiled in (parent `cfg`); each load reads one block's 32-byte `qs`.
+        unsafe {
+            let load = |b: &BlockQ8_0| _mm256_loadu_si256(b.qs.as_ptr().cast());
+            // 128-bit slots [a0 a1 b0 b1] and [c0 c1 d0 d1] (0: positions 0..16, 1: 16..32) ...
+            let ab = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load(w[0])), load(w[1]));
+            let cd = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load(w[2])), load(w[3]));
+            // ... to [a0 b0 c0 d0] and [a1 b1 c1 d1]; `w + 128` is `w` with its top bit flipped.
+            let flip = _mm512_set1_epi8(i8::MIN);
+            let low = _mm512_shuffle_i64x2::<0b10_00_10_00>(ab, cd);
+            let high = _mm512_shuffle_i64x2::<0b11_01_11_01>(ab, cd);
+            (_mm512_xor_si512(low, flip), _mm512_xor_si512(high, flip))
+        }
+    }
+    fn offsets(x: &InputBlock) -> &[i32; LANES] {
+        &x.q8_offsets
+    }
+    fn d(&self) -> u16 {
+        self.d
+    }
+}
+
+impl Unpack for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn unpack4(w: [&Self; 4]) -> (__m512i, __m512i) {
+        // SAFETY: AVX-512 F/BW are compiled in (parent `cfg`); each load reads one block's 16-byte `qs`.
+        unsafe {
+            let load = |b: &BlockQ4_0| _mm_loadu_si128(b.qs.as_ptr().cast());
+            let ab = _mm256_set_m128i(load(w[1]), load(w[0]));
+            let cd = _mm256_set_m128i(load(w[3]), load(w[2]));
+            let packed = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ab), cd);
+            let low_nibbles = _mm512_set1_epi8(0x0F);
+            (_mm512_and_si512(packed, low_nibbles), _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low_nibbles))
+        }
+    }
+    fn offsets(x: &InputBlock) -> &[i32; LANES] {
+        // The first four of the eight (the last four repeat them).
+        x.q4_offsets.first_chunk().expect("eight offsets")
+    }
+    fn d(&self) -> u16 {
+        self.d
+    }
+}
+
+/// Four weight rows (each `blocks` long) against `R` input rows (`x`: `R · blocks` blocks): `[[row 0's
+/// result, .., row 3's]; R]`.
+#[inline(always)]
+fn tile<B: Unpack, const R: usize>(w: [&[B]; 4], x: &[InputBlock], blocks: usize) -> [[f32; 4]; R] {
+    assert!(w.iter().all(|w| w.len() == blocks), "quantized dot: weight rows");
+    assert_eq!(x.len(), R * blocks, "quantized dot: input rows");
+    let xs: [&[InputBlock]; R] = std::array::from_fn(|r| &x[r * blocks..(r + 1) * blocks]);
+    let table = f16_table();
+    // SAFETY: AVX-512 F/BW/VNNI and FMA are compiled in (parent `cfg`); every block read is an element of a
+    // slice of `blocks` elements indexed by `k < blocks` (asserted above); unaligned loads accept any address.
+    unsafe {
+        // Slot `i` of the scale vector holds lane 0 (row `i`'s scale) four times.
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for k in 0..blocks {
+            let wb = w.map(|row| &row[k]);
+            for b in wb {
+                prefetch(b);
+            }
+            let (low, high) = B::unpack4(wb);
+            let scales = _mm_setr_ps(
+                table[usize::from(wb[0].d())],
+                table[usize::from(wb[1].d())],
+                table[usize::from(wb[2].d())],
+                table[usize::from(wb[3].d())],
+            );
+            let dw = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(scales));
+            for (a, xs) in acc.iter_mut().zip(&xs) {
+                let xb = &xs[k];
+                let x_low = _mm512_broadcast_i32x4(_mm_loadu_si128(xb.qs.as_ptr().cast()));
+                let x_high = _mm512_broadcast_i32x4(_mm_loadu_si128(xb.qs[16..].as_ptr().cast()));
+                let offsets = _mm512_broadcast_i32x4(_mm_loadu_si128(B::offsets(xb).as_ptr().cast()));
+                // Each i32 lane: 8 products of an unsigned byte (≤ 255) and a signed one (|x| ≤ 128) plus an
+                // offset of at most 128·8·128 in magnitude: exact.
+                let ints = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(offsets, low, x_low), high, x_high);
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(xb.d));
+                *a = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(ints), *a);
+            }
+        }
+        acc.map(|a| {
+            let mut v = [0.0f32; 16];
+            _mm512_storeu_ps(v.as_mut_ptr(), a);
+            std::array::from_fn(|i| super::hsum([v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]]))
+        })
+    }
+}
+
+/// [`super::QuantBlock::dot4_rows`]: tiles of [`TILE`] input rows, then one tile of the rest.
+fn dot4_rows<B: Unpack>(w: [&[B]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
+    let blocks = w[0].len();
+    assert!(blocks > 0, "quantized dot: empty rows");
+    assert_eq!(x.len(), out.len() * blocks, "quantized dot: input rows");
+    for (out, x) in out.chunks_mut(TILE).zip(x.chunks(TILE * blocks)) {
+        macro_rules! rest {
+            ($($r:literal)*) => {
+                match out.len() {
+                    $($r => out.copy_from_slice(&tile::<B, $r>(w, x, blocks)),)*
+                    _ => unreachable!("a chunk holds 1..=TILE rows"),
+                }
+            };
+        }
+        rest!(1 2 3 4 5 6 7 8);
+    }
+}
+
+pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
+    tile::<_, 1>([w; 4], x, w.len())[0][0]
+}
+
+pub(super) fn dot_q4_0(w: &[BlockQ4_0], x: &[InputBlock]) -> f32 {
+    tile::<_, 1>([w; 4], x, w.len())[0][0]
+}
+
+pub(super) fn dot4_rows_q8_0(w: [&[BlockQ8_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
+    dot4_rows(w, x, out)
+}
+
+pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
+    dot4_rows(w, x, out)
+}

@@ -1,0 +1,213 @@
+use super::super::{dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
+use super::*;
+use crate::rng::Rng;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_f32() - 0.5).collect()
+}
+
+type Dot<B> = fn(&[B], &[InputBlock]) -> f32;
+type Dot4Rows<B> = fn([&[B]; 4], &[InputBlock], &mut [[f32; 4]]);
+
+/// Every vector path compiled in for a block type, by name: its single-row product and its four-row tile.
+trait Paths: QuantBlock {
+    fn paths() -> Vec<(&'static str, Dot<Self>, Dot4Rows<Self>)>;
+}
+
+macro_rules! paths {
+    ($t:ty, $dot:ident, $rows:ident) => {
+        impl Paths for $t {
+            #[allow(unused_mut)]
+            fn paths() -> Vec<(&'static str, Dot<Self>, Dot4Rows<Self>)> {
+                let mut v: Vec<(&'static str, Dot<Self>, Dot4Rows<Self>)> =
+                    vec![("dispatched", <$t as QuantBlock>::dot, <$t as QuantBlock>::dot4_rows)];
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+                v.push((
+                    if cfg!(target_feature = "avxvnni") { "avx2 (avx-vnni)" } else { "avx2" },
+                    avx2::$dot,
+                    avx2::$rows,
+                ));
+                #[cfg(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512vnni",
+                    target_feature = "fma"
+                ))]
+                v.push(("avx512 vnni", avx512::$dot, avx512::$rows));
+                v
+            }
+        }
+    };
+}
+paths!(BlockQ8_0, dot_q8_0, dot4_rows_q8_0);
+paths!(BlockQ4_0, dot_q4_0, dot4_rows_q4_0);
+
+fn input(rows: usize, blocks: usize, seed: u64) -> Vec<InputBlock> {
+    let mut xq = vec![InputBlock::default(); rows * blocks];
+    for (r, q) in xq.chunks_exact_mut(blocks).enumerate() {
+        quantize_input(&random(blocks * BLOCK, seed + r as u64), q);
+    }
+    xq
+}
+
+/// Each path's single-row product and its tiles (1 to 11 input rows: a full AVX-512 tile of 8 and every
+/// remainder) against the portable twin, bit for bit.
+fn check_paths<B: Paths + std::fmt::Debug>(rows: &[Vec<B>; 4], blocks: usize) {
+    for m in 1..=11 {
+        let xq = input(m, blocks, 100 * m as u64);
+        for (name, dot, dot4_rows) in B::paths() {
+            let w = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let mut out = vec![[f32::NAN; 4]; m];
+            dot4_rows(w, &xq, &mut out);
+            for (r, (got, x)) in out.iter().zip(xq.chunks_exact(blocks)).enumerate() {
+                for i in 0..4 {
+                    let want = dot_portable(w[i], x);
+                    assert_eq!(got[i].to_bits(), want.to_bits(), "{name}: m = {m}, input row {r}, weight row {i}");
+                    assert_eq!(dot(w[i], x).to_bits(), want.to_bits(), "{name}: single row {i}, input row {r}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_path_equals_the_portable_twin_bit_for_bit() {
+    let blocks = 24;
+    let q8: [Vec<BlockQ8_0>; 4] = std::array::from_fn(|i| {
+        let mut q = vec![BlockQ8_0::default(); blocks];
+        quantize_q8_0(&random(BLOCK * blocks, 10 + i as u64), &mut q);
+        q
+    });
+    let mut hostile = q8.clone();
+    // A hostile file may hold −128, outside what the quantizer makes: still exact.
+    hostile[1][3].qs[5] = -128;
+    hostile[2][7].qs = [-128; BLOCK];
+    hostile[3][0].qs = [127; BLOCK];
+    let q4: [Vec<BlockQ4_0>; 4] = std::array::from_fn(|i| {
+        let mut q = vec![BlockQ4_0::default(); blocks];
+        quantize_q4_0(&random(BLOCK * blocks, 20 + i as u64), &mut q);
+        q
+    });
+    check_paths(&q8, blocks);
+    check_paths(&hostile, blocks);
+    check_paths(&q4, blocks);
+    // One block a row: the loop bodies run once.
+    check_paths(&q4.clone().map(|r| r[..1].to_vec()), 1);
+    check_paths(&q8.clone().map(|r| r[..1].to_vec()), 1);
+}
+
+/// The extremes of the integer paths: every weight at its most negative or most positive value against
+/// inputs of ±127 in every position, where the unsigned sums and the offsets are largest. Exact integers
+/// times a scale of 1: the result is exact, and every path gives it.
+#[test]
+fn integer_extremes_are_exact_on_every_path() {
+    let exact = |ints: &[[i8; BLOCK]], xq: &[InputBlock]| -> f64 {
+        ints.iter()
+            .zip(xq)
+            .map(|(w, x)| {
+                let s: i32 = w.iter().zip(&x.qs).map(|(&q, &x)| i32::from(q) * i32::from(x)).sum();
+                f64::from(s) * f64::from(x.d)
+            })
+            .sum()
+    };
+    for input in [1.0f32, -1.0] {
+        let mut xq = vec![InputBlock::default(); 3];
+        quantize_input(&[input; 3 * BLOCK], &mut xq);
+        assert!(xq.iter().all(|b| b.qs == [(127.0 * input) as i8; BLOCK]));
+        for nibbles in [0x00u8, 0xFF, 0xF0, 0x0F] {
+            let w = vec![BlockQ4_0 { d: half::f16::ONE.to_bits(), qs: [nibbles; BLOCK / 2] }; 3];
+            let want = exact(&w.iter().map(BlockQ4_0::unpack).collect::<Vec<_>>(), &xq);
+            for (name, dot, dot4_rows) in BlockQ4_0::paths() {
+                let got = dot(&w, &xq);
+                assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs(), "{name}: {got} vs {want}");
+                assert_eq!(got.to_bits(), dot_portable(&w, &xq).to_bits(), "{name}, nibbles {nibbles:#04x}");
+                let mut four = [[0.0; 4]];
+                dot4_rows([&w, &w, &w, &w], &xq, &mut four);
+                assert!(four[0].iter().all(|v| v.to_bits() == got.to_bits()), "{name}");
+            }
+        }
+        for q in [-128i8, -127, 127] {
+            let w = vec![BlockQ8_0 { d: half::f16::ONE.to_bits(), qs: [q; BLOCK] }; 3];
+            let want = exact(&w.iter().map(|b| b.qs).collect::<Vec<_>>(), &xq);
+            for (name, dot, dot4_rows) in BlockQ8_0::paths() {
+                let got = dot(&w, &xq);
+                assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs(), "{name}: {got} vs {want}");
+                assert_eq!(got.to_bits(), dot_portable(&w, &xq).to_bits(), "{name}, weights {q}");
+                let mut four = [[0.0; 4]; 2];
+                dot4_rows([&w, &w, &w, &w], &[xq.clone(), xq.clone()].concat(), &mut four);
+                assert!(four.iter().flatten().all(|v| v.to_bits() == got.to_bits()), "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn input_blocks_hold_the_q8_0_block_and_each_lane_s_offsets() {
+    let x = random(2 * BLOCK, 9);
+    let mut q8 = vec![BlockQ8_0::default(); 2];
+    quantize_q8_0(&x, &mut q8);
+    let mut input = vec![InputBlock::default(); 2];
+    quantize_input(&x, &mut input);
+    for (block, q8) in input.iter().zip(&q8) {
+        assert_eq!((block.d, block.qs), (q8.scale(), q8.qs));
+        for i in 0..LANES {
+            let sum: i32 = (4 * i..4 * i + 4).chain(16 + 4 * i..16 + 4 * i + 4).map(|j| i32::from(q8.qs[j])).sum();
+            assert!((4 * i..4 * i + 4).chain(16 + 4 * i..16 + 4 * i + 4).all(|j| lane(j) == i));
+            assert_eq!((block.q4_offsets[i], block.q4_offsets[i + 4]), (-8 * sum, -8 * sum), "lane {i}");
+            assert_eq!(block.q8_offsets[i], -128 * sum, "lane {i}");
+        }
+    }
+}
+
+/// Plain loops over the dequantized weights and the dequantized quantized input, in f64.
+fn reference(w: &[f32], x: &[f32], bias: &[f32], c: usize, oc: usize) -> Vec<f32> {
+    let m = x.len() / c;
+    let mut xq = vec![BlockQ8_0::default(); x.len() / BLOCK];
+    quantize_q8_0(x, &mut xq);
+    let mut xd = vec![0.0f32; x.len()];
+    dequantize_q8_0(&xq, &mut xd);
+    let mut out = vec![0.0f32; m * oc];
+    for r in 0..m {
+        for o in 0..oc {
+            let s: f64 = (0..c).map(|k| f64::from(w[o * c + k]) * f64::from(xd[r * c + k])).sum();
+            out[r * oc + o] = (s + f64::from(bias[o])) as f32;
+        }
+    }
+    out
+}
+
+/// `matmul` against the dequantize-then-f32 reference at row counts that exercise one input row, partial
+/// and full tiles and more than one tile; the tolerance is the f32 accumulation's rounding (results of
+/// order 1 over C = 96 products).
+#[test]
+fn products_match_dequantize_then_f32_loops() {
+    let (c, oc) = (96, 70);
+    let w = random(oc * c, 3);
+    let bias = random(oc, 4);
+    let (mut w8, mut w4) = (vec![BlockQ8_0::default(); oc * c / BLOCK], vec![BlockQ4_0::default(); oc * c / BLOCK]);
+    quantize_q8_0(&w, &mut w8);
+    quantize_q4_0(&w, &mut w4);
+    let (mut w8d, mut w4d) = (vec![0.0; w.len()], vec![0.0; w.len()]);
+    dequantize_q8_0(&w8, &mut w8d);
+    dequantize_q4_0(&w4, &mut w4d);
+    for m in [1, 3, 8, 19, 64] {
+        let x = random(m * c, 5 + m as u64);
+        let mut out = vec![0.0f32; m * oc];
+        matmul(&mut out, &x, &w8, Some(&bias), c, oc);
+        let expected = reference(&w8d, &x, &bias, c, oc);
+        assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5), "q8_0, m = {m}");
+        matmul(&mut out, &x, &w4, Some(&bias), c, oc);
+        let expected = reference(&w4d, &x, &bias, c, oc);
+        assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5), "q4_0, m = {m}");
+        // And near the unquantized product (the quantization error, not a kernel error).
+        let exact = {
+            let mut e = vec![0.0f32; m * oc];
+            crate::matmul::forward_naive(&mut e, &x, &w, Some(&bias), c, oc);
+            e
+        };
+        matmul(&mut out, &x, &w8, Some(&bias), c, oc);
+        assert!(out.iter().zip(&exact).all(|(a, b)| (a - b).abs() < 0.02), "q8_0 vs f32, m = {m}");
+    }
+}
