@@ -420,7 +420,11 @@ impl PackedB {
         let kc_max = kc_max(precision);
         let panels_n = n.div_ceil(NR);
         let total_steps: usize = (0..k).step_by(kc_max).map(|k0| steps(precision, kc_max.min(k - k0))).sum();
-        let mut words = vec![0u32; panels_n * NR * total_steps];
+        // Every word is written by `pack` (zero padding included), so a reused buffer needs no clearing
+        // beyond `resize`'s; reusing it spares the page faults of a fresh allocation of this size per pass.
+        let mut words = SPARE_PACKED.with_borrow_mut(Vec::pop).unwrap_or_default();
+        words.clear();
+        words.resize(panels_n * NR * total_steps, 0);
         let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
         let mut rest = &mut words[..];
         for k0 in (0..k).step_by(kc_max) {
@@ -448,6 +452,25 @@ impl PackedB {
         let steps = steps(self.precision, kc_max.min(self.k - k0));
         &self.words[start_block + (j0 / NR) * NR * steps..][..nc.div_ceil(NR) * NR * steps]
     }
+}
+
+impl Drop for PackedB {
+    /// Keeps the buffer for the next `PackedB` of this thread (the output layer packs its weight every pass).
+    fn drop(&mut self) {
+        let words = std::mem::take(&mut self.words);
+        SPARE_PACKED.with_borrow_mut(|spare| {
+            if spare.len() < MAX_SPARE_PACKED {
+                spare.push(words);
+            }
+        });
+    }
+}
+
+/// Packed-B buffers a thread keeps for reuse: the output layer's weight as Wᵀ and as W.
+const MAX_SPARE_PACKED: usize = 2;
+
+thread_local! {
+    static SPARE_PACKED: RefCell<Vec<Vec<u32>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `C = A·B + beta·C` with B packed beforehand ([`PackedB`], whose precision it takes), on the fastest
