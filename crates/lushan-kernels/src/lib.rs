@@ -39,3 +39,11 @@ pub mod gradcheck;
 
 /// Rows handed to one parallel task: big enough to amortise scheduling, small enough to balance two cores.
 pub(crate) const PAR_ROWS: usize = 16;
+
+/// Whether a `rows × cols` matrix (both ≥ 1) with strides `(rs, cs)` lies inside a slice of `len` elements:
+/// its last element, `(rows-1)·rs + (cols-1)·cs`, computed without overflow, is below `len`. The check the
+/// GEMMs' raw-pointer paths rely on.
+pub(crate) fn fits((rows, cols): (usize, usize), (rs, cs): (usize, usize), len: usize) -> bool {
+    let last = (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c));
+    last.is_some_and(|last| last < len)
+}

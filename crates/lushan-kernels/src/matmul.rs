@@ -5,6 +5,7 @@
 //! `bench/BASELINES.md`), builds five times faster, and accepts arbitrary strides, so every transpose below
 //! is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
+use crate::fits;
 use crate::packed_gemm::{self, Precision, Strided};
 use rayon::prelude::*;
 
@@ -55,13 +56,6 @@ fn sgemm(
         // This task owns output rows r0..r0+mr: the bounds-checked serial GEMM on those rows of A and C.
         gemm_serial((mr, k, n), 1.0, &a[r0 * rsa..], (rsa, csa), b, (rsb, csb), beta, c_rows, (rsc, 1));
     });
-}
-
-/// Whether a `rows × cols` matrix (both ≥ 1) with strides `(rs, cs)` lies inside a slice of `len` elements:
-/// its last element, `(rows-1)·rs + (cols-1)·cs`, computed without overflow, is below `len`.
-fn fits((rows, cols): (usize, usize), (rs, cs): (usize, usize), len: usize) -> bool {
-    let last = (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c));
-    last.is_some_and(|last| last < len)
 }
 
 /// The output matrix shared by column-split tasks, each of which writes only its own columns.

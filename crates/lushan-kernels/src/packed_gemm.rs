@@ -17,7 +17,7 @@
 //!
 //! Rounding to bf16 is round-to-nearest-even (`half::bf16::from_f32`), done once per element while packing.
 
-use half::bf16;
+use crate::fits;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -126,12 +126,6 @@ pub struct Strided<'a> {
     pub cs: usize,
 }
 
-/// Whether a `rows × cols` matrix (both ≥ 1) with strides `(rs, cs)` lies inside a slice of `len` elements.
-fn fits((rows, cols): (usize, usize), (rs, cs): (usize, usize), len: usize) -> bool {
-    let last = (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c));
-    last.is_some_and(|last| last < len)
-}
-
 /// `x` rounded to the nearest bfloat16 (ties to even), its bits in the high half, the low half zero; NaNs
 /// stay quiet NaNs. Integer arithmetic only, so packing loops vectorise; equal to `half::bf16::from_f32`.
 #[inline(always)]
@@ -232,6 +226,20 @@ fn pack(
             }
         }
     }
+}
+
+/// Packs B's column panels from column `j0` on (to `n`), k-steps `k0..k0+kc`, into `dst` (whole panels, in
+/// order), the panels in parallel.
+fn pack_b_panels(
+    dst: &mut [u32],
+    b: Operand<'_>,
+    precision: Precision,
+    (j0, n): (usize, usize),
+    (k0, kc): (usize, usize),
+) {
+    dst.par_chunks_mut(NR * steps(precision, kc)).enumerate().for_each(|(p, panel)| {
+        pack(panel, b, precision, NR, (j0 + p * NR, n), (k0, kc));
+    });
 }
 
 /// One x of an operand along k: `kc` values `stride` apart (1 when k is contiguous).
@@ -432,9 +440,7 @@ impl PackedB {
             let block_len = panels_n * NR * steps(precision, kc);
             let (block, tail) = rest.split_at_mut(block_len);
             rest = tail;
-            block.par_chunks_mut(NR * steps(precision, kc)).enumerate().for_each(|(p, dst)| {
-                pack(dst, b_op, precision, NR, (p * NR, n), (k0, kc));
-            });
+            pack_b_panels(block, b_op, precision, (0, n), (k0, kc));
         }
         Self { precision, k, n, words }
     }
@@ -549,9 +555,7 @@ fn multiply(
                     BSource::Strided(b) => {
                         let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
                         let panels = &mut b_buf[..nc.div_ceil(NR) * NR * steps];
-                        panels.par_chunks_mut(NR * steps).enumerate().for_each(|(p, dst)| {
-                            pack(dst, b_op, precision, NR, (j0 + p * NR, n), (k0, kc));
-                        });
+                        pack_b_panels(panels, b_op, precision, (j0, n), (k0, kc));
                         panels
                     }
                     BSource::Packed(packed) => packed.panels(k0, j0, nc),
@@ -632,11 +636,6 @@ pub fn gemm(
     rsc: usize,
 ) {
     gemm_with(kernel(precision), precision, shape, a, b, beta, c, rsc);
-}
-
-/// `x` rounded to the nearest bf16, as f32: what the bf16 products see of an operand.
-pub fn round_bf16(x: f32) -> f32 {
-    bf16::from_f32(x).to_f32()
 }
 
 #[cfg(test)]

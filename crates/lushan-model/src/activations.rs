@@ -119,8 +119,9 @@ pub struct TrainingMemory {
     /// Keep the attention probabilities as inspection buffers do (and train with the kernel that keeps
     /// them): only to measure what the tiled attention saves (`lushan bench train --attention-maps`).
     pub attention_maps: bool,
-    /// How the linear layers' and the output layer's matrix products run (`--precision`); see
-    /// [`Activations::set_precision`].
+    /// How the linear layers' and the output layer's matrix products run (`--precision`): f32 master
+    /// weights, activations and gradients, only the products' operands rounded, as
+    /// `torch.autocast(dtype=torch.bfloat16)` does. Attention, norms and LoRA adapters stay f32.
     pub precision: Precision,
 }
 
@@ -365,14 +366,8 @@ impl Activations {
         self.dims.attention_maps
     }
 
-    /// Runs the passes over these buffers with the linear layers' and the output layer's matrix products
-    /// in `precision` (f32 master weights, f32 activations and gradients: only the products' operands are
-    /// rounded, as `torch.autocast(dtype=torch.bfloat16)` does). Attention, norms and LoRA adapters stay f32.
-    pub fn set_precision(&mut self, precision: Precision) {
-        self.precision = precision;
-    }
-
-    /// The precision set by [`Activations::set_precision`] (f32 unless set).
+    /// The products' precision the buffers were allocated with ([`TrainingMemory::precision`]; f32 for
+    /// inspection buffers).
     pub fn precision(&self) -> Precision {
         self.precision
     }

@@ -2,6 +2,11 @@ use super::*;
 use crate::gradcheck::random_f32;
 use crate::rng::Rng;
 
+/// `x` rounded to the nearest bf16, as f32: what the bf16 products see of an operand.
+fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
 /// `beta·C + A·B` in f64 over the operands as the given precision sees them.
 #[allow(clippy::too_many_arguments)]
 fn reference(
