@@ -41,22 +41,31 @@ pub struct Args {
 pub const LOSS_CURVE_FILE: &str = "loss.png";
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let group = CliGroup::from(lushan_train::distributed::connect()?);
+    let mut group = CliGroup::from(lushan_train::distributed::connect()?);
     if group.size() == 1 {
-        return run_in(args, group);
+        return run_in(args, &mut group);
     }
     let rank = group.rank();
-    match run_in(args, group) {
-        Ok(code) => Ok(code),
-        // Rank 0 speaks for the job; the others exit non-zero quietly unless their error is their own.
-        Err(e) if rank == 0 => Err(e),
-        Err(e) => {
-            if !e.to_string().starts_with("distributed training") {
-                eprintln!("error: rank {rank}: {e:#}");
-            }
-            Ok(ExitCode::FAILURE)
-        }
+    let e = match run_in(args, &mut group) {
+        Ok(code) => return Ok(code),
+        Err(e) => e,
+    };
+    // An error every rank agreed on ([`CliGroup::agree`]) reached all of them at the same point: rank 0 says it
+    // for the job, then all meet once more before exiting, so that no rank's early exit lets the launcher kill
+    // rank 0 before its message is written. Any other error is the rank's own: it says it and exits, and the
+    // launcher ends the job.
+    let agreed = e
+        .downcast_ref::<lushan_train::TrainError>()
+        .is_some_and(|e| matches!(e, lushan_train::TrainError::Distributed(_)));
+    if rank == 0 {
+        eprintln!("error: {}", crate::error_chain(&e));
+    } else if !agreed {
+        eprintln!("error: rank {rank}: {}", crate::error_chain(&e));
     }
+    if agreed {
+        group.0.any(true);
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// The group of processes, with the CLI's errors: a start-up stage's outcome is shared by every rank
@@ -88,7 +97,7 @@ impl CliGroup {
     }
 }
 
-fn run_in(args: Args, mut group: CliGroup) -> Result<ExitCode> {
+fn run_in(args: Args, group: &mut CliGroup) -> Result<ExitCode> {
     let started = Instant::now();
     let writer = group.writer();
     let config = resolve(&args).and_then(|mut config| check_inputs(&mut config, writer).map(|b| (config, b)));
@@ -119,7 +128,7 @@ fn run_in(args: Args, mut group: CliGroup) -> Result<ExitCode> {
     if writer {
         println!("# resolved training configuration\n{settings_text}");
     }
-    let (data, mut model) = load_on_every_rank(&mut group, &config, init, args.resume.is_some())?;
+    let (data, mut model) = load_on_every_rank(group, &config, init, args.resume.is_some())?;
     let data_hash = lushan_train::distributed::data_fingerprint(&config, &data);
     let data_hash = group.agree("fingerprinting the data", data_hash.map_err(anyhow::Error::from))?;
     let mut config_hash = lushan_train::distributed::Fingerprint::default();
