@@ -3,7 +3,7 @@
 //! Prints figures; asserts nothing (speed is measured, never tested).
 
 use lushan_kernels::weights::{self, Weights};
-use lushan_kernels::{attention, flash_attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
+use lushan_kernels::{attention, dot_gemm, flash_attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
 use std::time::Instant;
 
 fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
@@ -75,6 +75,12 @@ fn main() {
     // `cargo bench -p lushan-kernels --bench kernels -- quant`: the quantized decode products alone.
     // `cargo bench -p lushan-kernels --bench kernels -- quant-rows`: 16 rows (batched decoding) and 64 rows
     // (a prompt) through each type's kernel.
+    // `cargo bench -p lushan-kernels --bench kernels -- prompt-rows`: many-row products over unpacked weights
+    // (`dot_gemm`) against the packed GEMM, at GPT-2 124M's shapes.
+    if std::env::args().any(|a| a == "prompt-rows") {
+        prompt_rows(&mut rng);
+        return;
+    }
     if std::env::args().any(|a| a == "quant-rows") {
         quantized_rows(&mut rng);
         return;
@@ -393,5 +399,34 @@ fn quantized_rows(rng: &mut Rng) {
             ratios.push(format!("{name} integer {:.2}×, tiles {:.2}×", f32_secs / int_secs, f32_secs / tile_secs));
         }
         println!("{:>58} speed vs f32: {}", "", ratios.join("; "));
+    }
+}
+
+/// A prompt's (and an evaluation window's) products at GPT-2 124M's shapes: the tiles over unpacked weights
+/// ([`dot_gemm::forward`]) against the packed f32 GEMM ([`matmul::forward`]), and for 16-bit weights against
+/// widening tiles into the GEMM ([`weights::forward_tiled`]).
+fn prompt_rows(rng: &mut Rng) {
+    println!("-- many-row products: dot_gemm (weights read in place) vs the packed GEMM");
+    for m in [16, 64, 256, 1024] {
+        for (c, oc) in [(768, 2304), (768, 768), (768, 3072), (3072, 768)] {
+            let x = random(m * c, rng);
+            let w = random(oc * c, rng);
+            let mut out = vec![0.0; m * oc];
+            let flops = 2.0 * (m * c * oc) as f64;
+            let gemm = time(&format!("f32 GEMM       {m}×{c}×{oc}"), flops, || {
+                matmul::forward(&mut out, &x, &w, None, c, oc)
+            });
+            let tiles = time(&format!("f32 dot_gemm   {m}×{c}×{oc}"), flops, || {
+                dot_gemm::forward(&mut out, &x, &w, None, c, oc)
+            });
+            let w16: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let widened = time(&format!("f16 widened    {m}×{c}×{oc}"), flops, || {
+                weights::forward_tiled(&mut out, &x, Weights::F16(&w16), None, c, oc)
+            });
+            let tiles16 = time(&format!("f16 dot_gemm   {m}×{c}×{oc}"), flops, || {
+                dot_gemm::forward(&mut out, &x, &w16, None, c, oc)
+            });
+            println!("{:>58} dot_gemm vs GEMM: f32 {:.2}×, f16 {:.2}×", "", gemm / tiles, widened / tiles16);
+        }
     }
 }

@@ -17,6 +17,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
+pub mod dot_gemm;
 pub mod dropout;
 pub mod encoder;
 pub mod flash_attention;

@@ -1,21 +1,27 @@
 //! A weight matrix in any of the storage types inference reads — `f32`, `bf16`, `f16`, Q8_0, Q4_0 — and the
 //! one linear layer over it, `out = inp·Wᵀ + b` with `W` stored `(OC, C)` by rows as in `torch.nn.Linear`.
 //!
-//! Which kernel runs depends on the number of input rows, as for `f32` ([`crate::matmul::forward`]):
+//! Which kernel runs depends on the number of input rows:
 //! - a few rows (decoding): the weights are streamed once and consumed in their own type — 16-bit floats
 //!   widened in registers ([`crate::gemv`]), quantized blocks by integer dot products against the inputs
 //!   quantized to Q8_0 ([`crate::quant::dot`]), as llama.cpp's CPU backend does;
-//! - many rows (a prompt, an evaluation window): the product is compute-bound. Where AVX-512 VNNI is
-//!   compiled in, quantized weights keep the integer products ([`INTEGER_MANY_ROWS`]): tiles of four weight
-//!   rows × eight input rows in registers, 128 products per pair of `vpdpbusd`, measured 1.4–2.7× faster
-//!   than the widened tiles at 64 rows (the inputs are then rounded to Q8_0 as in decoding). Otherwise —
-//!   and for 16-bit floats — tiles of [`TILE_ROWS`] weight rows are widened to `f32` and handed to the
-//!   same single-precision GEMM as `f32` weights: the widening is read once per tile and amortised over
-//!   every input row.
+//! - many rows (a prompt, an evaluation window): the product is compute-bound. Where AVX-512 is compiled
+//!   in, `f32` and 16-bit weights take register tiles that read the weights in place ([`crate::dot_gemm`]),
+//!   with the matrix-vector kernel's arithmetic: a row's result is the same bits at every row count, so a
+//!   prompt's row equals what decoding it alone gives and a batched sweep's row equals its own pass.
+//!   Quantized weights keep the integer products where AVX-512 VNNI is compiled in ([`INTEGER_MANY_ROWS`]):
+//!   tiles of four weight rows × eight input rows in registers, 128 products per pair of `vpdpbusd`,
+//!   measured 1.4–2.7× faster than the widened tiles at 64 rows (the inputs are then rounded to Q8_0 as in
+//!   decoding). Otherwise `f32` weights take the packed GEMM ([`crate::matmul::forward`]), and 16-bit and
+//!   quantized ones tiles of [`TILE_ROWS`] weight rows widened to `f32` and handed to that GEMM: the
+//!   widening is read once per tile and amortised over every input row.
+//!
+//! Training passes take the packed GEMM for `f32` weights at every row count ([`forward_in`]): at a
+//! training batch's hundreds to thousands of rows packing is amortised and it is the faster kernel.
 
 use crate::packed_gemm::Precision;
 use crate::quant::{BLOCK, BlockQ4_0, BlockQ8_0, dequantize_q4_0, dequantize_q8_0, dot};
-use crate::{gemv, matmul};
+use crate::{dot_gemm, gemv, matmul};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -89,24 +95,27 @@ impl Weights<'_> {
     }
 }
 
-/// `out = inp·Wᵀ (+ bias)` for any number of rows: `out` (M, OC), `inp` (M, C).
+/// `out = inp·Wᵀ (+ bias)` for any number of rows, for inference: `out` (M, OC), `inp` (M, C).
 ///
-/// For `f32` weights this is [`matmul::forward`]; other types take the few-rows kernels up to
-/// [`gemv::MAX_ROWS`] rows and the widened-tile GEMM beyond, except quantized weights where
-/// [`INTEGER_MANY_ROWS`], which keep the integer products.
+/// Up to [`gemv::MAX_ROWS`] rows take the few-rows kernels; beyond, `f32` and 16-bit weights the tiles of
+/// [`dot_gemm`] where they are compiled in (else the packed GEMM, or widened tiles into it), quantized
+/// weights the integer products where [`INTEGER_MANY_ROWS`], else widened tiles.
 pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     let m = w.check(out, inp, bias, c, oc);
     match w {
-        Weights::F32(w) => matmul::forward(out, inp, w, bias, c, oc),
         _ if m <= gemv::MAX_ROWS => forward_rows(out, inp, w, bias, c, oc),
+        Weights::F32(w) if dot_gemm::TILED => dot_gemm::forward(out, inp, w, bias, c, oc),
+        Weights::Bf16(w) if dot_gemm::TILED => dot_gemm::forward(out, inp, w, bias, c, oc),
+        Weights::F16(w) if dot_gemm::TILED => dot_gemm::forward(out, inp, w, bias, c, oc),
+        Weights::F32(w) => matmul::forward(out, inp, w, bias, c, oc),
         Weights::Q8_0(w) if INTEGER_MANY_ROWS => dot::matmul(out, inp, w, bias, c, oc),
         Weights::Q4_0(w) if INTEGER_MANY_ROWS => dot::matmul(out, inp, w, bias, c, oc),
         _ => forward_tiled(out, inp, w, bias, c, oc),
     }
 }
 
-/// [`forward`] with `f32` weights' products in `precision` ([`matmul::forward_in`]); other weight types
-/// compute as [`forward`] does.
+/// `out = inp·Wᵀ (+ bias)` for a training pass: `f32` weights through the packed GEMM with its products in
+/// `precision` ([`matmul::forward_in`]) at every row count; other weight types compute as [`forward`] does.
 pub fn forward_in(
     precision: Precision,
     out: &mut [f32],
@@ -117,12 +126,17 @@ pub fn forward_in(
     oc: usize,
 ) {
     match w {
-        Weights::F32(weight) if precision != Precision::F32 => {
+        Weights::F32(weight) => {
             w.check(out, inp, bias, c, oc);
             matmul::forward_in(precision, out, inp, weight, bias, c, oc)
         }
         _ => forward(out, inp, w, bias, c, oc),
     }
+}
+
+/// [`forward_in`] in `f32`, in the shape of [`forward`]: the output layer's projection in a training pass.
+pub fn forward_gemm(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
+    forward_in(Precision::F32, out, inp, w, bias, c, oc)
 }
 
 /// `out = inp·Wᵀ (+ bias)` for any number of rows, each computed exactly as it would be alone (batched

@@ -339,7 +339,11 @@ impl Gpt {
                 _ => kept_targets.copy_from_slice(targets),
             }
         }
-        let project: head::Project = if last_block_rows_only { weights::forward_rows } else { weights::forward };
+        let project: head::Project = match mode {
+            _ if last_block_rows_only => weights::forward_rows,
+            Mode::Train { .. } => weights::forward_gemm,
+            Mode::Eval => weights::forward,
+        };
         Ok(self.head_pass(acts, targets.is_some(), project, gradient, false))
     }
 
@@ -356,11 +360,11 @@ impl Gpt {
         pass: &BlockPass<'_>,
     ) -> bool {
         let cfg = &self.config;
-        let BlockPass { mode, edits, b, t, precision, .. } = *pass;
+        let BlockPass { mode, edits, b, t, .. } = *pass;
         let (c, nh, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_epsilon);
         let w = self.layout.split(&self.params).layer(l);
         layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
-        weights::forward_in(precision, &mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
+        pass.linear(&mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
         if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
             let [h, ..] = &mut a.lora_hidden;
             let [m, ..] = &mut a.lora_mask;
@@ -379,7 +383,7 @@ impl Gpt {
             return false;
         }
         let proj = self.matrix(ParamKind::AttnProjW, l);
-        weights::forward_in(precision, &mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
+        pass.linear(&mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
         if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
             let [_, h, ..] = &mut a.lora_hidden;
             let [_, m, ..] = &mut a.lora_mask;
@@ -392,7 +396,7 @@ impl Gpt {
         intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
         residual::forward(&mut a.residual2, x, &scratch.branch);
         layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
-        weights::forward_in(precision, &mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
+        pass.linear(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
         if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
             let [_, _, h, _] = &mut a.lora_hidden;
             let [_, _, m, _] = &mut a.lora_mask;
@@ -400,7 +404,7 @@ impl Gpt {
         }
         gelu::forward(&mut a.fch_gelu, &a.fch);
         let proj = self.matrix(ParamKind::FcProjW, l);
-        weights::forward_in(precision, &mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
+        pass.linear(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
         if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
             let [.., h] = &mut a.lora_hidden;
             let [.., m] = &mut a.lora_mask;
@@ -461,7 +465,11 @@ impl Gpt {
         assert!(self.packed.is_none(), "backward needs f32 weights: the forward refuses training mode without them");
         let logits_kept = !acts.logits.is_empty();
         let gradient = LossGradient { grads: &mut *grads, loss_scale };
-        self.head_pass(acts, true, weights::forward, Some(gradient), logits_kept);
+        let project: head::Project = match mode {
+            Mode::Train { .. } => weights::forward_gemm,
+            Mode::Eval => weights::forward,
+        };
+        self.head_pass(acts, true, project, Some(gradient), logits_kept);
         self.backward_from_head(acts, grads, mode, on_final);
     }
 
@@ -689,6 +697,18 @@ struct BlockPass<'a> {
     counted_rows: &'a [usize],
     /// The linear layers' matrix products.
     precision: Precision,
+}
+
+impl BlockPass<'_> {
+    /// A linear layer `out = inp·Wᵀ + b`: a training pass takes the packed GEMM in the run's precision
+    /// ([`weights::forward_in`]); an inference pass with `f32` products the inference kernels
+    /// ([`weights::forward`]), whose rows are the same bits at every row count, as in cached decoding.
+    fn linear(&self, out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
+        match self.mode {
+            Mode::Eval if self.precision == Precision::F32 => weights::forward(out, inp, w, bias, c, oc),
+            _ => weights::forward_in(self.precision, out, inp, w, bias, c, oc),
+        }
+    }
 }
 
 /// Backward of a linear layer `y = x·Wᵀ + b`, **accumulating** `dx += dy·W` and, unless the weights are

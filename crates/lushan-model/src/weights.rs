@@ -13,7 +13,7 @@ use half::{bf16, f16};
 use lushan_kernels::encoder;
 use lushan_kernels::quant::{BLOCK, BlockQ4_0, BlockQ8_0, quantize_q4_0, quantize_q8_0};
 pub use lushan_kernels::weights::Weights;
-pub use lushan_kernels::weights::{forward, forward_in, forward_rows};
+pub use lushan_kernels::weights::{forward, forward_gemm, forward_in, forward_rows};
 
 /// How a model's weight matrices are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

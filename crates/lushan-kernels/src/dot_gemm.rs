@@ -1,0 +1,282 @@
+//! Many-row products over weights in the dot-product layout: `out = inp·Wᵀ + b` with `W` stored `(OC, C)` as
+//! in `torch.nn.Linear`, for prompts and other inference passes of more rows than [`gemv::MAX_ROWS`].
+//!
+//! Why not a packed GEMM: a prompt of 64 rows uses each weight 64 times. A packed GEMM first copies every
+//! weight into its panel layout (a read and a write of the whole matrix per call), which for so few rows
+//! costs more than the multiply-adds (27 % of a GPT-2 prompt's time against 20 % in the GEMM's kernel).
+//! Both operands are already contiguous along `k`, so this kernel reads them in place (as llamafile's
+//! tinyBLAS does): a register tile of [`TILE_ROWS`] input rows × [`TILE_WEIGHTS`] weight rows keeps one
+//! 16-lane accumulator per output, and each step of 16 `k` loads `TILE_ROWS + TILE_WEIGHTS` vectors for
+//! `TILE_ROWS · TILE_WEIGHTS` fused multiply-adds. Weight rows are widened to `f32` as they are loaded
+//! (exact for `bf16`/`f16`).
+//!
+//! Each output is computed with exactly the arithmetic of the matrix-vector kernel ([`gemv`]): lane `i`
+//! accumulates `k ≡ i (mod 16)` over the whole multiples of 16, the lanes are summed halves first (`i + 8`,
+//! `i + 4`, `i + 2`, `i + 1`), the `C mod 16` tail is added in order with fused multiply-adds, then the bias.
+//! So a row's result is bit-identical whether it is computed alone (decoding), with a few rows ([`gemv`]) or
+//! in a prompt of any length here, whatever it is tiled with and however many threads run.
+//!
+//! The tiled path needs AVX-512 (32 vector registers hold a 6 × 4 tile of 16-lane accumulators);
+//! [`forward_portable`] is its bit-identical twin and the path where the CPU lacks it.
+
+use crate::gemv::{self, Element};
+use rayon::prelude::*;
+
+/// Input rows per register tile.
+pub const TILE_ROWS: usize = 6;
+/// Weight rows per register tile.
+pub const TILE_WEIGHTS: usize = 4;
+/// Lanes of one accumulator (one 512-bit register of `f32`).
+const LANES: usize = 16;
+/// Bytes of weight rows one task multiplies: they stay in the core's L2 cache while every tile of its input
+/// rows (each in L1) passes over them.
+const WEIGHT_BLOCK_BYTES: usize = 256 << 10;
+/// Input rows per task (whole tiles): the weights are read from memory once per this many rows.
+const TASK_ROWS: usize = 16 * TILE_ROWS;
+
+/// Whether this build multiplies many rows with the AVX-512 tiles (else the callers keep their GEMM: the
+/// portable twin is a reference, not a fast path).
+pub const TILED: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "fma"
+));
+
+/// `out = inp·Wᵀ (+ bias)`, tiled over the threads.
+///
+/// # Shapes
+/// `out`: (M, OC), `inp`: (M, C), `weight`: (OC, C), `bias`: (OC); any M.
+///
+/// # Panics
+/// On extents that do not match these shapes.
+pub fn forward<T: Element>(out: &mut [f32], inp: &[f32], weight: &[T], bias: Option<&[f32]>, c: usize, oc: usize) {
+    let m = check(out, inp, weight, bias, c, oc);
+    if m == 0 || oc == 0 {
+        return;
+    }
+    // Weight rows per task: as many whole tiles as fit the L2 share, at least one tile.
+    let weights_per_task =
+        (WEIGHT_BLOCK_BYTES / (std::mem::size_of::<T>() * c) / TILE_WEIGHTS * TILE_WEIGHTS).max(TILE_WEIGHTS);
+    let (row_blocks, col_blocks) = (m.div_ceil(TASK_ROWS), oc.div_ceil(weights_per_task));
+    let out = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+    (0..row_blocks * col_blocks).into_par_iter().for_each(|task| {
+        let (row_block, col_block) = (task / col_blocks, task % col_blocks);
+        let rows = row_block * TASK_ROWS..((row_block + 1) * TASK_ROWS).min(m);
+        let cols = col_block * weights_per_task..((col_block + 1) * weights_per_task).min(oc);
+        task_block(&out, inp, weight, bias, c, oc, rows, cols);
+    });
+}
+
+/// The same products one output at a time, with the same arithmetic: the bit-identical twin.
+pub fn forward_portable<T: Element>(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[T],
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    check(out, inp, weight, bias, c, oc);
+    for (out, x) in out.chunks_exact_mut(oc.max(1)).zip(inp.chunks_exact(c)) {
+        for (j, (o, w)) in out.iter_mut().zip(weight.chunks_exact(c)).enumerate() {
+            *o = dot_portable(x, w) + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+}
+
+fn check<T>(out: &[f32], inp: &[f32], weight: &[T], bias: Option<&[f32]>, c: usize, oc: usize) -> usize {
+    assert!(c > 0, "dot_gemm: C = 0");
+    let m = inp.len() / c;
+    assert_eq!(inp.len(), m * c, "dot_gemm: input is not whole rows of C");
+    assert_eq!(Some(out.len()), m.checked_mul(oc), "dot_gemm: output shape");
+    assert_eq!(Some(weight.len()), oc.checked_mul(c), "dot_gemm: weight shape ({oc}, {c})");
+    assert!(bias.is_none_or(|b| b.len() == oc), "dot_gemm: bias length");
+    m
+}
+
+/// One output's dot product in the kernels' order (module doc).
+fn dot_portable<T: Element>(x: &[f32], w: &[T]) -> f32 {
+    let body = x.len() / LANES * LANES;
+    let mut lanes = [0.0f32; LANES];
+    for (xs, ws) in x[..body].chunks_exact(LANES).zip(w[..body].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            lanes[i] = xs[i].mul_add(ws[i].to_f32(), lanes[i]);
+        }
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    let mut s = lanes[0];
+    for k in body..x.len() {
+        s = x[k].mul_add(w[k].to_f32(), s);
+    }
+    s
+}
+
+/// The output buffer, shared by tasks that write disjoint `(rows, cols)` blocks of it.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write through the pointer only to their own block of outputs (disjoint by construction in
+// `forward`), and the buffer outlives the parallel loop that borrows it.
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedOut {}
+
+/// Outputs `rows × cols`: for each tile of input rows (kept in L1), every tile of the weight rows (in L2).
+#[allow(clippy::too_many_arguments)]
+fn task_block<T: Element>(
+    out: &SharedOut,
+    inp: &[f32],
+    weight: &[T],
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    assert!(rows.end * oc <= out.len && cols.end <= oc, "dot_gemm: task block outside the output");
+    for i in rows.clone().step_by(TILE_ROWS) {
+        let nr = TILE_ROWS.min(rows.end - i);
+        for j in cols.clone().step_by(TILE_WEIGHTS) {
+            let nw = TILE_WEIGHTS.min(cols.end - j);
+            let mut results = [[0.0f32; TILE_WEIGHTS]; TILE_ROWS];
+            tile(&mut results, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c);
+            for (r, result) in results.iter().take(nr).enumerate() {
+                for (w, &value) in result.iter().take(nw).enumerate() {
+                    // SAFETY: (i + r) < rows.end and (j + w) < cols.end ≤ oc, so the index is below
+                    // rows.end · oc ≤ out.len (asserted above); this task alone writes its block.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        *out.ptr.add((i + r) * oc + j + w) = value + bias.map_or(0.0, |b| b[j + w]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `results[r][w]` = dot product of input row `r` and weight row `w` (no bias) for the `inp.len() / c`
+/// rows and `weight.len() / c` weight rows given (each at most a tile).
+fn tile<T: Element>(results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS], inp: &[f32], weight: &[T], c: usize) {
+    let (nr, nw) = (inp.len() / c, weight.len() / c);
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "fma"
+    ))]
+    {
+        macro_rules! by_weights {
+            ($r:literal) => {
+                match nw {
+                    4 => avx512::tile::<T, $r, 4>(results, inp, weight, c),
+                    3 => avx512::tile::<T, $r, 3>(results, inp, weight, c),
+                    2 => avx512::tile::<T, $r, 2>(results, inp, weight, c),
+                    _ => avx512::tile::<T, $r, 1>(results, inp, weight, c),
+                }
+            };
+        }
+        const { assert!(TILE_ROWS == 6 && TILE_WEIGHTS == 4) };
+        match nr {
+            6 => by_weights!(6),
+            5 => by_weights!(5),
+            4 => by_weights!(4),
+            3 => by_weights!(3),
+            2 => by_weights!(2),
+            _ => by_weights!(1),
+        }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "fma"
+    )))]
+    for (r, x) in inp.chunks_exact(c).enumerate().take(nr) {
+        for (w, row) in weight.chunks_exact(c).enumerate().take(nw) {
+            results[r][w] = dot_portable(x, row);
+        }
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "fma"
+))]
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::{Element, LANES, TILE_ROWS, TILE_WEIGHTS};
+    use std::arch::x86_64::*;
+
+    /// `R` input rows × `W` weight rows of [`super::dot_portable`], 16 lanes per output in one register.
+    #[inline(always)]
+    pub(super) fn tile<T: Element, const R: usize, const W: usize>(
+        results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS],
+        inp: &[f32],
+        weight: &[T],
+        c: usize,
+    ) {
+        // Checked in release builds: the raw loads below rely on them.
+        assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS && inp.len() == R * c && weight.len() == W * c, "dot_gemm: tile");
+        let body = c / LANES * LANES;
+        let (xp, wp) = (inp.as_ptr(), weight.as_ptr());
+        // SAFETY: AVX-512 F/BW/VL and FMA are compiled in (`cfg` on this module). Every load reads 16 elements
+        // at row · c + k with k + 16 ≤ body ≤ c, inside `inp` (R rows of c) and `weight` (W rows of c), as
+        // asserted above; unaligned loads accept any address.
+        let acc = unsafe {
+            let mut acc = [[_mm512_setzero_ps(); W]; R];
+            for k in (0..body).step_by(LANES) {
+                let w: [__m512; W] = std::array::from_fn(|w| T::load16(wp.add(w * c + k)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_loadu_ps(xp.add(r * c + k));
+                    for (acc, &w) in acc.iter_mut().zip(&w) {
+                        *acc = _mm512_fmadd_ps(x, w, *acc);
+                    }
+                }
+            }
+            acc
+        };
+        for r in 0..R {
+            for w in 0..W {
+                let mut s = hsum(acc[r][w]);
+                for k in body..c {
+                    s = inp[r * c + k].mul_add(weight[w * c + k].to_f32(), s);
+                }
+                results[r][w] = s;
+            }
+        }
+    }
+
+    /// Lanes summed halves first: `i + 8`, then `i + 4`, `i + 2`, `i + 1` (the matrix-vector kernel's order).
+    #[inline(always)]
+    fn hsum(v: __m512) -> f32 {
+        // SAFETY: AVX-512 F is compiled in (`cfg` on this module); these touch registers only.
+        unsafe {
+            let lo = _mm512_castps512_ps256(v);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            let s8 = _mm256_add_ps(lo, hi);
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+        }
+    }
+}
+
+/// Rows of the many-row path at least: below, [`gemv::forward`] reads the weights once for all rows.
+pub const MIN_ROWS: usize = gemv::MAX_ROWS + 1;
+
+#[cfg(test)]
+mod tests;
