@@ -31,6 +31,9 @@ const LANES: usize = 16;
 /// Bytes of weight rows one task multiplies: they stay in the core's L2 cache while every tile of its input
 /// rows (each in L1) passes over them.
 const WEIGHT_BLOCK_BYTES: usize = 256 << 10;
+/// Elements of `k` per block where rows are long (see [`task_block`]): a 6-row input tile's block is 12 KiB of
+/// `f32`, a weight tile's 8 KiB, both within L1.
+const K_BLOCK: usize = 512;
 /// Input rows per task (whole tiles): the weights are read from memory once per this many rows.
 const TASK_ROWS: usize = 16 * TILE_ROWS;
 
@@ -98,22 +101,32 @@ fn check<T>(out: &[f32], inp: &[f32], weight: &[T], bias: Option<&[f32]>, c: usi
 
 /// One output's dot product in the kernels' order (module doc).
 fn dot_portable<T: Element>(x: &[f32], w: &[T]) -> f32 {
-    let body = x.len() / LANES * LANES;
     let mut lanes = [0.0f32; LANES];
-    for (xs, ws) in x[..body].chunks_exact(LANES).zip(w[..body].chunks_exact(LANES)) {
+    accumulate_portable(&mut lanes, x, w, 0..x.len() / LANES * LANES);
+    finish(&lanes, x, w)
+}
+
+/// Lane `i` += `x[k]·w[k]` for the `k ≡ i (mod 16)` of `k_range` (whole multiples of 16), in order.
+fn accumulate_portable<T: Element>(lanes: &mut [f32; LANES], x: &[f32], w: &[T], k_range: std::ops::Range<usize>) {
+    for (xs, ws) in x[k_range.clone()].chunks_exact(LANES).zip(w[k_range].chunks_exact(LANES)) {
         for i in 0..LANES {
             lanes[i] = xs[i].mul_add(ws[i].to_f32(), lanes[i]);
         }
     }
+}
+
+/// The lanes summed halves first, then the `C mod 16` tail of `x·w` added in order.
+fn finish<T: Element>(lanes: &[f32; LANES], x: &[f32], w: &[T]) -> f32 {
+    let mut v = *lanes;
     let mut width = LANES / 2;
     while width > 0 {
         for i in 0..width {
-            lanes[i] += lanes[i + width];
+            v[i] += v[i + width];
         }
         width /= 2;
     }
-    let mut s = lanes[0];
-    for k in body..x.len() {
+    let mut s = v[0];
+    for k in x.len() / LANES * LANES..x.len() {
         s = x[k].mul_add(w[k].to_f32(), s);
     }
     s
@@ -143,22 +156,104 @@ fn task_block<T: Element>(
     cols: std::ops::Range<usize>,
 ) {
     assert!(rows.end * oc <= out.len && cols.end <= oc, "dot_gemm: task block outside the output");
-    for i in rows.clone().step_by(TILE_ROWS) {
-        let nr = TILE_ROWS.min(rows.end - i);
-        for j in cols.clone().step_by(TILE_WEIGHTS) {
-            let nw = TILE_WEIGHTS.min(cols.end - j);
-            let mut results = [[0.0f32; TILE_WEIGHTS]; TILE_ROWS];
-            tile(&mut results, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c);
-            for (r, result) in results.iter().take(nr).enumerate() {
-                for (w, &value) in result.iter().take(nw).enumerate() {
-                    // SAFETY: (i + r) < rows.end and (j + w) < cols.end ≤ oc, so the index is below
-                    // rows.end · oc ≤ out.len (asserted above); this task alone writes its block.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        *out.ptr.add((i + r) * oc + j + w) = value + bias.map_or(0.0, |b| b[j + w]);
+    let write = |i: usize, j: usize, value: f32| {
+        debug_assert!(i < rows.end && j < cols.end);
+        // SAFETY: i < rows.end and j < cols.end ≤ oc (callers pass indices of this block), so the index is
+        // below rows.end · oc ≤ out.len (asserted above); this task alone writes its block.
+        #[allow(unsafe_code)]
+        unsafe {
+            *out.ptr.add(i * oc + j) = value + bias.map_or(0.0, |b| b[j]);
+        }
+    };
+    let body = c / LANES * LANES;
+    if body <= 2 * K_BLOCK {
+        for i in rows.clone().step_by(TILE_ROWS) {
+            let nr = TILE_ROWS.min(rows.end - i);
+            for j in cols.clone().step_by(TILE_WEIGHTS) {
+                let nw = TILE_WEIGHTS.min(cols.end - j);
+                let mut results = [[0.0f32; TILE_WEIGHTS]; TILE_ROWS];
+                tile(&mut results, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c);
+                for (r, result) in results.iter().take(nr).enumerate() {
+                    for (w, &value) in result.iter().take(nw).enumerate() {
+                        write(i + r, j + w, value);
                     }
                 }
             }
+        }
+        return;
+    }
+    // Long rows: a tile's rows would not stay in L1, so `k` goes in blocks of K_BLOCK, each input tile's
+    // block in L1 while every weight tile passes; the lanes are carried from block to block in memory, so
+    // each lane still sums its `k` in order (the same bits as unblocked).
+    let mut lanes = vec![[[[0.0f32; LANES]; TILE_WEIGHTS]; TILE_ROWS]; cols.len().div_ceil(TILE_WEIGHTS)];
+    for i in rows.clone().step_by(TILE_ROWS) {
+        let nr = TILE_ROWS.min(rows.end - i);
+        lanes.iter_mut().for_each(|tile| *tile = [[[0.0; LANES]; TILE_WEIGHTS]; TILE_ROWS]);
+        for k in (0..body).step_by(K_BLOCK) {
+            let k_range = k..(k + K_BLOCK).min(body);
+            for (tile, j) in lanes.iter_mut().zip(cols.clone().step_by(TILE_WEIGHTS)) {
+                let nw = TILE_WEIGHTS.min(cols.end - j);
+                accumulate(tile, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c, k_range.clone());
+            }
+        }
+        for (tile, j) in lanes.iter().zip(cols.clone().step_by(TILE_WEIGHTS)) {
+            let nw = TILE_WEIGHTS.min(cols.end - j);
+            for (r, tile) in tile.iter().take(nr).enumerate() {
+                let x = &inp[(i + r) * c..(i + r + 1) * c];
+                for (w, lanes) in tile.iter().take(nw).enumerate() {
+                    write(i + r, j + w, finish(lanes, x, &weight[(j + w) * c..(j + w + 1) * c]));
+                }
+            }
+        }
+    }
+}
+
+/// [`tile`]'s lanes over `k_range` only (whole multiples of 16 below `C`), **accumulated** into `lanes`.
+fn accumulate<T: Element>(
+    lanes: &mut [[[f32; LANES]; TILE_WEIGHTS]; TILE_ROWS],
+    inp: &[f32],
+    weight: &[T],
+    c: usize,
+    k_range: std::ops::Range<usize>,
+) {
+    let (nr, nw) = (inp.len() / c, weight.len() / c);
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "fma"
+    ))]
+    {
+        macro_rules! by_weights {
+            ($r:literal) => {
+                match nw {
+                    4 => avx512::accumulate::<T, $r, 4>(lanes, inp, weight, c, k_range),
+                    3 => avx512::accumulate::<T, $r, 3>(lanes, inp, weight, c, k_range),
+                    2 => avx512::accumulate::<T, $r, 2>(lanes, inp, weight, c, k_range),
+                    _ => avx512::accumulate::<T, $r, 1>(lanes, inp, weight, c, k_range),
+                }
+            };
+        }
+        match nr {
+            6 => by_weights!(6),
+            5 => by_weights!(5),
+            4 => by_weights!(4),
+            3 => by_weights!(3),
+            2 => by_weights!(2),
+            _ => by_weights!(1),
+        }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "fma"
+    )))]
+    for (r, x) in inp.chunks_exact(c).enumerate().take(nr) {
+        for (w, row) in weight.chunks_exact(c).enumerate().take(nw) {
+            accumulate_portable(&mut lanes[r][w], x, row, k_range.clone());
         }
     }
 }
@@ -237,11 +332,17 @@ mod avx512 {
         // at row · c + k with k + 16 ≤ body ≤ c, inside `inp` (R rows of c) and `weight` (W rows of c), as
         // asserted above; unaligned loads accept any address.
         let acc = unsafe {
+            // One pointer per row, advanced together: ten streams and a counter fit the general registers.
+            let mut xr: [*const f32; R] = std::array::from_fn(|r| xp.add(r * c));
+            let mut wr: [*const T; W] = std::array::from_fn(|w| wp.add(w * c));
             let mut acc = [[_mm512_setzero_ps(); W]; R];
-            for k in (0..body).step_by(LANES) {
-                let w: [__m512; W] = std::array::from_fn(|w| T::load16(wp.add(w * c + k)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_loadu_ps(xp.add(r * c + k));
+            for _ in 0..body / LANES {
+                let w: [__m512; W] = std::array::from_fn(|w| T::load16(wr[w]));
+                wr = wr.map(|p| p.add(LANES));
+                for (acc, x) in acc.iter_mut().zip(&mut xr) {
+                    let row = *x;
+                    *x = row.add(LANES);
+                    let x = _mm512_loadu_ps(row);
                     for (acc, &w) in acc.iter_mut().zip(&w) {
                         *acc = _mm512_fmadd_ps(x, w, *acc);
                     }
@@ -256,6 +357,49 @@ mod avx512 {
                     s = inp[r * c + k].mul_add(weight[w * c + k].to_f32(), s);
                 }
                 results[r][w] = s;
+            }
+        }
+    }
+
+    /// [`tile`]'s loop over `k_range` (whole multiples of 16 below `c`), starting from and returning to `lanes`.
+    #[inline(always)]
+    pub(super) fn accumulate<T: Element, const R: usize, const W: usize>(
+        lanes: &mut [[[f32; LANES]; TILE_WEIGHTS]; TILE_ROWS],
+        inp: &[f32],
+        weight: &[T],
+        c: usize,
+        k_range: std::ops::Range<usize>,
+    ) {
+        assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS && inp.len() == R * c && weight.len() == W * c, "dot_gemm: tile");
+        assert!(
+            k_range.start.is_multiple_of(LANES) && k_range.start <= k_range.end && k_range.end <= c / LANES * LANES
+        );
+        let steps = (k_range.end - k_range.start) / LANES;
+        // SAFETY: AVX-512 F/BW/VL and FMA are compiled in (`cfg` on this module). The lane loads and stores
+        // touch `lanes[r][w]` (16 floats each) for r < R ≤ TILE_ROWS, w < W ≤ TILE_WEIGHTS; every row load
+        // reads 16 elements at row · c + k with k + 16 ≤ k_range.end ≤ c, inside `inp` (R rows of c) and
+        // `weight` (W rows of c), as asserted above; unaligned loads accept any address.
+        unsafe {
+            let mut xr: [*const f32; R] = std::array::from_fn(|r| inp.as_ptr().add(r * c + k_range.start));
+            let mut wr: [*const T; W] = std::array::from_fn(|w| weight.as_ptr().add(w * c + k_range.start));
+            let mut acc: [[__m512; W]; R] =
+                std::array::from_fn(|r| std::array::from_fn(|w| _mm512_loadu_ps(lanes[r][w].as_ptr())));
+            for _ in 0..steps {
+                let w: [__m512; W] = std::array::from_fn(|w| T::load16(wr[w]));
+                wr = wr.map(|p| p.add(LANES));
+                for (acc, x) in acc.iter_mut().zip(&mut xr) {
+                    let row = *x;
+                    *x = row.add(LANES);
+                    let x = _mm512_loadu_ps(row);
+                    for (acc, &w) in acc.iter_mut().zip(&w) {
+                        *acc = _mm512_fmadd_ps(x, w, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (w, &acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(lanes[r][w].as_mut_ptr(), acc);
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// Shapes that exercise every edge: C below, at and past multiples of 16; weight rows and input rows that
 /// leave partial tiles and partial tasks; several tasks of rows (C = 3000 gives tasks of 18 rows).
-const SHAPES: [(usize, usize, usize); 10] = [
+const SHAPES: [(usize, usize, usize); 11] = [
     (5, 1, 1),
     (5, 15, 3),
     (6, 16, 4),
@@ -18,6 +18,7 @@ const SHAPES: [(usize, usize, usize); 10] = [
     (64, 768, 70),
     (40, 3000, 6),
     (1, 31, 7),
+    (9, 1100, 11),
 ];
 
 fn product<T: Element>(
