@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod sweep;
 pub mod task_metrics;
 pub mod tasks;
+pub mod train_data;
 pub mod trainer;
 
 pub use config::{InitFrom, Preset, TrainConfig, TrainOverrides};
