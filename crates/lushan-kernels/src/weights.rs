@@ -141,9 +141,19 @@ pub fn forward_gemm(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&
 
 /// `out = inp·Wᵀ (+ bias)` for any number of rows, each computed exactly as it would be alone (batched
 /// decoding of several sequences reads the weights once for all of them; a batched sweep of edited forward
-/// passes gets each row's logits bit-identical to its own pass). Rows go [`gemv::MAX_BATCH`] at a time.
+/// passes gets each row's logits bit-identical to its own pass). Rows go [`gemv::MAX_BATCH`] at a time through
+/// the few-rows kernels, except that with AVX-512 compiled in more than [`gemv::MAX_ROWS`] rows of `f32` or
+/// 16-bit weights take the tiles of [`dot_gemm`], whose rows are those of [`gemv`] bit for bit.
 pub fn forward_rows(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
-    w.check(out, inp, bias, c, oc);
+    let m = w.check(out, inp, bias, c, oc);
+    if dot_gemm::TILED && m > gemv::MAX_ROWS {
+        match w {
+            Weights::F32(w) => return dot_gemm::forward(out, inp, w, bias, c, oc),
+            Weights::Bf16(w) => return dot_gemm::forward(out, inp, w, bias, c, oc),
+            Weights::F16(w) => return dot_gemm::forward(out, inp, w, bias, c, oc),
+            Weights::Q8_0(_) | Weights::Q4_0(_) => {}
+        }
+    }
     let per_call = gemv::MAX_BATCH;
     for (out, inp) in out.chunks_mut(per_call * oc).zip(inp.chunks(per_call * c)) {
         rows_at_most_max_batch(out, inp, w, bias, c, oc);
