@@ -72,19 +72,35 @@ pub fn lane(j: usize) -> usize {
 /// If the lengths disagree (a caller bug).
 pub fn quantize_input(x: &[f32], out: &mut [InputBlock]) {
     assert_eq!(x.len(), out.len() * BLOCK, "quantize_input: {} values for {} blocks", x.len(), out.len());
-    let mut q8 = [BlockQ8_0::default()];
     for (block, xs) in out.iter_mut().zip(x.chunks_exact(BLOCK)) {
-        quantize_q8_0(xs, &mut q8);
-        let mut sums = [0i32; LANES];
-        for (j, &q) in q8[0].qs.iter().enumerate() {
-            sums[lane(j)] += i32::from(q);
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni",
+            target_feature = "fma"
+        ))]
+        if let Some(b) = avx512::quantize_block(xs.try_into().expect("32 values")) {
+            *block = b;
+            continue;
         }
-        *block = InputBlock {
-            d: q8[0].scale(),
-            qs: q8[0].qs,
-            q4_offsets: std::array::from_fn(|i| -8 * sums[i % LANES]),
-            q8_offsets: sums.map(|s| -128 * s),
-        };
+        *block = quantize_block_portable(xs);
+    }
+}
+
+/// One block of [`quantize_input`] in plain code: the portable twin of the vector quantizer.
+pub fn quantize_block_portable(xs: &[f32]) -> InputBlock {
+    let mut q8 = [BlockQ8_0::default()];
+    quantize_q8_0(xs, &mut q8);
+    let mut sums = [0i32; LANES];
+    for (j, &q) in q8[0].qs.iter().enumerate() {
+        sums[lane(j)] += i32::from(q);
+    }
+    InputBlock {
+        d: q8[0].scale(),
+        qs: q8[0].qs,
+        q4_offsets: std::array::from_fn(|i| -8 * sums[i % LANES]),
+        q8_offsets: sums.map(|s| -128 * s),
     }
 }
 
@@ -254,56 +270,58 @@ pub fn matmul<B: QuantBlock>(out: &mut [f32], x: &[f32], w: &[B], bias: Option<&
         return;
     }
     let mut xq = vec![InputBlock::default(); m * blocks];
-    for (q, row) in xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)) {
-        quantize_input(row, q);
+    if m * c >= MIN_PARALLEL_QUANTIZE {
+        xq.par_chunks_mut(blocks).zip(x.par_chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
+    } else {
+        xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
     }
     let tasks = (oc * c / MIN_TASK_WEIGHTS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS));
     let per_task = oc.div_ceil(tasks).next_multiple_of(4);
-    // Channel-major results (OC, M): for one input row that is `out` itself; otherwise transposed below.
-    let mut by_channel = if m == 1 { Vec::new() } else { vec![0.0f32; oc * m] };
-    let dst: &mut [f32] = if m == 1 { out } else { &mut by_channel };
-    dst.par_chunks_mut(per_task * m).enumerate().for_each(|(t, dst)| {
-        let j0 = t * per_task;
-        channels(dst, &w[j0 * blocks..(j0 + dst.len() / m) * blocks], &xq, bias.map(|b| &b[j0..]), blocks, m);
-    });
-    if m > 1 {
-        out.par_chunks_mut(oc).enumerate().for_each(|(r, row)| {
-            for (o, v) in row.iter_mut().enumerate() {
-                *v = by_channel[o * m + r];
-            }
-        });
+    // Each task's output channels in every row: `parts[t][r]` is row `r`'s channels `t·per_task ..`.
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(per_task)).map(|_| Vec::with_capacity(m)).collect();
+    for row in out.chunks_exact_mut(oc) {
+        for (part, channels) in parts.iter_mut().zip(row.chunks_mut(per_task)) {
+            part.push(channels);
+        }
     }
+    parts.into_par_iter().enumerate().for_each(|(t, mut dst)| {
+        let j0 = t * per_task;
+        let n = dst[0].len();
+        channels(&mut dst, &w[j0 * blocks..(j0 + n) * blocks], &xq, bias.map(|b| &b[j0..]), blocks);
+    });
 }
 
+/// Input values (rows × C) from which the rows are quantized in parallel.
+const MIN_PARALLEL_QUANTIZE: usize = 1 << 14;
 /// Weights below which one more task costs more than it saves (as [`crate::gemv`]'s threshold in bytes).
 const MIN_TASK_WEIGHTS: usize = 1 << 16;
 /// Upper bound on tasks per call.
 const MAX_TASKS: usize = 16;
 
-/// One task: `dst` (channels × M, channel-major) for the weight rows `w` (channels × `blocks`) against every
-/// quantized input row of `xq` (M × `blocks`), plus the bias from `bias[0]` on.
+/// One task: `dst[r]` (channels) for the weight rows `w` (channels × `blocks`) against each quantized input
+/// row `r` of `xq` (M × `blocks`), plus the bias from `bias[0]` on.
 ///
 /// As in [`crate::gemv`]'s blocks, the rows are cut into four equal runs and the four rows walked together
 /// are one from each run (`o`, `o + q`, `o + 2q`, `o + 3q`): four long sequential streams, which the hardware
 /// prefetchers (and the software prefetch in the dot products) follow. Rows past the four runs are the tail.
-fn channels<B: QuantBlock>(dst: &mut [f32], w: &[B], xq: &[InputBlock], bias: Option<&[f32]>, blocks: usize, m: usize) {
+fn channels<B: QuantBlock>(dst: &mut [&mut [f32]], w: &[B], xq: &[InputBlock], bias: Option<&[f32]>, blocks: usize) {
     let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
     let bias_at = |o: usize| bias.map_or(0.0, |b| b[o]);
-    let n = dst.len() / m;
+    let n = dst[0].len();
     let q = n / 4;
-    let mut dots = vec![[0.0f32; 4]; m];
+    let mut dots = vec![[0.0f32; 4]; dst.len()];
     for j in 0..q {
         let at = [j, j + q, j + 2 * q, j + 3 * q];
         B::dot4_rows(at.map(row), xq, &mut dots);
-        for (r, four) in dots.iter().enumerate() {
+        for (dst, four) in dst.iter_mut().zip(&dots) {
             for (&o, d) in at.iter().zip(four) {
-                dst[o * m + r] = d + bias_at(o);
+                dst[o] = d + bias_at(o);
             }
         }
     }
     for o in 4 * q..n {
-        for (r, x) in xq.chunks_exact(blocks).enumerate() {
-            dst[o * m + r] = B::dot(row(o), x) + bias_at(o);
+        for (dst, x) in dst.iter_mut().zip(xq.chunks_exact(blocks)) {
+            dst[o] = B::dot(row(o), x) + bias_at(o);
         }
     }
 }

@@ -10,7 +10,7 @@
 //! The lanes are [`super`]'s, so each result is bit-identical to the portable twin.
 
 #![allow(unsafe_code)]
-use super::{BlockQ4_0, BlockQ8_0, InputBlock, LANES, f16_table};
+use super::{BLOCK, BlockQ4_0, BlockQ8_0, InputBlock, LANES, f16_table};
 use crate::quant::dot::avx2::prefetch;
 use std::arch::x86_64::*;
 
@@ -153,4 +153,56 @@ pub(super) fn dot4_rows_q8_0(w: [&[BlockQ8_0]; 4], x: &[InputBlock], out: &mut [
 
 pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
     dot4_rows(w, x, out)
+}
+
+/// [`super::quantize_input`] of one block, bit-identical to [`super::quantize_block_portable`]: `Some` when
+/// every value and the scale's inverse are finite (the rest, where the scalar cast turns NaN to 0 and
+/// infinities to ±127, is left to the scalar code).
+///
+/// The scalar rounding is C's `roundf` (halves away from zero), which no rounding mode gives: `t = trunc(p)`,
+/// then `t ± 1` where `|p − t| ≥ 0.5` (`p − t` is exact), the sign being `p`'s.
+#[inline]
+pub(super) fn quantize_block(xs: &[f32; BLOCK]) -> Option<InputBlock> {
+    // SAFETY: AVX-512 F/BW are compiled in (parent `cfg`); the two loads read the 32 values of `xs`.
+    unsafe {
+        let lo = _mm512_loadu_ps(xs.as_ptr());
+        let hi = _mm512_loadu_ps(xs[16..].as_ptr());
+        let (alo, ahi) = (_mm512_abs_ps(lo), _mm512_abs_ps(hi));
+        let finite = _mm512_set1_ps(f32::MAX);
+        // Ordered comparisons: a NaN fails them.
+        let ok = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(alo, finite) & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(ahi, finite);
+        if ok != 0xFFFF {
+            return None;
+        }
+        // The maximum is exact whatever the order.
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(alo, ahi));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if !id.is_finite() {
+            // A subnormal scale: infinite products, which the scalar cast saturates.
+            return None;
+        }
+        let id = _mm512_set1_ps(id);
+        let round = |v: __m512| {
+            let p = _mm512_mul_ps(v, id);
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+            let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(p, t)), _mm512_set1_ps(0.5));
+            // ±1 with `p`'s sign (the sign bit of `p` on 1.0).
+            let sign = _mm512_and_si512(_mm512_castps_si512(p), _mm512_set1_epi32(i32::MIN));
+            let one = _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0))));
+            // Saturated to `i8` as the scalar cast does (a tiny scale's products may pass ±127).
+            let q = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, away, t, one));
+            _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-128))
+        };
+        let (qlo, qhi) = (round(lo), round(hi));
+        let mut block = InputBlock { d: half::f16::from_f32(d).to_f32(), ..InputBlock::default() };
+        _mm_storeu_si128(block.qs.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qlo));
+        _mm_storeu_si128(block.qs[16..].as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qhi));
+        let mut pos = [0i32; 16];
+        _mm512_storeu_si512(pos.as_mut_ptr().cast(), _mm512_add_epi32(qlo, qhi));
+        let sums: [i32; LANES] = std::array::from_fn(|i| pos[4 * i..4 * i + 4].iter().sum());
+        block.q4_offsets = std::array::from_fn(|i| -8 * sums[i % LANES]);
+        block.q8_offsets = sums.map(|s| -128 * s);
+        Some(block)
+    }
 }

@@ -211,3 +211,43 @@ fn products_match_dequantize_then_f32_loops() {
         assert!(out.iter().zip(&exact).all(|(a, b)| (a - b).abs() < 0.02), "q8_0 vs f32, m = {m}");
     }
 }
+
+/// The dispatched input quantizer (vectorised where AVX-512 is compiled in) against its portable twin, bit
+/// for bit: random rows, halves that C's `roundf` rounds away from zero, values just below a half, a zero
+/// block, tiny and subnormal scales, and non-finite values (which the scalar code takes).
+#[test]
+fn input_quantizer_equals_its_portable_twin_bit_for_bit() {
+    let mut blocks: Vec<[f32; BLOCK]> = (0..64).map(|s| random(BLOCK, 500 + s).try_into().unwrap()).collect();
+    let mut halves = [0.0f32; BLOCK];
+    for (j, h) in halves.iter_mut().enumerate() {
+        // max |x| = 127 makes the scale 1: the products are the values themselves.
+        *h = if j == 0 { 127.0 } else { (j as f32 - 16.0) + 0.5 };
+    }
+    blocks.push(halves);
+    blocks.push(halves.map(|v| -v));
+    let mut below = halves;
+    below.iter_mut().skip(1).for_each(|v| *v = f32::from_bits(v.to_bits() - 1));
+    blocks.push(below);
+    blocks.push([0.0; BLOCK]);
+    let mut tiny = [0.0f32; BLOCK];
+    tiny[3] = 1e-40;
+    tiny[9] = -7e-41;
+    blocks.push(tiny);
+    blocks.push(random(BLOCK, 7).iter().map(|v| v * 1e-36).collect::<Vec<_>>().try_into().unwrap());
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut b = halves;
+        b[5] = bad;
+        blocks.push(b);
+    }
+    let x: Vec<f32> = blocks.concat();
+    let mut got = vec![InputBlock::default(); blocks.len()];
+    quantize_input(&x, &mut got);
+    for (i, (got, xs)) in got.iter().zip(&blocks).enumerate() {
+        let want = quantize_block_portable(xs);
+        assert_eq!(got.d.to_bits(), want.d.to_bits(), "block {i}: scale");
+        assert_eq!((got.qs, got.q4_offsets, got.q8_offsets), (want.qs, want.q4_offsets, want.q8_offsets), "block {i}");
+    }
+    // The halves really were rounded away from zero (the test covers the case it names).
+    let h = quantize_block_portable(&halves);
+    assert_eq!((h.qs[1], h.qs[16], h.qs[15]), (-15, 1, -1), "−14.5, 0.5, −0.5");
+}
