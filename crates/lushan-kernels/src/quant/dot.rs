@@ -112,6 +112,10 @@ pub trait QuantBlock: Copy + Send + Sync {
     /// blocks, `out.len()` of them): `out[r][i]` is row `i` against input row `r`, bit-identical to its
     /// own `dot`. The weights are unpacked once for all the input rows.
     fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]);
+    /// [`QuantBlock::dot4_rows`] of eight weight rows, for many input rows (a prompt): on AVX-512 the eight
+    /// rows are unpacked once for all the input rows and each input block serves all eight; elsewhere two
+    /// calls of [`QuantBlock::dot4_rows`].
+    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]);
     /// The block's 32 weights as integers (their scale apart).
     fn integers(&self) -> [i8; BLOCK];
     fn scale(&self) -> f32;
@@ -139,7 +143,7 @@ use portable as fast;
 /// Without AVX2: the portable twin is the kernel.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod portable {
-    use super::{BlockQ4_0, BlockQ8_0, InputBlock, dot_portable, rows_of};
+    use super::{BlockQ4_0, BlockQ8_0, InputBlock, dot_portable, eight_as_fours, rows_of};
     pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
         dot_portable(w, x)
     }
@@ -151,6 +155,12 @@ mod portable {
     }
     pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         rows_of(w, x, out, |w, x| w.map(|w| dot_portable(w, x)))
+    }
+    pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        eight_as_fours(w, x, out, dot4_rows_q8_0)
+    }
+    pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        eight_as_fours(w, x, out, dot4_rows_q4_0)
     }
 }
 
@@ -185,6 +195,9 @@ impl QuantBlock for BlockQ8_0 {
     fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         fast::dot4_rows_q8_0(w, x, out)
     }
+    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        fast::dot8_rows_q8_0(w, x, out)
+    }
     fn integers(&self) -> [i8; BLOCK] {
         self.qs
     }
@@ -199,6 +212,9 @@ impl QuantBlock for BlockQ4_0 {
     }
     fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         fast::dot4_rows_q4_0(w, x, out)
+    }
+    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        fast::dot8_rows_q4_0(w, x, out)
     }
     fn integers(&self) -> [i8; BLOCK] {
         self.unpack()
@@ -308,9 +324,25 @@ fn channels<B: QuantBlock>(dst: &mut [&mut [f32]], w: &[B], xq: &[InputBlock], b
     let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
     let bias_at = |o: usize| bias.map_or(0.0, |b| b[o]);
     let n = dst[0].len();
-    let q = n / 4;
+    let mut start = 0;
+    if dst.len() > MANY_ROWS {
+        // Eight runs; the rows past them go to the four runs below.
+        let q = n / 8;
+        let mut dots = vec![[0.0f32; 8]; dst.len()];
+        for j in 0..q {
+            let at: [usize; 8] = std::array::from_fn(|i| j + i * q);
+            B::dot8_rows(at.map(row), xq, &mut dots);
+            for (dst, eight) in dst.iter_mut().zip(&dots) {
+                for (&o, d) in at.iter().zip(eight) {
+                    dst[o] = d + bias_at(o);
+                }
+            }
+        }
+        start = 8 * q;
+    }
+    let q = (n - start) / 4;
     let mut dots = vec![[0.0f32; 4]; dst.len()];
-    for j in 0..q {
+    for j in start..start + q {
         let at = [j, j + q, j + 2 * q, j + 3 * q];
         B::dot4_rows(at.map(row), xq, &mut dots);
         for (dst, four) in dst.iter_mut().zip(&dots) {
@@ -319,9 +351,38 @@ fn channels<B: QuantBlock>(dst: &mut [&mut [f32]], w: &[B], xq: &[InputBlock], b
             }
         }
     }
-    for o in 4 * q..n {
+    for o in start + 4 * q..n {
         for (dst, x) in dst.iter_mut().zip(xq.chunks_exact(blocks)) {
             dst[o] = B::dot(row(o), x) + bias_at(o);
+        }
+    }
+}
+
+/// Input rows above which [`channels`] walks eight weight rows at a time ([`QuantBlock::dot8_rows`]).
+const MANY_ROWS: usize = 8;
+
+/// [`QuantBlock::dot8_rows`] as two calls of a four-row product (the paths without an eight-row kernel).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni",
+        not(test)
+    ),
+    allow(dead_code)
+)]
+fn eight_as_fours<B: QuantBlock>(
+    w: [&[B]; 8],
+    x: &[InputBlock],
+    out: &mut [[f32; 8]],
+    dot4_rows: impl Fn([&[B]; 4], &[InputBlock], &mut [[f32; 4]]),
+) {
+    let mut half = vec![[0.0f32; 4]; out.len()];
+    for h in 0..2 {
+        dot4_rows(std::array::from_fn(|i| w[4 * h + i]), x, &mut half);
+        for (o, four) in out.iter_mut().zip(&half) {
+            o[4 * h..4 * h + 4].copy_from_slice(four);
         }
     }
 }

@@ -139,6 +139,114 @@ fn dot4_rows<B: Unpack>(w: [&[B]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
     }
 }
 
+/// Registers one block of eight weight rows takes unpacked: rows 0..4's `low` and `high`, rows 4..8's, then
+/// the two scale vectors.
+const UNPACKED: usize = 6;
+
+/// Eight weight rows (each `blocks` long) unpacked once for many input rows: block `k` is
+/// `scratch[UNPACKED·k ..][..UNPACKED]` (see [`UNPACKED`]), read from the L1 cache by every input tile.
+fn unpack8<B: Unpack>(w: [&[B]; 8], blocks: usize, scratch: &mut Vec<__m512i>) {
+    assert!(w.iter().all(|w| w.len() == blocks), "quantized dot: weight rows");
+    let table = f16_table();
+    scratch.clear();
+    scratch.reserve(UNPACKED * blocks);
+    // SAFETY: AVX-512 F/BW are compiled in (parent `cfg`); every block read is `w[i][k]` with `k < blocks`,
+    // the length of every row (asserted above).
+    unsafe {
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let scales = |wb: [&B; 4]| {
+            let s = _mm_setr_ps(
+                table[usize::from(wb[0].d())],
+                table[usize::from(wb[1].d())],
+                table[usize::from(wb[2].d())],
+                table[usize::from(wb[3].d())],
+            );
+            _mm512_castps_si512(_mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s)))
+        };
+        for k in 0..blocks {
+            let a = [&w[0][k], &w[1][k], &w[2][k], &w[3][k]];
+            let b = [&w[4][k], &w[5][k], &w[6][k], &w[7][k]];
+            let (low_a, high_a) = B::unpack4(a);
+            let (low_b, high_b) = B::unpack4(b);
+            scratch.extend_from_slice(&[low_a, high_a, low_b, high_b, scales(a), scales(b)]);
+        }
+    }
+}
+
+/// Input rows a tile of eight unpacked weight rows holds in registers (two 512-bit accumulators each).
+pub(super) const TILE8: usize = 8;
+const _: () = assert!(TILE8 == 8, "dot8_rows dispatches tiles of 1..=8 rows");
+
+/// Eight unpacked weight rows ([`unpack8`]) against `R` input rows (`x`: `R · blocks` blocks): `[[row 0's
+/// result, .., row 7's]; R]`, each bit-identical to [`tile`]'s (the same lanes, scales and order).
+#[inline(always)]
+fn tile8<B: Unpack, const R: usize>(unpacked: &[__m512i], x: &[InputBlock], blocks: usize) -> [[f32; 8]; R] {
+    assert_eq!(unpacked.len(), UNPACKED * blocks, "quantized dot: unpacked weights");
+    assert_eq!(x.len(), R * blocks, "quantized dot: input rows");
+    // SAFETY: AVX-512 F/BW/VNNI and FMA are compiled in (parent `cfg`); the pointers read `unpacked[UNPACKED·k
+    // + i]` (i < UNPACKED) and `x[r·blocks + k]` (r < R) with `k < blocks`, in bounds by the asserts above.
+    unsafe {
+        let mut acc_a = [_mm512_setzero_ps(); R];
+        let mut acc_b = [_mm512_setzero_ps(); R];
+        for k in 0..blocks {
+            let u = unpacked.as_ptr().add(UNPACKED * k);
+            let (low_a, high_a, low_b, high_b) = (*u, *u.add(1), *u.add(2), *u.add(3));
+            let (dw_a, dw_b) = (_mm512_castsi512_ps(*u.add(4)), _mm512_castsi512_ps(*u.add(5)));
+            for r in 0..R {
+                let xb = &*x.as_ptr().add(r * blocks + k);
+                let x_low = _mm512_broadcast_i32x4(_mm_loadu_si128(xb.qs.as_ptr().cast()));
+                let x_high = _mm512_broadcast_i32x4(_mm_loadu_si128(xb.qs[16..].as_ptr().cast()));
+                let offsets = _mm512_broadcast_i32x4(_mm_loadu_si128(B::offsets(xb).as_ptr().cast()));
+                let dx = _mm512_set1_ps(xb.d);
+                // Exact, as in `tile`.
+                let ints_a = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(offsets, low_a, x_low), high_a, x_high);
+                let ints_b = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(offsets, low_b, x_low), high_b, x_high);
+                acc_a[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw_a, dx), _mm512_cvtepi32_ps(ints_a), acc_a[r]);
+                acc_b[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw_b, dx), _mm512_cvtepi32_ps(ints_b), acc_b[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            let mut v = [0.0f32; 32];
+            _mm512_storeu_ps(v.as_mut_ptr(), acc_a[r]);
+            _mm512_storeu_ps(v[16..].as_mut_ptr(), acc_b[r]);
+            std::array::from_fn(|i| super::hsum([v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]]))
+        })
+    }
+}
+
+/// [`super::QuantBlock::dot8_rows`]: the eight rows unpacked once into a per-thread buffer, then tiles of
+/// [`TILE8`] input rows and one tile of the rest.
+fn dot8_rows<B: Unpack>(w: [&[B]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let blocks = w[0].len();
+    assert!(blocks > 0, "quantized dot: empty rows");
+    assert_eq!(x.len(), out.len() * blocks, "quantized dot: input rows");
+    SCRATCH.with_borrow_mut(|scratch| {
+        unpack8(w, blocks, scratch);
+        for (out, x) in out.chunks_mut(TILE8).zip(x.chunks(TILE8 * blocks)) {
+            macro_rules! rest {
+                ($($r:literal)*) => {
+                    match out.len() {
+                        $($r => out.copy_from_slice(&tile8::<B, $r>(scratch, x, blocks)),)*
+                        _ => unreachable!("a chunk holds 1..=TILE8 rows"),
+                    }
+                };
+            }
+            rest!(1 2 3 4 5 6 7 8);
+        }
+    })
+}
+
+pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+    dot8_rows(w, x, out)
+}
+
+pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+    dot8_rows(w, x, out)
+}
+
 pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
     tile::<_, 1>([w; 4], x, w.len())[0][0]
 }
