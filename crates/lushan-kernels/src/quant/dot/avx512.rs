@@ -148,27 +148,45 @@ const UNPACKED: usize = 6;
 fn unpack8<B: Unpack>(w: [&[B]; 8], blocks: usize, scratch: &mut Vec<__m512i>) {
     assert!(w.iter().all(|w| w.len() == blocks), "quantized dot: weight rows");
     let table = f16_table();
-    scratch.clear();
-    scratch.reserve(UNPACKED * blocks);
-    // SAFETY: AVX-512 F/BW are compiled in (parent `cfg`); every block read is `w[i][k]` with `k < blocks`,
-    // the length of every row (asserted above).
+    // SAFETY: AVX-512 F/BW are compiled in (parent `cfg`).
+    scratch.resize(UNPACKED * blocks, unsafe { _mm512_setzero_si512() });
+    // SAFETY: as above; every block read is `w[i][k]` with `k < blocks`, the length of every row (asserted
+    // above), and every store `scratch[UNPACKED·k + i]` (i < UNPACKED) lies in the `UNPACKED · blocks`
+    // registers just sized.
     unsafe {
         let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        let scales = |wb: [&B; 4]| {
-            let s = _mm_setr_ps(
-                table[usize::from(wb[0].d())],
-                table[usize::from(wb[1].d())],
-                table[usize::from(wb[2].d())],
-                table[usize::from(wb[3].d())],
-            );
+        let scale = |b: &B| table[usize::from(b.d())];
+        let scales = |a: &B, b: &B, c: &B, d: &B| {
+            let s = _mm_setr_ps(scale(a), scale(b), scale(c), scale(d));
             _mm512_castps_si512(_mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s)))
         };
+        let out = scratch.as_mut_ptr();
+        let rows = w.map(|w| w.as_ptr());
         for k in 0..blocks {
-            let a = [&w[0][k], &w[1][k], &w[2][k], &w[3][k]];
-            let b = [&w[4][k], &w[5][k], &w[6][k], &w[7][k]];
-            let (low_a, high_a) = B::unpack4(a);
-            let (low_b, high_b) = B::unpack4(b);
-            scratch.extend_from_slice(&[low_a, high_a, low_b, high_b, scales(a), scales(b)]);
+            let b: [&B; 8] = [
+                &*rows[0].add(k),
+                &*rows[1].add(k),
+                &*rows[2].add(k),
+                &*rows[3].add(k),
+                &*rows[4].add(k),
+                &*rows[5].add(k),
+                &*rows[6].add(k),
+                &*rows[7].add(k),
+            ];
+            // Each row is one sequential stream, and the next groups of eight rows follow these in memory
+            // (`super::channels`' runs): prefetching ahead overlaps their reads with this group's tiles.
+            for b in b {
+                prefetch(b);
+            }
+            let (low_a, high_a) = B::unpack4([b[0], b[1], b[2], b[3]]);
+            let (low_b, high_b) = B::unpack4([b[4], b[5], b[6], b[7]]);
+            let o = out.add(UNPACKED * k);
+            o.write(low_a);
+            o.add(1).write(high_a);
+            o.add(2).write(low_b);
+            o.add(3).write(high_b);
+            o.add(4).write(scales(b[0], b[1], b[2], b[3]));
+            o.add(5).write(scales(b[4], b[5], b[6], b[7]));
         }
     }
 }

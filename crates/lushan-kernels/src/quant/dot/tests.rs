@@ -10,19 +10,21 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 type Dot<B> = fn(&[B], &[InputBlock]) -> f32;
 type Dot4Rows<B> = fn([&[B]; 4], &[InputBlock], &mut [[f32; 4]]);
 type Dot8Rows<B> = fn([&[B]; 8], &[InputBlock], &mut [[f32; 8]]);
+/// A path's name and products.
+type Path<B> = (&'static str, Dot<B>, Dot4Rows<B>, Dot8Rows<B>);
 
 /// Every vector path compiled in for a block type, by name: its single-row product, its four-row tile and
 /// its eight-row product.
 trait Paths: QuantBlock {
-    fn paths() -> Vec<(&'static str, Dot<Self>, Dot4Rows<Self>, Dot8Rows<Self>)>;
+    fn paths() -> Vec<Path<Self>>;
 }
 
 macro_rules! paths {
     ($t:ty, $dot:ident, $rows:ident, $rows8:ident) => {
         impl Paths for $t {
             #[allow(unused_mut)]
-            fn paths() -> Vec<(&'static str, Dot<Self>, Dot4Rows<Self>, Dot8Rows<Self>)> {
-                let mut v: Vec<(&'static str, Dot<Self>, Dot4Rows<Self>, Dot8Rows<Self>)> = vec![(
+            fn paths() -> Vec<Path<Self>> {
+                let mut v: Vec<Path<Self>> = vec![(
                     "dispatched",
                     <$t as QuantBlock>::dot,
                     <$t as QuantBlock>::dot4_rows,
