@@ -6,9 +6,10 @@
 //!   widened in registers ([`crate::gemv`]), quantized blocks by integer dot products against the inputs
 //!   quantized to Q8_0 ([`crate::quant::dot`]), as llama.cpp's CPU backend does;
 //! - many rows (a prompt, an evaluation window): the product is compute-bound. Where AVX-512 VNNI is
-//!   compiled in, quantized weights keep the integer products ([`INTEGER_MANY_ROWS`]): tiles of four weight
-//!   rows × eight input rows in registers, 128 products per pair of `vpdpbusd`, measured 1.4–2.7× faster
-//!   than the widened tiles at 64 rows (the inputs are then rounded to Q8_0 as in decoding). Otherwise —
+//!   compiled in, quantized weights keep the integer products ([`INTEGER_MANY_ROWS`]): eight weight rows
+//!   unpacked once per call × eight input rows in registers, 128 products per pair of `vpdpbusd`, measured
+//!   1.4–2.7× faster than the widened tiles at 64 rows before the eight-row tiles (the inputs are then
+//!   rounded to Q8_0 as in decoding). Otherwise —
 //!   and for 16-bit floats — tiles of [`TILE_ROWS`] weight rows are widened to `f32` and handed to the
 //!   same single-precision GEMM as `f32` weights: the widening is read once per tile and amortised over
 //!   every input row.

@@ -18,7 +18,10 @@
 //!   nibbles `q ∈ 0..=15` are the unsigned operand as they are, `Σ (q−8)·x = Σ q·x − 8·Σ x`; Q8_0's signed
 //!   weights become unsigned by flipping their top bit, `Σ w·x = Σ (w+128)·x − 128·Σ x`. The offsets
 //!   `−8·Σ x` and `−128·Σ x` of each lane are computed once per input row ([`InputBlock`]). Several input
-//!   rows (up to [`avx512::TILE`]) share each unpacked weight register and scale vector.
+//!   rows (up to [`avx512::TILE`]) share each unpacked weight register and scale vector. Over many input
+//!   rows (a prompt), eight weight rows are unpacked once into a per-thread buffer (6 registers a block:
+//!   36 KiB for C = 3072, nothing kept between calls) and every input block serves all eight
+//!   ([`QuantBlock::dot8_rows`]). The input rows are quantized by a vector twin of [`quantize_input`].
 //! - **AVX2** ([`avx2`]): two rows a register; with AVX-VNNI (`avxvnni`) the same `vpdpbusd` form in 256
 //!   bits, otherwise `maddubs`/`madd` (Q8_0 with the sign trick: `|w|` times `x` with `w`'s sign).
 //!
@@ -265,11 +268,13 @@ pub fn dot_portable<B: QuantBlock>(w: &[B], x: &[InputBlock]) -> f32 {
 ///
 /// As in [`crate::gemv`], each thread owns one large contiguous block of output channels (a rayon task costs
 /// microseconds, and one decoding step makes ≈ 50 of these calls), and walks it four weight rows at a time
-/// ([`QuantBlock::dot4_rows`]) against every input row: the four rows' blocks are unpacked once for all the
-/// input rows (on AVX-512, tiles of four weight rows × up to eight input rows in registers), and the four
-/// rows — adjacent in memory — stay in the L1 cache while every input row passes over them, so batched
-/// decoding and prompts read the weights once for all their rows. Each result is its row's own
-/// [`QuantBlock::dot`], whatever the grouping, the number of input rows or of threads.
+/// ([`QuantBlock::dot4_rows`]) against every input row — eight at a time ([`QuantBlock::dot8_rows`]) beyond
+/// `MANY_ROWS` (8) input rows: the rows' blocks are unpacked once for all the input rows (on AVX-512, tiles of
+/// four or eight weight rows × up to eight input rows in registers), and the rows — adjacent in memory —
+/// stay in the L1 cache while every input row passes over them, so batched decoding and prompts read the
+/// weights once for all their rows. Each task writes its channels of every output row in place. Each
+/// result is its row's own [`QuantBlock::dot`], whatever the grouping, the number of input rows or of
+/// threads.
 ///
 /// # Panics
 /// On inconsistent shapes (caller bugs: the model checks a tensor's row length with a named error when it

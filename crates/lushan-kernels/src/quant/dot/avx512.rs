@@ -1,5 +1,6 @@
 //! The AVX-512 VNNI path: four weight rows a register and tiles of four weight rows × up to [`TILE`] input
-//! rows.
+//! rows; for many input rows, eight weight rows unpacked once ([`unpack8`]) and tiles of eight weight rows ×
+//! up to [`TILE8`] input rows, where each input block's loads serve both register pairs.
 //!
 //! For one block `k`, the four rows' weights are unpacked once into two registers — positions 0..16 of row
 //! `i` in 128-bit slot `i` of `low`, positions 16..32 in slot `i` of `high`, as unsigned bytes (Q4_0's
