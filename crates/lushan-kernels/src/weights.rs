@@ -10,11 +10,11 @@
 //!   with the matrix-vector kernel's arithmetic: a row's result is the same bits at every row count, so a
 //!   prompt's row equals what decoding it alone gives and a batched sweep's row equals its own pass.
 //!   Quantized weights keep the integer products where AVX-512 VNNI is compiled in ([`INTEGER_MANY_ROWS`]):
-//!   tiles of four weight rows × eight input rows in registers, 128 products per pair of `vpdpbusd`,
-//!   measured 1.4–2.7× faster than the widened tiles at 64 rows (the inputs are then rounded to Q8_0 as in
-//!   decoding). Otherwise `f32` weights take the packed GEMM ([`crate::matmul::forward`]), and 16-bit and
-//!   quantized ones tiles of [`TILE_ROWS`] weight rows widened to `f32` and handed to that GEMM: the
-//!   widening is read once per tile and amortised over every input row.
+//!   eight weight rows unpacked once per call × eight input rows in registers, 128 products per pair of
+//!   `vpdpbusd` (the inputs are then rounded to Q8_0 as in decoding). Otherwise `f32` weights take the
+//!   packed GEMM ([`crate::matmul::forward`]), and 16-bit and quantized ones tiles of [`TILE_ROWS`] weight
+//!   rows widened to `f32` and handed to that GEMM: the widening is read once per tile and amortised over
+//!   every input row.
 //!
 //! Training passes take the packed GEMM for `f32` weights at every row count ([`forward_in`]): at a
 //! training batch's hundreds to thousands of rows packing is amortised and it is the faster kernel.

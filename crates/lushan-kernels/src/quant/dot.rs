@@ -18,7 +18,10 @@
 //!   nibbles `q ∈ 0..=15` are the unsigned operand as they are, `Σ (q−8)·x = Σ q·x − 8·Σ x`; Q8_0's signed
 //!   weights become unsigned by flipping their top bit, `Σ w·x = Σ (w+128)·x − 128·Σ x`. The offsets
 //!   `−8·Σ x` and `−128·Σ x` of each lane are computed once per input row ([`InputBlock`]). Several input
-//!   rows (up to [`avx512::TILE`]) share each unpacked weight register and scale vector.
+//!   rows (up to [`avx512::TILE`]) share each unpacked weight register and scale vector. Over many input
+//!   rows (a prompt), eight weight rows are unpacked once into a per-thread buffer (6 registers a block:
+//!   36 KiB for C = 3072, nothing kept between calls) and every input block serves all eight
+//!   ([`QuantBlock::dot8_rows`]). The input rows are quantized by a vector twin of [`quantize_input`].
 //! - **AVX2** ([`avx2`]): two rows a register; with AVX-VNNI (`avxvnni`) the same `vpdpbusd` form in 256
 //!   bits, otherwise `maddubs`/`madd` (Q8_0 with the sign trick: `|w|` times `x` with `w`'s sign).
 //!
@@ -72,19 +75,35 @@ pub fn lane(j: usize) -> usize {
 /// If the lengths disagree (a caller bug).
 pub fn quantize_input(x: &[f32], out: &mut [InputBlock]) {
     assert_eq!(x.len(), out.len() * BLOCK, "quantize_input: {} values for {} blocks", x.len(), out.len());
-    let mut q8 = [BlockQ8_0::default()];
     for (block, xs) in out.iter_mut().zip(x.chunks_exact(BLOCK)) {
-        quantize_q8_0(xs, &mut q8);
-        let mut sums = [0i32; LANES];
-        for (j, &q) in q8[0].qs.iter().enumerate() {
-            sums[lane(j)] += i32::from(q);
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni",
+            target_feature = "fma"
+        ))]
+        if let Some(b) = avx512::quantize_block(xs.try_into().expect("32 values")) {
+            *block = b;
+            continue;
         }
-        *block = InputBlock {
-            d: q8[0].scale(),
-            qs: q8[0].qs,
-            q4_offsets: std::array::from_fn(|i| -8 * sums[i % LANES]),
-            q8_offsets: sums.map(|s| -128 * s),
-        };
+        *block = quantize_block_portable(xs);
+    }
+}
+
+/// One block of [`quantize_input`] in plain code: the portable twin of the vector quantizer.
+pub fn quantize_block_portable(xs: &[f32]) -> InputBlock {
+    let mut q8 = [BlockQ8_0::default()];
+    quantize_q8_0(xs, &mut q8);
+    let mut sums = [0i32; LANES];
+    for (j, &q) in q8[0].qs.iter().enumerate() {
+        sums[lane(j)] += i32::from(q);
+    }
+    InputBlock {
+        d: q8[0].scale(),
+        qs: q8[0].qs,
+        q4_offsets: std::array::from_fn(|i| -8 * sums[i % LANES]),
+        q8_offsets: sums.map(|s| -128 * s),
     }
 }
 
@@ -96,6 +115,10 @@ pub trait QuantBlock: Copy + Send + Sync {
     /// blocks, `out.len()` of them): `out[r][i]` is row `i` against input row `r`, bit-identical to its
     /// own `dot`. The weights are unpacked once for all the input rows.
     fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]);
+    /// [`QuantBlock::dot4_rows`] of eight weight rows, for many input rows (a prompt): on AVX-512 the eight
+    /// rows are unpacked once for all the input rows and each input block serves all eight; elsewhere two
+    /// calls of [`QuantBlock::dot4_rows`].
+    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]);
     /// The block's 32 weights as integers (their scale apart).
     fn integers(&self) -> [i8; BLOCK];
     fn scale(&self) -> f32;
@@ -123,7 +146,7 @@ use portable as fast;
 /// Without AVX2: the portable twin is the kernel.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod portable {
-    use super::{BlockQ4_0, BlockQ8_0, InputBlock, dot_portable, rows_of};
+    use super::{BlockQ4_0, BlockQ8_0, InputBlock, dot_portable, eight_as_fours, rows_of};
     pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
         dot_portable(w, x)
     }
@@ -135,6 +158,12 @@ mod portable {
     }
     pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         rows_of(w, x, out, |w, x| w.map(|w| dot_portable(w, x)))
+    }
+    pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        eight_as_fours(w, x, out, dot4_rows_q8_0)
+    }
+    pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        eight_as_fours(w, x, out, dot4_rows_q4_0)
     }
 }
 
@@ -169,6 +198,9 @@ impl QuantBlock for BlockQ8_0 {
     fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         fast::dot4_rows_q8_0(w, x, out)
     }
+    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        fast::dot8_rows_q8_0(w, x, out)
+    }
     fn integers(&self) -> [i8; BLOCK] {
         self.qs
     }
@@ -183,6 +215,9 @@ impl QuantBlock for BlockQ4_0 {
     }
     fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         fast::dot4_rows_q4_0(w, x, out)
+    }
+    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+        fast::dot8_rows_q4_0(w, x, out)
     }
     fn integers(&self) -> [i8; BLOCK] {
         self.unpack()
@@ -233,11 +268,13 @@ pub fn dot_portable<B: QuantBlock>(w: &[B], x: &[InputBlock]) -> f32 {
 ///
 /// As in [`crate::gemv`], each thread owns one large contiguous block of output channels (a rayon task costs
 /// microseconds, and one decoding step makes ≈ 50 of these calls), and walks it four weight rows at a time
-/// ([`QuantBlock::dot4_rows`]) against every input row: the four rows' blocks are unpacked once for all the
-/// input rows (on AVX-512, tiles of four weight rows × up to eight input rows in registers), and the four
-/// rows — adjacent in memory — stay in the L1 cache while every input row passes over them, so batched
-/// decoding and prompts read the weights once for all their rows. Each result is its row's own
-/// [`QuantBlock::dot`], whatever the grouping, the number of input rows or of threads.
+/// ([`QuantBlock::dot4_rows`]) against every input row — eight at a time ([`QuantBlock::dot8_rows`]) beyond
+/// `MANY_ROWS` (8) input rows: the rows' blocks are unpacked once for all the input rows (on AVX-512, tiles of
+/// four or eight weight rows × up to eight input rows in registers), and the rows — adjacent in memory —
+/// stay in the L1 cache while every input row passes over them, so batched decoding and prompts read the
+/// weights once for all their rows. Each task writes its channels of every output row in place. Each
+/// result is its row's own [`QuantBlock::dot`], whatever the grouping, the number of input rows or of
+/// threads.
 ///
 /// # Panics
 /// On inconsistent shapes (caller bugs: the model checks a tensor's row length with a named error when it
@@ -254,56 +291,103 @@ pub fn matmul<B: QuantBlock>(out: &mut [f32], x: &[f32], w: &[B], bias: Option<&
         return;
     }
     let mut xq = vec![InputBlock::default(); m * blocks];
-    for (q, row) in xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)) {
-        quantize_input(row, q);
+    if m * c >= MIN_PARALLEL_QUANTIZE {
+        xq.par_chunks_mut(blocks).zip(x.par_chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
+    } else {
+        xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
     }
     let tasks = (oc * c / MIN_TASK_WEIGHTS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS));
     let per_task = oc.div_ceil(tasks).next_multiple_of(4);
-    // Channel-major results (OC, M): for one input row that is `out` itself; otherwise transposed below.
-    let mut by_channel = if m == 1 { Vec::new() } else { vec![0.0f32; oc * m] };
-    let dst: &mut [f32] = if m == 1 { out } else { &mut by_channel };
-    dst.par_chunks_mut(per_task * m).enumerate().for_each(|(t, dst)| {
-        let j0 = t * per_task;
-        channels(dst, &w[j0 * blocks..(j0 + dst.len() / m) * blocks], &xq, bias.map(|b| &b[j0..]), blocks, m);
-    });
-    if m > 1 {
-        out.par_chunks_mut(oc).enumerate().for_each(|(r, row)| {
-            for (o, v) in row.iter_mut().enumerate() {
-                *v = by_channel[o * m + r];
-            }
-        });
+    // Each task's output channels in every row: `parts[t][r]` is row `r`'s channels `t·per_task ..`.
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(per_task)).map(|_| Vec::with_capacity(m)).collect();
+    for row in out.chunks_exact_mut(oc) {
+        for (part, channels) in parts.iter_mut().zip(row.chunks_mut(per_task)) {
+            part.push(channels);
+        }
     }
+    parts.into_par_iter().enumerate().for_each(|(t, mut dst)| {
+        let j0 = t * per_task;
+        let n = dst[0].len();
+        channels(&mut dst, &w[j0 * blocks..(j0 + n) * blocks], &xq, bias.map(|b| &b[j0..]), blocks);
+    });
 }
 
+/// Input values (rows × C) from which the rows are quantized in parallel.
+const MIN_PARALLEL_QUANTIZE: usize = 1 << 14;
 /// Weights below which one more task costs more than it saves (as [`crate::gemv`]'s threshold in bytes).
 const MIN_TASK_WEIGHTS: usize = 1 << 16;
 /// Upper bound on tasks per call.
 const MAX_TASKS: usize = 16;
 
-/// One task: `dst` (channels × M, channel-major) for the weight rows `w` (channels × `blocks`) against every
-/// quantized input row of `xq` (M × `blocks`), plus the bias from `bias[0]` on.
+/// One task: `dst[r]` (channels) for the weight rows `w` (channels × `blocks`) against each quantized input
+/// row `r` of `xq` (M × `blocks`), plus the bias from `bias[0]` on.
 ///
 /// As in [`crate::gemv`]'s blocks, the rows are cut into four equal runs and the four rows walked together
 /// are one from each run (`o`, `o + q`, `o + 2q`, `o + 3q`): four long sequential streams, which the hardware
 /// prefetchers (and the software prefetch in the dot products) follow. Rows past the four runs are the tail.
-fn channels<B: QuantBlock>(dst: &mut [f32], w: &[B], xq: &[InputBlock], bias: Option<&[f32]>, blocks: usize, m: usize) {
+fn channels<B: QuantBlock>(dst: &mut [&mut [f32]], w: &[B], xq: &[InputBlock], bias: Option<&[f32]>, blocks: usize) {
     let row = |o: usize| &w[o * blocks..(o + 1) * blocks];
     let bias_at = |o: usize| bias.map_or(0.0, |b| b[o]);
-    let n = dst.len() / m;
-    let q = n / 4;
-    let mut dots = vec![[0.0f32; 4]; m];
-    for j in 0..q {
+    let n = dst[0].len();
+    let mut start = 0;
+    if dst.len() > MANY_ROWS {
+        // Eight runs; the rows past them go to the four runs below.
+        let q = n / 8;
+        let mut dots = vec![[0.0f32; 8]; dst.len()];
+        for j in 0..q {
+            let at: [usize; 8] = std::array::from_fn(|i| j + i * q);
+            B::dot8_rows(at.map(row), xq, &mut dots);
+            for (dst, eight) in dst.iter_mut().zip(&dots) {
+                for (&o, d) in at.iter().zip(eight) {
+                    dst[o] = d + bias_at(o);
+                }
+            }
+        }
+        start = 8 * q;
+    }
+    let q = (n - start) / 4;
+    let mut dots = vec![[0.0f32; 4]; dst.len()];
+    for j in start..start + q {
         let at = [j, j + q, j + 2 * q, j + 3 * q];
         B::dot4_rows(at.map(row), xq, &mut dots);
-        for (r, four) in dots.iter().enumerate() {
+        for (dst, four) in dst.iter_mut().zip(&dots) {
             for (&o, d) in at.iter().zip(four) {
-                dst[o * m + r] = d + bias_at(o);
+                dst[o] = d + bias_at(o);
             }
         }
     }
-    for o in 4 * q..n {
-        for (r, x) in xq.chunks_exact(blocks).enumerate() {
-            dst[o * m + r] = B::dot(row(o), x) + bias_at(o);
+    for o in start + 4 * q..n {
+        for (dst, x) in dst.iter_mut().zip(xq.chunks_exact(blocks)) {
+            dst[o] = B::dot(row(o), x) + bias_at(o);
+        }
+    }
+}
+
+/// Input rows above which [`channels`] walks eight weight rows at a time ([`QuantBlock::dot8_rows`]).
+const MANY_ROWS: usize = 8;
+
+/// [`QuantBlock::dot8_rows`] as two calls of a four-row product (the paths without an eight-row kernel).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni",
+        not(test)
+    ),
+    allow(dead_code)
+)]
+fn eight_as_fours<B: QuantBlock>(
+    w: [&[B]; 8],
+    x: &[InputBlock],
+    out: &mut [[f32; 8]],
+    dot4_rows: impl Fn([&[B]; 4], &[InputBlock], &mut [[f32; 4]]),
+) {
+    let mut half = vec![[0.0f32; 4]; out.len()];
+    for h in 0..2 {
+        dot4_rows(std::array::from_fn(|i| w[4 * h + i]), x, &mut half);
+        for (o, four) in out.iter_mut().zip(&half) {
+            o[4 * h..4 * h + 4].copy_from_slice(four);
         }
     }
 }

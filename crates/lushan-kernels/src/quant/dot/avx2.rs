@@ -9,7 +9,7 @@
     all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512vnni", not(test)),
     allow(dead_code)
 )]
-use super::{BlockQ4_0, BlockQ8_0, InputBlock, f16_table, rows_of};
+use super::{BlockQ4_0, BlockQ8_0, InputBlock, eight_as_fours, f16_table, rows_of};
 use std::arch::x86_64::*;
 
 /// The 4 lanes of `v` summed in [`super::hsum`]'s order.
@@ -158,4 +158,12 @@ pub(super) fn dot4_rows_q8_0(w: [&[BlockQ8_0]; 4], x: &[InputBlock], out: &mut [
 
 pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
     rows_of(w, x, out, dot4)
+}
+
+pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+    eight_as_fours(w, x, out, dot4_rows_q8_0)
+}
+
+pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
+    eight_as_fours(w, x, out, dot4_rows_q4_0)
 }

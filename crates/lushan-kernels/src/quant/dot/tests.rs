@@ -9,24 +9,33 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 
 type Dot<B> = fn(&[B], &[InputBlock]) -> f32;
 type Dot4Rows<B> = fn([&[B]; 4], &[InputBlock], &mut [[f32; 4]]);
+type Dot8Rows<B> = fn([&[B]; 8], &[InputBlock], &mut [[f32; 8]]);
+/// A path's name and products.
+type Path<B> = (&'static str, Dot<B>, Dot4Rows<B>, Dot8Rows<B>);
 
-/// Every vector path compiled in for a block type, by name: its single-row product and its four-row tile.
+/// Every vector path compiled in for a block type, by name: its single-row product, its four-row tile and
+/// its eight-row product.
 trait Paths: QuantBlock {
-    fn paths() -> Vec<(&'static str, Dot<Self>, Dot4Rows<Self>)>;
+    fn paths() -> Vec<Path<Self>>;
 }
 
 macro_rules! paths {
-    ($t:ty, $dot:ident, $rows:ident) => {
+    ($t:ty, $dot:ident, $rows:ident, $rows8:ident) => {
         impl Paths for $t {
             #[allow(unused_mut)]
-            fn paths() -> Vec<(&'static str, Dot<Self>, Dot4Rows<Self>)> {
-                let mut v: Vec<(&'static str, Dot<Self>, Dot4Rows<Self>)> =
-                    vec![("dispatched", <$t as QuantBlock>::dot, <$t as QuantBlock>::dot4_rows)];
+            fn paths() -> Vec<Path<Self>> {
+                let mut v: Vec<Path<Self>> = vec![(
+                    "dispatched",
+                    <$t as QuantBlock>::dot,
+                    <$t as QuantBlock>::dot4_rows,
+                    <$t as QuantBlock>::dot8_rows,
+                )];
                 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
                 v.push((
                     if cfg!(target_feature = "avxvnni") { "avx2 (avx-vnni)" } else { "avx2" },
                     avx2::$dot,
                     avx2::$rows,
+                    avx2::$rows8,
                 ));
                 #[cfg(all(
                     target_arch = "x86_64",
@@ -35,14 +44,14 @@ macro_rules! paths {
                     target_feature = "avx512vnni",
                     target_feature = "fma"
                 ))]
-                v.push(("avx512 vnni", avx512::$dot, avx512::$rows));
+                v.push(("avx512 vnni", avx512::$dot, avx512::$rows, avx512::$rows8));
                 v
             }
         }
     };
 }
-paths!(BlockQ8_0, dot_q8_0, dot4_rows_q8_0);
-paths!(BlockQ4_0, dot_q4_0, dot4_rows_q4_0);
+paths!(BlockQ8_0, dot_q8_0, dot4_rows_q8_0, dot8_rows_q8_0);
+paths!(BlockQ4_0, dot_q4_0, dot4_rows_q4_0, dot8_rows_q4_0);
 
 fn input(rows: usize, blocks: usize, seed: u64) -> Vec<InputBlock> {
     let mut xq = vec![InputBlock::default(); rows * blocks];
@@ -52,12 +61,21 @@ fn input(rows: usize, blocks: usize, seed: u64) -> Vec<InputBlock> {
     xq
 }
 
-/// Each path's single-row product and its tiles (1 to 11 input rows: a full AVX-512 tile of 8 and every
-/// remainder) against the portable twin, bit for bit.
-fn check_paths<B: Paths + std::fmt::Debug>(rows: &[Vec<B>; 4], blocks: usize) {
-    for m in 1..=11 {
+/// Each path's single-row product, its four-row tiles and its eight-row products (1 to 19 input rows: full
+/// AVX-512 tiles of 8 and every remainder) against the portable twin, bit for bit.
+fn check_paths<B: Paths + std::fmt::Debug>(rows: &[Vec<B>; 8], blocks: usize) {
+    for m in 1..=19 {
         let xq = input(m, blocks, 100 * m as u64);
-        for (name, dot, dot4_rows) in B::paths() {
+        for (name, dot, dot4_rows, dot8_rows) in B::paths() {
+            let w8: [&[B]; 8] = std::array::from_fn(|i| &rows[i][..]);
+            let mut out8 = vec![[f32::NAN; 8]; m];
+            dot8_rows(w8, &xq, &mut out8);
+            for (r, (got, x)) in out8.iter().zip(xq.chunks_exact(blocks)).enumerate() {
+                for (i, got) in got.iter().enumerate() {
+                    let want = dot_portable(w8[i], x);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{name}: eight rows, m = {m}, input {r}, weight {i}");
+                }
+            }
             let w = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
             let mut out = vec![[f32::NAN; 4]; m];
             dot4_rows(w, &xq, &mut out);
@@ -75,7 +93,7 @@ fn check_paths<B: Paths + std::fmt::Debug>(rows: &[Vec<B>; 4], blocks: usize) {
 #[test]
 fn every_path_equals_the_portable_twin_bit_for_bit() {
     let blocks = 24;
-    let q8: [Vec<BlockQ8_0>; 4] = std::array::from_fn(|i| {
+    let q8: [Vec<BlockQ8_0>; 8] = std::array::from_fn(|i| {
         let mut q = vec![BlockQ8_0::default(); blocks];
         quantize_q8_0(&random(BLOCK * blocks, 10 + i as u64), &mut q);
         q
@@ -85,7 +103,8 @@ fn every_path_equals_the_portable_twin_bit_for_bit() {
     hostile[1][3].qs[5] = -128;
     hostile[2][7].qs = [-128; BLOCK];
     hostile[3][0].qs = [127; BLOCK];
-    let q4: [Vec<BlockQ4_0>; 4] = std::array::from_fn(|i| {
+    hostile[6][2].qs = [-128; BLOCK];
+    let q4: [Vec<BlockQ4_0>; 8] = std::array::from_fn(|i| {
         let mut q = vec![BlockQ4_0::default(); blocks];
         quantize_q4_0(&random(BLOCK * blocks, 20 + i as u64), &mut q);
         q
@@ -119,25 +138,31 @@ fn integer_extremes_are_exact_on_every_path() {
         for nibbles in [0x00u8, 0xFF, 0xF0, 0x0F] {
             let w = vec![BlockQ4_0 { d: half::f16::ONE.to_bits(), qs: [nibbles; BLOCK / 2] }; 3];
             let want = exact(&w.iter().map(BlockQ4_0::unpack).collect::<Vec<_>>(), &xq);
-            for (name, dot, dot4_rows) in BlockQ4_0::paths() {
+            for (name, dot, dot4_rows, dot8_rows) in BlockQ4_0::paths() {
                 let got = dot(&w, &xq);
                 assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs(), "{name}: {got} vs {want}");
                 assert_eq!(got.to_bits(), dot_portable(&w, &xq).to_bits(), "{name}, nibbles {nibbles:#04x}");
                 let mut four = [[0.0; 4]];
                 dot4_rows([&w, &w, &w, &w], &xq, &mut four);
                 assert!(four[0].iter().all(|v| v.to_bits() == got.to_bits()), "{name}");
+                let mut eight = [[0.0; 8]; 9];
+                dot8_rows([&w[..]; 8], &xq.repeat(9), &mut eight);
+                assert!(eight.iter().flatten().all(|v| v.to_bits() == got.to_bits()), "{name}: eight rows");
             }
         }
         for q in [-128i8, -127, 127] {
             let w = vec![BlockQ8_0 { d: half::f16::ONE.to_bits(), qs: [q; BLOCK] }; 3];
             let want = exact(&w.iter().map(|b| b.qs).collect::<Vec<_>>(), &xq);
-            for (name, dot, dot4_rows) in BlockQ8_0::paths() {
+            for (name, dot, dot4_rows, dot8_rows) in BlockQ8_0::paths() {
                 let got = dot(&w, &xq);
                 assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs(), "{name}: {got} vs {want}");
                 assert_eq!(got.to_bits(), dot_portable(&w, &xq).to_bits(), "{name}, weights {q}");
                 let mut four = [[0.0; 4]; 2];
                 dot4_rows([&w, &w, &w, &w], &[xq.clone(), xq.clone()].concat(), &mut four);
                 assert!(four.iter().flatten().all(|v| v.to_bits() == got.to_bits()), "{name}");
+                let mut eight = [[0.0; 8]; 9];
+                dot8_rows([&w[..]; 8], &xq.repeat(9), &mut eight);
+                assert!(eight.iter().flatten().all(|v| v.to_bits() == got.to_bits()), "{name}: eight rows");
             }
         }
     }
@@ -210,4 +235,44 @@ fn products_match_dequantize_then_f32_loops() {
         matmul(&mut out, &x, &w8, Some(&bias), c, oc);
         assert!(out.iter().zip(&exact).all(|(a, b)| (a - b).abs() < 0.02), "q8_0 vs f32, m = {m}");
     }
+}
+
+/// The dispatched input quantizer (vectorised where AVX-512 is compiled in) against its portable twin, bit
+/// for bit: random rows, halves that C's `roundf` rounds away from zero, values just below a half, a zero
+/// block, tiny and subnormal scales, and non-finite values (which the scalar code takes).
+#[test]
+fn input_quantizer_equals_its_portable_twin_bit_for_bit() {
+    let mut blocks: Vec<[f32; BLOCK]> = (0..64).map(|s| random(BLOCK, 500 + s).try_into().unwrap()).collect();
+    let mut halves = [0.0f32; BLOCK];
+    for (j, h) in halves.iter_mut().enumerate() {
+        // max |x| = 127 makes the scale 1: the products are the values themselves.
+        *h = if j == 0 { 127.0 } else { (j as f32 - 16.0) + 0.5 };
+    }
+    blocks.push(halves);
+    blocks.push(halves.map(|v| -v));
+    let mut below = halves;
+    below.iter_mut().skip(1).for_each(|v| *v = f32::from_bits(v.to_bits() - 1));
+    blocks.push(below);
+    blocks.push([0.0; BLOCK]);
+    let mut tiny = [0.0f32; BLOCK];
+    tiny[3] = 1e-40;
+    tiny[9] = -7e-41;
+    blocks.push(tiny);
+    blocks.push(random(BLOCK, 7).iter().map(|v| v * 1e-36).collect::<Vec<_>>().try_into().unwrap());
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut b = halves;
+        b[5] = bad;
+        blocks.push(b);
+    }
+    let x: Vec<f32> = blocks.concat();
+    let mut got = vec![InputBlock::default(); blocks.len()];
+    quantize_input(&x, &mut got);
+    for (i, (got, xs)) in got.iter().zip(&blocks).enumerate() {
+        let want = quantize_block_portable(xs);
+        assert_eq!(got.d.to_bits(), want.d.to_bits(), "block {i}: scale");
+        assert_eq!((got.qs, got.q4_offsets, got.q8_offsets), (want.qs, want.q4_offsets, want.q8_offsets), "block {i}");
+    }
+    // The halves really were rounded away from zero (the test covers the case it names).
+    let h = quantize_block_portable(&halves);
+    assert_eq!((h.qs[1], h.qs[16], h.qs[15]), (-15, 1, -1), "−14.5, 0.5, −0.5");
 }
