@@ -12,14 +12,15 @@
 //!
 //! Each output is computed with exactly the arithmetic of the matrix-vector kernel ([`gemv`]): lane `i`
 //! accumulates `k ≡ i (mod 16)` over the whole multiples of 16, the lanes are summed halves first (`i + 8`,
-//! `i + 4`, `i + 2`, `i + 1`), the `C mod 16` tail is added in order with fused multiply-adds, then the bias.
+//! `i + 4`, `i + 2`, `i + 1`), the `C mod 16` tail is added in order with multiply-adds (fused where the target
+//! has FMA, as in [`gemv`]), then the bias.
 //! So a row's result is bit-identical whether it is computed alone (decoding), with a few rows ([`gemv`]) or
 //! in a prompt of any length here, whatever it is tiled with and however many threads run.
 //!
 //! The tiled path needs AVX-512 (32 vector registers hold a 6 × 4 tile of 16-lane accumulators);
 //! [`forward_portable`] is its bit-identical twin and the path where the CPU lacks it.
 
-use crate::gemv::{self, Element};
+use crate::gemv::{self, Element, fmadd};
 use rayon::prelude::*;
 
 /// Input rows per register tile.
@@ -110,7 +111,7 @@ fn dot_portable<T: Element>(x: &[f32], w: &[T]) -> f32 {
 fn accumulate_portable<T: Element>(lanes: &mut [f32; LANES], x: &[f32], w: &[T], k_range: std::ops::Range<usize>) {
     for (xs, ws) in x[k_range.clone()].chunks_exact(LANES).zip(w[k_range].chunks_exact(LANES)) {
         for i in 0..LANES {
-            lanes[i] = xs[i].mul_add(ws[i].to_f32(), lanes[i]);
+            lanes[i] = fmadd(xs[i], ws[i].to_f32(), lanes[i]);
         }
     }
 }
@@ -127,7 +128,7 @@ fn finish<T: Element>(lanes: &[f32; LANES], x: &[f32], w: &[T]) -> f32 {
     }
     let mut s = v[0];
     for k in x.len() / LANES * LANES..x.len() {
-        s = x[k].mul_add(w[k].to_f32(), s);
+        s = fmadd(x[k], w[k].to_f32(), s);
     }
     s
 }
