@@ -1,5 +1,5 @@
 //! Many-row products over weights in the dot-product layout: `out = inp·Wᵀ + b` with `W` stored `(OC, C)` as
-//! in `torch.nn.Linear`, for prompts and other inference passes of more rows than [`gemv::MAX_ROWS`].
+//! in `torch.nn.Linear`, for prompts and other inference passes of more rows than [`crate::gemv::MAX_ROWS`].
 //!
 //! Why not a packed GEMM: a prompt of 64 rows uses each weight 64 times. A packed GEMM first copies every
 //! weight into its panel layout (a read and a write of the whole matrix per call), which for so few rows
@@ -10,17 +10,18 @@
 //! `TILE_ROWS · TILE_WEIGHTS` fused multiply-adds. Weight rows are widened to `f32` as they are loaded
 //! (exact for `bf16`/`f16`).
 //!
-//! Each output is computed with exactly the arithmetic of the matrix-vector kernel ([`gemv`]): lane `i`
+//! Each output is computed with exactly the arithmetic of the matrix-vector kernel ([`crate::gemv`]): lane `i`
 //! accumulates `k ≡ i (mod 16)` over the whole multiples of 16, the lanes are summed halves first (`i + 8`,
 //! `i + 4`, `i + 2`, `i + 1`), the `C mod 16` tail is added in order with multiply-adds (fused where the target
-//! has FMA, as in [`gemv`]), then the bias.
-//! So a row's result is bit-identical whether it is computed alone (decoding), with a few rows ([`gemv`]) or
+//! has FMA, as in [`crate::gemv`]), then the bias.
+//! So a row's result is bit-identical whether it is computed alone (decoding), with a few rows ([`crate::gemv`]) or
 //! in a prompt of any length here, whatever it is tiled with and however many threads run.
 //!
 //! The tiled path needs AVX-512 (32 vector registers hold a 6 × 4 tile of 16-lane accumulators);
-//! [`forward_portable`] is its bit-identical twin and the path where the CPU lacks it.
+//! [`forward_portable`] is its bit-identical twin. Built without AVX-512, the tiles compute with the twin's
+//! scalar code (right but slow), so callers keep their packed GEMM there ([`TILED`]).
 
-use crate::gemv::{self, Element, fmadd};
+use crate::gemv::{Element, fmadd};
 use rayon::prelude::*;
 
 /// Input rows per register tile.
@@ -419,9 +420,6 @@ mod avx512 {
         }
     }
 }
-
-/// Rows of the many-row path at least: below, [`gemv::forward`] reads the weights once for all rows.
-pub const MIN_ROWS: usize = gemv::MAX_ROWS + 1;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::gemv;
 use crate::rng::Rng;
 
 fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
