@@ -187,7 +187,7 @@ fn task_block<T: Element>(
     // Long rows: a tile's rows would not stay in L1, so `k` goes in blocks of K_BLOCK, each input tile's
     // block in L1 while every weight tile passes; the lanes are carried from block to block in memory, so
     // each lane still sums its `k` in order (the same bits as unblocked).
-    let mut lanes = vec![[[[0.0f32; LANES]; TILE_WEIGHTS]; TILE_ROWS]; cols.len().div_ceil(TILE_WEIGHTS)];
+    let mut lanes: Vec<Lanes> = vec![[[[0.0; LANES]; TILE_WEIGHTS]; TILE_ROWS]; cols.len().div_ceil(TILE_WEIGHTS)];
     for i in rows.clone().step_by(TILE_ROWS) {
         let nr = TILE_ROWS.min(rows.end - i);
         lanes.iter_mut().for_each(|tile| *tile = [[[0.0; LANES]; TILE_WEIGHTS]; TILE_ROWS]);
@@ -211,97 +211,124 @@ fn task_block<T: Element>(
 }
 
 /// [`tile`]'s lanes over `k_range` only (whole multiples of 16 below `C`), **accumulated** into `lanes`.
-fn accumulate<T: Element>(
-    lanes: &mut [[[f32; LANES]; TILE_WEIGHTS]; TILE_ROWS],
-    inp: &[f32],
-    weight: &[T],
-    c: usize,
-    k_range: std::ops::Range<usize>,
-) {
-    let (nr, nw) = (inp.len() / c, weight.len() / c);
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "fma"
-    ))]
-    {
-        macro_rules! by_weights {
-            ($r:literal) => {
-                match nw {
-                    4 => avx512::accumulate::<T, $r, 4>(lanes, inp, weight, c, k_range),
-                    3 => avx512::accumulate::<T, $r, 3>(lanes, inp, weight, c, k_range),
-                    2 => avx512::accumulate::<T, $r, 2>(lanes, inp, weight, c, k_range),
-                    _ => avx512::accumulate::<T, $r, 1>(lanes, inp, weight, c, k_range),
-                }
-            };
-        }
-        match nr {
-            6 => by_weights!(6),
-            5 => by_weights!(5),
-            4 => by_weights!(4),
-            3 => by_weights!(3),
-            2 => by_weights!(2),
-            _ => by_weights!(1),
-        }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "fma"
-    )))]
-    for (r, x) in inp.chunks_exact(c).enumerate().take(nr) {
-        for (w, row) in weight.chunks_exact(c).enumerate().take(nw) {
-            accumulate_portable(&mut lanes[r][w], x, row, k_range.clone());
-        }
-    }
+fn accumulate<T: Element>(lanes: &mut Lanes, inp: &[f32], weight: &[T], c: usize, k_range: std::ops::Range<usize>) {
+    with_tile_shape(inp.len() / c, weight.len() / c, Accumulate { lanes, inp, weight, c, k_range });
 }
 
 /// `results[r][w]` = dot product of input row `r` and weight row `w` (no bias) for the `inp.len() / c`
 /// rows and `weight.len() / c` weight rows given (each at most a tile).
 fn tile<T: Element>(results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS], inp: &[f32], weight: &[T], c: usize) {
-    let (nr, nw) = (inp.len() / c, weight.len() / c);
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "fma"
-    ))]
-    {
-        macro_rules! by_weights {
-            ($r:literal) => {
-                match nw {
-                    4 => avx512::tile::<T, $r, 4>(results, inp, weight, c),
-                    3 => avx512::tile::<T, $r, 3>(results, inp, weight, c),
-                    2 => avx512::tile::<T, $r, 2>(results, inp, weight, c),
-                    _ => avx512::tile::<T, $r, 1>(results, inp, weight, c),
-                }
-            };
-        }
-        const { assert!(TILE_ROWS == 6 && TILE_WEIGHTS == 4) };
-        match nr {
-            6 => by_weights!(6),
-            5 => by_weights!(5),
-            4 => by_weights!(4),
-            3 => by_weights!(3),
-            2 => by_weights!(2),
-            _ => by_weights!(1),
+    with_tile_shape(inp.len() / c, weight.len() / c, Tile { results, inp, weight, c });
+}
+
+/// Each output's 16 lanes, for a whole tile.
+type Lanes = [[[f32; LANES]; TILE_WEIGHTS]; TILE_ROWS];
+
+/// A job on one tile whose shape, `R` input rows × `W` weight rows, is a constant (registers need it).
+trait TileJob {
+    fn run<const R: usize, const W: usize>(self);
+}
+
+/// Runs `job` with the tile shape `nr × nw` (1..=[`TILE_ROWS`] × 1..=[`TILE_WEIGHTS`]) as constants.
+fn with_tile_shape(nr: usize, nw: usize, job: impl TileJob) {
+    fn by_weights<const R: usize>(nw: usize, job: impl TileJob) {
+        match nw {
+            4 => job.run::<R, 4>(),
+            3 => job.run::<R, 3>(),
+            2 => job.run::<R, 2>(),
+            _ => job.run::<R, 1>(),
         }
     }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "fma"
-    )))]
-    for (r, x) in inp.chunks_exact(c).enumerate().take(nr) {
-        for (w, row) in weight.chunks_exact(c).enumerate().take(nw) {
-            results[r][w] = dot_portable(x, row);
+    const { assert!(TILE_ROWS == 6 && TILE_WEIGHTS == 4) };
+    match nr {
+        6 => by_weights::<6>(nw, job),
+        5 => by_weights::<5>(nw, job),
+        4 => by_weights::<4>(nw, job),
+        3 => by_weights::<3>(nw, job),
+        2 => by_weights::<2>(nw, job),
+        _ => by_weights::<1>(nw, job),
+    }
+}
+
+struct Tile<'a, T> {
+    results: &'a mut [[f32; TILE_WEIGHTS]; TILE_ROWS],
+    inp: &'a [f32],
+    weight: &'a [T],
+    c: usize,
+}
+
+impl<T: Element> TileJob for Tile<'_, T> {
+    fn run<const R: usize, const W: usize>(self) {
+        kernel::tile::<T, R, W>(self.results, self.inp, self.weight, self.c)
+    }
+}
+
+struct Accumulate<'a, T> {
+    lanes: &'a mut Lanes,
+    inp: &'a [f32],
+    weight: &'a [T],
+    c: usize,
+    k_range: std::ops::Range<usize>,
+}
+
+impl<T: Element> TileJob for Accumulate<'_, T> {
+    fn run<const R: usize, const W: usize>(self) {
+        kernel::accumulate::<T, R, W>(self.lanes, self.inp, self.weight, self.c, self.k_range)
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "fma"
+))]
+use avx512 as kernel;
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "fma"
+)))]
+use portable as kernel;
+
+/// Without AVX-512: the tile's outputs one at a time in the twin's scalar code.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "fma"
+)))]
+mod portable {
+    use super::{Element, Lanes, TILE_ROWS, TILE_WEIGHTS, accumulate_portable, dot_portable};
+
+    pub(super) fn tile<T: Element, const R: usize, const W: usize>(
+        results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS],
+        inp: &[f32],
+        weight: &[T],
+        c: usize,
+    ) {
+        for (result, x) in results.iter_mut().zip(inp.chunks_exact(c)).take(R) {
+            for (value, row) in result.iter_mut().zip(weight.chunks_exact(c)).take(W) {
+                *value = dot_portable(x, row);
+            }
+        }
+    }
+
+    pub(super) fn accumulate<T: Element, const R: usize, const W: usize>(
+        lanes: &mut Lanes,
+        inp: &[f32],
+        weight: &[T],
+        c: usize,
+        k_range: std::ops::Range<usize>,
+    ) {
+        for (lanes, x) in lanes.iter_mut().zip(inp.chunks_exact(c)).take(R) {
+            for (lanes, row) in lanes.iter_mut().zip(weight.chunks_exact(c)).take(W) {
+                accumulate_portable(lanes, x, row, k_range.clone());
+            }
         }
     }
 }
@@ -315,7 +342,7 @@ fn tile<T: Element>(results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS], inp: &[f32],
 ))]
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{Element, LANES, TILE_ROWS, TILE_WEIGHTS};
+    use super::{Element, LANES, Lanes, TILE_ROWS, TILE_WEIGHTS};
     use std::arch::x86_64::*;
 
     /// `R` input rows × `W` weight rows of [`super::dot_portable`], 16 lanes per output in one register.
@@ -326,32 +353,11 @@ mod avx512 {
         weight: &[T],
         c: usize,
     ) {
-        // Checked in release builds: the raw loads below rely on them.
-        assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS && inp.len() == R * c && weight.len() == W * c, "dot_gemm: tile");
+        assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS, "dot_gemm: tile");
         let body = c / LANES * LANES;
-        let (xp, wp) = (inp.as_ptr(), weight.as_ptr());
-        // SAFETY: AVX-512 F/BW/VL and FMA are compiled in (`cfg` on this module). Every load reads 16 elements
-        // at row · c + k with k + 16 ≤ body ≤ c, inside `inp` (R rows of c) and `weight` (W rows of c), as
-        // asserted above; unaligned loads accept any address.
-        let acc = unsafe {
-            // One pointer per row, advanced together: ten streams and a counter fit the general registers.
-            let mut xr: [*const f32; R] = std::array::from_fn(|r| xp.add(r * c));
-            let mut wr: [*const T; W] = std::array::from_fn(|w| wp.add(w * c));
-            let mut acc = [[_mm512_setzero_ps(); W]; R];
-            for _ in 0..body / LANES {
-                let w: [__m512; W] = std::array::from_fn(|w| T::load16(wr[w]));
-                wr = wr.map(|p| p.add(LANES));
-                for (acc, x) in acc.iter_mut().zip(&mut xr) {
-                    let row = *x;
-                    *x = row.add(LANES);
-                    let x = _mm512_loadu_ps(row);
-                    for (acc, &w) in acc.iter_mut().zip(&w) {
-                        *acc = _mm512_fmadd_ps(x, w, *acc);
-                    }
-                }
-            }
-            acc
-        };
+        // SAFETY: AVX-512 F is compiled in (`cfg` on this module); this touches registers only.
+        let mut acc = [[unsafe { _mm512_setzero_ps() }; W]; R];
+        steps::<T, R, W>(&mut acc, inp, weight, c, 0..body);
         for r in 0..R {
             for w in 0..W {
                 let mut s = hsum(acc[r][w]);
@@ -366,27 +372,51 @@ mod avx512 {
     /// [`tile`]'s loop over `k_range` (whole multiples of 16 below `c`), starting from and returning to `lanes`.
     #[inline(always)]
     pub(super) fn accumulate<T: Element, const R: usize, const W: usize>(
-        lanes: &mut [[[f32; LANES]; TILE_WEIGHTS]; TILE_ROWS],
+        lanes: &mut Lanes,
         inp: &[f32],
         weight: &[T],
         c: usize,
         k_range: std::ops::Range<usize>,
     ) {
-        assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS && inp.len() == R * c && weight.len() == W * c, "dot_gemm: tile");
+        assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS, "dot_gemm: tile");
+        // SAFETY: AVX-512 F is compiled in (`cfg` on this module); each load and store touches the 16 floats
+        // of one `lanes[r][w]`, r < R ≤ TILE_ROWS and w < W ≤ TILE_WEIGHTS (asserted above).
+        unsafe {
+            let mut acc: [[__m512; W]; R] =
+                std::array::from_fn(|r| std::array::from_fn(|w| _mm512_loadu_ps(lanes[r][w].as_ptr())));
+            steps::<T, R, W>(&mut acc, inp, weight, c, k_range);
+            for (r, acc) in acc.iter().enumerate() {
+                for (w, &acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(lanes[r][w].as_mut_ptr(), acc);
+                }
+            }
+        }
+    }
+
+    /// The tile's inner loop: lane `i` of `acc[r][w]` += `inp[r][k]·weight[w][k]` for the `k ≡ i (mod 16)` of
+    /// `k_range`, in order. One pointer per row, advanced together: ten streams and a counter fit the
+    /// general registers.
+    #[inline(always)]
+    fn steps<T: Element, const R: usize, const W: usize>(
+        acc: &mut [[__m512; W]; R],
+        inp: &[f32],
+        weight: &[T],
+        c: usize,
+        k_range: std::ops::Range<usize>,
+    ) {
+        // Checked in release builds: the raw loads below rely on them.
+        assert!(inp.len() == R * c && weight.len() == W * c, "dot_gemm: tile rows");
         assert!(
-            k_range.start.is_multiple_of(LANES) && k_range.start <= k_range.end && k_range.end <= c / LANES * LANES
+            k_range.start.is_multiple_of(LANES) && k_range.start <= k_range.end && k_range.end <= c / LANES * LANES,
+            "dot_gemm: k range"
         );
-        let steps = (k_range.end - k_range.start) / LANES;
-        // SAFETY: AVX-512 F/BW/VL and FMA are compiled in (`cfg` on this module). The lane loads and stores
-        // touch `lanes[r][w]` (16 floats each) for r < R ≤ TILE_ROWS, w < W ≤ TILE_WEIGHTS; every row load
-        // reads 16 elements at row · c + k with k + 16 ≤ k_range.end ≤ c, inside `inp` (R rows of c) and
-        // `weight` (W rows of c), as asserted above; unaligned loads accept any address.
+        // SAFETY: AVX-512 F/BW/VL and FMA are compiled in (`cfg` on this module). Every load reads 16 elements
+        // at row · c + k with k + 16 ≤ k_range.end ≤ c, inside `inp` (R rows of c) and `weight` (W rows of c),
+        // as asserted above; unaligned loads accept any address.
         unsafe {
             let mut xr: [*const f32; R] = std::array::from_fn(|r| inp.as_ptr().add(r * c + k_range.start));
             let mut wr: [*const T; W] = std::array::from_fn(|w| weight.as_ptr().add(w * c + k_range.start));
-            let mut acc: [[__m512; W]; R] =
-                std::array::from_fn(|r| std::array::from_fn(|w| _mm512_loadu_ps(lanes[r][w].as_ptr())));
-            for _ in 0..steps {
+            for _ in 0..(k_range.end - k_range.start) / LANES {
                 let w: [__m512; W] = std::array::from_fn(|w| T::load16(wr[w]));
                 wr = wr.map(|p| p.add(LANES));
                 for (acc, x) in acc.iter_mut().zip(&mut xr) {
@@ -396,11 +426,6 @@ mod avx512 {
                     for (acc, &w) in acc.iter_mut().zip(&w) {
                         *acc = _mm512_fmadd_ps(x, w, *acc);
                     }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                for (w, &acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(lanes[r][w].as_mut_ptr(), acc);
                 }
             }
         }

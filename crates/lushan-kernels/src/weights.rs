@@ -103,10 +103,11 @@ impl Weights<'_> {
 pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     let m = w.check(out, inp, bias, c, oc);
     match w {
+        // `forward_rows` takes the few-rows kernels, and more rows of float weights to dot_gemm's tiles.
         _ if m <= gemv::MAX_ROWS => forward_rows(out, inp, w, bias, c, oc),
-        Weights::F32(w) if dot_gemm::TILED => dot_gemm::forward(out, inp, w, bias, c, oc),
-        Weights::Bf16(w) if dot_gemm::TILED => dot_gemm::forward(out, inp, w, bias, c, oc),
-        Weights::F16(w) if dot_gemm::TILED => dot_gemm::forward(out, inp, w, bias, c, oc),
+        Weights::F32(_) | Weights::Bf16(_) | Weights::F16(_) if dot_gemm::TILED => {
+            forward_rows(out, inp, w, bias, c, oc)
+        }
         Weights::F32(w) => matmul::forward(out, inp, w, bias, c, oc),
         Weights::Q8_0(w) if INTEGER_MANY_ROWS => dot::matmul(out, inp, w, bias, c, oc),
         Weights::Q4_0(w) if INTEGER_MANY_ROWS => dot::matmul(out, inp, w, bias, c, oc),
