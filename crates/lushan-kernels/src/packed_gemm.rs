@@ -12,12 +12,14 @@
 //!   fused multiply-adds into 24 accumulators.
 //! - AVX-512 BF16 (bf16): operands packed as pairs of consecutive k, so one `vdpbf16ps` does two steps of k
 //!   for 16 columns (32 multiply-adds, products exact, summed in f32).
+//! - AMX BF16 (bf16, preferred where the CPU and OS allow it): 32 × 32 blocks of C in four accumulator tiles,
+//!   A packed as tiles of 16 rows × 32 k, B in the same panels as the AVX-512 BF16 kernel ([`amx`]).
 //! - A portable twin of both over the same packed layout, the reference the vector kernels are tested against
 //!   and the path on CPUs without AVX-512.
 //!
 //! Rounding to bf16 is round-to-nearest-even (`half::bf16::from_f32`), done once per element while packing.
 
-use crate::fits;
+use crate::{amx, fits};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -73,12 +75,13 @@ const KC_WORDS: usize = 512;
 /// Which microkernel this CPU runs for a precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    Amx,
     Avx512,
     Portable,
 }
 
-/// The microkernel this CPU runs for `precision` (checked once per process).
-pub fn kernel(precision: Precision) -> Kernel {
+/// Whether this CPU runs `kernel` for `precision` (features checked once per process).
+pub fn runs(kernel: Kernel, precision: Precision) -> bool {
     use std::sync::OnceLock;
     static FEATURES: OnceLock<(bool, bool)> = OnceLock::new();
     let (f32_ok, bf16_ok) = *FEATURES.get_or_init(|| {
@@ -92,18 +95,26 @@ pub fn kernel(precision: Precision) -> Kernel {
             (false, false)
         }
     });
-    let vector = match precision {
-        Precision::F32 => f32_ok,
-        Precision::Bf16 => bf16_ok,
-    };
-    if vector { Kernel::Avx512 } else { Kernel::Portable }
+    match (kernel, precision) {
+        (Kernel::Portable, _) => true,
+        (Kernel::Avx512, Precision::F32) => f32_ok,
+        (Kernel::Avx512, Precision::Bf16) => bf16_ok,
+        (Kernel::Amx, Precision::Bf16) => amx::available(),
+        (Kernel::Amx, Precision::F32) => false,
+    }
+}
+
+/// The fastest microkernel this CPU runs for `precision`.
+pub fn kernel(precision: Precision) -> Kernel {
+    [Kernel::Amx, Kernel::Avx512].into_iter().find(|&k| runs(k, precision)).unwrap_or(Kernel::Portable)
 }
 
 /// The precision and how this CPU computes it, for logs: `f32`, `bf16 (AVX-512 BF16)` or
-/// `bf16 (emulated: this CPU has no AVX-512 BF16 instructions, slower than f32)`.
+/// `bf16 (AMX)` or `bf16 (emulated: this CPU has no AVX-512 BF16 instructions, slower than f32)`.
 pub fn describe(precision: Precision) -> &'static str {
     match (precision, kernel(precision)) {
         (Precision::F32, _) => "f32",
+        (Precision::Bf16, Kernel::Amx) => "bf16 (AMX)",
         (Precision::Bf16, Kernel::Avx512) => "bf16 (AVX-512 BF16)",
         (Precision::Bf16, Kernel::Portable) => {
             "bf16 (emulated: this CPU has no AVX-512 BF16 instructions, slower than f32)"
@@ -138,7 +149,7 @@ fn bf16_high_bits(x: f32) -> u32 {
 
 /// One packed word of the k-steps `2p` (low half) and `2p + 1` (high half).
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     (bf16_high_bits(lo) >> 16) | bf16_high_bits(hi)
 }
 
@@ -152,7 +163,8 @@ struct Operand<'a> {
 
 /// Packs `x0..x0+width` (zero past `x_end`) × k-steps `k0..k0+kc` of `op` into steps of `width` words:
 /// word `s·width + x` is element `(x0+x, k0+s)` as f32 bits, or for bf16 the pair of k-steps `2s`, `2s+1`
-/// (the second zero past `kc`). The loop runs along whichever axis is contiguous in memory.
+/// (the second zero past `kc`), then zero steps up to `padded` (the kernel's multiple). The loop runs along
+/// whichever axis is contiguous in memory.
 fn pack(
     dst: &mut [u32],
     op: Operand<'_>,
@@ -160,10 +172,12 @@ fn pack(
     width: usize,
     (x0, x_end): (usize, usize),
     (k0, kc): (usize, usize),
+    padded: usize,
 ) {
     let valid = width.min(x_end - x0);
     let steps = steps(precision, kc);
-    let dst = &mut dst[..steps * width];
+    let (dst, padding) = dst[..padded * width].split_at_mut(steps * width);
+    padding.fill(0);
     if valid < width {
         dst.fill(0);
     }
@@ -229,16 +243,17 @@ fn pack(
 }
 
 /// Packs B's column panels from column `j0` on (to `n`), k-steps `k0..k0+kc`, into `dst` (whole panels, in
-/// order), the panels in parallel.
+/// order, each `padded_steps` long for `kernel`), the panels in parallel.
 fn pack_b_panels(
     dst: &mut [u32],
     b: Operand<'_>,
-    precision: Precision,
+    (kernel, precision): (Kernel, Precision),
     (j0, n): (usize, usize),
     (k0, kc): (usize, usize),
 ) {
-    dst.par_chunks_mut(NR * steps(precision, kc)).enumerate().for_each(|(p, panel)| {
-        pack(panel, b, precision, NR, (j0 + p * NR, n), (k0, kc));
+    let padded = padded_steps(kernel, precision, kc);
+    dst.par_chunks_mut(NR * padded).enumerate().for_each(|(p, panel)| {
+        pack(panel, b, precision, NR, (j0 + p * NR, n), (k0, kc), padded);
     });
 }
 
@@ -372,8 +387,8 @@ fn tile(kernel: Kernel, tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: 
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
         Kernel::Avx512 => match precision {
-            // SAFETY: `Kernel::Avx512` is only chosen when the CPU reports the features each kernel enables
-            // (see `kernel`); panel lengths are asserted inside.
+            // SAFETY: `multiply` asserts `runs(kernel, precision)`: the CPU reports the features each kernel
+            // enables; panel lengths are asserted inside.
             Precision::F32 => unsafe { avx512::tile_f32(tile, a, b, steps) },
             Precision::Bf16 => unsafe { avx512::tile_bf16(tile, a, b, steps) },
         },
@@ -415,6 +430,7 @@ pub fn gemm_with(
 /// rows of a training pass — in the layout [`gemm_with`] packs each block into: its k-blocks in order, each
 /// holding every column panel.
 pub struct PackedB {
+    kernel: Kernel,
     precision: Precision,
     k: usize,
     n: usize,
@@ -425,9 +441,11 @@ impl PackedB {
     /// Packs the `k × n` matrix `b` (read through its strides) for products in `precision`.
     pub fn new(precision: Precision, (k, n): (usize, usize), b: Strided<'_>) -> Self {
         assert!(k == 0 || n == 0 || fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
+        let kernel = kernel(precision);
         let kc_max = kc_max(precision);
         let panels_n = n.div_ceil(NR);
-        let total_steps: usize = (0..k).step_by(kc_max).map(|k0| steps(precision, kc_max.min(k - k0))).sum();
+        let total_steps: usize =
+            (0..k).step_by(kc_max).map(|k0| padded_steps(kernel, precision, kc_max.min(k - k0))).sum();
         // Every word is written by `pack` (zero padding included), so a reused buffer needs no clearing
         // beyond `resize`'s; reusing it spares the page faults of a fresh allocation of this size per pass.
         let mut words = SPARE_PACKED.with_borrow_mut(Vec::pop).unwrap_or_default();
@@ -437,12 +455,12 @@ impl PackedB {
         let mut rest = &mut words[..];
         for k0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - k0);
-            let block_len = panels_n * NR * steps(precision, kc);
+            let block_len = panels_n * NR * padded_steps(kernel, precision, kc);
             let (block, tail) = rest.split_at_mut(block_len);
             rest = tail;
-            pack_b_panels(block, b_op, precision, (0, n), (k0, kc));
+            pack_b_panels(block, b_op, (kernel, precision), (0, n), (k0, kc));
         }
-        Self { precision, k, n, words }
+        Self { kernel, precision, k, n, words }
     }
 
     /// `(k, n)`.
@@ -454,8 +472,8 @@ impl PackedB {
     fn panels(&self, k0: usize, j0: usize, nc: usize) -> &[u32] {
         let kc_max = kc_max(self.precision);
         let panels_n = self.n.div_ceil(NR);
-        let start_block = (k0 / kc_max) * panels_n * NR * steps(self.precision, kc_max);
-        let steps = steps(self.precision, kc_max.min(self.k - k0));
+        let start_block = (k0 / kc_max) * panels_n * NR * padded_steps(self.kernel, self.precision, kc_max);
+        let steps = padded_steps(self.kernel, self.precision, kc_max.min(self.k - k0));
         &self.words[start_block + (j0 / NR) * NR * steps..][..nc.div_ceil(NR) * NR * steps]
     }
 }
@@ -486,7 +504,7 @@ thread_local! {
 /// A: `(m, k)`; B: `(k, n)` = `b.shape()`; C: `(m, n)`, rows `rsc` apart.
 pub fn gemm_packed(m: usize, a: Strided<'_>, b: &PackedB, beta: f32, c: &mut [f32], rsc: usize) {
     let (k, n) = b.shape();
-    multiply(kernel(b.precision), b.precision, (m, k, n), a, BSource::Packed(b), beta, c, rsc);
+    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), beta, c, rsc);
 }
 
 /// Where a product's B comes from: packed block by block as it goes, or packed beforehand.
@@ -501,6 +519,23 @@ fn steps(precision: Precision, kc: usize) -> usize {
     match precision {
         Precision::F32 => kc,
         Precision::Bf16 => kc.div_ceil(2),
+    }
+}
+
+/// Steps of packed words `kernel` reads for `kc` values of k: AMX reads whole tiles of [`amx::WORD_STEP`]
+/// steps, the zeros past `kc` adding nothing.
+fn padded_steps(kernel: Kernel, precision: Precision, kc: usize) -> usize {
+    match kernel {
+        Kernel::Amx => steps(precision, kc).next_multiple_of(amx::WORD_STEP),
+        _ => steps(precision, kc),
+    }
+}
+
+/// Rows of a packed A panel for `kernel`.
+fn panel_rows(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::Amx => amx::BLOCK,
+        _ => MR,
     }
 }
 
@@ -526,6 +561,7 @@ fn multiply(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(runs(kernel, precision), "packed_gemm: this CPU cannot run the {kernel:?} kernel for {precision}");
     assert!(k == 0 || fits((m, k), (a.rs, a.cs), a.data.len()), "packed_gemm: A too short for its shape");
     assert!(fits((m, n), (rsc, 1), c.len()), "packed_gemm: C too short for its shape");
     let c = &mut c[..(m - 1) * rsc + n];
@@ -538,7 +574,8 @@ fn multiply(
     let kc_max = kc_max(precision);
     let tasks = rayon::current_num_threads().max(1);
     // Rows per task: whole panels, at most MC, and enough tasks to keep every thread busy.
-    let rows = m.div_ceil(tasks).div_ceil(MR).clamp(1, MC / MR) * MR;
+    let mr = panel_rows(kernel);
+    let rows = m.div_ceil(tasks).div_ceil(mr).clamp(1, (MC / mr).max(1)) * mr;
     let a_op = Operand { data: a.data, xs: a.rs, ks: a.cs };
     B_PANELS.with_borrow_mut(|b_buf| {
         let need_b = NC.min(n.div_ceil(NR) * NR) * KC_WORDS;
@@ -547,7 +584,7 @@ fn multiply(
         }
         for k0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - k0);
-            let steps = steps(precision, kc);
+            let steps = padded_steps(kernel, precision, kc);
             let beta_now = if k0 == 0 { beta } else { 1.0 };
             for j0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - j0);
@@ -555,7 +592,7 @@ fn multiply(
                     BSource::Strided(b) => {
                         let b_op = Operand { data: b.data, xs: b.cs, ks: b.rs };
                         let panels = &mut b_buf[..nc.div_ceil(NR) * NR * steps];
-                        pack_b_panels(panels, b_op, precision, (j0, n), (k0, kc));
+                        pack_b_panels(panels, b_op, (kernel, precision), (j0, n), (k0, kc));
                         panels
                     }
                     BSource::Packed(packed) => packed.panels(k0, j0, nc),
@@ -591,25 +628,43 @@ fn multiply_row_block(
     c_rows: &mut [f32],
     rsc: usize,
 ) {
+    let mr = panel_rows(kernel);
     let mr_all = c_rows.len().div_ceil(rsc);
-    let panels_m = mr_all.div_ceil(MR);
+    let panels_m = mr_all.div_ceil(mr);
+    let panel_len = mr * blk.steps;
     A_PANELS.with_borrow_mut(|a_buf| {
-        let need = panels_m * MR * blk.steps;
+        // The panels, then (AMX) one panel in the step-major layout `pack` writes, to be regrouped as tiles.
+        let need = (panels_m + usize::from(kernel == Kernel::Amx)) * panel_len;
         if a_buf.len() < need {
             a_buf.resize(need, 0);
         }
-        for q in 0..panels_m {
-            pack(&mut a_buf[q * MR * blk.steps..], a, precision, MR, (blk.i0 + q * MR, blk.m), (blk.k0, blk.kc));
+        let (panels, scratch) = a_buf.split_at_mut(panels_m * panel_len);
+        for (q, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
+            let rows = (blk.i0 + q * mr, blk.m);
+            if kernel == Kernel::Amx && a.ks == 1 {
+                pack_a_amx_rows(panel, a, rows, (blk.k0, blk.kc), blk.steps);
+            } else if kernel == Kernel::Amx {
+                pack(scratch, a, precision, mr, rows, (blk.k0, blk.kc), blk.steps);
+                amx_tiles_of_a(panel, &scratch[..panel_len]);
+            } else {
+                pack(panel, a, precision, mr, rows, (blk.k0, blk.kc), blk.steps);
+            }
         }
-        let mut out = [0.0f32; MR * NR];
+        let mut small = [0.0f32; MR * NR];
+        let mut large = [0.0f32; amx::BLOCK * NR];
         for (p, b_panel) in b_panels.chunks_exact(NR * blk.steps).enumerate() {
             let j0 = blk.j0 + p * NR;
             let cols = NR.min(blk.j0 + blk.nc - j0);
-            for q in 0..panels_m {
-                let a_panel = &a_buf[q * MR * blk.steps..][..MR * blk.steps];
-                tile(kernel, &mut out, a_panel, b_panel, blk.steps, precision);
-                for (ii, t_row) in out.chunks_exact(NR).take(MR.min(mr_all - q * MR)).enumerate() {
-                    let c_row = &mut c_rows[(q * MR + ii) * rsc + j0..][..cols];
+            for (q, a_panel) in panels.chunks_exact(panel_len).enumerate() {
+                let out: &[f32] = if kernel == Kernel::Amx {
+                    amx_tile(&mut large, a_panel, b_panel, blk.steps);
+                    &large
+                } else {
+                    tile(kernel, &mut small, a_panel, b_panel, blk.steps, precision);
+                    &small
+                };
+                for (ii, t_row) in out.chunks_exact(NR).take(mr.min(mr_all - q * mr)).enumerate() {
+                    let c_row = &mut c_rows[(q * mr + ii) * rsc + j0..][..cols];
                     let t_row = &t_row[..cols];
                     if blk.beta == 0.0 {
                         c_row.copy_from_slice(t_row);
@@ -622,6 +677,71 @@ fn multiply_row_block(
             }
         }
     });
+}
+
+// One AMX block is one packed B panel wide.
+const _: () = assert!(NR == amx::BLOCK);
+
+/// Regroups an A panel of [`amx::BLOCK`] rows from step-major (`word s·32 + row`) into AMX tiles: for each
+/// tile step of [`amx::WORD_STEP`] words, the 32 rows' words of that step in row order (`tile rows` of 64
+/// bytes), so rows 0–15 form one A tile and rows 16–31 the next.
+fn amx_tiles_of_a(tiles: &mut [u32], step_major: &[u32]) {
+    const ROWS: usize = amx::BLOCK;
+    const W: usize = amx::WORD_STEP;
+    for (dst, src) in tiles.chunks_exact_mut(ROWS * W).zip(step_major.chunks_exact(ROWS * W)) {
+        for (row, dst_row) in dst.chunks_exact_mut(W).enumerate() {
+            for (w, word) in dst_row.iter_mut().enumerate() {
+                *word = src[w * ROWS + row];
+            }
+        }
+    }
+}
+
+/// Packs an AMX A panel (the layout [`amx_tiles_of_a`] makes) straight from an A whose rows are contiguous
+/// along k: rows `x0..x0+32` (zero past `x_end`), k-steps `k0..k0+kc` as bf16 pairs, zero to `padded` steps.
+fn pack_a_amx_rows(
+    dst: &mut [u32],
+    a: Operand<'_>,
+    (x0, x_end): (usize, usize),
+    (k0, kc): (usize, usize),
+    padded: usize,
+) {
+    const ROWS: usize = amx::BLOCK;
+    const W: usize = amx::WORD_STEP;
+    debug_assert_eq!(a.ks, 1);
+    let valid = ROWS.min(x_end - x0);
+    let steps = kc.div_ceil(2);
+    let mut words = [0u32; KC_WORDS];
+    for x in 0..ROWS {
+        if x < valid {
+            let row = &a.data[(x0 + x) * a.xs + k0..][..kc];
+            let mut pairs = row.chunks_exact(2);
+            for (w, p) in words.iter_mut().zip(pairs.by_ref()) {
+                *w = pair(p[0], p[1]);
+            }
+            if let [last] = pairs.remainder() {
+                words[kc / 2] = pair(*last, 0.0);
+            }
+            words[steps..padded].fill(0);
+        } else {
+            words[..padded].fill(0);
+        }
+        for (c, chunk) in words[..padded].chunks_exact(W).enumerate() {
+            dst[(c * ROWS + x) * W..][..W].copy_from_slice(chunk);
+        }
+    }
+}
+
+/// One 32 × 32 block of C from an A panel regrouped by [`amx_tiles_of_a`] and a B panel (`steps` packed
+/// steps, a multiple of [`amx::WORD_STEP`]).
+fn amx_tile(out: &mut [f32; amx::BLOCK * NR], a_panel: &[u32], b_panel: &[u32], steps: usize) {
+    const TILE_BYTES: usize = 16 * 64;
+    // A: tile rows of 64 bytes back to back, rows 16–31 one tile further, the next step two tiles on.
+    let a_tiles = amx::Tiles { half: TILE_BYTES, row: 64, step: 2 * TILE_BYTES };
+    // B: each packed step is a tile row of 32 columns' pairs (128 bytes); columns 16–31 from byte 64.
+    let b_tiles = amx::Tiles { half: 64, row: NR * 4, step: amx::WORD_STEP * NR * 4 };
+    let (a, b) = (bytemuck::cast_slice(a_panel), bytemuck::cast_slice(b_panel));
+    amx::block(out, a, a_tiles, b, b_tiles, steps / amx::WORD_STEP);
 }
 
 /// [`gemm_with`] on the fastest microkernel this CPU has for `precision`.

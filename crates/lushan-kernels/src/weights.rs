@@ -21,7 +21,7 @@
 
 use crate::packed_gemm::Precision;
 use crate::quant::{BLOCK, BlockQ4_0, BlockQ8_0, dequantize_q4_0, dequantize_q8_0, dot};
-use crate::{dot_gemm, gemv, matmul};
+use crate::{amx, dot_gemm, gemv, matmul};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -97,12 +97,15 @@ impl Weights<'_> {
 
 /// `out = inp·Wᵀ (+ bias)` for any number of rows, for inference: `out` (M, OC), `inp` (M, C).
 ///
-/// Up to [`gemv::MAX_ROWS`] rows take the few-rows kernels; beyond, `f32` and 16-bit weights the tiles of
+/// bf16 weights with at least [`amx::bf16_weights::MIN_ROWS`] rows go to the AMX tiles where the CPU has them
+/// (inputs rounded to bf16). Otherwise up to [`gemv::MAX_ROWS`] rows take the few-rows kernels; beyond, `f32` and 16-bit weights the tiles of
 /// [`dot_gemm`] where they are compiled in (else the packed GEMM, or widened tiles into it), quantized
 /// weights the integer products where [`INTEGER_MANY_ROWS`], else widened tiles.
 pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     let m = w.check(out, inp, bias, c, oc);
     match w {
+        // bf16 prompts on AMX: the inputs rounded to bf16, so not bit-identical to `forward_rows`.
+        Weights::Bf16(w) if amx::bf16_weights::takes(m, c) => amx::bf16_weights::forward(out, inp, w, bias, c, oc),
         // `forward_rows` takes the few-rows kernels, and more rows of float weights to dot_gemm's tiles.
         _ if m <= gemv::MAX_ROWS => forward_rows(out, inp, w, bias, c, oc),
         Weights::F32(_) | Weights::Bf16(_) | Weights::F16(_) if dot_gemm::TILED => {
@@ -227,7 +230,7 @@ mod tests {
         for m in [1, 2, 4, 5, 33, 70] {
             let x = random_f32(&mut rng, m * c, 1.0);
             for (name, weights, activation_tol) in [
-                ("bf16", Weights::Bf16(&bf), 0.0),
+                ("bf16", Weights::Bf16(&bf), 0.05),
                 ("f16", Weights::F16(&hf), 0.0),
                 ("q8_0", Weights::Q8_0(&q8), 0.05),
                 ("q4_0", Weights::Q4_0(&q4), 0.05),
@@ -241,8 +244,13 @@ mod tests {
                 // A quantized type's integer products (few rows, or any number where INTEGER_MANY_ROWS):
                 // activations rounded to 8 bits (relative error ≤ 1/254 per block), so the tolerance scales
                 // with the size of the dot products (≈ √C).
-                let integer = m <= gemv::MAX_ROWS || INTEGER_MANY_ROWS;
-                let tol = if integer { activation_tol } else { 0.0 } + 1e-4;
+                // bf16 on AMX (enough rows): activations rounded to bf16 (relative error ≤ 2⁻⁹ each).
+                let rounded = match weights {
+                    Weights::Bf16(_) => amx::bf16_weights::takes(m, c),
+                    Weights::F16(_) | Weights::F32(_) => false,
+                    Weights::Q8_0(_) | Weights::Q4_0(_) => m <= gemv::MAX_ROWS || INTEGER_MANY_ROWS,
+                };
+                let tol = if rounded { activation_tol } else { 0.0 } + 1e-4;
                 assert_close(&format!("{name} m={m}"), &got, &to_f64(&want), tol, tol);
             }
         }

@@ -83,11 +83,13 @@ fn portable_kernel_matches_the_f64_reference_in_both_precisions() {
 #[test]
 fn vector_kernels_match_the_reference_and_the_f32_kernel_is_bit_identical_to_its_twin() {
     for precision in Precision::ALL {
-        if kernel(precision) != Kernel::Avx512 {
-            eprintln!("skipped {precision}: this CPU has no AVX-512 kernel for it");
-            continue;
+        for vector in [Kernel::Avx512, Kernel::Amx] {
+            if runs(vector, precision) {
+                cases(vector, precision);
+            } else {
+                eprintln!("skipped {precision} {vector:?}: this CPU does not run it");
+            }
         }
-        cases(Kernel::Avx512, precision);
     }
     if kernel(Precision::F32) == Kernel::Avx512 {
         // Both kernels sum each output's k products in the same order with fused multiply-adds.
@@ -112,6 +114,9 @@ fn bf16_rounds_its_operands_and_f32_does_not() {
         let mut c = [0.0];
         gemm_with(kernel, Precision::Bf16, (1, 1, 1), av, bv, 0.0, &mut c, 1);
         assert_eq!(c[0], 1.0, "{kernel:?}");
+    }
+    for kernel in [Kernel::Portable, kernel(Precision::F32)] {
+        let mut c = [0.0];
         gemm_with(kernel, Precision::F32, (1, 1, 1), av, bv, 0.0, &mut c, 1);
         assert_eq!(c[0], 1.0 + 1.0 / 1024.0, "{kernel:?}");
     }
