@@ -77,6 +77,12 @@ fn main() {
     // (a prompt) through each type's kernel.
     // `cargo bench -p lushan-kernels --bench kernels -- prompt-rows`: many-row products over unpacked weights
     // (`dot_gemm`) against the packed GEMM, at GPT-2 124M's shapes.
+    // `cargo bench -p lushan-kernels --bench kernels -- amx-prompts`: a 64-row prompt's products on AMX tiles
+    // (bf16 weights in place, Q8_0/Q4_0 dequantized to bf16) against each type's AVX-512 path.
+    if std::env::args().any(|a| a == "amx-prompts") {
+        amx_prompts(&mut rng);
+        return;
+    }
     if std::env::args().any(|a| a == "prompt-rows") {
         prompt_rows(&mut rng);
         return;
@@ -360,6 +366,39 @@ fn packed_gemm_one_thread(rng: &mut Rng) {
 /// Batched decoding (16 rows, [`weights::forward_rows`]) and a prompt's products (64 rows) at GPT-2 124M's
 /// shapes: f32 weights against Q8_0 / Q4_0 through the integer products ([`quant::dot::matmul`]) and through
 /// widened tiles and the f32 GEMM ([`weights::forward_tiled`]).
+fn amx_prompts(rng: &mut Rng) {
+    if !lushan_kernels::amx::available() {
+        println!("this CPU (or OS) gives no AMX BF16");
+        return;
+    }
+    println!("-- 64-row products: AMX tiles vs the AVX-512 path of each weight type");
+    for (m, c, oc) in [(64, 768, 2304), (64, 768, 3072), (64, 3072, 768), (256, 768, 2304)] {
+        let x = random(m * c, rng);
+        let w = random(oc * c, rng);
+        let mut out = vec![0.0; m * oc];
+        let flops = 2.0 * (m * c * oc) as f64;
+        let bf: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q8_0(&w, &mut q8);
+        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
+        quant::quantize_q4_0(&w, &mut q4);
+        let mut ratios = Vec::new();
+        for (name, weights) in
+            [("bf16", Weights::Bf16(&bf)), ("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))]
+        {
+            // forward_rows keeps each type's AVX-512 path (bit-identical rows); forward takes the tiles.
+            let vector = time(&format!("{name} AVX-512 {m}×{c}×{oc}"), flops, || {
+                weights::forward_rows(&mut out, &x, weights, None, c, oc)
+            });
+            let tiles = time(&format!("{name} AMX     {m}×{c}×{oc}"), flops, || {
+                lushan_kernels::amx::prompts::forward(&mut out, &x, weights, None, c, oc)
+            });
+            ratios.push(format!("{name} {:.2}×", vector / tiles));
+        }
+        println!("{:>58} AMX vs AVX-512: {}", "", ratios.join(", "));
+    }
+}
+
 fn quantized_rows(rng: &mut Rng) {
     println!("-- quantized products over many rows (integer: input quantized to Q8_0; tiles: weights widened to f32)");
     for (m, c, oc) in [

@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-pub mod bf16_weights;
+pub mod prompts;
 
 /// Rows and columns of the block of C one call computes.
 pub const BLOCK: usize = 32;

@@ -140,7 +140,7 @@ pub struct Strided<'a> {
 /// `x` rounded to the nearest bfloat16 (ties to even), its bits in the high half, the low half zero; NaNs
 /// stay quiet NaNs. Integer arithmetic only, so packing loops vectorise; equal to `half::bf16::from_f32`.
 #[inline(always)]
-fn bf16_high_bits(x: f32) -> u32 {
+pub(crate) fn bf16_high_bits(x: f32) -> u32 {
     let bits = x.to_bits();
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
     let quiet_nan = (bits | 0x0040_0000) & 0xffff_0000;

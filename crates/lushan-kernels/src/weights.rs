@@ -97,15 +97,16 @@ impl Weights<'_> {
 
 /// `out = inp·Wᵀ (+ bias)` for any number of rows, for inference: `out` (M, OC), `inp` (M, C).
 ///
-/// bf16 weights with at least [`amx::bf16_weights::MIN_ROWS`] rows go to the AMX tiles where the CPU has them
+/// bf16 weights with at least [`amx::prompts::MIN_ROWS`] rows go to the AMX tiles where the CPU has them
 /// (inputs rounded to bf16). Otherwise up to [`gemv::MAX_ROWS`] rows take the few-rows kernels; beyond, `f32` and 16-bit weights the tiles of
 /// [`dot_gemm`] where they are compiled in (else the packed GEMM, or widened tiles into it), quantized
 /// weights the integer products where [`INTEGER_MANY_ROWS`], else widened tiles.
 pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     let m = w.check(out, inp, bias, c, oc);
     match w {
-        // bf16 prompts on AMX: the inputs rounded to bf16, so not bit-identical to `forward_rows`.
-        Weights::Bf16(w) if amx::bf16_weights::takes(m, c) => amx::bf16_weights::forward(out, inp, w, bias, c, oc),
+        // bf16 and quantized prompts on AMX: inputs (and dequantized weights) rounded to bf16, so not
+        // bit-identical to `forward_rows`.
+        _ if amx::prompts::takes(w, m, c) => amx::prompts::forward(out, inp, w, bias, c, oc),
         // `forward_rows` takes the few-rows kernels, and more rows of float weights to dot_gemm's tiles.
         _ if m <= gemv::MAX_ROWS => forward_rows(out, inp, w, bias, c, oc),
         Weights::F32(_) | Weights::Bf16(_) | Weights::F16(_) if dot_gemm::TILED => {
@@ -246,7 +247,7 @@ mod tests {
                 // with the size of the dot products (≈ √C).
                 // bf16 on AMX (enough rows): activations rounded to bf16 (relative error ≤ 2⁻⁹ each).
                 let rounded = match weights {
-                    Weights::Bf16(_) => amx::bf16_weights::takes(m, c),
+                    Weights::Bf16(_) => amx::prompts::takes(weights, m, c),
                     Weights::F16(_) | Weights::F32(_) => false,
                     Weights::Q8_0(_) | Weights::Q4_0(_) => m <= gemv::MAX_ROWS || INTEGER_MANY_ROWS,
                 };
@@ -273,10 +274,19 @@ mod tests {
             forward(&mut many, &x, weights, None, c, oc);
             let mut tiled = vec![0.0; m * oc];
             forward_tiled(&mut tiled, &x, weights, None, c, oc);
+            // On AMX, `forward` rounds a prompt's inputs and weights to bf16; `forward_rows` keeps rows exact.
+            let amx = amx::prompts::takes(weights, m, c);
+            let mut exact = vec![0.0; m * oc];
+            forward_rows(&mut exact, &x, weights, None, c, oc);
             for r in 0..m {
                 let mut alone = vec![0.0; oc];
                 forward(&mut alone, &x[r * c..(r + 1) * c], weights, None, c, oc);
                 let row = &many[r * oc..(r + 1) * oc];
+                if amx {
+                    assert_eq!(&exact[r * oc..(r + 1) * oc], &alone[..], "{name} row {r} (forward_rows)");
+                    assert_close(&format!("{name} row {r} (AMX)"), row, &to_f64(&alone), 0.05, 0.05);
+                    continue;
+                }
                 let want = if INTEGER_MANY_ROWS { &alone[..] } else { &tiled[r * oc..(r + 1) * oc] };
                 assert_eq!(row, want, "{name} row {r}");
             }

@@ -1,0 +1,227 @@
+//! `out = inp·Wᵀ + b` for a prompt's rows on AMX tiles, over weights `(OC, C)` stored as bf16, Q8_0 or Q4_0:
+//! the prompt's products of a model loaded with `--dtype bf16|q8_0|q4_0` on a CPU with AMX.
+//!
+//! bf16 weights are the tiles' A operand as they lie (16 weight rows × 32 bf16, rows `2·C` bytes apart), so
+//! nothing the size of the model is copied. Quantized weights are dequantized 32 rows at a time (`d·q`
+//! rounded to bf16) into a block that stays in L2 while every input panel passes over it. The input rows (a
+//! few dozen) are rounded to bf16 and packed as the B operand, pairs of `k` for 32 rows side by side. Each call
+//! of [`super::block`] gives a 32 (weights) × 32 (inputs) block of `out` transposed.
+//!
+//! Arithmetic: the inputs are rounded to bf16, as llama.cpp's BF16 products and PyTorch's bf16 autocast round
+//! them (llama.cpp's Q8_0/Q4_0 products round them coarser, to 8-bit blocks); a quantized weight `d·q` is
+//! rounded to bf16 (relative error ≤ 2⁻⁹, below the quantization step). Products are exact and summed in f32
+//! by the tiles. So a prompt row here differs from the same row decoded alone by the matrix-vector kernels by
+//! those roundings, not bit for bit ([`crate::weights::forward_rows`] keeps the bit-identical paths).
+
+use super::{BLOCK, K_STEP, Tiles, WORD_STEP, available, block};
+use crate::packed_gemm::pair;
+use crate::weights::Weights;
+use rayon::prelude::*;
+
+/// Fewest input rows worth a tile: below, most of each 32-row block would be padding.
+pub const MIN_ROWS: usize = 16;
+
+/// Whether [`forward`] takes `m` rows of length `c` of these weights here: bf16 or quantized weights, AMX
+/// usable, enough rows, and rows a whole number of tile steps (bf16 weights are read in place, so they cannot
+/// be padded; a Q8_0/Q4_0 block is one tile step).
+pub fn takes(w: Weights<'_>, m: usize, c: usize) -> bool {
+    let weight_type = matches!(w, Weights::Bf16(_) | Weights::Q8_0(_) | Weights::Q4_0(_));
+    weight_type && m >= MIN_ROWS && c > 0 && c.is_multiple_of(K_STEP) && available()
+}
+
+/// `bf16(d·q[i])` for the 32 weights of a block, as bits (fixed-size, so the loop is one vector pass).
+#[inline(always)]
+fn scaled_bf16(d: f32, q: &[i8; K_STEP], out: &mut [u16]) {
+    let mut bits = [0u16; K_STEP];
+    for (b, &q) in bits.iter_mut().zip(q) {
+        *b = (crate::packed_gemm::bf16_high_bits(d * f32::from(q)) >> 16) as u16;
+    }
+    out[..K_STEP].copy_from_slice(&bits);
+}
+
+/// Weight rows `r0..r0+rows` (`rows` ≤ 32) of length `c` as bf16 bits in `dst` (32 rows; rows past `rows`
+/// zero): the tiles' A operand for one block of 32 weight rows.
+fn weight_rows_bf16(w: Weights<'_>, c: usize, r0: usize, rows: usize, dst: &mut [u16]) {
+    let blocks = c / K_STEP;
+    let (filled, zero) = dst.split_at_mut(rows * c);
+    zero.fill(0);
+    match w {
+        Weights::Bf16(w) => filled.copy_from_slice(bytemuck::cast_slice(&w[r0 * c..][..rows * c])),
+        Weights::Q8_0(w) => {
+            for (b, out) in w[r0 * blocks..][..rows * blocks].iter().zip(filled.chunks_exact_mut(K_STEP)) {
+                scaled_bf16(b.scale(), &b.qs, out);
+            }
+        }
+        Weights::Q4_0(w) => {
+            for (b, out) in w[r0 * blocks..][..rows * blocks].iter().zip(filled.chunks_exact_mut(K_STEP)) {
+                scaled_bf16(b.scale(), &b.unpack(), out);
+            }
+        }
+        Weights::F32(_) | Weights::F16(_) => unreachable!("amx prompts: f32/f16 weights are not taken"),
+    }
+}
+
+/// `out = inp·Wᵀ (+ bias)`.
+///
+/// # Shapes
+/// `out`: (M, OC), `inp`: (M, C), `weight`: (OC, C), `bias`: (OC).
+///
+/// # Panics
+/// Unless [`takes`]`(w, M, C)`, or on extents that do not match these shapes.
+pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
+    assert!(c > 0 && inp.len().is_multiple_of(c), "amx bf16: input length {} is not a multiple of C = {c}", inp.len());
+    let m = inp.len() / c;
+    assert!(takes(w, m, c), "amx bf16: {m} rows of {c} are not for the tiles");
+    assert_eq!(out.len(), m * oc, "amx bf16: output extent");
+    assert_eq!(w.len(), oc * c, "amx bf16: weight extent");
+    assert!(bias.is_none_or(|b| b.len() == oc), "amx bf16: bias extent");
+    if oc == 0 {
+        return;
+    }
+    // Inputs: panels of 32 rows (zero past M), each `C/2` steps of 32 words.
+    let panel_words = BLOCK * c / 2;
+    let mut panels = vec![0u32; m.div_ceil(BLOCK) * panel_words];
+    panels.par_chunks_mut(panel_words).enumerate().for_each(|(p, panel)| {
+        for (r, row) in inp.chunks_exact(c).skip(p * BLOCK).take(BLOCK).enumerate() {
+            for (s, pr) in row.chunks_exact(2).enumerate() {
+                panel[s * BLOCK + r] = pair(pr[0], pr[1]);
+            }
+        }
+    });
+    let row_bytes = 2 * c;
+    let weight_tiles = Tiles { half: 16 * row_bytes, row: row_bytes, step: 2 * K_STEP };
+    let input_tiles = Tiles { half: 64, row: BLOCK * 4, step: WORD_STEP * BLOCK * 4 };
+    // Each task: 32 weight rows by every input panel, its block of `out` transposed into a (M, 32) part.
+    let parts: Vec<Vec<f32>> = (0..oc.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|wb| {
+            let rows = BLOCK.min(oc - wb * BLOCK);
+            // bf16 weights in place; quantized ones dequantized, and the last block of a matrix whose OC is
+            // not a multiple of 32 copied with zero rows (the tiles read 32 rows).
+            ROWS_BF16.with_borrow_mut(|copy| {
+                let w: &[u8] = match w {
+                    Weights::Bf16(bf) if rows == BLOCK => bytemuck::cast_slice(&bf[wb * BLOCK * c..][..BLOCK * c]),
+                    _ => {
+                        copy.resize(BLOCK * c, 0);
+                        weight_rows_bf16(w, c, wb * BLOCK, rows, copy);
+                        bytemuck::cast_slice(copy.as_slice())
+                    }
+                };
+                block_by_panels(w, &panels, (m, c), (weight_tiles, input_tiles))
+            })
+        })
+        .collect();
+    out.par_chunks_mut(oc).enumerate().for_each(|(r, row)| {
+        for (wb, part) in parts.iter().enumerate() {
+            let j0 = wb * BLOCK;
+            let n = BLOCK.min(oc - j0);
+            let dst = &mut row[j0..j0 + n];
+            dst.copy_from_slice(&part[r * BLOCK..][..n]);
+            if let Some(b) = bias {
+                dst.iter_mut().zip(&b[j0..j0 + n]).for_each(|(d, b)| *d += b);
+            }
+        }
+    });
+}
+
+thread_local! {
+    /// Each thread's block of 32 weight rows dequantized to bf16, reused from block to block.
+    static ROWS_BF16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One block of 32 weight rows (`w`, bf16 bytes) by every input panel: its block of `out` transposed into
+/// an (M, 32) part.
+fn block_by_panels(
+    w: &[u8],
+    panels: &[u32],
+    (m, c): (usize, usize),
+    (weight_tiles, input_tiles): (Tiles, Tiles),
+) -> Vec<f32> {
+    let panel_words = BLOCK * c / 2;
+    let steps = c / K_STEP;
+    let mut part = vec![0.0f32; m * BLOCK];
+    let mut tile = [0.0f32; BLOCK * BLOCK];
+    for (p, panel) in panels.chunks_exact(panel_words).enumerate() {
+        block(&mut tile, w, weight_tiles, bytemuck::cast_slice(panel), input_tiles, steps);
+        // tile[i·32 + j] = Σ_k W[i][k] · inp[p·32 + j][k]
+        for j in 0..BLOCK.min(m - p * BLOCK) {
+            let dst = &mut part[(p * BLOCK + j) * BLOCK..][..BLOCK];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = tile[i * BLOCK + j];
+            }
+        }
+    }
+    part
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::random_f32;
+    use crate::quant::{BlockQ4_0, BlockQ8_0, quantize_q4_0, quantize_q8_0};
+    use crate::rng::Rng;
+    use half::bf16;
+
+    /// f64 products of the weights as the tiles see them (bf16, or `d·q` rounded to bf16) and the inputs
+    /// rounded to bf16, plus the bias.
+    fn reference(inp: &[f32], w: Weights<'_>, bias: &[f32], c: usize, oc: usize) -> Vec<f64> {
+        let see = |x: f32| bf16::from_f32(x).to_f64();
+        let mut wide = vec![0.0f32; oc * c];
+        w.rows_to_f32(c, 0..oc, &mut wide);
+        inp.chunks_exact(c)
+            .flat_map(|row| {
+                let wide = &wide;
+                (0..oc).map(move |o| {
+                    let dot: f64 = row.iter().zip(&wide[o * c..][..c]).map(|(&x, &wv)| see(x) * see(wv)).sum();
+                    dot + bias[o] as f64
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tiles_match_the_reference_of_the_rounded_operands_for_every_weight_type_taken() {
+        let mut rng = Rng::new(11);
+        // Ragged M (partial input panels) and OC (a padded last weight block), C of 1 and of 96 tile steps.
+        for (m, c, oc) in [(16, 32, 1), (33, 64, 70), (64, 768, 96), (70, 96, 33), (17, 3072, 40)] {
+            let inp = random_f32(&mut rng, m * c, 1.0);
+            let wf = random_f32(&mut rng, oc * c, 1.0);
+            let bf: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+            let mut q8 = vec![BlockQ8_0::default(); oc * c / K_STEP];
+            quantize_q8_0(&wf, &mut q8);
+            let mut q4 = vec![BlockQ4_0::default(); oc * c / K_STEP];
+            quantize_q4_0(&wf, &mut q4);
+            let bias = random_f32(&mut rng, oc, 1.0);
+            for (name, w) in [("bf16", Weights::Bf16(&bf)), ("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))]
+            {
+                if !available() {
+                    eprintln!("skipped: this CPU (or OS) gives no AMX BF16");
+                    assert!(!takes(w, m, c));
+                    return;
+                }
+                assert!(takes(w, m, c));
+                let mut out = vec![f32::NAN; m * oc];
+                forward(&mut out, &inp, w, Some(&bias), c, oc);
+                let want = reference(&inp, w, &bias, c, oc);
+                // f32 sums of C products of size ≤ 1.
+                let tol = 4.0 * c as f64 * f32::EPSILON as f64 + 1e-6;
+                for (idx, (&g, &r)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - r).abs() <= tol * (1.0 + r.abs()),
+                        "{name} m{m} c{c} oc{oc} [{idx}]: {g} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_and_types_the_tiles_do_not_take() {
+        let w = [0.0f32; 64 * 48];
+        let bf = [bf16::ZERO; 64 * 48];
+        assert!(!takes(Weights::F32(&w), 64, 48), "f32 weights stay in f32");
+        assert!(!takes(Weights::Bf16(&bf), 64, 48), "C not a multiple of 32");
+        assert!(!takes(Weights::Bf16(&bf), MIN_ROWS - 1, 96), "too few rows");
+        assert!(!takes(Weights::Bf16(&bf), 64, 0));
+    }
+}
