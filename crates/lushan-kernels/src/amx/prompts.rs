@@ -47,6 +47,18 @@ fn weight_rows_bf16(w: Weights<'_>, c: usize, r0: usize, rows: usize, dst: &mut 
     zero.fill(0);
     match w {
         Weights::Bf16(w) => filled.copy_from_slice(bytemuck::cast_slice(&w[r0 * c..][..rows * c])),
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Weights::Q8_0(w) if vector_dequantize() => {
+            // SAFETY: the CPU has AVX-512 F/BW and BF16 (`vector_dequantize`); lengths are asserted inside.
+            unsafe { avx512::q8_0(&w[r0 * blocks..][..rows * blocks], filled) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Weights::Q4_0(w) if vector_dequantize() => {
+            // SAFETY: as for Q8_0.
+            unsafe { avx512::q4_0(&w[r0 * blocks..][..rows * blocks], filled) }
+        }
         Weights::Q8_0(w) => {
             for (b, out) in w[r0 * blocks..][..rows * blocks].iter().zip(filled.chunks_exact_mut(K_STEP)) {
                 scaled_bf16(b.scale(), &b.qs, out);
@@ -58,6 +70,81 @@ fn weight_rows_bf16(w: Weights<'_>, c: usize, r0: usize, rows: usize, dst: &mut 
             }
         }
         Weights::F32(_) | Weights::F16(_) => unreachable!("amx prompts: f32/f16 weights are not taken"),
+    }
+}
+
+/// Whether the blocks are dequantized with AVX-512 BF16 (`vcvtne2ps2bf16` rounds to nearest even, as
+/// [`scaled_bf16`] does; `d·q` is never subnormal, since `d` is an f16).
+fn vector_dequantize() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::K_STEP;
+    use crate::quant::{BlockQ4_0, BlockQ8_0};
+    use std::arch::x86_64::*;
+
+    /// 32 weights as i32 in two vectors, times `d`, rounded to bf16 and stored as 32 bf16 bits.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/BF16; `out` holds at least 32 values (the callers pass exact chunks).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn store_scaled(d: f32, low: __m512i, high: __m512i, out: &mut [u16]) {
+        let d = _mm512_set1_ps(d);
+        let low = _mm512_mul_ps(_mm512_cvtepi32_ps(low), d);
+        let high = _mm512_mul_ps(_mm512_cvtepi32_ps(high), d);
+        // The second operand fills the low 16 values.
+        // SAFETY: both are 512 bits of plain integers; any bit pattern is valid.
+        let bits: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(high, low)) };
+        // SAFETY: `out` has 32 u16 = 64 bytes (caller).
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), bits) };
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn q8_0(blocks: &[BlockQ8_0], out: &mut [u16]) {
+        assert_eq!(out.len(), blocks.len() * K_STEP, "amx prompts: dequantized rows' extent");
+        for (b, out) in blocks.iter().zip(out.chunks_exact_mut(K_STEP)) {
+            // SAFETY: `qs` is 32 bytes; `out` is a chunk of 32.
+            unsafe {
+                let q = _mm256_loadu_si256(b.qs.as_ptr().cast());
+                let low = _mm512_cvtepi8_epi32(_mm256_castsi256_si128(q));
+                let high = _mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q));
+                store_scaled(b.scale(), low, high, out);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn q4_0(blocks: &[BlockQ4_0], out: &mut [u16]) {
+        assert_eq!(out.len(), blocks.len() * K_STEP, "amx prompts: dequantized rows' extent");
+        let nibble = _mm_set1_epi8(0x0f);
+        let eight = _mm512_set1_epi32(8);
+        for (b, out) in blocks.iter().zip(out.chunks_exact_mut(K_STEP)) {
+            // SAFETY: `qs` is 16 bytes; `out` is a chunk of 32. Byte j: weight j low, weight j + 16 high.
+            unsafe {
+                let q = _mm_loadu_si128(b.qs.as_ptr().cast());
+                let low = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, nibble)), eight);
+                let high = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), nibble)), eight);
+                store_scaled(b.scale(), low, high, out);
+            }
+        }
     }
 }
 
@@ -212,6 +299,38 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn vector_dequantization_equals_the_scalar_bit_for_bit() {
+        if !vector_dequantize() {
+            eprintln!("skipped: no AVX-512 BF16 here");
+            return;
+        }
+        let mut rng = Rng::new(12);
+        let (c, rows) = (96, 32);
+        // Scales from tiny (f16 subnormal) to large, and weights with the extremes of each type.
+        let mut wf = random_f32(&mut rng, rows * c, 1.0);
+        wf.iter_mut().enumerate().for_each(|(i, v)| *v *= [1e-6, 1e-2, 1.0, 300.0][i / c % 4]);
+        wf[0] = -1e4;
+        let mut q8 = vec![BlockQ8_0::default(); rows * c / K_STEP];
+        quantize_q8_0(&wf, &mut q8);
+        q8[1].qs[5] = -128;
+        let mut q4 = vec![BlockQ4_0::default(); rows * c / K_STEP];
+        quantize_q4_0(&wf, &mut q4);
+        for w in [Weights::Q8_0(&q8), Weights::Q4_0(&q4)] {
+            let mut vector = vec![0u16; rows * c];
+            weight_rows_bf16(w, c, 0, rows, &mut vector);
+            let mut scalar = vec![0u16; rows * c];
+            for (r, out) in scalar.chunks_exact_mut(K_STEP).enumerate() {
+                match w {
+                    Weights::Q8_0(b) => scaled_bf16(b[r].scale(), &b[r].qs, out),
+                    Weights::Q4_0(b) => scaled_bf16(b[r].scale(), &b[r].unpack(), out),
+                    _ => unreachable!(),
+                }
+            }
+            assert_eq!(vector, scalar);
         }
     }
 
