@@ -245,11 +245,14 @@ mod tests {
                 // A quantized type's integer products (few rows, or any number where INTEGER_MANY_ROWS):
                 // activations rounded to 8 bits (relative error ≤ 1/254 per block), so the tolerance scales
                 // with the size of the dot products (≈ √C).
-                // bf16 on AMX (enough rows): activations rounded to bf16 (relative error ≤ 2⁻⁹ each).
+                // On AMX (enough rows) activations rounded to bf16 (relative error ≤ 2⁻⁹ each), and Q8_0/Q4_0
+                // weights' d·q too.
                 let rounded = match weights {
                     Weights::Bf16(_) => amx::prompts::takes(weights, m, c),
                     Weights::F16(_) | Weights::F32(_) => false,
-                    Weights::Q8_0(_) | Weights::Q4_0(_) => m <= gemv::MAX_ROWS || INTEGER_MANY_ROWS,
+                    Weights::Q8_0(_) | Weights::Q4_0(_) => {
+                        amx::prompts::takes(weights, m, c) || m <= gemv::MAX_ROWS || INTEGER_MANY_ROWS
+                    }
                 };
                 let tol = if rounded { activation_tol } else { 0.0 } + 1e-4;
                 assert_close(&format!("{name} m={m}"), &got, &to_f64(&want), tol, tol);
