@@ -261,15 +261,22 @@ fn quantized_decode(rng: &mut Rng) {
         let q4_secs = time(&format!("q4_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
             quant::dot::matmul(&mut out, &x, &q4, None, c, oc)
         });
+        let packed = quant::packed_q4::PackedQ4_0::from_blocks(&q4, oc, c);
+        let packed_secs = time(&format!("q4_0 16-row groups {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+            quant::packed_q4::matmul(&mut out, &x, &packed, None, c, oc)
+        });
         let gb = |bytes_per_weight: f64, secs: f64| (c * oc) as f64 * bytes_per_weight / secs / 1e9;
         println!(
-            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×)",
+            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×), \
+             q4_0 16-row groups {:.1} GB/s ({:.2}×)",
             "",
             gb(4.0, f32_secs),
             gb(34.0 / 32.0, q8_secs),
             f32_secs / q8_secs,
             gb(18.0 / 32.0, q4_secs),
-            f32_secs / q4_secs
+            f32_secs / q4_secs,
+            gb(18.0 / 32.0, packed_secs),
+            f32_secs / packed_secs
         );
     }
     let shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
@@ -296,6 +303,8 @@ fn quantized_decode(rng: &mut Rng) {
             q
         })
         .collect();
+    let packed: Vec<quant::packed_q4::PackedQ4_0> =
+        mats.iter().zip(&q4).map(|((c, oc, _), q)| quant::packed_q4::PackedQ4_0::from_blocks(q, *oc, *c)).collect();
     let weights: usize = mats.iter().map(|(c, oc, _)| c * oc).sum();
     let mut step = |name: &str, bytes_per_weight: f64, product: &mut dyn FnMut(usize, &mut [f32])| {
         let mut times: Vec<f64> = (0..7)
@@ -325,6 +334,10 @@ fn quantized_decode(rng: &mut Rng) {
     step("q4_0", 18.0 / 32.0, &mut |i, out| {
         let (c, oc, _) = &mats[i];
         quant::dot::matmul(out, &x[..*c], &q4[i], None, *c, *oc)
+    });
+    step("q4_0 16-row groups", 18.0 / 32.0, &mut |i, out| {
+        let (c, oc, _) = &mats[i];
+        quant::packed_q4::matmul(out, &x[..*c], &packed[i], None, *c, *oc)
     });
 }
 
@@ -380,8 +393,7 @@ fn amx_prompts(rng: &mut Rng) {
         let bf: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
         let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
         quant::quantize_q8_0(&w, &mut q8);
-        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
-        quant::quantize_q4_0(&w, &mut q4);
+        let q4 = quant::packed_q4::PackedQ4_0::quantize(&w, c);
         let mut ratios = Vec::new();
         for (name, weights) in
             [("bf16", Weights::Bf16(&bf)), ("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))]
@@ -423,13 +435,12 @@ fn quantized_rows(rng: &mut Rng) {
         });
         let mut q8 = vec![quant::BlockQ8_0::default(); oc * c / quant::BLOCK];
         quant::quantize_q8_0(&w, &mut q8);
-        let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
-        quant::quantize_q4_0(&w, &mut q4);
+        let q4 = quant::packed_q4::PackedQ4_0::quantize(&w, c);
         let mut ratios = Vec::new();
         for (name, weights) in [("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))] {
             let int_secs = time(&format!("{name} integer   {m}×{c}×{oc}"), flops, || match weights {
                 Weights::Q8_0(q) => quant::dot::matmul(&mut out, &x, q, None, c, oc),
-                Weights::Q4_0(q) => quant::dot::matmul(&mut out, &x, q, None, c, oc),
+                Weights::Q4_0(q) => quant::packed_q4::matmul(&mut out, &x, q, None, c, oc),
                 _ => unreachable!(),
             });
             let tile_secs = time(&format!("{name} tiles     {m}×{c}×{oc}"), flops, || {

@@ -20,7 +20,8 @@
 //! training batch's hundreds to thousands of rows packing is amortised and it is the faster kernel.
 
 use crate::packed_gemm::Precision;
-use crate::quant::{BLOCK, BlockQ4_0, BlockQ8_0, dequantize_q4_0, dequantize_q8_0, dot};
+use crate::quant::packed_q4::{self, PackedQ4_0};
+use crate::quant::{BLOCK, BlockQ8_0, dequantize_q8_0, dot};
 use crate::{amx, dot_gemm, gemv, matmul};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -49,7 +50,8 @@ pub enum Weights<'a> {
     Bf16(&'a [bf16]),
     F16(&'a [f16]),
     Q8_0(&'a [BlockQ8_0]),
-    Q4_0(&'a [BlockQ4_0]),
+    /// Repacked sixteen rows at a time ([`packed_q4`]).
+    Q4_0(&'a PackedQ4_0),
 }
 
 impl Weights<'_> {
@@ -65,7 +67,10 @@ impl Weights<'_> {
             Weights::Bf16(w) => out.iter_mut().zip(&w[start..end]).for_each(|(o, v)| *o = v.to_f32()),
             Weights::F16(w) => out.iter_mut().zip(&w[start..end]).for_each(|(o, v)| *o = v.to_f32()),
             Weights::Q8_0(w) => dequantize_q8_0(&w[start / BLOCK..end / BLOCK], out),
-            Weights::Q4_0(w) => dequantize_q4_0(&w[start / BLOCK..end / BLOCK], out),
+            Weights::Q4_0(w) => {
+                assert_eq!(w.cols(), c, "weights: rows of {c}");
+                w.rows_to_f32(rows, out)
+            }
         }
     }
 
@@ -76,7 +81,7 @@ impl Weights<'_> {
             Weights::Bf16(w) => w.len(),
             Weights::F16(w) => w.len(),
             Weights::Q8_0(w) => w.len() * BLOCK,
-            Weights::Q4_0(w) => w.len() * BLOCK,
+            Weights::Q4_0(w) => w.len(),
         }
     }
 
@@ -114,7 +119,7 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
         }
         Weights::F32(w) => matmul::forward(out, inp, w, bias, c, oc),
         Weights::Q8_0(w) if INTEGER_MANY_ROWS => dot::matmul(out, inp, w, bias, c, oc),
-        Weights::Q4_0(w) if INTEGER_MANY_ROWS => dot::matmul(out, inp, w, bias, c, oc),
+        Weights::Q4_0(w) if INTEGER_MANY_ROWS => packed_q4::matmul(out, inp, w, bias, c, oc),
         _ => forward_tiled(out, inp, w, bias, c, oc),
     }
 }
@@ -171,7 +176,7 @@ fn rows_at_most_max_batch(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Op
         Weights::Bf16(w) => gemv::forward(out, inp, w, bias, c, oc),
         Weights::F16(w) => gemv::forward(out, inp, w, bias, c, oc),
         Weights::Q8_0(w) => dot::matmul(out, inp, w, bias, c, oc),
-        Weights::Q4_0(w) => dot::matmul(out, inp, w, bias, c, oc),
+        Weights::Q4_0(w) => packed_q4::matmul(out, inp, w, bias, c, oc),
     }
 }
 
@@ -210,7 +215,7 @@ pub fn forward_tiled(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<
 mod tests {
     use super::*;
     use crate::gradcheck::*;
-    use crate::quant::{quantize_q4_0, quantize_q8_0};
+    use crate::quant::quantize_q8_0;
     use crate::rng::Rng;
 
     /// Every type against the reference the issue names: dequantize the matrix, then the `f32` product.
@@ -226,8 +231,7 @@ mod tests {
         let hf: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let mut q8 = vec![BlockQ8_0::default(); oc * c / BLOCK];
         quantize_q8_0(&w, &mut q8);
-        let mut q4 = vec![BlockQ4_0::default(); oc * c / BLOCK];
-        quantize_q4_0(&w, &mut q4);
+        let q4 = PackedQ4_0::quantize(&w, c);
         for m in [1, 2, 4, 5, 33, 70] {
             let x = random_f32(&mut rng, m * c, 1.0);
             for (name, weights, activation_tol) in [
@@ -269,8 +273,7 @@ mod tests {
         let w = random_f32(&mut rng, oc * c, 1.0);
         let mut q8 = vec![BlockQ8_0::default(); oc * c / BLOCK];
         quantize_q8_0(&w, &mut q8);
-        let mut q4 = vec![BlockQ4_0::default(); oc * c / BLOCK];
-        quantize_q4_0(&w, &mut q4);
+        let q4 = PackedQ4_0::quantize(&w, c);
         let x = random_f32(&mut rng, m * c, 1.0);
         for (name, weights) in [("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))] {
             let mut many = vec![0.0; m * oc];
@@ -303,8 +306,7 @@ mod tests {
         let w = random_f32(&mut rng, oc * c, 1.0);
         let mut q8 = vec![BlockQ8_0::default(); oc * c / BLOCK];
         quantize_q8_0(&w, &mut q8);
-        let mut q4 = vec![BlockQ4_0::default(); oc * c / BLOCK];
-        quantize_q4_0(&w, &mut q4);
+        let q4 = PackedQ4_0::quantize(&w, c);
         let bf: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let x = random_f32(&mut rng, m * c, 1.0);
         for (name, weights) in [

@@ -11,7 +11,8 @@ use crate::gpt::Gpt;
 use crate::params::{ParamKind, ParamLayout};
 use half::{bf16, f16};
 use lushan_kernels::encoder;
-use lushan_kernels::quant::{BLOCK, BlockQ4_0, BlockQ8_0, quantize_q4_0, quantize_q8_0};
+use lushan_kernels::quant::packed_q4::PackedQ4_0;
+use lushan_kernels::quant::{BLOCK, BlockQ4_0, BlockQ8_0, quantize_q8_0};
 pub use lushan_kernels::weights::Weights;
 pub use lushan_kernels::weights::{forward, forward_gemm, forward_in, forward_rows};
 
@@ -80,7 +81,8 @@ pub enum Matrix {
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
     Q8_0(Vec<BlockQ8_0>),
-    Q4_0(Vec<BlockQ4_0>),
+    /// Repacked sixteen rows at a time for the products; [`PackedQ4_0::to_blocks`] gives llama.cpp's blocks.
+    Q4_0(PackedQ4_0),
 }
 
 impl Matrix {
@@ -114,11 +116,7 @@ impl Matrix {
                 quantize_q8_0(w, &mut blocks);
                 Matrix::Q8_0(blocks)
             }
-            DType::Q4_0 => {
-                let mut blocks = vec![BlockQ4_0::default(); w.len() / BLOCK];
-                quantize_q4_0(w, &mut blocks);
-                Matrix::Q4_0(blocks)
-            }
+            DType::Q4_0 => Matrix::Q4_0(PackedQ4_0::quantize(w, cols)),
         })
     }
 
@@ -129,7 +127,7 @@ impl Matrix {
             (Matrix::Bf16(a), Matrix::Bf16(b)) => a.extend(b),
             (Matrix::F16(a), Matrix::F16(b)) => a.extend(b),
             (Matrix::Q8_0(a), Matrix::Q8_0(b)) => a.extend(b),
-            (Matrix::Q4_0(a), Matrix::Q4_0(b)) => a.extend(b),
+            (Matrix::Q4_0(a), Matrix::Q4_0(b)) => a.append(&b),
             (a, b) => debug_assert!(false, "appending {} rows to a {} matrix", b.dtype(), a.dtype()),
         }
     }
@@ -159,7 +157,7 @@ impl Matrix {
             Matrix::Bf16(w) => w.len() * 2,
             Matrix::F16(w) => w.len() * 2,
             Matrix::Q8_0(w) => w.len() * BlockQ8_0::BYTES,
-            Matrix::Q4_0(w) => w.len() * BlockQ4_0::BYTES,
+            Matrix::Q4_0(w) => w.bytes(),
         }
     }
 

@@ -15,6 +15,7 @@
 
 use super::{BLOCK, K_STEP, Tiles, WORD_STEP, available, block};
 use crate::packed_gemm::pair;
+use crate::quant::BlockQ4_0;
 use crate::weights::Weights;
 use rayon::prelude::*;
 
@@ -53,19 +54,25 @@ fn weight_rows_bf16(w: Weights<'_>, c: usize, r0: usize, rows: usize, dst: &mut 
             // SAFETY: the CPU has AVX-512 F/BW and BF16 (`vector_dequantize`); lengths are asserted inside.
             unsafe { avx512::q8_0(&w[r0 * blocks..][..rows * blocks], filled) }
         }
-        #[cfg(target_arch = "x86_64")]
-        #[allow(unsafe_code)]
-        Weights::Q4_0(w) if vector_dequantize() => {
-            // SAFETY: as for Q8_0.
-            unsafe { avx512::q4_0(&w[r0 * blocks..][..rows * blocks], filled) }
-        }
         Weights::Q8_0(w) => {
             for (b, out) in w[r0 * blocks..][..rows * blocks].iter().zip(filled.chunks_exact_mut(K_STEP)) {
                 scaled_bf16(b.scale(), &b.qs, out);
             }
         }
         Weights::Q4_0(w) => {
-            for (b, out) in w[r0 * blocks..][..rows * blocks].iter().zip(filled.chunks_exact_mut(K_STEP)) {
+            // The sixteen-row groups back to llama.cpp's blocks, 32 rows (a few KiB) at a time.
+            let mut q4 = vec![BlockQ4_0::default(); rows * blocks];
+            for (i, row) in q4.chunks_exact_mut(blocks).enumerate() {
+                w.row_blocks(r0 + i, row);
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            if vector_dequantize() {
+                // SAFETY: as for Q8_0.
+                unsafe { avx512::q4_0(&q4, filled) };
+                return;
+            }
+            for (b, out) in q4.iter().zip(filled.chunks_exact_mut(K_STEP)) {
                 scaled_bf16(b.scale(), &b.unpack(), out);
             }
         }
@@ -245,6 +252,7 @@ fn block_by_panels(
 mod tests {
     use super::*;
     use crate::gradcheck::random_f32;
+    use crate::quant::packed_q4::PackedQ4_0;
     use crate::quant::{BlockQ4_0, BlockQ8_0, quantize_q4_0, quantize_q8_0};
     use crate::rng::Rng;
     use half::bf16;
@@ -276,8 +284,7 @@ mod tests {
             let bf: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
             let mut q8 = vec![BlockQ8_0::default(); oc * c / K_STEP];
             quantize_q8_0(&wf, &mut q8);
-            let mut q4 = vec![BlockQ4_0::default(); oc * c / K_STEP];
-            quantize_q4_0(&wf, &mut q4);
+            let q4 = PackedQ4_0::quantize(&wf, c);
             let bias = random_f32(&mut rng, oc, 1.0);
             for (name, w) in [("bf16", Weights::Bf16(&bf)), ("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))]
             {
@@ -319,14 +326,15 @@ mod tests {
         q8[1].qs[5] = -128;
         let mut q4 = vec![BlockQ4_0::default(); rows * c / K_STEP];
         quantize_q4_0(&wf, &mut q4);
-        for w in [Weights::Q8_0(&q8), Weights::Q4_0(&q4)] {
+        let packed = PackedQ4_0::from_blocks(&q4, rows, c);
+        for w in [Weights::Q8_0(&q8), Weights::Q4_0(&packed)] {
             let mut vector = vec![0u16; rows * c];
             weight_rows_bf16(w, c, 0, rows, &mut vector);
             let mut scalar = vec![0u16; rows * c];
             for (r, out) in scalar.chunks_exact_mut(K_STEP).enumerate() {
                 match w {
                     Weights::Q8_0(b) => scaled_bf16(b[r].scale(), &b[r].qs, out),
-                    Weights::Q4_0(b) => scaled_bf16(b[r].scale(), &b[r].unpack(), out),
+                    Weights::Q4_0(_) => scaled_bf16(q4[r].scale(), &q4[r].unpack(), out),
                     _ => unreachable!(),
                 }
             }

@@ -57,6 +57,8 @@ pub struct InputBlock {
     /// `−8 · s_i`, `s_i = Σ x_j` over lane `i`'s positions, at `i` and `i + 4` (one 256-bit load serves a
     /// register holding two rows): added to `Σ q·x` of Q4_0's unsigned nibbles.
     pub q4_offsets: [i32; 8],
+    /// `−8 · Σ x_j` over the whole block: the start of [`super::packed_q4`]'s integer sums.
+    pub q4_offset: i32,
     /// `−128 · s_i`: added to `Σ (w+128)·x` of Q8_0's weights with their top bit flipped.
     pub q8_offsets: [i32; LANES],
 }
@@ -103,6 +105,7 @@ pub fn quantize_block_portable(xs: &[f32]) -> InputBlock {
         d: q8[0].scale(),
         qs: q8[0].qs,
         q4_offsets: std::array::from_fn(|i| -8 * sums[i % LANES]),
+        q4_offset: -8 * sums.iter().sum::<i32>(),
         q8_offsets: sums.map(|s| -128 * s),
     }
 }

@@ -10,6 +10,7 @@
 //! does. [`dot`] has the products that consume these blocks directly.
 
 pub mod dot;
+pub mod packed_q4;
 
 use half::f16;
 

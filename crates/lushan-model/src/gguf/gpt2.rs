@@ -22,7 +22,8 @@ use crate::gpt::Gpt;
 use crate::params::{ParamKind, ParamLayout};
 use crate::weights::{DType, Matrix, PackedWeights};
 use half::{bf16, f16};
-use lushan_kernels::quant::{BlockQ4_0, BlockQ8_0};
+use lushan_kernels::quant::packed_q4::PackedQ4_0;
+use lushan_kernels::quant::{BLOCK, BlockQ4_0, BlockQ8_0};
 use std::borrow::Cow;
 use std::io::Write as _;
 use std::path::Path;
@@ -306,9 +307,28 @@ fn matrix(file: &GgufFile<'_>, t: &TensorInfo, path: &Path) -> Result<Matrix> {
         TensorType::Q8_0 => Matrix::Q8_0(
             bytes.chunks_exact(BlockQ8_0::BYTES).filter_map(|b| b.try_into().ok()).map(BlockQ8_0::from_bytes).collect(),
         ),
-        TensorType::Q4_0 => Matrix::Q4_0(
-            bytes.chunks_exact(BlockQ4_0::BYTES).filter_map(|b| b.try_into().ok()).map(BlockQ4_0::from_bytes).collect(),
-        ),
+        TensorType::Q4_0 => {
+            let blocks: Vec<BlockQ4_0> = bytes
+                .chunks_exact(BlockQ4_0::BYTES)
+                .filter_map(|b| b.try_into().ok())
+                .map(BlockQ4_0::from_bytes)
+                .collect();
+            // The reader checked that the bytes are whole rows of whole blocks; checked again here, since
+            // packing takes the shape as given.
+            let per_row = usize::try_from(t.dims.first().copied().unwrap_or(0)).unwrap_or(0) / BLOCK;
+            if per_row == 0 || !blocks.len().is_multiple_of(per_row) {
+                return Err(ModelError::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "tensor `{}`: {} Q4_0 blocks are not whole rows of {:?}",
+                        t.name,
+                        blocks.len(),
+                        t.dims
+                    ),
+                });
+            }
+            Matrix::Q4_0(PackedQ4_0::from_blocks(&blocks, blocks.len() / per_row, per_row * BLOCK))
+        }
         _ => return Err(unsupported(path, t)),
     })
 }
@@ -425,7 +445,7 @@ fn matrix_bytes(m: &Matrix) -> Vec<u8> {
         Matrix::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
         Matrix::Bf16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
         Matrix::Q8_0(v) => v.iter().flat_map(BlockQ8_0::to_bytes).collect(),
-        Matrix::Q4_0(v) => v.iter().flat_map(BlockQ4_0::to_bytes).collect(),
+        Matrix::Q4_0(v) => v.to_blocks().iter().flat_map(BlockQ4_0::to_bytes).collect(),
     }
 }
 

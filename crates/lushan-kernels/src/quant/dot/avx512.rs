@@ -329,6 +329,7 @@ pub(super) fn quantize_block(xs: &[f32; BLOCK]) -> Option<InputBlock> {
         _mm512_storeu_si512(pos.as_mut_ptr().cast(), _mm512_add_epi32(qlo, qhi));
         let sums: [i32; LANES] = std::array::from_fn(|i| pos[4 * i..4 * i + 4].iter().sum());
         block.q4_offsets = std::array::from_fn(|i| -8 * sums[i % LANES]);
+        block.q4_offset = -8 * sums.iter().sum::<i32>();
         block.q8_offsets = sums.map(|s| -128 * s);
         Some(block)
     }

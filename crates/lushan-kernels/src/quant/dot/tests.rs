@@ -183,6 +183,7 @@ fn input_blocks_hold_the_q8_0_block_and_each_lane_s_offsets() {
             assert_eq!((block.q4_offsets[i], block.q4_offsets[i + 4]), (-8 * sum, -8 * sum), "lane {i}");
             assert_eq!(block.q8_offsets[i], -128 * sum, "lane {i}");
         }
+        assert_eq!(block.q4_offset, -8 * q8.qs.iter().map(|&q| i32::from(q)).sum::<i32>());
     }
 }
 
@@ -270,7 +271,11 @@ fn input_quantizer_equals_its_portable_twin_bit_for_bit() {
     for (i, (got, xs)) in got.iter().zip(&blocks).enumerate() {
         let want = quantize_block_portable(xs);
         assert_eq!(got.d.to_bits(), want.d.to_bits(), "block {i}: scale");
-        assert_eq!((got.qs, got.q4_offsets, got.q8_offsets), (want.qs, want.q4_offsets, want.q8_offsets), "block {i}");
+        assert_eq!(
+            (got.qs, got.q4_offsets, got.q4_offset, got.q8_offsets),
+            (want.qs, want.q4_offsets, want.q4_offset, want.q8_offsets),
+            "block {i}"
+        );
     }
     // The halves really were rounded away from zero (the test covers the case it names).
     let h = quantize_block_portable(&halves);
