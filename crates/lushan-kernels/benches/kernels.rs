@@ -258,25 +258,19 @@ fn quantized_decode(rng: &mut Rng) {
         });
         let mut q4 = vec![quant::BlockQ4_0::default(); oc * c / quant::BLOCK];
         quant::quantize_q4_0(&w, &mut q4);
-        let q4_secs = time(&format!("q4_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
-            quant::dot::matmul(&mut out, &x, &q4, None, c, oc)
-        });
         let packed = quant::packed_q4::PackedQ4_0::from_blocks(&q4, oc, c);
-        let packed_secs = time(&format!("q4_0 16-row groups {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
+        let q4_secs = time(&format!("q4_0 {n}×{c}×{oc}"), 2.0 * (n * c * oc) as f64, || {
             quant::packed_q4::matmul(&mut out, &x, &packed, None, c, oc)
         });
         let gb = |bytes_per_weight: f64, secs: f64| (c * oc) as f64 * bytes_per_weight / secs / 1e9;
         println!(
-            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×), \
-             q4_0 16-row groups {:.1} GB/s ({:.2}×)",
+            "{:>58} weights streamed: f32 {:.1} GB/s, q8_0 {:.1} GB/s ({:.2}× f32's speed), q4_0 {:.1} GB/s ({:.2}×)",
             "",
             gb(4.0, f32_secs),
             gb(34.0 / 32.0, q8_secs),
             f32_secs / q8_secs,
             gb(18.0 / 32.0, q4_secs),
-            f32_secs / q4_secs,
-            gb(18.0 / 32.0, packed_secs),
-            f32_secs / packed_secs
+            f32_secs / q4_secs
         );
     }
     let shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
@@ -332,10 +326,6 @@ fn quantized_decode(rng: &mut Rng) {
         quant::dot::matmul(out, &x[..*c], &q8[i], None, *c, *oc)
     });
     step("q4_0", 18.0 / 32.0, &mut |i, out| {
-        let (c, oc, _) = &mats[i];
-        quant::dot::matmul(out, &x[..*c], &q4[i], None, *c, *oc)
-    });
-    step("q4_0 16-row groups", 18.0 / 32.0, &mut |i, out| {
         let (c, oc, _) = &mats[i];
         quant::packed_q4::matmul(out, &x[..*c], &packed[i], None, *c, *oc)
     });

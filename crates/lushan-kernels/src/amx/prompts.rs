@@ -16,6 +16,7 @@
 use super::{BLOCK, K_STEP, Tiles, WORD_STEP, available, block};
 use crate::packed_gemm::pair;
 use crate::quant::BlockQ4_0;
+use crate::quant::packed_q4::GROUP;
 use crate::weights::Weights;
 use rayon::prelude::*;
 
@@ -59,21 +60,23 @@ fn weight_rows_bf16(w: Weights<'_>, c: usize, r0: usize, rows: usize, dst: &mut 
                 scaled_bf16(b.scale(), &b.qs, out);
             }
         }
-        Weights::Q4_0(w) => {
-            // The sixteen-row groups back to llama.cpp's blocks, 32 rows (a few KiB) at a time.
-            let mut q4 = vec![BlockQ4_0::default(); rows * blocks];
-            for (i, row) in q4.chunks_exact_mut(blocks).enumerate() {
-                w.row_blocks(r0 + i, row);
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[allow(unsafe_code)]
-            if vector_dequantize() {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Weights::Q4_0(w) if vector_dequantize() => {
+            // `r0` is a multiple of 32: whole groups of sixteen rows.
+            for (i, out) in filled.chunks_mut(GROUP * c).enumerate() {
+                let group = w.group(r0 / GROUP + i);
                 // SAFETY: as for Q8_0.
-                unsafe { avx512::q4_0(&q4, filled) };
-                return;
+                unsafe { avx512::q4_0_group(group, out.len() / c, c, out) };
             }
-            for (b, out) in q4.iter().zip(filled.chunks_exact_mut(K_STEP)) {
-                scaled_bf16(b.scale(), &b.unpack(), out);
+        }
+        Weights::Q4_0(w) => {
+            let mut row = vec![BlockQ4_0::default(); blocks];
+            for (i, out) in filled.chunks_exact_mut(c).enumerate() {
+                w.row_blocks(r0 + i, &mut row);
+                for (b, out) in row.iter().zip(out.chunks_exact_mut(K_STEP)) {
+                    scaled_bf16(b.scale(), &b.unpack(), out);
+                }
             }
         }
         Weights::F32(_) | Weights::F16(_) => unreachable!("amx prompts: f32/f16 weights are not taken"),
@@ -100,7 +103,8 @@ fn vector_dequantize() -> bool {
 #[allow(unsafe_code)]
 mod avx512 {
     use super::K_STEP;
-    use crate::quant::{BlockQ4_0, BlockQ8_0};
+    use crate::quant::BlockQ8_0;
+    use crate::quant::packed_q4::{GROUP, GroupBlock};
     use std::arch::x86_64::*;
 
     /// 32 weights as i32 in two vectors, times `d`, rounded to bf16 and stored as 32 bf16 bits.
@@ -136,20 +140,46 @@ mod avx512 {
         }
     }
 
+    /// The first `rows` rows of one group of sixteen (its blocks `group`, rows of `c`) into `out` (`rows · c`):
+    /// per block, the four registers of nibble bytes (lane `r` row `r`) transposed so that each 128-bit slot
+    /// is one row's sixteen bytes in llama.cpp's order, then each row as a Q4_0 block.
+    ///
     /// # Safety
     /// AVX-512 F/BW/BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn q4_0(blocks: &[BlockQ4_0], out: &mut [u16]) {
-        assert_eq!(out.len(), blocks.len() * K_STEP, "amx prompts: dequantized rows' extent");
+    pub unsafe fn q4_0_group(group: &[GroupBlock], rows: usize, c: usize, out: &mut [u16]) {
+        assert!(rows <= GROUP && group.len() * K_STEP == c, "amx prompts: a group's extent");
+        assert_eq!(out.len(), rows * c, "amx prompts: dequantized rows' extent");
         let nibble = _mm_set1_epi8(0x0f);
         let eight = _mm512_set1_epi32(8);
-        for (b, out) in blocks.iter().zip(out.chunks_exact_mut(K_STEP)) {
-            // SAFETY: `qs` is 16 bytes; `out` is a chunk of 32. Byte j: weight j low, weight j + 16 high.
+        for (k, gb) in group.iter().enumerate() {
+            // SAFETY: the loads read the block's 32 bytes of scales and 4 × 64 bytes of nibbles; the stores
+            // write the local arrays; each row's 32 outputs lie in `out` (rows < `rows`, asserted above).
             unsafe {
-                let q = _mm_loadu_si128(b.qs.as_ptr().cast());
-                let low = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, nibble)), eight);
-                let high = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), nibble)), eight);
-                store_scaled(b.scale(), low, high, out);
+                let q: [__m512i; 4] = std::array::from_fn(|v| _mm512_loadu_si512(gb.qs[64 * v..].as_ptr().cast()));
+                // A 4×4 transpose of dwords in each 128-bit slot L: register t gets row 4L + t's dwords 0..4.
+                let (t0, t1) = (_mm512_unpacklo_epi32(q[0], q[1]), _mm512_unpackhi_epi32(q[0], q[1]));
+                let (t2, t3) = (_mm512_unpacklo_epi32(q[2], q[3]), _mm512_unpackhi_epi32(q[2], q[3]));
+                let by_row = [
+                    _mm512_unpacklo_epi64(t0, t2),
+                    _mm512_unpackhi_epi64(t0, t2),
+                    _mm512_unpacklo_epi64(t1, t3),
+                    _mm512_unpackhi_epi64(t1, t3),
+                ];
+                let mut bytes = [0u8; 256];
+                for (t, v) in by_row.iter().enumerate() {
+                    _mm512_storeu_si512(bytes[64 * t..].as_mut_ptr().cast(), *v);
+                }
+                let mut scales = [0.0f32; GROUP];
+                _mm512_storeu_ps(scales.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(gb.d.as_ptr().cast())));
+                for (r, &d) in scales.iter().enumerate().take(rows) {
+                    // Row r = 4L + t sits in slot L of register t.
+                    let q = _mm_loadu_si128(bytes[64 * (r % 4) + 16 * (r / 4)..].as_ptr().cast());
+                    let low = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, nibble)), eight);
+                    let high =
+                        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), nibble)), eight);
+                    store_scaled(d, low, high, &mut out[r * c + k * K_STEP..][..K_STEP]);
+                }
             }
         }
     }
@@ -172,23 +202,31 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
     if oc == 0 {
         return;
     }
-    // Inputs: panels of 32 rows (zero past M), each `C/2` steps of 32 words.
+    // Inputs: panels of 32 rows (zero past M), each `C/2` steps of 32 words, in a buffer kept between calls (a
+    // prompt makes ~50 of them; a fresh buffer of a few hundred KiB is a fresh mapping, page faults and all).
     let panel_words = BLOCK * c / 2;
-    let mut panels = vec![0u32; m.div_ceil(BLOCK) * panel_words];
-    panels.par_chunks_mut(panel_words).enumerate().for_each(|(p, panel)| {
-        for (r, row) in inp.chunks_exact(c).skip(p * BLOCK).take(BLOCK).enumerate() {
-            for (s, pr) in row.chunks_exact(2).enumerate() {
-                panel[s * BLOCK + r] = pair(pr[0], pr[1]);
+    PANELS.with_borrow_mut(|panels| {
+        panels.clear();
+        panels.resize(m.div_ceil(BLOCK) * panel_words, 0);
+        panels.par_chunks_mut(panel_words).enumerate().for_each(|(p, panel)| {
+            for (r, row) in inp.chunks_exact(c).skip(p * BLOCK).take(BLOCK).enumerate() {
+                for (s, pr) in row.chunks_exact(2).enumerate() {
+                    panel[s * BLOCK + r] = pair(pr[0], pr[1]);
+                }
+            }
+        });
+        let panels = &panels[..];
+        let row_bytes = 2 * c;
+        let weight_tiles = Tiles { half: 16 * row_bytes, row: row_bytes, step: 2 * K_STEP };
+        let input_tiles = Tiles { half: 64, row: BLOCK * 4, step: WORD_STEP * BLOCK * 4 };
+        // Each task: 32 weight rows by every input panel, written into its 32 channels of every output row.
+        let mut parts: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(BLOCK)).map(|_| Vec::with_capacity(m)).collect();
+        for row in out.chunks_exact_mut(oc) {
+            for (part, channels) in parts.iter_mut().zip(row.chunks_mut(BLOCK)) {
+                part.push(channels);
             }
         }
-    });
-    let row_bytes = 2 * c;
-    let weight_tiles = Tiles { half: 16 * row_bytes, row: row_bytes, step: 2 * K_STEP };
-    let input_tiles = Tiles { half: 64, row: BLOCK * 4, step: WORD_STEP * BLOCK * 4 };
-    // Each task: 32 weight rows by every input panel, its block of `out` transposed into a (M, 32) part.
-    let parts: Vec<Vec<f32>> = (0..oc.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|wb| {
+        parts.into_par_iter().enumerate().for_each(|(wb, mut dst)| {
             let rows = BLOCK.min(oc - wb * BLOCK);
             // bf16 weights in place; quantized ones dequantized, and the last block of a matrix whose OC is
             // not a multiple of 32 copied with zero rows (the tiles read 32 rows).
@@ -201,51 +239,43 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
                         bytemuck::cast_slice(copy.as_slice())
                     }
                 };
-                block_by_panels(w, &panels, (m, c), (weight_tiles, input_tiles))
+                let bias = bias.map(|b| &b[wb * BLOCK..][..rows]);
+                block_by_panels(w, panels, (m, c), (weight_tiles, input_tiles), &mut dst, bias);
             })
-        })
-        .collect();
-    out.par_chunks_mut(oc).enumerate().for_each(|(r, row)| {
-        for (wb, part) in parts.iter().enumerate() {
-            let j0 = wb * BLOCK;
-            let n = BLOCK.min(oc - j0);
-            let dst = &mut row[j0..j0 + n];
-            dst.copy_from_slice(&part[r * BLOCK..][..n]);
-            if let Some(b) = bias {
-                dst.iter_mut().zip(&b[j0..j0 + n]).for_each(|(d, b)| *d += b);
-            }
-        }
+        });
     });
 }
 
 thread_local! {
     /// Each thread's block of 32 weight rows dequantized to bf16, reused from block to block.
     static ROWS_BF16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's input panels, reused from call to call.
+    static PANELS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One block of 32 weight rows (`w`, bf16 bytes) by every input panel: its block of `out` transposed into
-/// an (M, 32) part.
+/// One block of 32 weight rows (`w`, bf16 bytes) by every input panel, plus the bias, into `dst`: input row
+/// `r`'s channels of this block (as many as the block has rows).
 fn block_by_panels(
     w: &[u8],
     panels: &[u32],
     (m, c): (usize, usize),
     (weight_tiles, input_tiles): (Tiles, Tiles),
-) -> Vec<f32> {
+    dst: &mut [&mut [f32]],
+    bias: Option<&[f32]>,
+) {
+    assert_eq!(dst.len(), m, "amx prompts: output rows");
     let panel_words = BLOCK * c / 2;
     let steps = c / K_STEP;
-    let mut part = vec![0.0f32; m * BLOCK];
     let mut tile = [0.0f32; BLOCK * BLOCK];
     for (p, panel) in panels.chunks_exact(panel_words).enumerate() {
         block(&mut tile, w, weight_tiles, bytemuck::cast_slice(panel), input_tiles, steps);
         // tile[i·32 + j] = Σ_k W[i][k] · inp[p·32 + j][k]
-        for j in 0..BLOCK.min(m - p * BLOCK) {
-            let dst = &mut part[(p * BLOCK + j) * BLOCK..][..BLOCK];
+        for (j, dst) in dst.iter_mut().skip(p * BLOCK).take(BLOCK).enumerate() {
             for (i, d) in dst.iter_mut().enumerate() {
-                *d = tile[i * BLOCK + j];
+                *d = tile[i * BLOCK + j] + bias.map_or(0.0, |b| b[i]);
             }
         }
     }
-    part
 }
 
 #[cfg(test)]
@@ -327,11 +357,12 @@ mod tests {
         let mut q4 = vec![BlockQ4_0::default(); rows * c / K_STEP];
         quantize_q4_0(&wf, &mut q4);
         let packed = PackedQ4_0::from_blocks(&q4, rows, c);
-        for w in [Weights::Q8_0(&q8), Weights::Q4_0(&packed)] {
-            let mut vector = vec![0u16; rows * c];
-            weight_rows_bf16(w, c, 0, rows, &mut vector);
+        // Whole blocks of 32 rows, and a last block of 21 (a partly filled group of sixteen; zeros after).
+        for (w, taken) in [(Weights::Q8_0(&q8), rows), (Weights::Q4_0(&packed), rows), (Weights::Q4_0(&packed), 21)] {
+            let mut vector = vec![1u16; rows * c];
+            weight_rows_bf16(w, c, 0, taken, &mut vector);
             let mut scalar = vec![0u16; rows * c];
-            for (r, out) in scalar.chunks_exact_mut(K_STEP).enumerate() {
+            for (r, out) in scalar.chunks_exact_mut(K_STEP).enumerate().take(taken * c / K_STEP) {
                 match w {
                     Weights::Q8_0(b) => scaled_bf16(b[r].scale(), &b[r].qs, out),
                     Weights::Q4_0(_) => scaled_bf16(q4[r].scale(), &q4[r].unpack(), out),

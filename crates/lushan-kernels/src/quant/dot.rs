@@ -1,29 +1,29 @@
-//! Products that read quantized weights directly, as llama.cpp's CPU backend does: the activations are
-//! quantized to Q8_0 per row (the same 32-value blocks, [`InputBlock`]), and each block pair is an integer
-//! dot product scaled by both blocks' scales.
+//! Products that read Q8_0 weights directly, as llama.cpp's CPU backend does: the activations are quantized
+//! to Q8_0 per row (the same 32-value blocks, [`InputBlock`]), and each block pair is an integer dot product
+//! scaled by both blocks' scales. (Q4_0 weights are repacked sixteen rows at a time and have their own
+//! products, [`super::packed_q4`], which read the same input blocks.)
 //!
 //! For one block pair, each of 4 lanes sums a fixed set of 8 integer products `w_j·x_j` exactly in `i32`:
-//! lane `i` holds positions `4i..4i+3` and `16+4i..16+4i+3` (for Q4_0 the low and high nibbles of bytes
-//! `4i..4i+3`). Each lane then accumulates `d_w·d_x·lane` in `f32` with a fused multiply-add (`d_w·d_x`
-//! rounded to `f32` first), and the 4 lanes are summed in a fixed tree at the end (`(0 + 2) + (1 + 3)`).
-//! Every fast path computes exactly those lanes, so the portable twin [`dot_portable`] gives bit-identical
-//! results, whatever the path, the grouping of rows, the number of input rows or of threads.
+//! lane `i` holds positions `4i..4i+3` and `16+4i..16+4i+3`. Each lane then accumulates `d_w·d_x·lane` in
+//! `f32` with a fused multiply-add (`d_w·d_x` rounded to `f32` first), and the 4 lanes are summed in a fixed
+//! tree at the end (`(0 + 2) + (1 + 3)`). Every fast path computes exactly those lanes, so the portable twin
+//! [`dot_portable`] gives bit-identical results, whatever the path, the grouping of rows, the number of input
+//! rows or of threads.
 //!
 //! Why these lanes: a block's first and second 16 bytes go to the same lanes of two registers, so the
 //! integer products of a 128-bit slot cover one whole block, and one register holds the lanes of two rows
 //! (256-bit) or four rows (512-bit):
 //! - **AVX-512 VNNI** ([`avx512`], chosen when `avx512f`, `avx512bw` and `avx512vnni` are compiled in): four
 //!   weight rows' blocks in one register pair, `vpdpbusd` (unsigned × signed bytes, four products summed
-//!   into each `i32` lane with accumulation) twice per block, starting from an input-only offset: Q4_0's
-//!   nibbles `q ∈ 0..=15` are the unsigned operand as they are, `Σ (q−8)·x = Σ q·x − 8·Σ x`; Q8_0's signed
-//!   weights become unsigned by flipping their top bit, `Σ w·x = Σ (w+128)·x − 128·Σ x`. The offsets
-//!   `−8·Σ x` and `−128·Σ x` of each lane are computed once per input row ([`InputBlock`]). Several input
-//!   rows (up to [`avx512::TILE`]) share each unpacked weight register and scale vector. Over many input
-//!   rows (a prompt), eight weight rows are unpacked once into a per-thread buffer (6 registers a block:
-//!   36 KiB for C = 3072, nothing kept between calls) and every input block serves all eight
-//!   ([`QuantBlock::dot8_rows`]). The input rows are quantized by a vector twin of [`quantize_input`].
+//!   into each `i32` lane with accumulation) twice per block, starting from an input-only offset: the signed
+//!   weights become unsigned by flipping their top bit, `Σ w·x = Σ (w+128)·x − 128·Σ x`, the offsets
+//!   `−128·Σ x` of each lane computed once per input row ([`InputBlock`]). Several input rows (up to
+//!   [`avx512::TILE`]) share each unpacked weight register and scale vector. Over many input rows (a prompt),
+//!   eight weight rows are unpacked once into a per-thread buffer (6 registers a block: 36 KiB for C = 3072,
+//!   nothing kept between calls) and every input block serves all eight ([`QuantBlock::dot8_rows`]). The
+//!   input rows are quantized by a vector twin of [`quantize_input`].
 //! - **AVX2** ([`avx2`]): two rows a register; with AVX-VNNI (`avxvnni`) the same `vpdpbusd` form in 256
-//!   bits, otherwise `maddubs`/`madd` (Q8_0 with the sign trick: `|w|` times `x` with `w`'s sign).
+//!   bits, otherwise `maddubs`/`madd` with the sign trick (`|w|` times `x` with `w`'s sign).
 //!
 //! # Shapes
 //! A quantized matrix `W` (OC, C) is stored by rows: row `o` is blocks `o·C/32 .. (o+1)·C/32`; `C` is a
@@ -31,7 +31,7 @@
 
 use rayon::prelude::*;
 
-use super::{BLOCK, BlockQ4_0, BlockQ8_0, quantize_q8_0};
+use super::{BLOCK, BlockQ8_0, quantize_q8_0};
 use crate::gemv::fmadd;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
@@ -54,10 +54,8 @@ pub struct InputBlock {
     /// The Q8_0 block's scale (its f16 value, widened exactly).
     pub d: f32,
     pub qs: [i8; BLOCK],
-    /// `−8 · s_i`, `s_i = Σ x_j` over lane `i`'s positions, at `i` and `i + 4` (one 256-bit load serves a
-    /// register holding two rows): added to `Σ q·x` of Q4_0's unsigned nibbles.
-    pub q4_offsets: [i32; 8],
-    /// `−8 · Σ x_j` over the whole block: the start of [`super::packed_q4`]'s integer sums.
+    /// `−8 · Σ x_j` over the whole block: the start of [`super::packed_q4`]'s integer sums for Q4_0's
+    /// unsigned nibbles (`Σ (q−8)·x = Σ q·x − 8·Σ x`).
     pub q4_offset: i32,
     /// `−128 · s_i`: added to `Σ (w+128)·x` of Q8_0's weights with their top bit flipped.
     pub q8_offsets: [i32; LANES],
@@ -104,7 +102,6 @@ pub fn quantize_block_portable(xs: &[f32]) -> InputBlock {
     InputBlock {
         d: q8[0].scale(),
         qs: q8[0].qs,
-        q4_offsets: std::array::from_fn(|i| -8 * sums[i % LANES]),
         q4_offset: -8 * sums.iter().sum::<i32>(),
         q8_offsets: sums.map(|s| -128 * s),
     }
@@ -149,24 +146,15 @@ use portable as fast;
 /// Without AVX2: the portable twin is the kernel.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod portable {
-    use super::{BlockQ4_0, BlockQ8_0, InputBlock, dot_portable, eight_as_fours, rows_of};
+    use super::{BlockQ8_0, InputBlock, dot_portable, eight_as_fours, rows_of};
     pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
-        dot_portable(w, x)
-    }
-    pub(super) fn dot_q4_0(w: &[BlockQ4_0], x: &[InputBlock]) -> f32 {
         dot_portable(w, x)
     }
     pub(super) fn dot4_rows_q8_0(w: [&[BlockQ8_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
         rows_of(w, x, out, |w, x| w.map(|w| dot_portable(w, x)))
     }
-    pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
-        rows_of(w, x, out, |w, x| w.map(|w| dot_portable(w, x)))
-    }
     pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
         eight_as_fours(w, x, out, dot4_rows_q8_0)
-    }
-    pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
-        eight_as_fours(w, x, out, dot4_rows_q4_0)
     }
 }
 
@@ -209,24 +197,6 @@ impl QuantBlock for BlockQ8_0 {
     }
     fn scale(&self) -> f32 {
         BlockQ8_0::scale(self)
-    }
-}
-
-impl QuantBlock for BlockQ4_0 {
-    fn dot(w: &[Self], x: &[InputBlock]) -> f32 {
-        fast::dot_q4_0(w, x)
-    }
-    fn dot4_rows(w: [&[Self]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
-        fast::dot4_rows_q4_0(w, x, out)
-    }
-    fn dot8_rows(w: [&[Self]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
-        fast::dot8_rows_q4_0(w, x, out)
-    }
-    fn integers(&self) -> [i8; BLOCK] {
-        self.unpack()
-    }
-    fn scale(&self) -> f32 {
-        BlockQ4_0::scale(self)
     }
 }
 

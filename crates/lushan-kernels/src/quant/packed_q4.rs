@@ -183,8 +183,8 @@ impl PackedQ4_0 {
         self.rows += more.rows;
     }
 
-    /// Group `g`'s blocks.
-    fn group(&self, g: usize) -> &[GroupBlock] {
+    /// Group `g`'s blocks (rows `16·g ..`), `cols/32` of them.
+    pub fn group(&self, g: usize) -> &[GroupBlock] {
         let per_row = self.cols / BLOCK;
         &self.groups[g * per_row..][..per_row]
     }

@@ -9,7 +9,7 @@
     all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512vnni", not(test)),
     allow(dead_code)
 )]
-use super::{BlockQ4_0, BlockQ8_0, InputBlock, eight_as_fours, f16_table, rows_of};
+use super::{BlockQ8_0, InputBlock, eight_as_fours, f16_table, rows_of};
 use std::arch::x86_64::*;
 
 /// The 4 lanes of `v` summed in [`super::hsum`]'s order.
@@ -75,37 +75,6 @@ impl Pair for BlockQ8_0 {
     }
 }
 
-impl Pair for BlockQ4_0 {
-    #[inline(always)]
-    unsafe fn lanes(a: &Self, b: &Self, x: &InputBlock, x_low: __m256i, x_high: __m256i) -> __m256i {
-        // SAFETY: AVX2 is compiled in (parent `cfg`), AVX-VNNI where used; the loads read two blocks' 16-byte
-        // `qs` arrays and one input block's 32-byte offsets, in bounds by construction.
-        unsafe {
-            // [a's 16 bytes | b's 16 bytes]: low nibbles are positions 0..16, high ones 16..32.
-            let packed = _mm256_loadu2_m128i(b.qs.as_ptr().cast(), a.qs.as_ptr().cast());
-            let low_nibbles = _mm256_set1_epi8(0x0F);
-            let q_low = _mm256_and_si256(packed, low_nibbles);
-            let q_high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low_nibbles);
-            let offsets = _mm256_loadu_si256(x.q4_offsets.as_ptr().cast());
-            #[cfg(target_feature = "avxvnni")]
-            {
-                _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(offsets, q_low, x_low), q_high, x_high)
-            }
-            #[cfg(not(target_feature = "avxvnni"))]
-            {
-                // Unsigned nibbles times signed inputs: each i16 is two products, at most 2·15·127 in
-                // magnitude, and the sum of the two halves' at most 4·15·127 = 7 620: no saturation.
-                let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(q_low, x_low), _mm256_maddubs_epi16(q_high, x_high));
-                // Σ q·x − 8·Σ x = Σ (q − 8)·x, exact in i32.
-                _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), offsets)
-            }
-        }
-    }
-    fn d(&self) -> u16 {
-        self.d
-    }
-}
-
 /// Pairs of weight rows against one input row, each pair in one register: one accumulator a pair, each
 /// input block loaded once for all. A row's lanes are the same whichever half and pair it is in, so each
 /// result is bit-identical to its row's single-row dot product and to the portable twin.
@@ -148,22 +117,10 @@ pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
     dot_row_pairs([(w, w)], x)[0].0
 }
 
-pub(super) fn dot_q4_0(w: &[BlockQ4_0], x: &[InputBlock]) -> f32 {
-    dot_row_pairs([(w, w)], x)[0].0
-}
-
 pub(super) fn dot4_rows_q8_0(w: [&[BlockQ8_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
-    rows_of(w, x, out, dot4)
-}
-
-pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
     rows_of(w, x, out, dot4)
 }
 
 pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
     eight_as_fours(w, x, out, dot4_rows_q8_0)
-}
-
-pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
-    eight_as_fours(w, x, out, dot4_rows_q4_0)
 }

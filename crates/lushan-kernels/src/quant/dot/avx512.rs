@@ -11,7 +11,7 @@
 //! The lanes are [`super`]'s, so each result is bit-identical to the portable twin.
 
 #![allow(unsafe_code)]
-use super::{BLOCK, BlockQ4_0, BlockQ8_0, InputBlock, LANES, f16_table};
+use super::{BLOCK, BlockQ8_0, InputBlock, LANES, f16_table};
 use crate::quant::dot::avx2::prefetch;
 use std::arch::x86_64::*;
 
@@ -47,28 +47,6 @@ impl Unpack for BlockQ8_0 {
     }
     fn offsets(x: &InputBlock) -> &[i32; LANES] {
         &x.q8_offsets
-    }
-    fn d(&self) -> u16 {
-        self.d
-    }
-}
-
-impl Unpack for BlockQ4_0 {
-    #[inline(always)]
-    unsafe fn unpack4(w: [&Self; 4]) -> (__m512i, __m512i) {
-        // SAFETY: AVX-512 F/BW are compiled in (parent `cfg`); each load reads one block's 16-byte `qs`.
-        unsafe {
-            let load = |b: &BlockQ4_0| _mm_loadu_si128(b.qs.as_ptr().cast());
-            let ab = _mm256_set_m128i(load(w[1]), load(w[0]));
-            let cd = _mm256_set_m128i(load(w[3]), load(w[2]));
-            let packed = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ab), cd);
-            let low_nibbles = _mm512_set1_epi8(0x0F);
-            (_mm512_and_si512(packed, low_nibbles), _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low_nibbles))
-        }
-    }
-    fn offsets(x: &InputBlock) -> &[i32; LANES] {
-        // The first four of the eight (the last four repeat them).
-        x.q4_offsets.first_chunk().expect("eight offsets")
     }
     fn d(&self) -> u16 {
         self.d
@@ -262,23 +240,11 @@ pub(super) fn dot8_rows_q8_0(w: [&[BlockQ8_0]; 8], x: &[InputBlock], out: &mut [
     dot8_rows(w, x, out)
 }
 
-pub(super) fn dot8_rows_q4_0(w: [&[BlockQ4_0]; 8], x: &[InputBlock], out: &mut [[f32; 8]]) {
-    dot8_rows(w, x, out)
-}
-
 pub(super) fn dot_q8_0(w: &[BlockQ8_0], x: &[InputBlock]) -> f32 {
     tile::<_, 1>([w; 4], x, w.len())[0][0]
 }
 
-pub(super) fn dot_q4_0(w: &[BlockQ4_0], x: &[InputBlock]) -> f32 {
-    tile::<_, 1>([w; 4], x, w.len())[0][0]
-}
-
 pub(super) fn dot4_rows_q8_0(w: [&[BlockQ8_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
-    dot4_rows(w, x, out)
-}
-
-pub(super) fn dot4_rows_q4_0(w: [&[BlockQ4_0]; 4], x: &[InputBlock], out: &mut [[f32; 4]]) {
     dot4_rows(w, x, out)
 }
 
@@ -328,7 +294,6 @@ pub(super) fn quantize_block(xs: &[f32; BLOCK]) -> Option<InputBlock> {
         let mut pos = [0i32; 16];
         _mm512_storeu_si512(pos.as_mut_ptr().cast(), _mm512_add_epi32(qlo, qhi));
         let sums: [i32; LANES] = std::array::from_fn(|i| pos[4 * i..4 * i + 4].iter().sum());
-        block.q4_offsets = std::array::from_fn(|i| -8 * sums[i % LANES]);
         block.q4_offset = -8 * sums.iter().sum::<i32>();
         block.q8_offsets = sums.map(|s| -128 * s);
         Some(block)

@@ -1,4 +1,5 @@
-use super::super::{dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
+use super::super::packed_q4::{self, PackedQ4_0};
+use super::super::{BlockQ4_0, dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
 use super::*;
 use crate::rng::Rng;
 
@@ -51,7 +52,6 @@ macro_rules! paths {
     };
 }
 paths!(BlockQ8_0, dot_q8_0, dot4_rows_q8_0, dot8_rows_q8_0);
-paths!(BlockQ4_0, dot_q4_0, dot4_rows_q4_0, dot8_rows_q4_0);
 
 fn input(rows: usize, blocks: usize, seed: u64) -> Vec<InputBlock> {
     let mut xq = vec![InputBlock::default(); rows * blocks];
@@ -104,16 +104,9 @@ fn every_path_equals_the_portable_twin_bit_for_bit() {
     hostile[2][7].qs = [-128; BLOCK];
     hostile[3][0].qs = [127; BLOCK];
     hostile[6][2].qs = [-128; BLOCK];
-    let q4: [Vec<BlockQ4_0>; 8] = std::array::from_fn(|i| {
-        let mut q = vec![BlockQ4_0::default(); blocks];
-        quantize_q4_0(&random(BLOCK * blocks, 20 + i as u64), &mut q);
-        q
-    });
     check_paths(&q8, blocks);
     check_paths(&hostile, blocks);
-    check_paths(&q4, blocks);
     // One block a row: the loop bodies run once.
-    check_paths(&q4.clone().map(|r| r[..1].to_vec()), 1);
     check_paths(&q8.clone().map(|r| r[..1].to_vec()), 1);
 }
 
@@ -135,21 +128,6 @@ fn integer_extremes_are_exact_on_every_path() {
         let mut xq = vec![InputBlock::default(); 3];
         quantize_input(&[input; 3 * BLOCK], &mut xq);
         assert!(xq.iter().all(|b| b.qs == [(127.0 * input) as i8; BLOCK]));
-        for nibbles in [0x00u8, 0xFF, 0xF0, 0x0F] {
-            let w = vec![BlockQ4_0 { d: half::f16::ONE.to_bits(), qs: [nibbles; BLOCK / 2] }; 3];
-            let want = exact(&w.iter().map(BlockQ4_0::unpack).collect::<Vec<_>>(), &xq);
-            for (name, dot, dot4_rows, dot8_rows) in BlockQ4_0::paths() {
-                let got = dot(&w, &xq);
-                assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs(), "{name}: {got} vs {want}");
-                assert_eq!(got.to_bits(), dot_portable(&w, &xq).to_bits(), "{name}, nibbles {nibbles:#04x}");
-                let mut four = [[0.0; 4]];
-                dot4_rows([&w, &w, &w, &w], &xq, &mut four);
-                assert!(four[0].iter().all(|v| v.to_bits() == got.to_bits()), "{name}");
-                let mut eight = [[0.0; 8]; 9];
-                dot8_rows([&w[..]; 8], &xq.repeat(9), &mut eight);
-                assert!(eight.iter().flatten().all(|v| v.to_bits() == got.to_bits()), "{name}: eight rows");
-            }
-        }
         for q in [-128i8, -127, 127] {
             let w = vec![BlockQ8_0 { d: half::f16::ONE.to_bits(), qs: [q; BLOCK] }; 3];
             let want = exact(&w.iter().map(|b| b.qs).collect::<Vec<_>>(), &xq);
@@ -180,7 +158,6 @@ fn input_blocks_hold_the_q8_0_block_and_each_lane_s_offsets() {
         for i in 0..LANES {
             let sum: i32 = (4 * i..4 * i + 4).chain(16 + 4 * i..16 + 4 * i + 4).map(|j| i32::from(q8.qs[j])).sum();
             assert!((4 * i..4 * i + 4).chain(16 + 4 * i..16 + 4 * i + 4).all(|j| lane(j) == i));
-            assert_eq!((block.q4_offsets[i], block.q4_offsets[i + 4]), (-8 * sum, -8 * sum), "lane {i}");
             assert_eq!(block.q8_offsets[i], -128 * sum, "lane {i}");
         }
         assert_eq!(block.q4_offset, -8 * q8.qs.iter().map(|&q| i32::from(q)).sum::<i32>());
@@ -204,7 +181,7 @@ fn reference(w: &[f32], x: &[f32], bias: &[f32], c: usize, oc: usize) -> Vec<f32
     out
 }
 
-/// `matmul` against the dequantize-then-f32 reference at row counts that exercise one input row, partial
+/// `matmul` (and Q4_0's [`packed_q4::matmul`]) against the dequantize-then-f32 reference at row counts that exercise one input row, partial
 /// and full tiles and more than one tile; the tolerance is the f32 accumulation's rounding (results of
 /// order 1 over C = 96 products).
 #[test]
@@ -224,7 +201,7 @@ fn products_match_dequantize_then_f32_loops() {
         matmul(&mut out, &x, &w8, Some(&bias), c, oc);
         let expected = reference(&w8d, &x, &bias, c, oc);
         assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5), "q8_0, m = {m}");
-        matmul(&mut out, &x, &w4, Some(&bias), c, oc);
+        packed_q4::matmul(&mut out, &x, &PackedQ4_0::from_blocks(&w4, oc, c), Some(&bias), c, oc);
         let expected = reference(&w4d, &x, &bias, c, oc);
         assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5), "q4_0, m = {m}");
         // And near the unquantized product (the quantization error, not a kernel error).
@@ -271,11 +248,7 @@ fn input_quantizer_equals_its_portable_twin_bit_for_bit() {
     for (i, (got, xs)) in got.iter().zip(&blocks).enumerate() {
         let want = quantize_block_portable(xs);
         assert_eq!(got.d.to_bits(), want.d.to_bits(), "block {i}: scale");
-        assert_eq!(
-            (got.qs, got.q4_offsets, got.q4_offset, got.q8_offsets),
-            (want.qs, want.q4_offsets, want.q4_offset, want.q8_offsets),
-            "block {i}"
-        );
+        assert_eq!((got.qs, got.q4_offset, got.q8_offsets), (want.qs, want.q4_offset, want.q8_offsets), "block {i}");
     }
     // The halves really were rounded away from zero (the test covers the case it names).
     let h = quantize_block_portable(&halves);
