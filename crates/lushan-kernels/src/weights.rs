@@ -102,14 +102,14 @@ impl Weights<'_> {
 
 /// `out = inp·Wᵀ (+ bias)` for any number of rows, for inference: `out` (M, OC), `inp` (M, C).
 ///
-/// bf16 weights with at least [`amx::prompts::MIN_ROWS`] rows go to the AMX tiles where the CPU has them
+/// bf16, f16 and quantized weights with at least [`amx::prompts::MIN_ROWS`] rows go to the AMX tiles where the CPU has them
 /// (inputs rounded to bf16). Otherwise up to [`gemv::MAX_ROWS`] rows take the few-rows kernels; beyond, `f32` and 16-bit weights the tiles of
 /// [`dot_gemm`] where they are compiled in (else the packed GEMM, or widened tiles into it), quantized
 /// weights the integer products where [`INTEGER_MANY_ROWS`], else widened tiles.
 pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
     let m = w.check(out, inp, bias, c, oc);
     match w {
-        // bf16 and quantized prompts on AMX: inputs (and dequantized weights) rounded to bf16, so not
+        // bf16, f16 and quantized prompts on AMX: inputs (and converted weights) rounded to bf16, so not
         // bit-identical to `forward_rows`.
         _ if amx::prompts::takes(w, m, c) => amx::prompts::forward(out, inp, w, bias, c, oc),
         // `forward_rows` takes the few-rows kernels, and more rows of float weights to dot_gemm's tiles.
@@ -236,7 +236,7 @@ mod tests {
             let x = random_f32(&mut rng, m * c, 1.0);
             for (name, weights, activation_tol) in [
                 ("bf16", Weights::Bf16(&bf), 0.05),
-                ("f16", Weights::F16(&hf), 0.0),
+                ("f16", Weights::F16(&hf), 0.05),
                 ("q8_0", Weights::Q8_0(&q8), 0.05),
                 ("q4_0", Weights::Q4_0(&q4), 0.05),
             ] {
@@ -252,8 +252,8 @@ mod tests {
                 // On AMX (enough rows) activations rounded to bf16 (relative error ≤ 2⁻⁹ each), and Q8_0/Q4_0
                 // weights' d·q too.
                 let rounded = match weights {
-                    Weights::Bf16(_) => amx::prompts::takes(weights, m, c),
-                    Weights::F16(_) | Weights::F32(_) => false,
+                    Weights::Bf16(_) | Weights::F16(_) => amx::prompts::takes(weights, m, c),
+                    Weights::F32(_) => false,
                     Weights::Q8_0(_) | Weights::Q4_0(_) => {
                         amx::prompts::takes(weights, m, c) || m <= gemv::MAX_ROWS || INTEGER_MANY_ROWS
                     }

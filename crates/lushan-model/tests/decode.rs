@@ -149,8 +149,8 @@ fn batched_decode_is_bit_identical_to_decoding_each_sequence_alone() {
 
 /// Where the many-row tiles are compiled in (AVX-512), a prompt's products use the matrix-vector kernel's
 /// arithmetic and the cached attention is computed row by row, so prefilling a prompt at once gives, bit for
-/// bit, the logits of feeding it one token at a time, for f32 and 16-bit weights (bf16 on a CPU with AMX
-/// excepted: its prompts round the activations to bf16). Elsewhere the prompt takes the packed GEMM and the
+/// bit, the logits of feeding it one token at a time, for f32 and 16-bit weights (bf16 and f16 on a CPU with
+/// AMX excepted: their prompts round the activations, and f16 weights, to bf16). Elsewhere the prompt takes the packed GEMM and the
 /// two agree to rounding.
 #[test]
 fn a_prompt_prefilled_at_once_gives_the_logits_of_feeding_it_token_by_token() {
@@ -168,14 +168,15 @@ fn a_prompt_prefilled_at_once_gives_the_logits_of_feeding_it_token_by_token() {
         for &token in &tokens {
             fed = model.decode(&mut one_by_one, &[token]).unwrap().to_vec();
         }
-        // bf16 prompts on AMX round the activations to bf16 (each relative error ≤ 2⁻⁹); token by token they
-        // stay f32 — the same as PyTorch's and llama.cpp's bf16 products, which round them too.
-        let amx_rounds = dtype == lushan_model::DType::Bf16 && lushan_kernels::amx::available();
+        // bf16 and f16 prompts on AMX round the activations (and f16 weights) to bf16 (each relative error
+        // ≤ 2⁻⁹); token by token they stay f32 — as PyTorch's and llama.cpp's bf16 products round them too.
+        let amx_rounds =
+            matches!(dtype, lushan_model::DType::Bf16 | lushan_model::DType::F16) && lushan_kernels::amx::available();
         if amx_rounds {
             let worst = prefilled.iter().zip(&fed).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             let scale = fed.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
-            assert!(prefilled != fed, "bf16 on AMX: the prompt took the rounded path");
-            assert!(worst <= 0.02 * scale, "bf16 on AMX: prefill differs by {worst} (logits up to {scale})");
+            assert!(prefilled != fed, "{dtype:?} on AMX: the prompt took the rounded path");
+            assert!(worst <= 0.02 * scale, "{dtype:?} on AMX: prefill differs by {worst} (logits up to {scale})");
         } else if lushan_kernels::dot_gemm::TILED {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&prefilled), bits(&fed), "{dtype:?}: prefill ≠ token by token");

@@ -1,17 +1,19 @@
-//! `out = inp·Wᵀ + b` for a prompt's rows on AMX tiles, over weights `(OC, C)` stored as bf16, Q8_0 or Q4_0:
-//! the prompt's products of a model loaded with `--dtype bf16|q8_0|q4_0` on a CPU with AMX.
+//! `out = inp·Wᵀ + b` for a prompt's rows on AMX tiles, over weights `(OC, C)` stored as bf16, f16, Q8_0 or
+//! Q4_0: the prompt's products of a model loaded with `--dtype bf16|f16|q8_0|q4_0` on a CPU with AMX.
 //!
 //! bf16 weights are the tiles' A operand as they lie (16 weight rows × 32 bf16, rows `2·C` bytes apart), so
-//! nothing the size of the model is copied. Quantized weights are dequantized 32 rows at a time (`d·q`
-//! rounded to bf16) into a block that stays in L2 while every input panel passes over it. The input rows (a
-//! few dozen) are rounded to bf16 and packed as the B operand, pairs of `k` for 32 rows side by side. Each call
-//! of [`super::block`] gives a 32 (weights) × 32 (inputs) block of `out` transposed.
+//! nothing the size of the model is copied. f16 and quantized weights are converted 32 rows at a time (f16
+//! rounded to bf16, `d·q` rounded to bf16) into a block that stays in L2 while every input panel passes over
+//! it. The input rows (a few dozen) are rounded to bf16 and packed as the B operand, pairs of `k` for 32 rows
+//! side by side. Each call of [`super::block`] gives a 32 (weights) × 32 (inputs) block of `out` transposed.
 //!
 //! Arithmetic: the inputs are rounded to bf16, as llama.cpp's BF16 products and PyTorch's bf16 autocast round
-//! them (llama.cpp's Q8_0/Q4_0 products round them coarser, to 8-bit blocks); a quantized weight `d·q` is
-//! rounded to bf16 (relative error ≤ 2⁻⁹, below the quantization step). Products are exact and summed in f32
-//! by the tiles. So a prompt row here differs from the same row decoded alone by the matrix-vector kernels by
-//! those roundings, not bit for bit ([`crate::weights::forward_rows`] keeps the bit-identical paths).
+//! them (llama.cpp's F16 products round them to f16, its Q8_0/Q4_0 products coarser, to 8-bit blocks); an f16
+//! weight or a quantized weight `d·q` is rounded to bf16 (relative error ≤ 2⁻⁹; for Q8_0/Q4_0 below the
+//! quantization step, for f16 the bf16 type's precision: this CPU's tiles have no f16 products). Products are
+//! exact and summed in f32 by the tiles. So a prompt row here differs from the same row decoded alone by the
+//! matrix-vector kernels by those roundings, not bit for bit ([`crate::weights::forward_rows`] keeps the
+//! bit-identical paths). f32 weights are not taken: an f32 model's products stay in f32.
 
 use super::{BLOCK, K_STEP, Tiles, WORD_STEP, available, block};
 use crate::packed_gemm::pair;
@@ -23,11 +25,11 @@ use rayon::prelude::*;
 /// Fewest input rows worth a tile: below, most of each 32-row block would be padding.
 pub const MIN_ROWS: usize = 16;
 
-/// Whether [`forward`] takes `m` rows of length `c` of these weights here: bf16 or quantized weights, AMX
-/// usable, enough rows, and rows a whole number of tile steps (bf16 weights are read in place, so they cannot
-/// be padded; a Q8_0/Q4_0 block is one tile step).
+/// Whether [`forward`] takes `m` rows of length `c` of these weights here: bf16, f16 or quantized weights,
+/// AMX usable, enough rows, and rows a whole number of tile steps (bf16 weights are read in place, so they
+/// cannot be padded; a Q8_0/Q4_0 block is one tile step). f32 weights keep their own precision.
 pub fn takes(w: Weights<'_>, m: usize, c: usize) -> bool {
-    let weight_type = matches!(w, Weights::Bf16(_) | Weights::Q8_0(_) | Weights::Q4_0(_));
+    let weight_type = matches!(w, Weights::Bf16(_) | Weights::F16(_) | Weights::Q8_0(_) | Weights::Q4_0(_));
     weight_type && m >= MIN_ROWS && c > 0 && c.is_multiple_of(K_STEP) && available()
 }
 
@@ -79,7 +81,18 @@ fn weight_rows_bf16(w: Weights<'_>, c: usize, r0: usize, rows: usize, dst: &mut 
                 }
             }
         }
-        Weights::F32(_) | Weights::F16(_) => unreachable!("amx prompts: f32/f16 weights are not taken"),
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Weights::F16(w) if vector_dequantize() => {
+            // SAFETY: as for Q8_0.
+            unsafe { avx512::f16(&w[r0 * c..][..rows * c], filled) }
+        }
+        Weights::F16(w) => {
+            for (o, v) in filled.iter_mut().zip(&w[r0 * c..][..rows * c]) {
+                *o = (crate::packed_gemm::bf16_high_bits(v.to_f32()) >> 16) as u16;
+            }
+        }
+        Weights::F32(_) => unreachable!("amx prompts: f32 weights are not taken"),
     }
 }
 
@@ -136,6 +149,25 @@ mod avx512 {
                 let low = _mm512_cvtepi8_epi32(_mm256_castsi256_si128(q));
                 let high = _mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q));
                 store_scaled(b.scale(), low, high, out);
+            }
+        }
+    }
+
+    /// f16 weights rounded to bf16 (to nearest even, as [`super::scaled_bf16`]; an f16 widens to a normal
+    /// f32 exactly), 32 at a time.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn f16(w: &[half::f16], out: &mut [u16]) {
+        assert!(w.len() == out.len() && w.len().is_multiple_of(K_STEP), "amx prompts: f16 rows' extent");
+        for (w, out) in w.chunks_exact(K_STEP).zip(out.chunks_exact_mut(K_STEP)) {
+            // SAFETY: each load reads 16 of the chunk's 32 halves; the store writes the chunk's 32 outputs.
+            unsafe {
+                let low = _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().cast()));
+                let high = _mm512_cvtph_ps(_mm256_loadu_si256(w[16..].as_ptr().cast()));
+                let bits: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
+                _mm512_storeu_si512(out.as_mut_ptr().cast(), bits);
             }
         }
     }
@@ -315,9 +347,14 @@ mod tests {
             let mut q8 = vec![BlockQ8_0::default(); oc * c / K_STEP];
             quantize_q8_0(&wf, &mut q8);
             let q4 = PackedQ4_0::quantize(&wf, c);
+            let hf: Vec<half::f16> = wf.iter().map(|&v| half::f16::from_f32(v)).collect();
             let bias = random_f32(&mut rng, oc, 1.0);
-            for (name, w) in [("bf16", Weights::Bf16(&bf)), ("q8_0", Weights::Q8_0(&q8)), ("q4_0", Weights::Q4_0(&q4))]
-            {
+            for (name, w) in [
+                ("bf16", Weights::Bf16(&bf)),
+                ("f16", Weights::F16(&hf)),
+                ("q8_0", Weights::Q8_0(&q8)),
+                ("q4_0", Weights::Q4_0(&q4)),
+            ] {
                 if !available() {
                     eprintln!("skipped: this CPU (or OS) gives no AMX BF16");
                     assert!(!takes(w, m, c));
@@ -358,7 +395,16 @@ mod tests {
         quantize_q4_0(&wf, &mut q4);
         let packed = PackedQ4_0::from_blocks(&q4, rows, c);
         // Whole blocks of 32 rows, and a last block of 21 (a partly filled group of sixteen; zeros after).
-        for (w, taken) in [(Weights::Q8_0(&q8), rows), (Weights::Q4_0(&packed), rows), (Weights::Q4_0(&packed), 21)] {
+        // f16 weights from tiny (f16 subnormals) to 300, and ties of the rounding to bf16.
+        let mut hf: Vec<half::f16> = wf.iter().map(|&v| half::f16::from_f32(v)).collect();
+        hf[3] = half::f16::from_bits(0x3c04); // 1 + 2⁻⁸: halfway between two bf16, rounds to even
+        hf[4] = half::f16::from_bits(0x3c0c); // 1 + 3·2⁻⁸: halfway, rounds up
+        for (w, taken) in [
+            (Weights::Q8_0(&q8), rows),
+            (Weights::Q4_0(&packed), rows),
+            (Weights::Q4_0(&packed), 21),
+            (Weights::F16(&hf), rows),
+        ] {
             let mut vector = vec![1u16; rows * c];
             weight_rows_bf16(w, c, 0, taken, &mut vector);
             let mut scalar = vec![0u16; rows * c];
@@ -366,6 +412,11 @@ mod tests {
                 match w {
                     Weights::Q8_0(b) => scaled_bf16(b[r].scale(), &b[r].qs, out),
                     Weights::Q4_0(_) => scaled_bf16(q4[r].scale(), &q4[r].unpack(), out),
+                    Weights::F16(h) => {
+                        for (o, v) in out.iter_mut().zip(&h[r * K_STEP..][..K_STEP]) {
+                            *o = bf16::from_f32(v.to_f32()).to_bits();
+                        }
+                    }
                     _ => unreachable!(),
                 }
             }
