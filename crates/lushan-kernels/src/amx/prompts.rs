@@ -183,7 +183,9 @@ mod avx512 {
         assert!(rows <= GROUP && group.len() * K_STEP == c, "amx prompts: a group's extent");
         assert_eq!(out.len(), rows * c, "amx prompts: dequantized rows' extent");
         let nibble = _mm_set1_epi8(0x0f);
-        let eight = _mm512_set1_epi32(8);
+        // n − 8 for n = 0..16.
+        let steps =
+            _mm512_setr_ps(-8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
         for (k, gb) in group.iter().enumerate() {
             // SAFETY: the loads read the block's 32 bytes of scales and 4 × 64 bytes of nibbles; the stores
             // write the local arrays; each row's 32 outputs lie in `out` (rows < `rows`, asserted above).
@@ -207,10 +209,14 @@ mod avx512 {
                 for (r, &d) in scales.iter().enumerate().take(rows) {
                     // Row r = 4L + t sits in slot L of register t.
                     let q = _mm_loadu_si128(bytes[64 * (r % 4) + 16 * (r / 4)..].as_ptr().cast());
-                    let low = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, nibble)), eight);
-                    let high =
-                        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), nibble)), eight);
-                    store_scaled(d, low, high, &mut out[r * c + k * K_STEP..][..K_STEP]);
+                    // The row's 16 possible values bf16(d·(n − 8)), n = 0..16, then each of its 32 nibbles
+                    // (low nibbles first: weights 0..16, then 16..32) picks its value: one `vpermw`.
+                    let values = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_set1_ps(d), steps));
+                    let table = _mm512_castsi256_si512(std::mem::transmute::<__m256bh, __m256i>(values));
+                    let nibbles =
+                        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(q), nibble), _mm_and_si128(q, nibble));
+                    let bits = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(nibbles), table);
+                    _mm512_storeu_si512(out[r * c + k * K_STEP..][..K_STEP].as_mut_ptr().cast(), bits);
                 }
             }
         }
