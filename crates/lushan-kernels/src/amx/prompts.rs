@@ -258,13 +258,7 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
         let weight_tiles = Tiles { half: 16 * row_bytes, row: row_bytes, step: 2 * K_STEP };
         let input_tiles = Tiles { half: 64, row: BLOCK * 4, step: WORD_STEP * BLOCK * 4 };
         // Each task: 32 weight rows by every input panel, written into its 32 channels of every output row.
-        let mut parts: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(BLOCK)).map(|_| Vec::with_capacity(m)).collect();
-        for row in out.chunks_exact_mut(oc) {
-            for (part, channels) in parts.iter_mut().zip(row.chunks_mut(BLOCK)) {
-                part.push(channels);
-            }
-        }
-        parts.into_par_iter().enumerate().for_each(|(wb, mut dst)| {
+        crate::quant::dot::channels_by_task(out, oc, BLOCK).into_par_iter().enumerate().for_each(|(wb, mut dst)| {
             let rows = BLOCK.min(oc - wb * BLOCK);
             // bf16 weights in place; quantized ones dequantized, and the last block of a matrix whose OC is
             // not a multiple of 32 copied with zero rows (the tiles read 32 rows).

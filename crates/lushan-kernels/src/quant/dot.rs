@@ -263,26 +263,45 @@ pub fn matmul<B: QuantBlock>(out: &mut [f32], x: &[f32], w: &[B], bias: Option<&
     if m == 0 || oc == 0 {
         return;
     }
-    let mut xq = vec![InputBlock::default(); m * blocks];
-    if m * c >= MIN_PARALLEL_QUANTIZE {
+    let xq = quantize_rows(x, c);
+    let per_task = oc.div_ceil(tasks(c, oc)).next_multiple_of(4);
+    let parts = channels_by_task(out, oc, per_task);
+    parts.into_par_iter().enumerate().for_each(|(t, mut dst)| {
+        let j0 = t * per_task;
+        let n = dst[0].len();
+        channels(&mut dst, &w[j0 * blocks..(j0 + n) * blocks], &xq, bias.map(|b| &b[j0..]), blocks);
+    });
+}
+
+/// The rows of `x` (rows of `c`, a multiple of 32) quantized to input blocks (`c/32` a row), the rows in
+/// parallel when there are enough values.
+pub(crate) fn quantize_rows(x: &[f32], c: usize) -> Vec<InputBlock> {
+    let blocks = c / BLOCK;
+    let mut xq = vec![InputBlock::default(); x.len() / c * blocks];
+    if x.len() >= MIN_PARALLEL_QUANTIZE {
         xq.par_chunks_mut(blocks).zip(x.par_chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
     } else {
         xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
     }
-    let tasks = (oc * c / MIN_TASK_WEIGHTS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS));
-    let per_task = oc.div_ceil(tasks).next_multiple_of(4);
-    // Each task's output channels in every row: `parts[t][r]` is row `r`'s channels `t·per_task ..`.
+    xq
+}
+
+/// Tasks a product of `oc` rows of `c` weights is split into: one per thread, fewer for small matrices.
+pub(crate) fn tasks(c: usize, oc: usize) -> usize {
+    (oc * c / MIN_TASK_WEIGHTS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS))
+}
+
+/// `out` (rows of `oc`) cut into each task's output channels in every row: `parts[t][r]` is row `r`'s
+/// channels `t·per_task ..` (fewer in the last task's), so tasks write their channels in place.
+pub(crate) fn channels_by_task(out: &mut [f32], oc: usize, per_task: usize) -> Vec<Vec<&mut [f32]>> {
+    let m = out.len() / oc.max(1);
     let mut parts: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(per_task)).map(|_| Vec::with_capacity(m)).collect();
     for row in out.chunks_exact_mut(oc) {
         for (part, channels) in parts.iter_mut().zip(row.chunks_mut(per_task)) {
             part.push(channels);
         }
     }
-    parts.into_par_iter().enumerate().for_each(|(t, mut dst)| {
-        let j0 = t * per_task;
-        let n = dst[0].len();
-        channels(&mut dst, &w[j0 * blocks..(j0 + n) * blocks], &xq, bias.map(|b| &b[j0..]), blocks);
-    });
+    parts
 }
 
 /// Input values (rows × C) from which the rows are quantized in parallel.

@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::dot::{InputBlock, quantize_input};
+use super::dot::{InputBlock, channels_by_task, quantize_rows, tasks};
 use super::{BLOCK, BlockQ4_0, dequantize_q4_0};
 use crate::gemv::fmadd;
 
@@ -235,13 +235,6 @@ pub fn group_products(g: &[GroupBlock], x: &[InputBlock], out: &mut [[f32; GROUP
     group_portable(g, x, out)
 }
 
-/// Weights below which one more task costs more than it saves.
-const MIN_TASK_WEIGHTS: usize = 1 << 16;
-/// Upper bound on tasks per call.
-const MAX_TASKS: usize = 16;
-/// Input values (rows × C) from which the rows are quantized in parallel.
-const MIN_PARALLEL_QUANTIZE: usize = 1 << 14;
-
 /// `out = x·Wᵀ (+ bias)`: `x` (M, C) in `f32`, quantized to Q8_0 row by row; `out` (M, OC).
 ///
 /// Each thread owns one contiguous run of groups (one sequential stream of weights) and walks it group by
@@ -260,22 +253,9 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &PackedQ4_0, bias: Option<&[f32]>, 
     if m == 0 || oc == 0 {
         return;
     }
-    let mut xq = vec![InputBlock::default(); m * blocks];
-    if m * c >= MIN_PARALLEL_QUANTIZE {
-        xq.par_chunks_mut(blocks).zip(x.par_chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
-    } else {
-        xq.chunks_exact_mut(blocks).zip(x.chunks_exact(c)).for_each(|(q, row)| quantize_input(row, q));
-    }
-    let groups = oc.div_ceil(GROUP);
-    let tasks = (oc * c / MIN_TASK_WEIGHTS).clamp(1, rayon::current_num_threads().clamp(1, MAX_TASKS));
-    let per_task = groups.div_ceil(tasks) * GROUP;
-    // Each task's output channels in every row: `parts[t][r]` is row `r`'s channels `t·per_task ..`.
-    let mut parts: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(per_task)).map(|_| Vec::with_capacity(m)).collect();
-    for row in out.chunks_exact_mut(oc) {
-        for (part, channels) in parts.iter_mut().zip(row.chunks_mut(per_task)) {
-            part.push(channels);
-        }
-    }
+    let xq = quantize_rows(x, c);
+    let per_task = oc.div_ceil(GROUP).div_ceil(tasks(c, oc)) * GROUP;
+    let parts = channels_by_task(out, oc, per_task);
     parts.into_par_iter().enumerate().for_each(|(t, mut dst)| {
         let mut sums = vec![[0.0f32; GROUP]; TILE];
         let n = dst[0].len();

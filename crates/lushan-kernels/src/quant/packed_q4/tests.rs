@@ -1,4 +1,5 @@
 use super::*;
+use crate::quant::dot::quantize_input;
 use crate::quant::quantize_q4_0;
 use crate::rng::Rng;
 
