@@ -242,8 +242,16 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
     }
     // Inputs: panels of 32 rows (zero past M), each `C/2` steps of 32 words, in a buffer kept between calls (a
     // prompt makes ~50 of them; a fresh buffer of a few hundred KiB is a fresh mapping, page faults and all).
+    // While this call waits for its tasks, a rayon worker may run another caller's job that comes back here:
+    // that call, finding the buffer borrowed, takes a fresh one.
     let panel_words = BLOCK * c / 2;
-    PANELS.with_borrow_mut(|panels| {
+    PANELS.with(|cell| {
+        let mut kept = cell.try_borrow_mut();
+        let mut fresh = Vec::new();
+        let panels: &mut Vec<u32> = match kept.as_deref_mut() {
+            Ok(kept) => kept,
+            Err(_) => &mut fresh,
+        };
         panels.clear();
         panels.resize(m.div_ceil(BLOCK) * panel_words, 0);
         panels.par_chunks_mut(panel_words).enumerate().for_each(|(p, panel)| {
@@ -260,8 +268,8 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
         // Each task: 32 weight rows by every input panel, written into its 32 channels of every output row.
         crate::quant::dot::channels_by_task(out, oc, BLOCK).into_par_iter().enumerate().for_each(|(wb, mut dst)| {
             let rows = BLOCK.min(oc - wb * BLOCK);
-            // bf16 weights in place; quantized ones dequantized, and the last block of a matrix whose OC is
-            // not a multiple of 32 copied with zero rows (the tiles read 32 rows).
+            // bf16 weights in place; f16 and quantized ones converted, and the last block of a matrix whose OC
+            // is not a multiple of 32 copied with zero rows (the tiles read 32 rows).
             ROWS_BF16.with_borrow_mut(|copy| {
                 let w: &[u8] = match w {
                     Weights::Bf16(bf) if rows == BLOCK => bytemuck::cast_slice(&bf[wb * BLOCK * c..][..BLOCK * c]),
@@ -304,7 +312,8 @@ fn block_by_panels(
         // tile[i·32 + j] = Σ_k W[i][k] · inp[p·32 + j][k]
         for (j, dst) in dst.iter_mut().skip(p * BLOCK).take(BLOCK).enumerate() {
             for (i, d) in dst.iter_mut().enumerate() {
-                *d = tile[i * BLOCK + j] + bias.map_or(0.0, |b| b[i]);
+                let sum = tile[i * BLOCK + j];
+                *d = bias.map_or(sum, |b| sum + b[i]);
             }
         }
     }

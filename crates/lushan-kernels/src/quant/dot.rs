@@ -64,7 +64,7 @@ pub struct InputBlock {
 /// Lanes per block pair (see the module documentation).
 pub const LANES: usize = 4;
 
-/// The lane a block position belongs to: the byte of a Q4_0 block that holds it, in groups of four.
+/// The lane a block position belongs to: positions `4i..4i+3` and `16+4i..16+4i+3` are lane `i`.
 pub fn lane(j: usize) -> usize {
     (j % (BLOCK / 2)) / 4
 }

@@ -257,7 +257,7 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &PackedQ4_0, bias: Option<&[f32]>, 
     let per_task = oc.div_ceil(GROUP).div_ceil(tasks(c, oc)) * GROUP;
     let parts = channels_by_task(out, oc, per_task);
     parts.into_par_iter().enumerate().for_each(|(t, mut dst)| {
-        let mut sums = vec![[0.0f32; GROUP]; TILE];
+        let mut sums = [[0.0f32; GROUP]; TILE];
         let n = dst[0].len();
         for local in 0..n.div_ceil(GROUP) {
             let g = t * per_task / GROUP + local;

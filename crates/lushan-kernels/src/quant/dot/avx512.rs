@@ -3,10 +3,10 @@
 //! up to [`TILE8`] input rows, where each input block's loads serve both register pairs.
 //!
 //! For one block `k`, the four rows' weights are unpacked once into two registers — positions 0..16 of row
-//! `i` in 128-bit slot `i` of `low`, positions 16..32 in slot `i` of `high`, as unsigned bytes (Q4_0's
-//! nibbles as they are, Q8_0's bytes with their top bit flipped) — and their scales into one vector (slot
-//! `i` holding row `i`'s scale four times). Each input row's block then costs two 128-bit broadcasts, one
-//! broadcast of its offsets (`−8·s` or `−128·s`, the start of the integer sums), two `vpdpbusd` (64
+//! `i` in 128-bit slot `i` of `low`, positions 16..32 in slot `i` of `high`, as unsigned bytes (Q8_0's bytes
+//! with their top bit flipped) — and their scales into one vector (slot `i` holding row `i`'s scale four
+//! times). Each input row's block then costs two 128-bit broadcasts, one broadcast of its offsets (`−128·s`,
+//! the start of the integer sums), two `vpdpbusd` (64
 //! products each), one conversion, one multiply (`d_w·d_x`) and one fused multiply-add, for 128 products.
 //! The lanes are [`super`]'s, so each result is bit-identical to the portable twin.
 
