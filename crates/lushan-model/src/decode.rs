@@ -105,6 +105,23 @@ impl DecodeState {
         self.cache.len = 0;
     }
 
+    /// Whether this state's cache and buffers have `model`'s shape (a state made by [`DecodeState::new`] for
+    /// a model of the same configuration), so it can be reused for it.
+    pub fn fits(&self, model: &Gpt) -> bool {
+        let cfg = &model.config;
+        let cache = &self.cache;
+        let cache_len = cfg.n_layer * cfg.n_head * cfg.block_size * cfg.head_size();
+        let b = &self.buffers;
+        cache.capacity == cfg.block_size
+            && cache.n_head == cfg.n_head
+            && cache.head_size == cfg.head_size()
+            && cache.k.len() == cache_len
+            && cache.v.len() == cache_len
+            && self.logits.len() == cfg.vocab_size
+            && b.x.len() == b.rows * cfg.n_embd
+            && b.att_scratch.len() == b.rows * cfg.n_head * cfg.block_size
+    }
+
     /// Logits of the last position fed.
     pub fn logits(&self) -> &[f32] {
         &self.logits

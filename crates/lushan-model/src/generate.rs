@@ -206,16 +206,42 @@ impl<'m> Generator<'m> {
     /// Prefills `prompt`. A prompt longer than the context keeps its last `block_size` tokens (as nanoGPT
     /// does); [`Generator::prompt_cropped`] tells.
     pub fn new(model: &'m Gpt, prompt: &[u32], sampling: Sampling, seed: u64, max_new_tokens: usize) -> Result<Self> {
+        Self::with_state(model, DecodeState::new(model, 256), prompt, sampling, seed, max_new_tokens)
+    }
+
+    /// As [`Generator::new`], in `state`'s cache and buffers (reset first) instead of fresh ones: a caller
+    /// generating again and again (a server, a benchmark) skips allocating — and the kernel zeroing — a
+    /// cache of the whole context each time. Get the state back with [`Generator::into_state`]. Errs when
+    /// the state was made for a model of another shape.
+    pub fn with_state(
+        model: &'m Gpt,
+        mut state: DecodeState,
+        prompt: &[u32],
+        sampling: Sampling,
+        seed: u64,
+        max_new_tokens: usize,
+    ) -> Result<Self> {
         if prompt.is_empty() {
             return Err(ModelError::EmptyInput);
+        }
+        if !state.fits(model) {
+            return Err(ModelError::InvalidConfig {
+                field: "state",
+                reason: "the decoding state was made for a model of another shape".into(),
+            });
         }
         check_generates(model)?;
         let block = model.config.block_size;
         let window = &prompt[prompt.len().saturating_sub(block)..];
         let generation = Generation::new(window, sampling, seed, max_new_tokens)?;
-        let mut state = DecodeState::new(model, 256);
+        state.reset();
         model.decode(&mut state, window)?;
         Ok(Self { model, state, generation, unfed: None, prompt_cropped: window.len() < prompt.len() })
+    }
+
+    /// The decoding state, to reuse with [`Generator::with_state`].
+    pub fn into_state(self) -> DecodeState {
+        self.state
     }
 
     /// Ends generation after any of these tokens (e.g. an end-of-text id).

@@ -185,3 +185,25 @@ fn a_prompt_prefilled_at_once_gives_the_logits_of_feeding_it_token_by_token() {
         }
     }
 }
+
+/// A generator run in a reused state (reset first) gives exactly what a fresh one gives; a state made for
+/// another shape is refused by name.
+#[test]
+fn a_reused_state_generates_as_a_fresh_one_and_another_shape_is_refused() {
+    let model = tiny(PositionEncoding::Learned);
+    let run = |g: &mut Generator| std::iter::from_fn(|| g.next_token().unwrap()).collect::<Vec<u32>>();
+    let mut fresh = Generator::new(&model, &[3, 1, 4], Sampling::greedy(), 0, 9).unwrap();
+    let want = run(&mut fresh);
+    // A state left holding a longer, different generation.
+    let mut other = Generator::new(&model, &[9, 9, 8, 7, 6, 5], Sampling::greedy(), 0, 12).unwrap();
+    run(&mut other);
+    let mut reused = Generator::with_state(&model, other.into_state(), &[3, 1, 4], Sampling::greedy(), 0, 9).unwrap();
+    assert_eq!(run(&mut reused), want);
+    assert_eq!(reused.logits(), fresh.logits());
+
+    let mut cfg = model.config.clone();
+    cfg.n_layer += 1;
+    let bigger = Gpt::new(cfg, 3).unwrap();
+    let err = Generator::with_state(&bigger, reused.into_state(), &[1], Sampling::greedy(), 0, 2).unwrap_err();
+    assert!(err.to_string().contains("state") && err.to_string().contains("another shape"), "{err}");
+}

@@ -423,9 +423,11 @@ struct Run {
     steps: Vec<f64>,
 }
 
-fn generate_once(model: &Gpt, prompt: &[u32], new_tokens: usize) -> Result<Run> {
+/// One generation in `state`'s buffers (reused from run to run, as a server keeps its states and llama-bench
+/// its context: allocating a cache for the whole context is not the prefill's work); gives the state back.
+fn generate_once(model: &Gpt, state: DecodeState, prompt: &[u32], new_tokens: usize) -> Result<(Run, DecodeState)> {
     let start = Instant::now();
-    let mut g = Generator::new(model, prompt, Sampling::greedy(), 0, new_tokens)?;
+    let mut g = Generator::with_state(model, state, prompt, Sampling::greedy(), 0, new_tokens)?;
     g.next_token()?; // sampled from the prefill's logits
     let prefill = start.elapsed().as_secs_f64();
     let mut steps = Vec::with_capacity(new_tokens);
@@ -436,7 +438,7 @@ fn generate_once(model: &Gpt, prompt: &[u32], new_tokens: usize) -> Result<Run> 
         }
         steps.push(t.elapsed().as_secs_f64());
     }
-    Ok(Run { prefill, steps })
+    Ok((Run { prefill, steps }, g.into_state()))
 }
 
 /// Batch-1 greedy generation with the KV cache, as `lushan generate` runs it (the same `Generator`).
@@ -461,8 +463,13 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
         weight_bytes as f64 / 1e6
     );
     println!("prompt {p} random tokens, {n} new tokens (greedy), 1 warm-up + {} timed runs", args.repeats);
-    generate_once(&model, &prompt[..p.min(8)], 8.min(n))?;
-    let runs = (0..args.repeats).map(|_| generate_once(&model, &prompt, n)).collect::<Result<Vec<_>>>()?;
+    let (_, mut state) = generate_once(&model, DecodeState::new(&model, 256), &prompt[..p.min(8)], 8.min(n))?;
+    let mut runs = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let (run, kept) = generate_once(&model, state, &prompt, n)?;
+        runs.push(run);
+        state = kept;
+    }
     // Read before the bandwidth probe below allocates its 1 GiB.
     let peak_rss = peak_rss_mib();
 
@@ -620,9 +627,13 @@ mod tests {
         let cfg = generate_config(&args(&["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "11"]))
             .unwrap();
         let model = Gpt::new(cfg, 1).unwrap();
-        let run = generate_once(&model, &[1, 2, 3], 5).unwrap();
+        let (run, state) = generate_once(&model, DecodeState::new(&model, 256), &[1, 2, 3], 5).unwrap();
         assert!(run.prefill > 0.0);
         assert_eq!(run.steps.len(), 4);
+        // The state comes back holding that generation's cache; the next run resets it.
+        assert_eq!(state.cache.len(), 3 + 4);
+        let (again, state) = generate_once(&model, state, &[4, 5], 3).unwrap();
+        assert_eq!((again.steps.len(), state.cache.len()), (2, 2 + 2));
         assert!(peak_rss_mib().is_none_or(|m| m > 0.0));
     }
 }
