@@ -106,22 +106,51 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
+/// Memory the caller will read next, to be brought towards the core while the tiles work: `lines` cache
+/// lines from `start`. A prefetch never faults, so the range only has to be the caller's best guess.
+#[derive(Clone, Copy, Debug)]
+pub struct Prefetch {
+    pub start: *const u8,
+    pub lines: usize,
+}
+
+impl Prefetch {
+    pub const NONE: Self = Self { start: std::ptr::null(), lines: 0 };
+
+    /// The bytes of `data`.
+    pub fn of<T>(data: &[T]) -> Self {
+        Self { start: data.as_ptr().cast(), lines: std::mem::size_of_val(data).div_ceil(64) }
+    }
+}
+
 /// `out[i][j] = Σ_k a[i][k]·b[k][j]` over `steps` steps of 32 k, `out` 32 × 32 row-major.
 ///
 /// `a`'s tile rows are rows of A (32 bf16 of consecutive k each); `b`'s tile rows are pairs of k, each
 /// holding 16 columns × (k, k+1) — the layout `tdpbf16ps` takes. Bytes are bf16 bit patterns.
 ///
+/// `prefetch`'s lines are requested into L2, spread over the steps: on this kernel's critical path are
+/// the tile loads, not the load ports, so a caller streaming weights from memory hides that stream here.
+///
 /// Panics (before any AMX instruction) when either operand is shorter than its tiles reach, or
 /// `steps == 0`. Must only be called when [`available`] is true.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-pub fn block(out: &mut [f32; BLOCK * BLOCK], a: &[u8], a_tiles: Tiles, b: &[u8], b_tiles: Tiles, steps: usize) {
+pub fn block(
+    out: &mut [f32; BLOCK * BLOCK],
+    a: &[u8],
+    a_tiles: Tiles,
+    b: &[u8],
+    b_tiles: Tiles,
+    steps: usize,
+    prefetch: Prefetch,
+) {
     assert!(steps > 0, "amx: no steps");
+    let per_step = prefetch.lines.div_ceil(steps);
     assert!(available(), "amx: not available on this CPU");
     assert!(a_tiles.extent(steps).is_some_and(|e| e <= a.len()), "amx: A shorter than its tiles");
     assert!(b_tiles.extent(steps).is_some_and(|e| e <= b.len()), "amx: B shorter than its tiles");
     // SAFETY: AMX is available and this process may use it (`available`); every tile load stays inside `a`
-    // and `b` (their extents over `steps` steps are asserted above); the four stores write the 32 rows of
+    // and `b` (their extents over `steps` steps are asserted above); prefetches never fault or write; the four stores write the 32 rows of
     // 128 bytes of `out` exactly. The tiles are configured, used and released within this one block, so no
     // tile state outlives it.
     unsafe {
@@ -132,6 +161,15 @@ pub fn block(out: &mut [f32; BLOCK * BLOCK], a: &[u8], a_tiles: Tiles, b: &[u8],
             "tilezero tmm2",
             "tilezero tmm3",
             "2:",
+            "mov {k}, {per_step}",
+            "test {k}, {k}",
+            "jz 4f",
+            "3:",
+            "prefetcht1 [{pf}]",
+            "add {pf}, 64",
+            "dec {k}",
+            "jnz 3b",
+            "4:",
             "tileloadd tmm4, [{a0} + {a_row}*1]",
             "tileloadd tmm5, [{a1} + {a_row}*1]",
             "tileloadd tmm6, [{b0} + {b_row}*1]",
@@ -164,6 +202,9 @@ pub fn block(out: &mut [f32; BLOCK * BLOCK], a: &[u8], a_tiles: Tiles, b: &[u8],
             a_step = in(reg) a_tiles.step,
             b_step = in(reg) b_tiles.step,
             n = inout(reg) steps => _,
+            per_step = in(reg) per_step,
+            k = out(reg) _,
+            pf = inout(reg) prefetch.start => _,
             out = inout(reg) out.as_mut_ptr() => _,
             out_row = in(reg) BLOCK * 4,
             options(nostack),
@@ -172,6 +213,6 @@ pub fn block(out: &mut [f32; BLOCK * BLOCK], a: &[u8], a_tiles: Tiles, b: &[u8],
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn block(_: &mut [f32; BLOCK * BLOCK], _: &[u8], _: Tiles, _: &[u8], _: Tiles, _: usize) {
+pub fn block(_: &mut [f32; BLOCK * BLOCK], _: &[u8], _: Tiles, _: &[u8], _: Tiles, _: usize, _: Prefetch) {
     unreachable!("amx: only x86-64 has AMX, and `available` is false elsewhere")
 }

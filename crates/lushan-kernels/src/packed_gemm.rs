@@ -741,7 +741,7 @@ fn amx_tile(out: &mut [f32; amx::BLOCK * NR], a_panel: &[u32], b_panel: &[u32], 
     // B: each packed step is a tile row of 32 columns' pairs (128 bytes); columns 16–31 from byte 64.
     let b_tiles = amx::Tiles { half: 64, row: NR * 4, step: amx::WORD_STEP * NR * 4 };
     let (a, b) = (bytemuck::cast_slice(a_panel), bytemuck::cast_slice(b_panel));
-    amx::block(out, a, a_tiles, b, b_tiles, steps / amx::WORD_STEP);
+    amx::block(out, a, a_tiles, b, b_tiles, steps / amx::WORD_STEP, amx::Prefetch::NONE);
 }
 
 /// [`gemm_with`] on the fastest microkernel this CPU has for `precision`.

@@ -15,7 +15,7 @@
 //! matrix-vector kernels by those roundings, not bit for bit ([`crate::weights::forward_rows`] keeps the
 //! bit-identical paths). f32 weights are not taken: an f32 model's products stay in f32.
 
-use super::{BLOCK, K_STEP, Tiles, WORD_STEP, available, block};
+use super::{BLOCK, K_STEP, Prefetch, Tiles, WORD_STEP, available, block};
 use crate::packed_gemm::pair;
 use crate::quant::BlockQ4_0;
 use crate::quant::packed_q4::GROUP;
@@ -311,6 +311,7 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
             // bf16 weights in place; f16 and quantized ones converted, and the last block of a matrix whose OC
             // is not a multiple of 32 copied with zero rows (the tiles read 32 rows).
             ROWS_BF16.with_borrow_mut(|copy| {
+                let weights = w;
                 let w: &[u8] = match w {
                     Weights::Bf16(bf) if rows == BLOCK => bytemuck::cast_slice(&bf[wb * BLOCK * c..][..BLOCK * c]),
                     _ => {
@@ -320,7 +321,8 @@ pub fn forward(out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]
                     }
                 };
                 let bias = bias.map(|b| &b[wb * BLOCK..][..rows]);
-                block_by_panels(w, panels, (m, c), (weight_tiles, input_tiles), &mut dst, bias);
+                let next = next_weights(weights, c, oc, wb + 1);
+                block_by_panels(w, panels, (m, c), (weight_tiles, input_tiles), &mut dst, bias, next);
             })
         });
     });
@@ -333,8 +335,31 @@ thread_local! {
     static PANELS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Where weight block `wb` (rows `32·wb ..`) lies as stored — what converting it will read — or nothing past
+/// the last block. A task usually takes the next block next (rayon hands each thread a contiguous range).
+fn next_weights(w: Weights<'_>, c: usize, oc: usize, wb: usize) -> Prefetch {
+    let r0 = wb * BLOCK;
+    if r0 >= oc {
+        return Prefetch::NONE;
+    }
+    let rows = BLOCK.min(oc - r0);
+    let blocks = c / K_STEP;
+    match w {
+        Weights::Bf16(w) => Prefetch::of(&w[r0 * c..][..rows * c]),
+        Weights::F16(w) => Prefetch::of(&w[r0 * c..][..rows * c]),
+        Weights::Q8_0(w) => Prefetch::of(&w[r0 * blocks..][..rows * blocks]),
+        // Groups of sixteen rows lie one after another: the block's groups from its first group on.
+        Weights::Q4_0(w) => {
+            let first = Prefetch::of(w.group(r0 / GROUP));
+            Prefetch { lines: first.lines * rows.div_ceil(GROUP), ..first }
+        }
+        Weights::F32(_) => Prefetch::NONE,
+    }
+}
+
 /// One block of 32 weight rows (`w`, bf16 bytes) by every input panel, plus the bias, into `dst`: input row
-/// `r`'s channels of this block (as many as the block has rows).
+/// `r`'s channels of this block (as many as the block has rows). `next` (the next block's weights as stored)
+/// is prefetched a share per panel while the tiles work.
 fn block_by_panels(
     w: &[u8],
     panels: &[u32],
@@ -342,13 +367,19 @@ fn block_by_panels(
     (weight_tiles, input_tiles): (Tiles, Tiles),
     dst: &mut [&mut [f32]],
     bias: Option<&[f32]>,
+    next: Prefetch,
 ) {
     assert_eq!(dst.len(), m, "amx prompts: output rows");
     let panel_words = BLOCK * c / 2;
     let steps = c / K_STEP;
     let mut tile = [0.0f32; BLOCK * BLOCK];
+    let per_panel = next.lines.div_ceil(m.div_ceil(BLOCK));
     for (p, panel) in panels.chunks_exact(panel_words).enumerate() {
-        block(&mut tile, w, weight_tiles, bytemuck::cast_slice(panel), input_tiles, steps);
+        let share = Prefetch {
+            start: next.start.wrapping_add(p * per_panel * 64),
+            lines: per_panel.min(next.lines.saturating_sub(p * per_panel)),
+        };
+        block(&mut tile, w, weight_tiles, bytemuck::cast_slice(panel), input_tiles, steps, share);
         store_transposed(&tile, &mut dst[p * BLOCK..(p * BLOCK + BLOCK).min(m)], bias);
     }
 }
