@@ -329,7 +329,8 @@ fn cached_attention(
 }
 
 /// Output of one head for one query over the first `visible` cached positions: the scaled dot products
-/// with several accumulators ([`vector::dot`]), softmax, then a sum of value rows ([`vector::axpy`]).
+/// ([`vector::dots`], each as [`vector::dot`] computes it), softmax, then the probability-weighted sum of
+/// the value rows ([`vector::weighted_sum`]).
 fn attend_one(o: &mut [f32], scores: &mut [f32], q: &[f32], cache: &KvCache, layer: usize, h: usize, visible: usize) {
     let hs = cache.head_size;
     let scale = 1.0 / (hs as f32).sqrt();
@@ -337,12 +338,10 @@ fn attend_one(o: &mut [f32], scores: &mut [f32], q: &[f32], cache: &KvCache, lay
     let keys = &cache.k[base..base + visible * hs];
     let values = &cache.v[base..base + visible * hs];
     let probs = &mut scores[..visible];
-    for (score, k) in probs.iter_mut().zip(keys.chunks_exact(hs)) {
-        *score = vector::dot(q, k) * scale;
+    vector::dots(q, keys, probs);
+    for score in probs.iter_mut() {
+        *score *= scale;
     }
     softmax_in_place(probs);
-    o.fill(0.0);
-    for (&a, v) in probs.iter().zip(values.chunks_exact(hs)) {
-        vector::axpy(o, a, v);
-    }
+    vector::weighted_sum(o, probs, values);
 }
