@@ -145,12 +145,15 @@ pub fn block(
     prefetch: Prefetch,
 ) {
     assert!(steps > 0, "amx: no steps");
-    let per_step = prefetch.lines.div_ceil(steps);
+    // Each step's advance of A and B, and its number of prefetches, as the loop reads them.
+    let params: [usize; 3] = [a_tiles.step, b_tiles.step, prefetch.lines.div_ceil(steps)];
+    assert_eq!(BLOCK * 4, 128, "amx: the output's row stride below");
     assert!(available(), "amx: not available on this CPU");
     assert!(a_tiles.extent(steps).is_some_and(|e| e <= a.len()), "amx: A shorter than its tiles");
     assert!(b_tiles.extent(steps).is_some_and(|e| e <= b.len()), "amx: B shorter than its tiles");
     // SAFETY: AMX is available and this process may use it (`available`); every tile load stays inside `a`
-    // and `b` (their extents over `steps` steps are asserted above); prefetches never fault or write; the
+    // and `b` (their extents over `steps` steps are asserted above); `params` is read, three words; prefetches
+    // never fault or write; the
     // four stores write the 32 rows of 128 bytes of `out` exactly. The tiles are configured, used and released
     // within this one block, so no tile state outlives it.
     unsafe {
@@ -161,13 +164,14 @@ pub fn block(
             "tilezero tmm2",
             "tilezero tmm3",
             "2:",
-            "mov {k}, {per_step}",
-            "test {k}, {k}",
+            // {cfg} is free after the configuration loads: it counts this step's prefetches.
+            "mov {cfg}, qword ptr [{params} + 16]",
+            "test {cfg}, {cfg}",
             "jz 4f",
             "3:",
             "prefetcht1 [{pf}]",
             "add {pf}, 64",
-            "dec {k}",
+            "dec {cfg}",
             "jnz 3b",
             "4:",
             "tileloadd tmm4, [{a0} + {a_row}*1]",
@@ -178,35 +182,35 @@ pub fn block(
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, {a_step}",
-            "add {a1}, {a_step}",
-            "add {b0}, {b_step}",
-            "add {b1}, {b_step}",
+            "add {a0}, qword ptr [{params}]",
+            "add {a1}, qword ptr [{params}]",
+            "add {b0}, qword ptr [{params} + 8]",
+            "add {b1}, qword ptr [{params} + 8]",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{out} + {out_row}*1], tmm0",
+            // {a_row} is free after the loop: the output's row stride.
+            "mov {a_row}, 128",
+            "tilestored [{out} + {a_row}*1], tmm0",
             "add {out}, 64",
-            "tilestored [{out} + {out_row}*1], tmm1",
+            "tilestored [{out} + {a_row}*1], tmm1",
             "add {out}, 1984",
-            "tilestored [{out} + {out_row}*1], tmm2",
+            "tilestored [{out} + {a_row}*1], tmm2",
             "add {out}, 64",
-            "tilestored [{out} + {out_row}*1], tmm3",
+            "tilestored [{out} + {a_row}*1], tmm3",
             "tilerelease",
-            cfg = in(reg) &CONFIG,
+            // Few registers: builds with sanitizers and coverage keep some for themselves, so the steps and the
+            // prefetch count are read from memory and two registers are reused.
+            cfg = inout(reg) &CONFIG as *const TileConfig => _,
             a0 = inout(reg) a.as_ptr() => _,
             a1 = inout(reg) a.as_ptr().add(a_tiles.half) => _,
             b0 = inout(reg) b.as_ptr() => _,
             b1 = inout(reg) b.as_ptr().add(b_tiles.half) => _,
-            a_row = in(reg) a_tiles.row,
+            a_row = inout(reg) a_tiles.row => _,
             b_row = in(reg) b_tiles.row,
-            a_step = in(reg) a_tiles.step,
-            b_step = in(reg) b_tiles.step,
+            params = in(reg) params.as_ptr(),
             n = inout(reg) steps => _,
-            per_step = in(reg) per_step,
-            k = out(reg) _,
             pf = inout(reg) prefetch.start => _,
             out = inout(reg) out.as_mut_ptr() => _,
-            out_row = in(reg) BLOCK * 4,
             options(nostack),
         );
     }
