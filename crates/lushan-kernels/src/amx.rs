@@ -153,9 +153,8 @@ pub fn block(
     assert!(b_tiles.extent(steps).is_some_and(|e| e <= b.len()), "amx: B shorter than its tiles");
     // SAFETY: AMX is available and this process may use it (`available`); every tile load stays inside `a`
     // and `b` (their extents over `steps` steps are asserted above); `params` is read, three words; prefetches
-    // never fault or write; the
-    // four stores write the 32 rows of 128 bytes of `out` exactly. The tiles are configured, used and released
-    // within this one block, so no tile state outlives it.
+    // never fault or write; the four stores write the 32 rows of 128 bytes of `out` exactly. The tiles are
+    // configured, used and released within this one block, so no tile state outlives it.
     unsafe {
         std::arch::asm!(
             "ldtilecfg [{cfg}]",
