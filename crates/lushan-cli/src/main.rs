@@ -13,6 +13,10 @@ mod sweep_report;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Large buffers (weights, activations) start on cache lines, so the kernels' vector loads never straddle two.
+#[global_allocator]
+static ALLOC: lushan_kernels::alloc::CacheLineAligned = lushan_kernels::alloc::CacheLineAligned;
+
 #[derive(Parser)]
 #[command(name = "lushan", version, about = "Train, evaluate and sample from GPT models on the CPU")]
 struct Cli {

@@ -6,6 +6,10 @@ use lushan_kernels::weights::{self, Weights};
 use lushan_kernels::{attention, dot_gemm, flash_attention, gelu, gemv, layernorm, matmul, quant, rng::Rng};
 use std::time::Instant;
 
+/// As in the `lushan` binary: large buffers start on cache lines.
+#[global_allocator]
+static ALLOC: lushan_kernels::alloc::CacheLineAligned = lushan_kernels::alloc::CacheLineAligned;
+
 fn time(label: &str, flops: f64, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();
@@ -81,6 +85,18 @@ fn main() {
     // (bf16 weights in place, Q8_0/Q4_0 dequantized to bf16) against each type's AVX-512 path.
     if std::env::args().any(|a| a == "amx-prompts") {
         amx_prompts(&mut rng);
+        return;
+    }
+    // `cargo bench -p lushan-kernels --bench kernels -- prompt-layers`: a 64-row prompt's products through
+    // GPT-2 124M's twelve layers of distinct f32 weights (340 MB: streamed from memory, as in a real prompt).
+    // `cargo bench -p lushan-kernels --bench kernels -- alignment`: the tiles with operands on cache lines
+    // and 16 bytes off them (where glibc puts large allocations).
+    if std::env::args().any(|a| a == "alignment") {
+        alignment(&mut rng);
+        return;
+    }
+    if std::env::args().any(|a| a == "prompt-layers") {
+        prompt_layers(&mut rng);
         return;
     }
     if std::env::args().any(|a| a == "prompt-rows") {
@@ -468,5 +484,56 @@ fn prompt_rows(rng: &mut Rng) {
             });
             println!("{:>58} dot_gemm vs GEMM: f32 {:.2}×, f16 {:.2}×", "", gemm / tiles, widened / tiles16);
         }
+    }
+}
+
+/// A 64-row prompt's four products per layer over twelve layers of distinct f32 weights, in the model's order,
+/// so each matrix comes from memory as in a real prompt (a single matrix repeated stays in cache).
+fn prompt_layers(rng: &mut Rng) {
+    const SHAPES: [(usize, usize); 4] = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
+    let m = 64;
+    let layers: Vec<Vec<Vec<f32>>> =
+        (0..12).map(|_| SHAPES.iter().map(|&(c, oc)| random(oc * c, rng)).collect()).collect();
+    let x = random(m * 3072, rng);
+    let mut out = vec![0.0; m * 3072];
+    let flops = 12.0 * SHAPES.iter().map(|&(c, oc)| 2.0 * (m * c * oc) as f64).sum::<f64>();
+    let mut passes = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        for layer in &layers {
+            for (w, &(c, oc)) in layer.iter().zip(&SHAPES) {
+                dot_gemm::forward(&mut out[..m * oc], &x[..m * c], w, None, c, oc);
+            }
+        }
+        passes.push(t.elapsed().as_secs_f64());
+    }
+    passes.sort_by(f64::total_cmp);
+    let (best, median) = (passes[0], passes[passes.len() / 2]);
+    println!(
+        "f32 dot_gemm, 64 rows × 12 layers: best {:.1} ms ({:.1} GFLOP/s), median {:.1} ms ({:.1} GFLOP/s)",
+        best * 1e3,
+        flops / best / 1e9,
+        median * 1e3,
+        flops / median / 1e9
+    );
+}
+
+/// The tiles' speed with both operands on 64-byte boundaries and 16 bytes past them, at a task's block (84
+/// weight rows, in L2) and a whole GPT-2 product (768 weight rows).
+fn alignment(rng: &mut Rng) {
+    println!("-- dot_gemm with operands on cache lines and 16 bytes off");
+    for (m, c, oc) in [(64, 768, 84), (64, 768, 768), (64, 3072, 768)] {
+        let flops = 2.0 * (m * c * oc) as f64;
+        let (x, w) = (random(m * c + 16, rng), random(oc * c + 16, rng));
+        let mut out = vec![0.0; m * oc];
+        let mut seconds = [0.0; 2];
+        for (offset_bytes, seconds) in [0usize, 16].into_iter().zip(&mut seconds) {
+            // The first element on a line, then `offset_bytes` past it.
+            let start = |v: &[f32]| (16 - v.as_ptr() as usize % 64 / 4) % 16 + offset_bytes / 4;
+            let (x, w) = (&x[start(&x)..][..m * c], &w[start(&w)..][..oc * c]);
+            let label = format!("f32 dot_gemm {m}×{c}×{oc}, {offset_bytes} bytes off a line");
+            *seconds = time(&label, flops, || dot_gemm::forward(&mut out, x, w, None, c, oc));
+        }
+        println!("{:>58} on lines {:.2}× faster", "", seconds[1] / seconds[0]);
     }
 }

@@ -70,7 +70,14 @@ pub fn forward<T: Element>(out: &mut [f32], inp: &[f32], weight: &[T], bias: Opt
         let (row_block, col_block) = (task / col_blocks, task % col_blocks);
         let rows = row_block * TASK_ROWS..((row_block + 1) * TASK_ROWS).min(m);
         let cols = col_block * weights_per_task..((col_block + 1) * weights_per_task).min(oc);
-        task_block(&out, inp, weight, bias, c, oc, rows, cols);
+        // The weight rows of the task after this one (rayon hands a thread neighbouring tasks), brought into
+        // L2 while this one computes: without it, each task's first input tile waits on memory for its block.
+        let next = if col_block + 1 < col_blocks {
+            &weight[cols.end * c..(cols.end + weights_per_task).min(oc) * c]
+        } else {
+            &[]
+        };
+        task_block(&out, inp, weight, bias, c, oc, rows, cols, next);
     });
 }
 
@@ -156,8 +163,13 @@ fn task_block<T: Element>(
     oc: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
+    next: &[T],
 ) {
     assert!(rows.end * oc <= out.len && cols.end <= oc, "dot_gemm: task block outside the output");
+    let body = c / LANES * LANES;
+    let k_blocks = if body <= 2 * K_BLOCK { 1 } else { body.div_ceil(K_BLOCK) };
+    let tiles = rows.len().div_ceil(TILE_ROWS) * cols.len().div_ceil(TILE_WEIGHTS) * k_blocks;
+    let mut prefetch = Prefetch::spread(next, tiles);
     let write = |i: usize, j: usize, value: f32| {
         debug_assert!(i < rows.end && j < cols.end);
         // SAFETY: i < rows.end and j < cols.end ≤ oc (callers pass indices of this block), so the index is
@@ -167,13 +179,13 @@ fn task_block<T: Element>(
             *out.ptr.add(i * oc + j) = value + bias.map_or(0.0, |b| b[j]);
         }
     };
-    let body = c / LANES * LANES;
     if body <= 2 * K_BLOCK {
         for i in rows.clone().step_by(TILE_ROWS) {
             let nr = TILE_ROWS.min(rows.end - i);
             for j in cols.clone().step_by(TILE_WEIGHTS) {
                 let nw = TILE_WEIGHTS.min(cols.end - j);
                 let mut results = [[0.0f32; TILE_WEIGHTS]; TILE_ROWS];
+                prefetch.next_share();
                 tile(&mut results, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c);
                 for (r, result) in results.iter().take(nr).enumerate() {
                     for (w, &value) in result.iter().take(nw).enumerate() {
@@ -195,6 +207,7 @@ fn task_block<T: Element>(
             let k_range = k..(k + K_BLOCK).min(body);
             for (tile, j) in lanes.iter_mut().zip(cols.clone().step_by(TILE_WEIGHTS)) {
                 let nw = TILE_WEIGHTS.min(cols.end - j);
+                prefetch.next_share();
                 accumulate(tile, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c, k_range.clone());
             }
         }
@@ -206,6 +219,26 @@ fn task_block<T: Element>(
                     write(i + r, j + w, finish(lanes, x, &weight[(j + w) * c..(j + w + 1) * c]));
                 }
             }
+        }
+    }
+}
+
+/// Cache lines of a block of weights requested into L2 a share at a time, one share per tile of a task.
+struct Prefetch {
+    lines: std::ops::Range<usize>,
+    start: *const u8,
+    per_share: usize,
+}
+
+impl Prefetch {
+    fn spread<T>(data: &[T], shares: usize) -> Self {
+        let lines = std::mem::size_of_val(data).div_ceil(64);
+        Self { lines: 0..lines, start: data.as_ptr().cast(), per_share: lines.div_ceil(shares.max(1)) }
+    }
+
+    fn next_share(&mut self) {
+        for line in self.lines.by_ref().take(self.per_share) {
+            kernel::prefetch_l2(self.start.wrapping_add(line * 64));
         }
     }
 }
@@ -305,6 +338,9 @@ use portable as kernel;
 mod portable {
     use super::{Element, Lanes, TILE_ROWS, TILE_WEIGHTS, accumulate_portable, dot_portable};
 
+    /// A hint only: the portable build has none to give.
+    pub(super) fn prefetch_l2(_line: *const u8) {}
+
     pub(super) fn tile<T: Element, const R: usize, const W: usize>(
         results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS],
         inp: &[f32],
@@ -344,6 +380,13 @@ mod portable {
 mod avx512 {
     use super::{Element, LANES, Lanes, TILE_ROWS, TILE_WEIGHTS};
     use std::arch::x86_64::*;
+
+    /// Asks for the cache line at `line` in L2.
+    #[inline(always)]
+    pub(super) fn prefetch_l2(line: *const u8) {
+        // SAFETY: SSE is part of x86_64; a prefetch is a hint that never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.cast()) }
+    }
 
     /// `R` input rows × `W` weight rows of [`super::dot_portable`], 16 lanes per output in one register.
     #[inline(always)]

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod adamw;
+pub mod alloc;
 pub mod amx;
 pub mod attention;
 pub mod crossentropy;

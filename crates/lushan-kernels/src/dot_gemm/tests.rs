@@ -125,3 +125,22 @@ fn empty_products_write_nothing_and_bad_extents_are_refused() {
     assert!(refused(|| forward::<f32>(&mut [0.0; 2], &[1.0; 3], &[1.0; 6], Some(&[0.0]), 3, 2)), "bias");
     assert!(refused(|| forward::<f32>(&mut [], &[], &[], None, 0, 0)), "C = 0");
 }
+
+#[test]
+fn the_next_block_is_prefetched_whole_in_the_shares_given() {
+    let next = vec![0.0f32; 1000]; // 4 000 bytes: 63 lines
+    for shares in [1, 5, 63, 64, 200] {
+        let mut prefetch = Prefetch::spread(&next, shares);
+        let mut asked = 0;
+        for _ in 0..shares {
+            let before = prefetch.lines.start;
+            prefetch.next_share();
+            assert!(prefetch.lines.start - before <= 63usize.div_ceil(shares), "{shares} shares: one share too big");
+            asked = prefetch.lines.start;
+        }
+        assert_eq!(asked, 63, "{shares} shares: every line of the block asked for");
+    }
+    let mut none = Prefetch::spread::<f32>(&[], 7);
+    none.next_share();
+    assert!(none.lines.is_empty());
+}
