@@ -17,7 +17,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 pub const LINE: usize = 64;
 /// Allocations of at least this many bytes start on a cache line (below it, the padding would cost more
 /// than the split loads it saves).
-pub const LARGE: usize = 4096;
+pub const LARGE: usize = 1024;
 
 /// The system allocator, with large allocations aligned to [`LINE`] bytes.
 pub struct CacheLineAligned;

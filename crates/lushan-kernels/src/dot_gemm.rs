@@ -167,9 +167,7 @@ fn task_block<T: Element>(
 ) {
     assert!(rows.end * oc <= out.len && cols.end <= oc, "dot_gemm: task block outside the output");
     let body = c / LANES * LANES;
-    let k_blocks = if body <= 2 * K_BLOCK { 1 } else { body.div_ceil(K_BLOCK) };
-    let tiles = rows.len().div_ceil(TILE_ROWS) * cols.len().div_ceil(TILE_WEIGHTS) * k_blocks;
-    let mut prefetch = Prefetch::spread(next, tiles);
+    let mut prefetch = Prefetch::of(next);
     let write = |i: usize, j: usize, value: f32| {
         debug_assert!(i < rows.end && j < cols.end);
         // SAFETY: i < rows.end and j < cols.end ≤ oc (callers pass indices of this block), so the index is
@@ -185,8 +183,7 @@ fn task_block<T: Element>(
             for j in cols.clone().step_by(TILE_WEIGHTS) {
                 let nw = TILE_WEIGHTS.min(cols.end - j);
                 let mut results = [[0.0f32; TILE_WEIGHTS]; TILE_ROWS];
-                prefetch.next_share();
-                tile(&mut results, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c);
+                tile(&mut results, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c, &mut prefetch);
                 for (r, result) in results.iter().take(nr).enumerate() {
                     for (w, &value) in result.iter().take(nw).enumerate() {
                         write(i + r, j + w, value);
@@ -207,8 +204,8 @@ fn task_block<T: Element>(
             let k_range = k..(k + K_BLOCK).min(body);
             for (tile, j) in lanes.iter_mut().zip(cols.clone().step_by(TILE_WEIGHTS)) {
                 let nw = TILE_WEIGHTS.min(cols.end - j);
-                prefetch.next_share();
-                accumulate(tile, &inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c], c, k_range.clone());
+                let (inp, weight) = (&inp[i * c..(i + nr) * c], &weight[j * c..(j + nw) * c]);
+                accumulate(tile, inp, weight, c, k_range.clone(), &mut prefetch);
             }
         }
         for (tile, j) in lanes.iter().zip(cols.clone().step_by(TILE_WEIGHTS)) {
@@ -223,35 +220,51 @@ fn task_block<T: Element>(
     }
 }
 
-/// Cache lines of a block of weights requested into L2 a share at a time, one share per tile of a task.
+/// The cache lines of a block of weights, requested into L2 one per step of the tiles (16 `k`) until all
+/// are: spread that thin, the requests hide among the multiply-adds. A task makes `rows / 24` times more
+/// steps than its next block has lines, so prompts of 24 rows or more ask for the whole block.
 struct Prefetch {
-    lines: std::ops::Range<usize>,
     start: *const u8,
-    per_share: usize,
+    line: usize,
+    lines: usize,
 }
 
 impl Prefetch {
-    fn spread<T>(data: &[T], shares: usize) -> Self {
-        let lines = std::mem::size_of_val(data).div_ceil(64);
-        Self { lines: 0..lines, start: data.as_ptr().cast(), per_share: lines.div_ceil(shares.max(1)) }
+    fn of<T>(data: &[T]) -> Self {
+        Self { start: data.as_ptr().cast(), line: 0, lines: std::mem::size_of_val(data).div_ceil(64) }
     }
 
-    fn next_share(&mut self) {
-        for line in self.lines.by_ref().take(self.per_share) {
-            kernel::prefetch_l2(self.start.wrapping_add(line * 64));
+    #[inline(always)]
+    fn step(&mut self) {
+        if self.line < self.lines {
+            kernel::prefetch_l2(self.start.wrapping_add(self.line * 64));
+            self.line += 1;
         }
     }
 }
 
 /// [`tile`]'s lanes over `k_range` only (whole multiples of 16 below `C`), **accumulated** into `lanes`.
-fn accumulate<T: Element>(lanes: &mut Lanes, inp: &[f32], weight: &[T], c: usize, k_range: std::ops::Range<usize>) {
-    with_tile_shape(inp.len() / c, weight.len() / c, Accumulate { lanes, inp, weight, c, k_range });
+fn accumulate<T: Element>(
+    lanes: &mut Lanes,
+    inp: &[f32],
+    weight: &[T],
+    c: usize,
+    k_range: std::ops::Range<usize>,
+    prefetch: &mut Prefetch,
+) {
+    with_tile_shape(inp.len() / c, weight.len() / c, Accumulate { lanes, inp, weight, c, k_range, prefetch });
 }
 
 /// `results[r][w]` = dot product of input row `r` and weight row `w` (no bias) for the `inp.len() / c`
 /// rows and `weight.len() / c` weight rows given (each at most a tile).
-fn tile<T: Element>(results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS], inp: &[f32], weight: &[T], c: usize) {
-    with_tile_shape(inp.len() / c, weight.len() / c, Tile { results, inp, weight, c });
+fn tile<T: Element>(
+    results: &mut [[f32; TILE_WEIGHTS]; TILE_ROWS],
+    inp: &[f32],
+    weight: &[T],
+    c: usize,
+    prefetch: &mut Prefetch,
+) {
+    with_tile_shape(inp.len() / c, weight.len() / c, Tile { results, inp, weight, c, prefetch });
 }
 
 /// Each output's 16 lanes, for a whole tile.
@@ -288,11 +301,12 @@ struct Tile<'a, T> {
     inp: &'a [f32],
     weight: &'a [T],
     c: usize,
+    prefetch: &'a mut Prefetch,
 }
 
 impl<T: Element> TileJob for Tile<'_, T> {
     fn run<const R: usize, const W: usize>(self) {
-        kernel::tile::<T, R, W>(self.results, self.inp, self.weight, self.c)
+        kernel::tile::<T, R, W>(self.results, self.inp, self.weight, self.c, self.prefetch)
     }
 }
 
@@ -302,11 +316,12 @@ struct Accumulate<'a, T> {
     weight: &'a [T],
     c: usize,
     k_range: std::ops::Range<usize>,
+    prefetch: &'a mut Prefetch,
 }
 
 impl<T: Element> TileJob for Accumulate<'_, T> {
     fn run<const R: usize, const W: usize>(self) {
-        kernel::accumulate::<T, R, W>(self.lanes, self.inp, self.weight, self.c, self.k_range)
+        kernel::accumulate::<T, R, W>(self.lanes, self.inp, self.weight, self.c, self.k_range, self.prefetch)
     }
 }
 
@@ -336,7 +351,7 @@ use portable as kernel;
     target_feature = "fma"
 )))]
 mod portable {
-    use super::{Element, Lanes, TILE_ROWS, TILE_WEIGHTS, accumulate_portable, dot_portable};
+    use super::{Element, Lanes, Prefetch, TILE_ROWS, TILE_WEIGHTS, accumulate_portable, dot_portable};
 
     /// A hint only: the portable build has none to give.
     pub(super) fn prefetch_l2(_line: *const u8) {}
@@ -346,6 +361,7 @@ mod portable {
         inp: &[f32],
         weight: &[T],
         c: usize,
+        _prefetch: &mut Prefetch,
     ) {
         for (result, x) in results.iter_mut().zip(inp.chunks_exact(c)).take(R) {
             for (value, row) in result.iter_mut().zip(weight.chunks_exact(c)).take(W) {
@@ -360,6 +376,7 @@ mod portable {
         weight: &[T],
         c: usize,
         k_range: std::ops::Range<usize>,
+        _prefetch: &mut Prefetch,
     ) {
         for (lanes, x) in lanes.iter_mut().zip(inp.chunks_exact(c)).take(R) {
             for (lanes, row) in lanes.iter_mut().zip(weight.chunks_exact(c)).take(W) {
@@ -378,7 +395,7 @@ mod portable {
 ))]
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{Element, LANES, Lanes, TILE_ROWS, TILE_WEIGHTS};
+    use super::{Element, LANES, Lanes, Prefetch, TILE_ROWS, TILE_WEIGHTS};
     use std::arch::x86_64::*;
 
     /// Asks for the cache line at `line` in L2.
@@ -395,12 +412,13 @@ mod avx512 {
         inp: &[f32],
         weight: &[T],
         c: usize,
+        prefetch: &mut Prefetch,
     ) {
         assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS, "dot_gemm: tile");
         let body = c / LANES * LANES;
         // SAFETY: AVX-512 F is compiled in (`cfg` on this module); this touches registers only.
         let mut acc = [[unsafe { _mm512_setzero_ps() }; W]; R];
-        steps::<T, R, W>(&mut acc, inp, weight, c, 0..body);
+        steps::<T, R, W>(&mut acc, inp, weight, c, 0..body, prefetch);
         for r in 0..R {
             for w in 0..W {
                 let mut s = hsum(acc[r][w]);
@@ -420,6 +438,7 @@ mod avx512 {
         weight: &[T],
         c: usize,
         k_range: std::ops::Range<usize>,
+        prefetch: &mut Prefetch,
     ) {
         assert!(R <= TILE_ROWS && W <= TILE_WEIGHTS, "dot_gemm: tile");
         // SAFETY: AVX-512 F is compiled in (`cfg` on this module); each load and store touches the 16 floats
@@ -427,7 +446,7 @@ mod avx512 {
         unsafe {
             let mut acc: [[__m512; W]; R] =
                 std::array::from_fn(|r| std::array::from_fn(|w| _mm512_loadu_ps(lanes[r][w].as_ptr())));
-            steps::<T, R, W>(&mut acc, inp, weight, c, k_range);
+            steps::<T, R, W>(&mut acc, inp, weight, c, k_range, prefetch);
             for (r, acc) in acc.iter().enumerate() {
                 for (w, &acc) in acc.iter().enumerate() {
                     _mm512_storeu_ps(lanes[r][w].as_mut_ptr(), acc);
@@ -437,7 +456,7 @@ mod avx512 {
     }
 
     /// The tile's inner loop: lane `i` of `acc[r][w]` += `inp[r][k]·weight[w][k]` for the `k ≡ i (mod 16)` of
-    /// `k_range`, in order. One pointer per row, advanced together: ten streams and a counter fit the
+    /// `k_range`, in order; one line of `prefetch` requested per step. One pointer per row, advanced together: ten streams and a counter fit the
     /// general registers.
     #[inline(always)]
     fn steps<T: Element, const R: usize, const W: usize>(
@@ -446,6 +465,7 @@ mod avx512 {
         weight: &[T],
         c: usize,
         k_range: std::ops::Range<usize>,
+        prefetch: &mut Prefetch,
     ) {
         // Checked in release builds: the raw loads below rely on them.
         assert!(inp.len() == R * c && weight.len() == W * c, "dot_gemm: tile rows");
@@ -462,6 +482,7 @@ mod avx512 {
             for _ in 0..(k_range.end - k_range.start) / LANES {
                 let w: [__m512; W] = std::array::from_fn(|w| T::load16(wr[w]));
                 wr = wr.map(|p| p.add(LANES));
+                prefetch.step();
                 for (acc, x) in acc.iter_mut().zip(&mut xr) {
                     let row = *x;
                     *x = row.add(LANES);

@@ -127,20 +127,14 @@ fn empty_products_write_nothing_and_bad_extents_are_refused() {
 }
 
 #[test]
-fn the_next_block_is_prefetched_whole_in_the_shares_given() {
+fn the_next_block_is_prefetched_a_line_a_step_then_no_more() {
     let next = vec![0.0f32; 1000]; // 4 000 bytes: 63 lines
-    for shares in [1, 5, 63, 64, 200] {
-        let mut prefetch = Prefetch::spread(&next, shares);
-        let mut asked = 0;
-        for _ in 0..shares {
-            let before = prefetch.lines.start;
-            prefetch.next_share();
-            assert!(prefetch.lines.start - before <= 63usize.div_ceil(shares), "{shares} shares: one share too big");
-            asked = prefetch.lines.start;
-        }
-        assert_eq!(asked, 63, "{shares} shares: every line of the block asked for");
+    let mut prefetch = Prefetch::of(&next);
+    for step in 1..=100 {
+        prefetch.step();
+        assert_eq!(prefetch.line, step.min(63), "line asked for after {step} steps");
     }
-    let mut none = Prefetch::spread::<f32>(&[], 7);
-    none.next_share();
-    assert!(none.lines.is_empty());
+    let mut none = Prefetch::of::<f32>(&[]);
+    none.step();
+    assert_eq!((none.line, none.lines), (0, 0));
 }
