@@ -222,7 +222,8 @@ fn task_block<T: Element>(
 
 /// The cache lines of a block of weights, requested into L2 one per step of the tiles (16 `k`) until all
 /// are: spread that thin, the requests hide among the multiply-adds. A task makes `rows / 24` times more
-/// steps than its next block has lines, so prompts of 24 rows or more ask for the whole block.
+/// steps than its next block of f32 weights has lines (`rows / 12` for 16-bit weights), so prompts of 24
+/// rows or more ask for the whole block.
 struct Prefetch {
     start: *const u8,
     line: usize,
