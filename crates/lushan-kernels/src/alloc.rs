@@ -61,6 +61,24 @@ impl CacheLineAligned {
         start
     }
 
+    /// `layout` from `system` (the system's `alloc` or `alloc_zeroed`): a padded layout as a line-aligned region
+    /// of a block `LINE` bytes larger, any other as asked.
+    ///
+    /// # Safety
+    /// `layout` has a non-zero size (GlobalAlloc's precondition).
+    #[allow(unsafe_code)]
+    unsafe fn allocate(layout: Layout, system: unsafe fn(&System, Layout) -> *mut u8) -> *mut u8 {
+        if !padded(layout) {
+            // SAFETY: the caller's non-zero layout, passed on.
+            return unsafe { system(&System, layout) };
+        }
+        match block(layout.size()) {
+            // SAFETY: `block` is non-zero-sized; `start_in` gets that block or null.
+            Some(block) => unsafe { Self::start_in(system(&System, block)) },
+            None => std::ptr::null_mut(),
+        }
+    }
+
     /// The system block behind a region `start_in` returned.
     ///
     /// # Safety
@@ -79,23 +97,13 @@ impl CacheLineAligned {
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for CacheLineAligned {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match padded(layout).then(|| block(layout.size())).flatten() {
-            // SAFETY: `block` is non-zero-sized; `start_in` gets that block or null.
-            Some(block) => unsafe { Self::start_in(System.alloc(block)) },
-            None if padded(layout) => std::ptr::null_mut(),
-            // SAFETY: the caller's non-zero layout, passed on.
-            None => unsafe { System.alloc(layout) },
-        }
+        // SAFETY: the caller's non-zero layout (GlobalAlloc's precondition).
+        unsafe { Self::allocate(layout, <System as GlobalAlloc>::alloc) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match padded(layout).then(|| block(layout.size())).flatten() {
-            // SAFETY: as in `alloc`; the system zeroes the whole block, the region included.
-            Some(block) => unsafe { Self::start_in(System.alloc_zeroed(block)) },
-            None if padded(layout) => std::ptr::null_mut(),
-            // SAFETY: as in `alloc`.
-            None => unsafe { System.alloc_zeroed(layout) },
-        }
+        // SAFETY: as in `alloc`; the system zeroes the whole block, the region included.
+        unsafe { Self::allocate(layout, <System as GlobalAlloc>::alloc_zeroed) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

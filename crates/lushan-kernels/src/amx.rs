@@ -147,7 +147,7 @@ pub fn block(
     assert!(steps > 0, "amx: no steps");
     // Each step's advance of A and B, and its number of prefetches, as the loop reads them.
     let params: [usize; 3] = [a_tiles.step, b_tiles.step, prefetch.lines.div_ceil(steps)];
-    assert_eq!(BLOCK * 4, 128, "amx: the output's row stride below");
+    const { assert!(BLOCK * 4 == 128, "amx: the output's row stride below") };
     assert!(available(), "amx: not available on this CPU");
     assert!(a_tiles.extent(steps).is_some_and(|e| e <= a.len()), "amx: A shorter than its tiles");
     assert!(b_tiles.extent(steps).is_some_and(|e| e <= b.len()), "amx: B shorter than its tiles");
