@@ -111,6 +111,13 @@ fn main() {
         quantized_decode(&mut rng);
         return;
     }
+    // `cargo bench -p lushan-kernels --bench kernels -- f32-gemm`: a training step's f32 products
+    // (forward, input gradient, weight gradient) through matrixmultiply and the packed AVX-512 GEMM,
+    // alternated, at GPT-2 124M's and baby-GPT's shapes.
+    if std::env::args().any(|a| a == "f32-gemm") {
+        f32_gemm_side_by_side(&mut rng);
+        return;
+    }
     // `cargo bench -p lushan-kernels --bench kernels -- gemm`: one thread, matrixmultiply against the packed
     // AVX-512 kernels (f32 and bf16) at training shapes.
     if std::env::args().any(|a| a == "gemm") {
@@ -379,6 +386,64 @@ fn packed_gemm_one_thread(rng: &mut Rng) {
             times.push(f + b);
         }
         println!("{:>48} bf16 forward+backward {:.2}× f32", "", times[0] / times[1]);
+    }
+}
+
+/// A linear layer's three f32 products, `out = x·Wᵀ`, `dx = dout·W`, `dW = doutᵀ·x`, through
+/// matrixmultiply (`gemm_serial` on row blocks, as `matmul` splits them) and through `packed_gemm`, the two
+/// alternated in rounds so both see the same machine; prints each side's best of each round and the ratio.
+fn f32_gemm_side_by_side(rng: &mut Rng) {
+    use lushan_kernels::packed_gemm::{self, Precision, Strided};
+    println!("-- f32 training products, {} threads: matrixmultiply vs packed AVX-512", rayon::current_num_threads());
+    type Product = (&'static str, (usize, usize, usize), (usize, usize), (usize, usize));
+    for (label, n, c, oc) in [
+        ("124M qkv B4·T64", 256, 768, 2304),
+        ("124M fc B4·T64", 256, 768, 3072),
+        ("124M fc_proj B4·T64", 256, 3072, 768),
+        ("124M fc T1024", 1024, 768, 3072),
+        ("baby-GPT fc B64·T256", 16384, 384, 1536),
+    ] {
+        let x = random(n * c, rng);
+        let w = random(oc * c, rng);
+        let dout = random(n * oc, rng);
+        let products: [Product; 3] = [
+            ("forward", (n, c, oc), (c, 1), (1, c)),
+            ("input grad", (n, oc, c), (oc, 1), (c, 1)),
+            ("weight grad", (oc, n, c), (1, oc), (c, 1)),
+        ];
+        for (name, (m, k, nn), a_strides, b_strides) in products {
+            let (a, b): (&[f32], &[f32]) = match name {
+                "forward" => (&x, &w),
+                "input grad" => (&dout, &w),
+                _ => (&dout, &x),
+            };
+            let mut out = vec![0.0f32; m * nn];
+            let flops = 2.0 * (m * k * nn) as f64;
+            let (a, b) = (
+                Strided { data: a, rs: a_strides.0, cs: a_strides.1 },
+                Strided { data: b, rs: b_strides.0, cs: b_strides.1 },
+            );
+            // Call by call, alternated for a second, the best of each: the machine's speed moves by more
+            // than the difference within a few hundred milliseconds.
+            let mut best = [f64::INFINITY; 2];
+            let start = Instant::now();
+            while start.elapsed().as_secs_f64() < 1.0 {
+                for (side, best) in best.iter_mut().enumerate() {
+                    let t = Instant::now();
+                    if side == 0 {
+                        matmul::sgemm_matrixmultiply(m, k, nn, a.data, a_strides, b.data, b_strides, 0.0, &mut out, nn);
+                    } else {
+                        packed_gemm::gemm(Precision::F32, (m, k, nn), a, b, 0.0, &mut out, nn);
+                    }
+                    *best = best.min(t.elapsed().as_secs_f64());
+                }
+            }
+            let [mm, packed] = best.map(|t| flops / t / 1e9);
+            println!(
+                "{label:<22} {name:<11} {m:>5}×{k:>4}×{nn:>4}  matrixmultiply {mm:>6.1}  packed {packed:>6.1} GFLOP/s  {:.2}×",
+                packed / mm
+            );
+        }
     }
 }
 

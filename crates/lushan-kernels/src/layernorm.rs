@@ -29,16 +29,56 @@ pub fn forward(
         .zip(inp.par_chunks(c * PAR_ROWS))
         .for_each(|(((out, mean), rstd), inp)| {
             for (((o, m), r), x) in out.chunks_exact_mut(c).zip(mean).zip(rstd).zip(inp.chunks_exact(c)) {
-                let mu = x.iter().sum::<f32>() / c as f32;
-                let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-                let s = 1.0 / (var + eps).sqrt();
-                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-                    *o = (x - mu) * s * w + b;
-                }
-                *m = mu;
-                *r = s;
+                (*m, *r) = normalize_row(o, x, weight, bias, eps);
             }
         });
+}
+
+/// The residual add and the layer norm after it in one pass: `sum = a + b`, then [`forward`] of `sum`
+/// — each row normalised while it is still in L1, instead of written by one pass and read back by the
+/// next. Bit for bit [`crate::residual::forward`] followed by [`forward`].
+///
+/// # Shapes
+/// `sum`, `out`, `a`, `b`: (N, C); `mean`, `rstd`: (N); `weight`, `bias`: (C).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_residual(
+    (sum, out): (&mut [f32], &mut [f32]),
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    (a, b): (&[f32], &[f32]),
+    weight: &[f32],
+    bias: &[f32],
+    c: usize,
+    eps: f32,
+) {
+    assert!(
+        sum.len() == a.len() && b.len() == a.len() && out.len() == a.len() && mean.len() * c == a.len(),
+        "layernorm: residual operands are not all (N, C)"
+    );
+    sum.par_chunks_mut(c * PAR_ROWS)
+        .zip(out.par_chunks_mut(c * PAR_ROWS))
+        .zip(mean.par_chunks_mut(PAR_ROWS).zip(rstd.par_chunks_mut(PAR_ROWS)))
+        .zip(a.par_chunks(c * PAR_ROWS).zip(b.par_chunks(c * PAR_ROWS)))
+        .for_each(|(((sum, out), (mean, rstd)), (a, b))| {
+            let rows = sum.chunks_exact_mut(c).zip(out.chunks_exact_mut(c)).zip(mean.iter_mut().zip(rstd));
+            for (((s, o), (m, r)), (a, b)) in rows.zip(a.chunks_exact(c).zip(b.chunks_exact(c))) {
+                s.iter_mut().zip(a).zip(b).for_each(|((s, &a), &b)| *s = a + b);
+                (*m, *r) = normalize_row(o, s, weight, bias, eps);
+            }
+        });
+}
+
+/// One row: `o = (x - μ)·rstd·w + b`; returns `(μ, rstd)`.
+#[inline(always)]
+fn normalize_row(o: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> (f32, f32) {
+    let c = x.len();
+    let mu = x.iter().sum::<f32>() / c as f32;
+    let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+    let s = 1.0 / (var + eps).sqrt();
+    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+        *o = (x - mu) * s * w + b;
+    }
+    (mu, s)
 }
 
 /// Backward, **accumulating** into `dinp`, `dweight`, `dbias`.
@@ -139,6 +179,27 @@ mod tests {
         assert_close("layernorm dinp", &dx, &ndx, 1e-4, 1e-3);
         assert_close("layernorm dweight", &dw, &ndw, 1e-4, 1e-3);
         assert_close("layernorm dbias", &db, &ndb, 1e-4, 1e-3);
+    }
+
+    #[test]
+    fn residual_and_norm_in_one_pass_equal_the_two_passes_bit_for_bit() {
+        let mut rng = Rng::new(11);
+        for (n, c) in [(1, 1), (3, 7), (70, 96), (5, 768)] {
+            let a = random_f32(&mut rng, n * c, 2.0);
+            let b = random_f32(&mut rng, n * c, 2.0);
+            let (w, bias) = (random_f32(&mut rng, c, 1.0), random_f32(&mut rng, c, 1.0));
+            let (mut sum, mut out, mut mean, mut rstd) =
+                (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            forward_residual((&mut sum, &mut out), &mut mean, &mut rstd, (&a, &b), &w, &bias, c, 1e-5);
+            let mut sum2 = vec![0.0; n * c];
+            crate::residual::forward(&mut sum2, &a, &b);
+            let (mut out2, mut mean2, mut rstd2) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            forward(&mut out2, &mut mean2, &mut rstd2, &sum2, &w, &bias, c, 1e-5);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&sum), bits(&sum2), "sum n{n} c{c}");
+            assert_eq!(bits(&out), bits(&out2), "out n{n} c{c}");
+            assert_eq!((bits(&mean), bits(&rstd)), (bits(&mean2), bits(&rstd2)), "statistics n{n} c{c}");
+        }
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! Fully connected layer: `out = inp · Wᵀ + bias`, with `W` stored `(OC, C)` as in `torch.nn.Linear`.
 //!
-//! The heavy lifting is `matrixmultiply::sgemm` (with its `threading` feature). On this project's
-//! 2-core machine it beat the `gemm` crate at our small shapes (see `benches/matmul.rs` and
-//! `bench/BASELINES.md`), builds five times faster, and accepts arbitrary strides, so every transpose below
-//! is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
+//! The heavy lifting is [`packed_gemm`]'s AVX-512 kernel where the CPU has AVX-512 F, and
+//! `matrixmultiply::sgemm` elsewhere (it beat the `gemm` crate at our small shapes, builds five times faster,
+//! and accepts arbitrary strides). Both read operands through strides, so every transpose below is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
 use crate::fits;
-use crate::packed_gemm::{self, Precision, Strided};
+use crate::packed_gemm::{self, Kernel, Precision, Strided};
 use rayon::prelude::*;
 
 /// Rows of the output handed to one single-threaded GEMM call. Splitting the output rows over rayon
@@ -15,11 +14,46 @@ use rayon::prelude::*;
 /// results do not depend on the thread count.
 const ROWS_PER_TASK: usize = 64;
 
-/// `C = A·B + beta·C` on row/column strides; the one place that names the GEMM library. In
-/// [`Precision::Bf16`] the product runs on [`packed_gemm`] (operands rounded to bf16, sums in f32).
+/// `C = A·B + beta·C` on row/column strides; the one place that chooses the GEMM. Bf16 products, and f32
+/// ones where the CPU has AVX-512, run on [`packed_gemm`]; other f32 products on matrixmultiply.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
     precision: Precision,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if takes_packed(precision) {
+        let (a, b) = (Strided { data: a, rs: rsa, cs: csa }, Strided { data: b, rs: rsb, cs: csb });
+        return packed_gemm::gemm(precision, (m, k, n), a, b, beta, c, rsc);
+    }
+    sgemm_matrixmultiply(m, k, n, a, (rsa, csa), b, (rsb, csb), beta, c, rsc);
+}
+
+/// Whether products in `precision` take [`packed_gemm`]: bf16 always; f32 where the CPU has AVX-512 F
+/// (there it measured 0.9–1.6× matrixmultiply's at training shapes, faster at most: `cargo bench -p
+/// lushan-kernels --bench kernels -- f32-gemm`) unless `LUSHAN_F32_GEMM=matrixmultiply` asks for the
+/// other (for comparisons); elsewhere matrixmultiply's AVX2/FMA kernels are the fast path.
+fn takes_packed(precision: Precision) -> bool {
+    static F32_PACKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    precision == Precision::Bf16
+        || *F32_PACKED.get_or_init(|| {
+            packed_gemm::runs(Kernel::Avx512, Precision::F32)
+                && std::env::var("LUSHAN_F32_GEMM").as_deref() != Ok("matrixmultiply")
+        })
+}
+
+/// [`sgemm`] in f32 through matrixmultiply, its output rows (or, short and wide, its columns) split over
+/// rayon. Public for the bench that compares it with [`packed_gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_matrixmultiply(
     m: usize,
     k: usize,
     n: usize,
@@ -39,10 +73,6 @@ fn sgemm(
     assert!(k == 0 || fits((m, k), (rsa, csa), a.len()), "matmul: A too short for its shape");
     assert!(k == 0 || fits((k, n), (rsb, csb), b.len()), "matmul: B too short for its shape");
     assert!(fits((m, n), (rsc, 1), c.len()), "matmul: C too short for its shape");
-    if precision == Precision::Bf16 {
-        let (a, b) = (Strided { data: a, rs: rsa, cs: csa }, Strided { data: b, rs: rsb, cs: csb });
-        return packed_gemm::gemm(precision, (m, k, n), a, b, beta, c, rsc);
-    }
     let tasks = rayon::current_num_threads().max(1);
     if tasks > 1 && n > m {
         // Short and wide (prefill, small batches, big output layers): split the output columns, so each task
@@ -179,6 +209,12 @@ pub fn forward_in(
     if n <= GEMV_MAX_ROWS {
         return forward_few_rows(out, inp, weight, bias, c, oc);
     }
+    // out (N×OC) = inp (N×C) · Wᵀ (C×OC); Wᵀ[k][j] = W[j·C + k] → strides (1, C).
+    if let (Some(bias), true) = (bias, takes_packed(precision)) {
+        // The bias is added as each tile is written, not in a pass over the output beforehand.
+        let (a, b) = (Strided { data: inp, rs: c, cs: 1 }, Strided { data: weight, rs: 1, cs: c });
+        return packed_gemm::gemm_bias(precision, (n, c, oc), a, b, bias, out, oc);
+    }
     let beta = match bias {
         Some(bias) => {
             out.par_chunks_mut(oc).for_each(|row| row.copy_from_slice(bias));
@@ -186,7 +222,6 @@ pub fn forward_in(
         }
         None => 0.0,
     };
-    // out (N×OC) = inp (N×C) · Wᵀ (C×OC); Wᵀ[k][j] = W[j·C + k] → strides (1, C).
     sgemm(precision, n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
 }
 
@@ -423,6 +458,23 @@ mod tests {
             backward_naive(&mut ndx, &mut ndw, &mut ndb, &dout, &x, &w, c, oc);
             assert_close("matmul column split dinp vs naive", &dx, &to_f64(&ndx), 1e-4, 1e-4);
             assert_close("matmul column split dweight vs naive", &dw, &to_f64(&ndw), 1e-4, 1e-4);
+        }
+    }
+
+    /// On a CPU with AVX-512 the layers take the packed kernel, so matrixmultiply's route (the path on
+    /// other CPUs) is checked here directly: row-split and column-split products, with and without beta.
+    #[test]
+    fn matrixmultiply_route_agrees_with_naive() {
+        let mut rng = Rng::new(8);
+        for (n, c, oc) in [(70, 33, 20), (5, 33, 300), (130, 64, 96)] {
+            let x = random_f32(&mut rng, n * c, 1.0);
+            let w = random_f32(&mut rng, oc * c, 1.0);
+            let b = random_f32(&mut rng, oc, 1.0);
+            let mut slow = vec![0.0; n * oc];
+            forward_naive(&mut slow, &x, &w, Some(&b), c, oc);
+            let mut fast: Vec<f32> = (0..n).flat_map(|_| b.iter().copied()).collect();
+            sgemm_matrixmultiply(n, c, oc, &x, (c, 1), &w, (1, c), 1.0, &mut fast, oc);
+            assert_close("matrixmultiply route vs naive", &fast, &to_f64(&slow), 1e-4, 1e-4);
         }
     }
 

@@ -20,6 +20,7 @@
 //! Rounding to bf16 is round-to-nearest-even (`half::bf16::from_f32`), done once per element while packing.
 
 use crate::{amx, fits};
+use microkernel::{TileOut, tile, write_row};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -189,6 +190,21 @@ fn pack(
                 words.iter_mut().zip(src).for_each(|(w, v)| *w = v.to_bits());
             }
         }
+        Precision::F32 if ks == 1 => {
+            // k contiguous (a weight read as Wᵀ, or A's rows): a transpose, done in blocks of 16 steps so
+            // each row's reads are whole cache lines and the block's writes stay in L1.
+            const BLOCK: usize = 16;
+            for s0 in (0..steps).step_by(BLOCK) {
+                let n = BLOCK.min(steps - s0);
+                let block = &mut dst[s0 * width..][..n * width];
+                for x in 0..valid {
+                    let src = &data[(x0 + x) * xs + k0 + s0..][..n];
+                    for (s, v) in src.iter().enumerate() {
+                        block[s * width + x] = v.to_bits();
+                    }
+                }
+            }
+        }
         Precision::F32 => {
             let rows = row_slices(data, xs, ks, (x0, valid), (k0, kc));
             for (s, words) in dst.chunks_exact_mut(width).enumerate() {
@@ -288,120 +304,13 @@ fn row_slices<'a>(
     rows
 }
 
-/// `tile = Σ_steps a_panel[step] ⊗ b_panel[step]` in the layout both panels were packed in.
-/// `tile` is `MR × NR`, row-major.
-fn microkernel_portable(tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize, precision: Precision) {
-    tile.fill(0.0);
-    for s in 0..steps {
-        let a_step = &a[s * MR..][..MR];
-        let b_step = &b[s * NR..][..NR];
-        for (i, &aw) in a_step.iter().enumerate() {
-            let row = &mut tile[i * NR..][..NR];
-            match precision {
-                Precision::F32 => {
-                    let av = f32::from_bits(aw);
-                    for (t, &bw) in row.iter_mut().zip(b_step) {
-                        *t = av.mul_add(f32::from_bits(bw), *t);
-                    }
-                }
-                Precision::Bf16 => {
-                    let (alo, ahi) = (f32::from_bits(aw << 16), f32::from_bits(aw & 0xffff_0000));
-                    for (t, &bw) in row.iter_mut().zip(b_step) {
-                        let (blo, bhi) = (f32::from_bits(bw << 16), f32::from_bits(bw & 0xffff_0000));
-                        // Both products are exact in f32 (8-bit significands); one rounding per addition.
-                        *t = *t + alo * blo + ahi * bhi;
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx512 {
-    use super::{MR, NR};
-    use std::arch::x86_64::*;
-
-    /// The f32 microkernel: `tile = Σ_s a[s]ᵀ ⊗ b[s]` over `steps` packed steps.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512 F; `a` holds `steps·MR` words and `b` `steps·NR` (asserted).
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_f32(tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize) {
-        assert!(a.len() >= steps * MR && b.len() >= steps * NR, "packed_gemm: panel shorter than its steps");
-        let mut acc = [_mm512_setzero_ps(); 2 * MR];
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        for s in 0..steps {
-            // SAFETY: s < steps, so words s·NR..s·NR+32 of b and s·MR..s·MR+12 of a are inside (asserted above).
-            unsafe {
-                let b0 = _mm512_loadu_ps(bp.add(s * NR).cast());
-                let b1 = _mm512_loadu_ps(bp.add(s * NR + 16).cast());
-                for i in 0..MR {
-                    let ai = _mm512_set1_ps(f32::from_bits(*ap.add(s * MR + i)));
-                    acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
-                    acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
-                }
-            }
-        }
-        store(tile, &acc);
-    }
-
-    /// The bf16 microkernel: each packed word holds two consecutive k-steps, and `vdpbf16ps` adds both
-    /// products of a lane to its f32 accumulator.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512 F and BF16; `a` holds `steps·MR` words and `b` `steps·NR` (asserted).
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn tile_bf16(tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize) {
-        assert!(a.len() >= steps * MR && b.len() >= steps * NR, "packed_gemm: panel shorter than its steps");
-        let mut acc = [_mm512_setzero_ps(); 2 * MR];
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        for s in 0..steps {
-            // SAFETY: as in `tile_f32`; the bf16 vectors are reinterpretations of the packed words.
-            unsafe {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(s * NR).cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(s * NR + 16).cast()));
-                for i in 0..MR {
-                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(s * MR + i) as i32));
-                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
-                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
-                }
-            }
-        }
-        store(tile, &acc);
-    }
-
-    #[target_feature(enable = "avx512f")]
-    fn store(tile: &mut [f32; MR * NR], acc: &[__m512; 2 * MR]) {
-        for (i, row) in tile.chunks_exact_mut(16).enumerate() {
-            // SAFETY: each chunk is 16 f32, exactly one unaligned 512-bit store.
-            unsafe { _mm512_storeu_ps(row.as_mut_ptr(), acc[i]) };
-        }
-    }
-}
-
-/// One tile through the microkernel this CPU has for `precision`.
-fn tile(kernel: Kernel, tile: &mut [f32; MR * NR], a: &[u32], b: &[u32], steps: usize, precision: Precision) {
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        #[allow(unsafe_code)]
-        Kernel::Avx512 => match precision {
-            // SAFETY: `multiply` asserts `runs(kernel, precision)`: the CPU reports the features each kernel
-            // enables; panel lengths are asserted inside.
-            Precision::F32 => unsafe { avx512::tile_f32(tile, a, b, steps) },
-            Precision::Bf16 => unsafe { avx512::tile_bf16(tile, a, b, steps) },
-        },
-        _ => microkernel_portable(tile, a, b, steps, precision),
-    }
-}
-
 /// Columns of B packed at once: a packed block (`KC_WORDS × NC` words, 4 MiB) stays in the last-level cache
 /// while every row block of C is computed against it.
 const NC: usize = 128 * NR;
 
 /// `C = A·B + beta·C` for an `m × k` A and a `k × n` B read through strides, C row-major with row stride
-/// `rsc`, multiplied in `precision` by the given microkernel (tests pin the portable one).
+/// `rsc`, multiplied in `precision` by the given microkernel (tests pin the portable one); with `bias`
+/// (`n` values), `C = beta·C + (A·B + bias)`, the bias added as each tile is written (the epilogue).
 ///
 /// Parallel over rayon's threads: for each block of k and of columns, B is packed once (its panels in
 /// parallel) and shared; then each task owns a block of C's rows, packs its rows of A and computes them. Each
@@ -416,14 +325,14 @@ pub fn gemm_with(
     (m, k, n): (usize, usize, usize),
     a: Strided<'_>,
     b: Strided<'_>,
-    beta: f32,
+    (beta, bias): (f32, Option<&[f32]>),
     c: &mut [f32],
     rsc: usize,
 ) {
     if m > 0 && n > 0 && k > 0 {
         assert!(fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
     }
-    multiply(kernel, precision, (m, k, n), a, BSource::Strided(b), beta, c, rsc);
+    multiply(kernel, precision, (m, k, n), a, BSource::Strided(b), (beta, bias), c, rsc);
 }
 
 /// A B operand packed once for several products — the output layer's weight, multiplied by every chunk of
@@ -504,7 +413,7 @@ thread_local! {
 /// A: `(m, k)`; B: `(k, n)` = `b.shape()`; C: `(m, n)`, rows `rsc` apart.
 pub fn gemm_packed(m: usize, a: Strided<'_>, b: &PackedB, beta: f32, c: &mut [f32], rsc: usize) {
     let (k, n) = b.shape();
-    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), beta, c, rsc);
+    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), (beta, None), c, rsc);
 }
 
 /// Where a product's B comes from: packed block by block as it goes, or packed beforehand.
@@ -554,20 +463,24 @@ fn multiply(
     (m, k, n): (usize, usize, usize),
     a: Strided<'_>,
     b: BSource<'_>,
-    beta: f32,
+    (beta, bias): (f32, Option<&[f32]>),
     c: &mut [f32],
     rsc: usize,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(bias.is_none_or(|b| b.len() == n), "packed_gemm: bias is not one value per column");
     assert!(runs(kernel, precision), "packed_gemm: this CPU cannot run the {kernel:?} kernel for {precision}");
     assert!(k == 0 || fits((m, k), (a.rs, a.cs), a.data.len()), "packed_gemm: A too short for its shape");
     assert!(fits((m, n), (rsc, 1), c.len()), "packed_gemm: C too short for its shape");
     let c = &mut c[..(m - 1) * rsc + n];
     if k == 0 {
+        let zeros = [0.0; NR];
         for row in c.chunks_mut(rsc) {
-            row[..n].iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { beta * *v });
+            for (j0, c) in (0..n).step_by(NR).zip(row[..n].chunks_mut(NR)) {
+                write_row(c, &zeros[..c.len()], beta, bias.map(|b| &b[j0..]));
+            }
         }
         return;
     }
@@ -585,7 +498,8 @@ fn multiply(
         for k0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - k0);
             let steps = padded_steps(kernel, precision, kc);
-            let beta_now = if k0 == 0 { beta } else { 1.0 };
+            // The first block of k scales C by beta and adds the bias; the later ones add onto it.
+            let (beta_now, bias_now) = if k0 == 0 { (beta, bias) } else { (1.0, None) };
             for j0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - j0);
                 let panels: &[u32] = match b {
@@ -598,7 +512,7 @@ fn multiply(
                     BSource::Packed(packed) => packed.panels(k0, j0, nc),
                 };
                 c.par_chunks_mut(rows * rsc).enumerate().for_each(|(t, c_rows)| {
-                    let block = RowBlock { i0: t * rows, m, j0, nc, k0, kc, steps, beta: beta_now };
+                    let block = RowBlock { i0: t * rows, m, j0, nc, k0, kc, steps, beta: beta_now, bias: bias_now };
                     multiply_row_block(kernel, precision, &block, a_op, panels, c_rows, rsc);
                 });
             }
@@ -606,8 +520,9 @@ fn multiply(
     });
 }
 
-/// Where one task's work lies: rows `i0..` of C (to `m`), columns `j0..j0+nc`, k-steps `k0..k0+kc`.
-struct RowBlock {
+/// Where one task's work lies: rows `i0..` of C (to `m`), columns `j0..j0+nc`, k-steps `k0..k0+kc`, and
+/// how its tiles are written (`beta`, and the bias of all `n` columns when this block adds it).
+struct RowBlock<'a> {
     i0: usize,
     m: usize,
     j0: usize,
@@ -616,6 +531,7 @@ struct RowBlock {
     kc: usize,
     steps: usize,
     beta: f32,
+    bias: Option<&'a [f32]>,
 }
 
 /// Packs this block's rows of A and multiplies them by every packed B panel into `c_rows` (C from row `i0`).
@@ -656,23 +572,24 @@ fn multiply_row_block(
             let j0 = blk.j0 + p * NR;
             let cols = NR.min(blk.j0 + blk.nc - j0);
             for (q, a_panel) in panels.chunks_exact(panel_len).enumerate() {
+                let rows = mr.min(mr_all - q * mr);
                 let out: &[f32] = if kernel == Kernel::Amx {
                     amx_tile(&mut large, a_panel, b_panel, blk.steps);
                     &large
+                } else if rows == MR && cols == NR {
+                    // A whole tile: the microkernel writes it onto C itself.
+                    let c = &mut c_rows[q * mr * rsc + j0..];
+                    let bias = blk.bias.map(|b| &b[j0..][..NR]);
+                    let out = TileOut::C { c, rsc, beta: blk.beta, bias };
+                    tile(kernel, out, a_panel, b_panel, blk.steps, precision);
+                    continue;
                 } else {
-                    tile(kernel, &mut small, a_panel, b_panel, blk.steps, precision);
+                    tile(kernel, TileOut::Scratch(&mut small), a_panel, b_panel, blk.steps, precision);
                     &small
                 };
-                for (ii, t_row) in out.chunks_exact(NR).take(mr.min(mr_all - q * mr)).enumerate() {
+                for (ii, t_row) in out.chunks_exact(NR).take(rows).enumerate() {
                     let c_row = &mut c_rows[(q * mr + ii) * rsc + j0..][..cols];
-                    let t_row = &t_row[..cols];
-                    if blk.beta == 0.0 {
-                        c_row.copy_from_slice(t_row);
-                    } else if blk.beta == 1.0 {
-                        c_row.iter_mut().zip(t_row).for_each(|(c, t)| *c += t);
-                    } else {
-                        c_row.iter_mut().zip(t_row).for_each(|(c, t)| *c = blk.beta * *c + t);
-                    }
+                    write_row(c_row, &t_row[..cols], blk.beta, blk.bias.map(|b| &b[j0..]));
                 }
             }
         }
@@ -755,8 +672,26 @@ pub fn gemm(
     c: &mut [f32],
     rsc: usize,
 ) {
-    gemm_with(kernel(precision), precision, shape, a, b, beta, c, rsc);
+    gemm_with(kernel(precision), precision, shape, a, b, (beta, None), c, rsc);
 }
 
+/// `C = A·B + bias` (`bias` one value per column, added as each tile is written rather than in a pass over
+/// C beforehand) on the fastest microkernel this CPU has for `precision`.
+///
+/// # Shapes
+/// A: `(m, k)`; B: `(k, n)`; bias: `(n)`; C: `(m, n)`, rows `rsc` apart.
+pub fn gemm_bias(
+    precision: Precision,
+    shape: (usize, usize, usize),
+    a: Strided<'_>,
+    b: Strided<'_>,
+    bias: &[f32],
+    c: &mut [f32],
+    rsc: usize,
+) {
+    gemm_with(kernel(precision), precision, shape, a, b, (0.0, Some(bias)), c, rsc);
+}
+
+mod microkernel;
 #[cfg(test)]
 mod tests;

@@ -394,8 +394,17 @@ impl Gpt {
             std::mem::swap(&mut scratch.branch, &mut scratch.branch2);
         }
         intervene::apply(edits, Site::AttnOut { layer: l }, &mut scratch.branch, cfg, b, t);
-        residual::forward(&mut a.residual2, x, &scratch.branch);
-        layernorm::forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.residual2, w.ln2_w, w.ln2_b, c, eps);
+        let (sum, norm) = (&mut a.residual2, &mut a.ln2);
+        layernorm::forward_residual(
+            (sum, norm),
+            &mut a.ln2_mean,
+            &mut a.ln2_rstd,
+            (x, &scratch.branch),
+            w.ln2_w,
+            w.ln2_b,
+            c,
+            eps,
+        );
         pass.linear(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
         if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
             let [_, _, h, _] = &mut a.lora_hidden;
@@ -756,9 +765,8 @@ fn last_block_on_rows(
     intervene::apply_rows(edits, Site::AttnOut { layer }, branch, rows, cfg, t);
     head::gather_rows(gathered, x, rows.iter().copied(), c);
     let residual2 = &mut a.residual2[..k * c];
-    residual::forward(residual2, gathered, branch);
     let (ln2, mean, rstd) = (&mut a.ln2[..k * c], &mut a.ln2_mean[..k], &mut a.ln2_rstd[..k]);
-    layernorm::forward(ln2, mean, rstd, residual2, w.ln2_w, w.ln2_b, c, eps);
+    layernorm::forward_residual((residual2, ln2), mean, rstd, (gathered, branch), w.ln2_w, w.ln2_b, c, eps);
     let (fch, fch_gelu) = (&mut a.fch[..k * 4 * c], &mut a.fch_gelu[..k * 4 * c]);
     weights::forward_rows(fch, ln2, Weights::F32(w.fc_w), Some(w.fc_b), c, 4 * c);
     gelu::forward(fch_gelu, fch);

@@ -7,14 +7,14 @@ fn round_bf16(x: f32) -> f32 {
     half::bf16::from_f32(x).to_f32()
 }
 
-/// `beta·C + A·B` in f64 over the operands as the given precision sees them.
+/// `beta·C + A·B (+ bias)` in f64 over the operands as the given precision sees them.
 #[allow(clippy::too_many_arguments)]
 fn reference(
     precision: Precision,
     (m, k, n): (usize, usize, usize),
     a: Strided<'_>,
     b: Strided<'_>,
-    beta: f32,
+    (beta, bias): (f32, Option<&[f32]>),
     c: &[f32],
     rsc: usize,
 ) -> Vec<f64> {
@@ -26,13 +26,15 @@ fn reference(
     for i in 0..m {
         for j in 0..n {
             let dot: f64 = (0..k).map(|kk| see(a.data[i * a.rs + kk * a.cs]) * see(b.data[kk * b.rs + j * b.cs])).sum();
-            out[i * n + j] = dot + if beta == 0.0 { 0.0 } else { beta as f64 * c[i * rsc + j] as f64 };
+            let scaled = if beta == 0.0 { 0.0 } else { beta as f64 * c[i * rsc + j] as f64 };
+            out[i * n + j] = dot + scaled + bias.map_or(0.0, |b| b[j] as f64);
         }
     }
     out
 }
 
-/// Every product of a case: A row-major or transposed, B row-major or transposed, three betas.
+/// Every product of a case: A row-major or transposed, B row-major or transposed, three betas, with and
+/// without a bias.
 fn cases(kernel: Kernel, precision: Precision) {
     let mut rng = Rng::new(7);
     for (m, k, n) in [(1, 1, 1), (13, 7, 33), (25, 300, 70), (150, 40, 65), (12, 513, 32), (3, 1030, 5), (5, 20, 4100)]
@@ -42,12 +44,15 @@ fn cases(kernel: Kernel, precision: Precision) {
         for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
             let av = Strided { data: &a, rs: if a_t { 1 } else { k }, cs: if a_t { m } else { 1 } };
             let bv = Strided { data: &b, rs: if b_t { 1 } else { n }, cs: if b_t { k } else { 1 } };
-            for beta in [0.0, 1.0, 0.5] {
+            let bias_values = random_f32(&mut rng, n, 1.0);
+            for (beta, bias) in
+                [(0.0, None), (1.0, None), (0.5, None), (0.0, Some(&bias_values[..])), (0.5, Some(&bias_values[..]))]
+            {
                 let rsc = n + 3;
                 let c0 = random_f32(&mut rng, m * rsc, 1.0);
                 let mut c = c0.clone();
-                gemm_with(kernel, precision, (m, k, n), av, bv, beta, &mut c, rsc);
-                let want = reference(precision, (m, k, n), av, bv, beta, &c0, rsc);
+                gemm_with(kernel, precision, (m, k, n), av, bv, (beta, bias), &mut c, rsc);
+                let want = reference(precision, (m, k, n), av, bv, (beta, bias), &c0, rsc);
                 let got: Vec<f32> = (0..m).flat_map(|i| c[i * rsc..][..n].to_vec()).collect();
                 // The padding between rows is never written.
                 for i in 0..m {
@@ -59,7 +64,10 @@ fn cases(kernel: Kernel, precision: Precision) {
                     &got,
                     &want,
                     tol,
-                    &format!("{precision} {kernel:?} m{m} k{k} n{n} a_t {a_t} b_t {b_t} beta {beta}"),
+                    &format!(
+                        "{precision} {kernel:?} m{m} k{k} n{n} a_t {a_t} b_t {b_t} beta {beta} bias {}",
+                        bias.is_some()
+                    ),
                 );
             }
         }
@@ -92,16 +100,21 @@ fn vector_kernels_match_the_reference_and_the_f32_kernel_is_bit_identical_to_its
         }
     }
     if kernel(Precision::F32) == Kernel::Avx512 {
-        // Both kernels sum each output's k products in the same order with fused multiply-adds.
+        // Both kernels sum each output's k products in the same order with fused multiply-adds, and write
+        // whole tiles (straight onto C) and ragged ones (through the scratch tile) with the same roundings.
         let mut rng = Rng::new(9);
         let (m, k, n) = (30, 600, 45);
         let a = random_f32(&mut rng, m * k, 1.0);
         let b = random_f32(&mut rng, k * n, 1.0);
+        let bias = random_f32(&mut rng, n, 1.0);
+        let c0 = random_f32(&mut rng, m * n, 1.0);
         let (av, bv) = (Strided { data: &a, rs: k, cs: 1 }, Strided { data: &b, rs: n, cs: 1 });
-        let (mut fast, mut twin) = (vec![0.0; m * n], vec![0.0; m * n]);
-        gemm_with(Kernel::Avx512, Precision::F32, (m, k, n), av, bv, 0.0, &mut fast, n);
-        gemm_with(Kernel::Portable, Precision::F32, (m, k, n), av, bv, 0.0, &mut twin, n);
-        assert_eq!(fast, twin);
+        for writeback in [(0.0, None), (0.5, None), (1.0, Some(&bias[..])), (0.0, Some(&bias[..]))] {
+            let (mut fast, mut twin) = (c0.clone(), c0.clone());
+            gemm_with(Kernel::Avx512, Precision::F32, (m, k, n), av, bv, writeback, &mut fast, n);
+            gemm_with(Kernel::Portable, Precision::F32, (m, k, n), av, bv, writeback, &mut twin, n);
+            assert_eq!(fast, twin, "beta {}, bias {}", writeback.0, writeback.1.is_some());
+        }
     }
 }
 
@@ -112,12 +125,12 @@ fn bf16_rounds_its_operands_and_f32_does_not() {
     let (av, bv) = (Strided { data: &a, rs: 1, cs: 1 }, Strided { data: &b, rs: 1, cs: 1 });
     for kernel in [Kernel::Portable, kernel(Precision::Bf16)] {
         let mut c = [0.0];
-        gemm_with(kernel, Precision::Bf16, (1, 1, 1), av, bv, 0.0, &mut c, 1);
+        gemm_with(kernel, Precision::Bf16, (1, 1, 1), av, bv, (0.0, None), &mut c, 1);
         assert_eq!(c[0], 1.0, "{kernel:?}");
     }
     for kernel in [Kernel::Portable, kernel(Precision::F32)] {
         let mut c = [0.0];
-        gemm_with(kernel, Precision::F32, (1, 1, 1), av, bv, 0.0, &mut c, 1);
+        gemm_with(kernel, Precision::F32, (1, 1, 1), av, bv, (0.0, None), &mut c, 1);
         assert_eq!(c[0], 1.0 + 1.0 / 1024.0, "{kernel:?}");
     }
 }
