@@ -21,12 +21,34 @@ pub fn tanh_fast(x: f32) -> f32 {
 /// `out`, `inp`: any length, equal.
 pub fn forward(out: &mut [f32], inp: &[f32]) {
     debug_assert_eq!(out.len(), inp.len());
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| {
-        for (o, &x) in out.iter_mut().zip(inp) {
-            let u = SQRT_2_OVER_PI * (x + COEFF * x * x * x);
-            *o = 0.5 * x * (1.0 + tanh_fast(u));
-        }
-    });
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| forward_row(out, inp));
+}
+
+/// [`forward`] on one thread: what a GEMM epilogue runs on each finished tile row (bit for bit the same).
+#[inline]
+pub fn forward_row(out: &mut [f32], inp: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(inp) {
+        let u = SQRT_2_OVER_PI * (x + COEFF * x * x * x);
+        *o = 0.5 * x * (1.0 + tanh_fast(u));
+    }
+}
+
+/// `dy/dx` of [`forward`] at `x` (derived at [`backward`]).
+#[inline(always)]
+fn slope(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + COEFF * x * x * x);
+    let th = tanh_fast(u);
+    let sech2 = 1.0 - th * th;
+    0.5 * (1.0 + th) + 0.5 * x * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * COEFF * x * x)
+}
+
+/// `dinp = dout·gelu'(inp)`, **overwriting** `dinp`, on one thread: the backward as a GEMM epilogue runs it
+/// on each finished tile row of `dout` (bit for bit [`backward`] into zeros, but for the sign of a zero).
+#[inline]
+pub fn backward_row_into(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
+        *d = g * slope(x);
+    }
 }
 
 /// Backward, **accumulating**: forward was `y = 0.5·x·(1 + tanh u)` with `u = √(2/π)(x + 0.044715x³)`, so
@@ -40,11 +62,7 @@ pub fn backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
     dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).zip(dout.par_chunks(CHUNK)).for_each(
         |((dinp, inp), dout)| {
             for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
-                let u = SQRT_2_OVER_PI * (x + COEFF * x * x * x);
-                let th = tanh_fast(u);
-                let sech2 = 1.0 - th * th;
-                let local = 0.5 * (1.0 + th) + 0.5 * x * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * COEFF * x * x);
-                *d += g * local;
+                *d += g * slope(x);
             }
         },
     );

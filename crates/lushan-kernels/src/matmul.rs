@@ -5,7 +5,7 @@
 //! and accepts arbitrary strides). Both read operands through strides, so every transpose below is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
 use crate::fits;
-use crate::packed_gemm::{self, Kernel, Precision, Strided};
+use crate::packed_gemm::{self, Kernel, Precision, Strided, Then};
 use rayon::prelude::*;
 
 /// Rows of the output handed to one single-threaded GEMM call. Splitting the output rows over rayon
@@ -213,7 +213,7 @@ pub fn forward_in(
     if let (Some(bias), true) = (bias, takes_packed(precision)) {
         // The bias is added as each tile is written, not in a pass over the output beforehand.
         let (a, b) = (Strided { data: inp, rs: c, cs: 1 }, Strided { data: weight, rs: 1, cs: c });
-        return packed_gemm::gemm_bias(precision, (n, c, oc), a, b, bias, out, oc);
+        return packed_gemm::gemm_epilogue(precision, (n, c, oc), a, b, (Some(bias), Then::Nothing), out, oc);
     }
     let beta = match bias {
         Some(bias) => {
@@ -223,6 +223,35 @@ pub fn forward_in(
         None => 0.0,
     };
     sgemm(precision, n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
+}
+
+/// [`forward_in`] followed by GELU: `pre = inp·Wᵀ + bias` (kept for the backward pass) and `out =
+/// gelu(pre)` — on the packed GEMM the GELU runs on each finished tile (its epilogue) instead of in a second
+/// pass over `pre`; the values are [`forward_in`]'s and [`crate::gelu::forward`]'s bit for bit.
+///
+/// # Shapes
+/// `pre`, `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_gelu_in(
+    precision: Precision,
+    (pre, out): (&mut [f32], &mut [f32]),
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    let n = inp.len() / c;
+    assert_eq!(out.len(), pre.len(), "matmul: GELU output shape");
+    if n <= GEMV_MAX_ROWS || !takes_packed(precision) {
+        forward_in(precision, pre, inp, weight, bias, c, oc);
+        return crate::gelu::forward(out, pre);
+    }
+    assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
+    assert_eq!(pre.len(), n * oc, "matmul: output shape");
+    assert_eq!(weight.len(), oc * c, "matmul: weight shape");
+    let (a, b) = (Strided { data: inp, rs: c, cs: 1 }, Strided { data: weight, rs: 1, cs: c });
+    packed_gemm::gemm_epilogue(precision, (n, c, oc), a, b, (bias, Then::Gelu(out)), pre, oc);
 }
 
 /// `out += inp·Wᵀ` (no bias): adds a second product onto an output, as a LoRA adapter adds
@@ -310,6 +339,49 @@ pub fn backward_in(
     sgemm(precision, oc, n, c, dout, (1, oc), inp, (c, 1), 1.0, dweight, c);
     if let Some(dbias) = dbias {
         bias_backward(dbias, dout, oc);
+    }
+}
+
+/// The backward of [`forward_gelu_in`]'s layer *after* the GELU, through the GELU: with `post = gelu(pre)`
+/// the layer's input, `dpost = dout·W` and `dpre = dpost·gelu'(pre)`, both **overwritten**, and, unless
+/// the weights are frozen (`None`), `dW += doutᵀ·post` and `db += Σ_rows dout`. On the packed GEMM the
+/// GELU's backward runs on each finished tile of `dpost` (its epilogue); the values equal
+/// [`backward_in`] into zeros followed by [`crate::gelu::backward`] into zeros (but for a zero's sign).
+///
+/// # Shapes
+/// `dpost`, `dpre`, `pre`, `post`: (N, C); `dweight`, `weight`: (OC, C); `dbias`: (OC); `dout`: (N, OC).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_through_gelu_in(
+    precision: Precision,
+    (dpost, dpre): (&mut [f32], &mut [f32]),
+    pre: &[f32],
+    dweights: Option<(&mut [f32], &mut [f32])>,
+    dout: &[f32],
+    post: &[f32],
+    weight: &[f32],
+    c: usize,
+    oc: usize,
+) {
+    let n = post.len() / c;
+    assert!(
+        dpost.len() == n * c && dpre.len() == n * c && pre.len() == n * c,
+        "matmul: GELU gradient shapes are not the input's"
+    );
+    assert_eq!(dout.len(), n * oc, "matmul: output-gradient shape");
+    assert_eq!(weight.len(), oc * c, "matmul: weight shape");
+    if takes_packed(precision) {
+        // dpost (N×C) = dout (N×OC) · W (OC×C), then dpre = dpost·gelu'(pre) tile by tile.
+        let (a, b) = (Strided { data: dout, rs: oc, cs: 1 }, Strided { data: weight, rs: c, cs: 1 });
+        let then = Then::GeluBackward { x: pre, dx: dpre };
+        packed_gemm::gemm_epilogue(precision, (n, oc, c), a, b, (None, then), dpost, c);
+    } else {
+        dpost.fill(0.0);
+        sgemm(precision, n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dpost, c);
+        dpre.fill(0.0);
+        crate::gelu::backward(dpre, pre, dpost);
+    }
+    if let Some((dweight, dbias)) = dweights {
+        backward_in(precision, None, dweight, Some(dbias), dout, post, weight, c, oc);
     }
 }
 
@@ -475,6 +547,58 @@ mod tests {
             let mut fast: Vec<f32> = (0..n).flat_map(|_| b.iter().copied()).collect();
             sgemm_matrixmultiply(n, c, oc, &x, (c, 1), &w, (1, c), 1.0, &mut fast, oc);
             assert_close("matrixmultiply route vs naive", &fast, &to_f64(&slow), 1e-4, 1e-4);
+        }
+    }
+
+    /// The MLP's layers with the GELU in the products' epilogues equal the products and the GELU passes:
+    /// the forward bit for bit, the backward by value (a zero's sign may differ), with trained and frozen
+    /// weights, at a few rows (the matrix-vector path) and many.
+    #[test]
+    fn gelu_in_the_epilogue_equals_the_separate_passes() {
+        let mut rng = Rng::new(13);
+        for (n, c, oc) in [(3, 16, 64), (70, 24, 96), (130, 64, 33)] {
+            let x = random_f32(&mut rng, n * c, 1.0);
+            let w = random_f32(&mut rng, oc * c, 1.0);
+            let b = random_f32(&mut rng, oc, 1.0);
+            let (mut pre, mut post) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+            forward_gelu_in(Precision::F32, (&mut pre, &mut post), &x, &w, Some(&b), c, oc);
+            let (mut want_pre, mut want_post) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+            forward(&mut want_pre, &x, &w, Some(&b), c, oc);
+            crate::gelu::forward(&mut want_post, &want_pre);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&pre), bits(&want_pre), "pre-activation n{n}");
+            assert_eq!(bits(&post), bits(&want_post), "activation n{n}");
+
+            // The next layer (oc → c) and its backward through the GELU.
+            let w2 = random_f32(&mut rng, c * oc, 1.0);
+            let dout = random_f32(&mut rng, n * c, 1.0);
+            for trained in [true, false] {
+                let (mut dpost, mut dpre) = (vec![3.0; n * oc], vec![5.0; n * oc]);
+                let (mut dw, mut db) = (vec![0.5; c * oc], vec![0.5; c]);
+                let dweights = trained.then_some((&mut dw[..], &mut db[..]));
+                backward_through_gelu_in(
+                    Precision::F32,
+                    (&mut dpost, &mut dpre),
+                    &pre,
+                    dweights,
+                    &dout,
+                    &post,
+                    &w2,
+                    oc,
+                    c,
+                );
+                let (mut want_dpost, mut want_dpre) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+                let (mut want_dw, mut want_db) = (vec![0.5; c * oc], vec![0.5; c]);
+                backward(Some(&mut want_dpost), &mut want_dw, Some(&mut want_db), &dout, &post, &w2, oc, c);
+                crate::gelu::backward(&mut want_dpre, &pre, &want_dpost);
+                assert_eq!(dpost, want_dpost, "gradient of the activation n{n}");
+                assert_eq!(dpre, want_dpre, "gradient of the pre-activation n{n}");
+                if trained {
+                    assert_eq!((&dw, &db), (&want_dw, &want_db), "weight and bias gradients n{n}");
+                } else {
+                    assert!(dw.iter().chain(&db).all(|&v| v == 0.5), "frozen weights' gradients untouched");
+                }
+            }
         }
     }
 

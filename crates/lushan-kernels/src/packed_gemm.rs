@@ -20,6 +20,7 @@
 //! Rounding to bf16 is round-to-nearest-even (`half::bf16::from_f32`), done once per element while packing.
 
 use crate::{amx, fits};
+pub use epilogue::Then;
 use microkernel::{TileOut, tile, write_row};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -310,7 +311,8 @@ const NC: usize = 128 * NR;
 
 /// `C = A·B + beta·C` for an `m × k` A and a `k × n` B read through strides, C row-major with row stride
 /// `rsc`, multiplied in `precision` by the given microkernel (tests pin the portable one); with `bias`
-/// (`n` values), `C = beta·C + (A·B + bias)`, the bias added as each tile is written (the epilogue).
+/// (`n` values), `C = beta·C + (A·B + bias)`, the bias added as each tile is written, and `then` run on each
+/// finished tile (the epilogue).
 ///
 /// Parallel over rayon's threads: for each block of k and of columns, B is packed once (its panels in
 /// parallel) and shared; then each task owns a block of C's rows, packs its rows of A and computes them. Each
@@ -325,14 +327,14 @@ pub fn gemm_with(
     (m, k, n): (usize, usize, usize),
     a: Strided<'_>,
     b: Strided<'_>,
-    (beta, bias): (f32, Option<&[f32]>),
+    (beta, bias, then): (f32, Option<&[f32]>, Then<'_>),
     c: &mut [f32],
     rsc: usize,
 ) {
     if m > 0 && n > 0 && k > 0 {
         assert!(fits((k, n), (b.rs, b.cs), b.data.len()), "packed_gemm: B too short for its shape");
     }
-    multiply(kernel, precision, (m, k, n), a, BSource::Strided(b), (beta, bias), c, rsc);
+    multiply(kernel, precision, (m, k, n), a, BSource::Strided(b), (beta, bias, then), c, rsc);
 }
 
 /// A B operand packed once for several products — the output layer's weight, multiplied by every chunk of
@@ -413,7 +415,7 @@ thread_local! {
 /// A: `(m, k)`; B: `(k, n)` = `b.shape()`; C: `(m, n)`, rows `rsc` apart.
 pub fn gemm_packed(m: usize, a: Strided<'_>, b: &PackedB, beta: f32, c: &mut [f32], rsc: usize) {
     let (k, n) = b.shape();
-    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), (beta, None), c, rsc);
+    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), (beta, None, Then::Nothing), c, rsc);
 }
 
 /// Where a product's B comes from: packed block by block as it goes, or packed beforehand.
@@ -463,7 +465,7 @@ fn multiply(
     (m, k, n): (usize, usize, usize),
     a: Strided<'_>,
     b: BSource<'_>,
-    (beta, bias): (f32, Option<&[f32]>),
+    (beta, bias, mut then): (f32, Option<&[f32]>, Then<'_>),
     c: &mut [f32],
     rsc: usize,
 ) {
@@ -471,15 +473,17 @@ fn multiply(
         return;
     }
     assert!(bias.is_none_or(|b| b.len() == n), "packed_gemm: bias is not one value per column");
+    assert!(then.fits((m - 1) * rsc + n), "packed_gemm: the epilogue's matrices are not C's shape");
     assert!(runs(kernel, precision), "packed_gemm: this CPU cannot run the {kernel:?} kernel for {precision}");
     assert!(k == 0 || fits((m, k), (a.rs, a.cs), a.data.len()), "packed_gemm: A too short for its shape");
     assert!(fits((m, n), (rsc, 1), c.len()), "packed_gemm: C too short for its shape");
     let c = &mut c[..(m - 1) * rsc + n];
     if k == 0 {
         let zeros = [0.0; NR];
-        for row in c.chunks_mut(rsc) {
+        for (i, row) in c.chunks_mut(rsc).enumerate() {
             for (j0, c) in (0..n).step_by(NR).zip(row[..n].chunks_mut(NR)) {
                 write_row(c, &zeros[..c.len()], beta, bias.map(|b| &b[j0..]));
+                then.apply(i * rsc + j0, c);
             }
         }
         return;
@@ -490,6 +494,7 @@ fn multiply(
     let mr = panel_rows(kernel);
     let rows = m.div_ceil(tasks).div_ceil(mr).clamp(1, (MC / mr).max(1)) * mr;
     let a_op = Operand { data: a.data, xs: a.rs, ks: a.cs };
+    let mut nothing = Then::Nothing;
     B_PANELS.with_borrow_mut(|b_buf| {
         let need_b = NC.min(n.div_ceil(NR) * NR) * KC_WORDS;
         if matches!(b, BSource::Strided(_)) && b_buf.len() < need_b {
@@ -511,9 +516,12 @@ fn multiply(
                     }
                     BSource::Packed(packed) => packed.panels(k0, j0, nc),
                 };
-                c.par_chunks_mut(rows * rsc).enumerate().for_each(|(t, c_rows)| {
+                // The last block of k finishes C's values: the epilogue's step runs on them there.
+                let blocks = c.len().div_ceil(rows * rsc);
+                let thens = if k0 + kc == k { then.split(rows * rsc, blocks) } else { nothing.split(0, blocks) };
+                c.par_chunks_mut(rows * rsc).zip(thens).enumerate().for_each(|(t, (c_rows, then))| {
                     let block = RowBlock { i0: t * rows, m, j0, nc, k0, kc, steps, beta: beta_now, bias: bias_now };
-                    multiply_row_block(kernel, precision, &block, a_op, panels, c_rows, rsc);
+                    multiply_row_block(kernel, precision, &block, a_op, panels, (c_rows, then), rsc);
                 });
             }
         }
@@ -541,7 +549,7 @@ fn multiply_row_block(
     blk: &RowBlock,
     a: Operand<'_>,
     b_panels: &[u32],
-    c_rows: &mut [f32],
+    (c_rows, mut then): (&mut [f32], Then<'_>),
     rsc: usize,
 ) {
     let mr = panel_rows(kernel);
@@ -573,23 +581,27 @@ fn multiply_row_block(
             let cols = NR.min(blk.j0 + blk.nc - j0);
             for (q, a_panel) in panels.chunks_exact(panel_len).enumerate() {
                 let rows = mr.min(mr_all - q * mr);
-                let out: &[f32] = if kernel == Kernel::Amx {
+                let out: Option<&[f32]> = if kernel == Kernel::Amx {
                     amx_tile(&mut large, a_panel, b_panel, blk.steps);
-                    &large
+                    Some(&large)
                 } else if rows == MR && cols == NR {
                     // A whole tile: the microkernel writes it onto C itself.
                     let c = &mut c_rows[q * mr * rsc + j0..];
                     let bias = blk.bias.map(|b| &b[j0..][..NR]);
                     let out = TileOut::C { c, rsc, beta: blk.beta, bias };
                     tile(kernel, out, a_panel, b_panel, blk.steps, precision);
-                    continue;
+                    None
                 } else {
                     tile(kernel, TileOut::Scratch(&mut small), a_panel, b_panel, blk.steps, precision);
-                    &small
+                    Some(&small)
                 };
-                for (ii, t_row) in out.chunks_exact(NR).take(rows).enumerate() {
-                    let c_row = &mut c_rows[(q * mr + ii) * rsc + j0..][..cols];
-                    write_row(c_row, &t_row[..cols], blk.beta, blk.bias.map(|b| &b[j0..]));
+                for ii in 0..rows {
+                    let at = (q * mr + ii) * rsc + j0;
+                    let c_row = &mut c_rows[at..][..cols];
+                    if let Some(out) = out {
+                        write_row(c_row, &out[ii * NR..][..cols], blk.beta, blk.bias.map(|b| &b[j0..]));
+                    }
+                    then.apply(at, c_row);
                 }
             }
         }
@@ -672,26 +684,29 @@ pub fn gemm(
     c: &mut [f32],
     rsc: usize,
 ) {
-    gemm_with(kernel(precision), precision, shape, a, b, (beta, None), c, rsc);
+    gemm_with(kernel(precision), precision, shape, a, b, (beta, None, Then::Nothing), c, rsc);
 }
 
-/// `C = A·B + bias` (`bias` one value per column, added as each tile is written rather than in a pass over
-/// C beforehand) on the fastest microkernel this CPU has for `precision`.
+/// `C = A·B (+ bias)`, then `then` on C's finished values, on the fastest microkernel this CPU has for
+/// `precision`: the bias (one value per column) added as each tile is written, and the step after the
+/// product run on each tile while it is in L1, rather than in passes over C before and after.
 ///
 /// # Shapes
-/// A: `(m, k)`; B: `(k, n)`; bias: `(n)`; C: `(m, n)`, rows `rsc` apart.
-pub fn gemm_bias(
+/// A: `(m, k)`; B: `(k, n)`; bias: `(n)`; C and `then`'s matrices: `(m, n)`, rows `rsc` apart.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_epilogue(
     precision: Precision,
     shape: (usize, usize, usize),
     a: Strided<'_>,
     b: Strided<'_>,
-    bias: &[f32],
+    (bias, then): (Option<&[f32]>, Then<'_>),
     c: &mut [f32],
     rsc: usize,
 ) {
-    gemm_with(kernel(precision), precision, shape, a, b, (0.0, Some(bias)), c, rsc);
+    gemm_with(kernel(precision), precision, shape, a, b, (0.0, bias, then), c, rsc);
 }
 
+mod epilogue;
 mod microkernel;
 #[cfg(test)]
 mod tests;

@@ -405,13 +405,17 @@ impl Gpt {
             c,
             eps,
         );
-        pass.linear(&mut a.fch, &a.ln2, self.matrix(ParamKind::FcW, l), Some(w.fc_b), c, 4 * c);
+        let fc = self.matrix(ParamKind::FcW, l);
         if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
+            // The adapter adds onto the pre-activation, so the GELU waits for it.
+            pass.linear(&mut a.fch, &a.ln2, fc, Some(w.fc_b), c, 4 * c);
             let [_, _, h, _] = &mut a.lora_hidden;
             let [_, _, m, _] = &mut a.lora_mask;
             adapter_pass::forward(&ad, &mut a.fch, &a.ln2, h, m, &mut scratch.lora_x, seeds.lora.next_u64());
+            gelu::forward(&mut a.fch_gelu, &a.fch);
+        } else {
+            pass.linear_gelu((&mut a.fch, &mut a.fch_gelu), &a.ln2, fc, Some(w.fc_b), c, 4 * c);
         }
-        gelu::forward(&mut a.fch_gelu, &a.fch);
         let proj = self.matrix(ParamKind::FcProjW, l);
         pass.linear(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
         if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
@@ -606,14 +610,19 @@ impl Gpt {
             } else {
                 &s.dresidual
             };
-            // fcproj = fch_gelu · fc_projᵀ + b (+ adapter)
-            s.dfch_gelu.fill(0.0);
+            // fcproj = fch_gelu · fc_projᵀ + b (+ adapter), fch_gelu = gelu(fch)
             let frozen = dw.as_mut().map(|d| (&mut *d.fc_proj_w, &mut *d.fc_proj_b));
-            linear_backward(precision, &mut s.dfch_gelu, frozen, dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
-            adapter_backward!(LoraTarget::FcProj, a, l, &mut s.dfch_gelu, dfcproj, &a.fch_gelu);
-            // fch_gelu = gelu(fch)
-            s.dfch.fill(0.0);
-            gelu::backward(&mut s.dfch, &a.fch, &s.dfch_gelu);
+            if self.adapter(LoraTarget::FcProj, l, mode).is_none() {
+                // The GELU's backward in the input-gradient product's epilogue.
+                let (grads, x) = ((&mut s.dfch_gelu[..], &mut s.dfch[..]), &a.fch_gelu);
+                matmul::backward_through_gelu_in(precision, grads, &a.fch, frozen, dfcproj, x, w.fc_proj_w, 4 * c, c);
+            } else {
+                s.dfch_gelu.fill(0.0);
+                linear_backward(precision, &mut s.dfch_gelu, frozen, dfcproj, &a.fch_gelu, w.fc_proj_w, 4 * c, c);
+                adapter_backward!(LoraTarget::FcProj, a, l, &mut s.dfch_gelu, dfcproj, &a.fch_gelu);
+                s.dfch.fill(0.0);
+                gelu::backward(&mut s.dfch, &a.fch, &s.dfch_gelu);
+            }
             // fch = ln2 · fcᵀ + b (+ adapter)
             s.dln.fill(0.0);
             let frozen = dw.as_mut().map(|d| (&mut *d.fc_w, &mut *d.fc_b));
@@ -716,6 +725,30 @@ impl BlockPass<'_> {
         match self.mode {
             Mode::Eval if self.precision == Precision::F32 => weights::forward(out, inp, w, bias, c, oc),
             _ => weights::forward_in(self.precision, out, inp, w, bias, c, oc),
+        }
+    }
+
+    /// [`Self::linear`] and then GELU, `pre = inp·Wᵀ + b` (kept for the backward pass) and `out =
+    /// gelu(pre)`: where the layer takes the packed GEMM (training, f32 weights), the GELU runs in the
+    /// product's epilogue on each finished tile ([`matmul::forward_gelu_in`]) — the same values.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gelu(
+        &self,
+        (pre, out): (&mut [f32], &mut [f32]),
+        inp: &[f32],
+        w: Weights<'_>,
+        bias: Option<&[f32]>,
+        c: usize,
+        oc: usize,
+    ) {
+        match (self.mode, w) {
+            (Mode::Train { .. }, Weights::F32(weight)) => {
+                matmul::forward_gelu_in(self.precision, (pre, out), inp, weight, bias, c, oc)
+            }
+            _ => {
+                self.linear(pre, inp, w, bias, c, oc);
+                gelu::forward(out, pre);
+            }
         }
     }
 }

@@ -51,7 +51,7 @@ fn cases(kernel: Kernel, precision: Precision) {
                 let rsc = n + 3;
                 let c0 = random_f32(&mut rng, m * rsc, 1.0);
                 let mut c = c0.clone();
-                gemm_with(kernel, precision, (m, k, n), av, bv, (beta, bias), &mut c, rsc);
+                gemm_with(kernel, precision, (m, k, n), av, bv, (beta, bias, Then::Nothing), &mut c, rsc);
                 let want = reference(precision, (m, k, n), av, bv, (beta, bias), &c0, rsc);
                 let got: Vec<f32> = (0..m).flat_map(|i| c[i * rsc..][..n].to_vec()).collect();
                 // The padding between rows is never written.
@@ -111,8 +111,26 @@ fn vector_kernels_match_the_reference_and_the_f32_kernel_is_bit_identical_to_its
         let (av, bv) = (Strided { data: &a, rs: k, cs: 1 }, Strided { data: &b, rs: n, cs: 1 });
         for writeback in [(0.0, None), (0.5, None), (1.0, Some(&bias[..])), (0.0, Some(&bias[..]))] {
             let (mut fast, mut twin) = (c0.clone(), c0.clone());
-            gemm_with(Kernel::Avx512, Precision::F32, (m, k, n), av, bv, writeback, &mut fast, n);
-            gemm_with(Kernel::Portable, Precision::F32, (m, k, n), av, bv, writeback, &mut twin, n);
+            gemm_with(
+                Kernel::Avx512,
+                Precision::F32,
+                (m, k, n),
+                av,
+                bv,
+                (writeback.0, writeback.1, Then::Nothing),
+                &mut fast,
+                n,
+            );
+            gemm_with(
+                Kernel::Portable,
+                Precision::F32,
+                (m, k, n),
+                av,
+                bv,
+                (writeback.0, writeback.1, Then::Nothing),
+                &mut twin,
+                n,
+            );
             assert_eq!(fast, twin, "beta {}, bias {}", writeback.0, writeback.1.is_some());
         }
     }
@@ -125,12 +143,12 @@ fn bf16_rounds_its_operands_and_f32_does_not() {
     let (av, bv) = (Strided { data: &a, rs: 1, cs: 1 }, Strided { data: &b, rs: 1, cs: 1 });
     for kernel in [Kernel::Portable, kernel(Precision::Bf16)] {
         let mut c = [0.0];
-        gemm_with(kernel, Precision::Bf16, (1, 1, 1), av, bv, (0.0, None), &mut c, 1);
+        gemm_with(kernel, Precision::Bf16, (1, 1, 1), av, bv, (0.0, None, Then::Nothing), &mut c, 1);
         assert_eq!(c[0], 1.0, "{kernel:?}");
     }
     for kernel in [Kernel::Portable, kernel(Precision::F32)] {
         let mut c = [0.0];
-        gemm_with(kernel, Precision::F32, (1, 1, 1), av, bv, (0.0, None), &mut c, 1);
+        gemm_with(kernel, Precision::F32, (1, 1, 1), av, bv, (0.0, None, Then::Nothing), &mut c, 1);
         assert_eq!(c[0], 1.0 + 1.0 / 1024.0, "{kernel:?}");
     }
 }
@@ -211,6 +229,46 @@ fn a_b_packed_beforehand_gives_the_same_product_as_packing_as_it_goes() {
                 gemm_packed(m, av, &packed, beta, &mut once, n);
                 gemm(precision, (m, k, n), av, bv, beta, &mut each, n);
                 assert!(once == each, "{precision} m{m} k{k} n{n} beta {beta}");
+            }
+        }
+    }
+}
+
+/// The epilogue's steps give what the separate passes give on the product: C unchanged by them, `gelu(C)`
+/// and `C·gelu'(x)` equal to the GELU kernels' (values compared, so a zero's sign may differ), on whole and
+/// ragged tiles, one and several blocks of k, every kernel this CPU runs.
+#[test]
+fn epilogue_steps_equal_the_passes_they_replace() {
+    let mut rng = Rng::new(12);
+    for precision in Precision::ALL {
+        for kernel in [Kernel::Portable, Kernel::Avx512, Kernel::Amx].into_iter().filter(|&k| runs(k, precision)) {
+            for (m, k, n) in [(30, 40, 45), (13, 1030, 70), (2, 0, 5), (64, 96, 64)] {
+                let a = random_f32(&mut rng, m * k, 1.0);
+                let b = random_f32(&mut rng, k * n, 1.0);
+                let bias = random_f32(&mut rng, n, 1.0);
+                let x = random_f32(&mut rng, m * n, 3.0);
+                let (av, bv) = (Strided { data: &a, rs: k, cs: 1 }, Strided { data: &b, rs: n, cs: 1 });
+                let what = format!("{precision} {kernel:?} m{m} k{k} n{n}");
+                let mut plain = vec![0.0; m * n];
+                gemm_with(kernel, precision, (m, k, n), av, bv, (0.0, Some(&bias), Then::Nothing), &mut plain, n);
+
+                let (mut c, mut activated) = (vec![0.0; m * n], vec![0.0; m * n]);
+                let then = Then::Gelu(&mut activated);
+                gemm_with(kernel, precision, (m, k, n), av, bv, (0.0, Some(&bias), then), &mut c, n);
+                let mut want = vec![0.0; m * n];
+                crate::gelu::forward(&mut want, &plain);
+                assert_eq!(c, plain, "{what}: C with the GELU step");
+                assert_eq!(activated, want, "{what}: gelu(C)");
+
+                let (mut c, mut dx) = (vec![0.0; m * n], vec![7.0; m * n]);
+                let then = Then::GeluBackward { x: &x, dx: &mut dx };
+                gemm_with(kernel, precision, (m, k, n), av, bv, (0.0, None, then), &mut c, n);
+                let mut unbiased = vec![0.0; m * n];
+                gemm_with(kernel, precision, (m, k, n), av, bv, (0.0, None, Then::Nothing), &mut unbiased, n);
+                let mut want = vec![0.0; m * n];
+                crate::gelu::backward(&mut want, &x, &unbiased);
+                assert_eq!(c, unbiased, "{what}: C with the GELU backward step");
+                assert_eq!(dx, want, "{what}: C·gelu'(x)");
             }
         }
     }
