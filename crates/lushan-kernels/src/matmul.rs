@@ -2,7 +2,8 @@
 //!
 //! The heavy lifting is [`packed_gemm`]'s AVX-512 kernel where the CPU has AVX-512 F, and
 //! `matrixmultiply::sgemm` elsewhere (it beat the `gemm` crate at our small shapes, builds five times faster,
-//! and accepts arbitrary strides). Both read operands through strides, so every transpose below is free. [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
+//! and accepts arbitrary strides). Both read operands through strides, so every transpose below is free.
+//! [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
 use crate::fits;
 use crate::packed_gemm::{self, Kernel, Precision, Strided, Then};
@@ -202,18 +203,34 @@ pub fn forward_in(
     c: usize,
     oc: usize,
 ) {
+    forward_then(precision, out, inp, weight, bias, Then::Nothing, c, oc);
+}
+
+/// [`forward_in`] and then `then` on its output: in the packed GEMM's epilogue (the bias too, as each tile
+/// is written), else as passes over the output before (the bias) and after (`then`) the product.
+#[allow(clippy::too_many_arguments)]
+fn forward_then(
+    precision: Precision,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    then: Then<'_>,
+    c: usize,
+    oc: usize,
+) {
     let n = inp.len() / c;
     assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
     assert_eq!(out.len(), n * oc, "matmul: output shape");
     assert_eq!(weight.len(), oc * c, "matmul: weight shape");
     if n <= GEMV_MAX_ROWS {
-        return forward_few_rows(out, inp, weight, bias, c, oc);
+        forward_few_rows(out, inp, weight, bias, c, oc);
+        return then.as_pass(out);
     }
     // out (N×OC) = inp (N×C) · Wᵀ (C×OC); Wᵀ[k][j] = W[j·C + k] → strides (1, C).
-    if let (Some(bias), true) = (bias, takes_packed(precision)) {
-        // The bias is added as each tile is written, not in a pass over the output beforehand.
+    if takes_packed(precision) {
         let (a, b) = (Strided { data: inp, rs: c, cs: 1 }, Strided { data: weight, rs: 1, cs: c });
-        return packed_gemm::gemm_epilogue(precision, (n, c, oc), a, b, (Some(bias), Then::Nothing), out, oc);
+        return packed_gemm::gemm_epilogue(precision, (n, c, oc), a, b, (bias, then), out, oc);
     }
     let beta = match bias {
         Some(bias) => {
@@ -223,6 +240,7 @@ pub fn forward_in(
         None => 0.0,
     };
     sgemm(precision, n, c, oc, inp, (c, 1), weight, (1, c), beta, out, oc);
+    then.as_pass(out);
 }
 
 /// [`forward_in`] followed by GELU: `pre = inp·Wᵀ + bias` (kept for the backward pass) and `out =
@@ -241,17 +259,8 @@ pub fn forward_gelu_in(
     c: usize,
     oc: usize,
 ) {
-    let n = inp.len() / c;
     assert_eq!(out.len(), pre.len(), "matmul: GELU output shape");
-    if n <= GEMV_MAX_ROWS || !takes_packed(precision) {
-        forward_in(precision, pre, inp, weight, bias, c, oc);
-        return crate::gelu::forward(out, pre);
-    }
-    assert_eq!(inp.len(), n * c, "matmul: input is not whole rows of C");
-    assert_eq!(pre.len(), n * oc, "matmul: output shape");
-    assert_eq!(weight.len(), oc * c, "matmul: weight shape");
-    let (a, b) = (Strided { data: inp, rs: c, cs: 1 }, Strided { data: weight, rs: 1, cs: c });
-    packed_gemm::gemm_epilogue(precision, (n, c, oc), a, b, (bias, Then::Gelu(out)), pre, oc);
+    forward_then(precision, pre, inp, weight, bias, Then::Gelu(out), c, oc);
 }
 
 /// `out += inp·Wᵀ` (no bias): adds a second product onto an output, as a LoRA adapter adds
@@ -369,16 +378,14 @@ pub fn backward_through_gelu_in(
     );
     assert_eq!(dout.len(), n * oc, "matmul: output-gradient shape");
     assert_eq!(weight.len(), oc * c, "matmul: weight shape");
+    // dpost (N×C) = dout (N×OC) · W (OC×C), then dpre = dpost·gelu'(pre): tile by tile on the packed GEMM.
+    let then = Then::GeluBackward { x: pre, dx: dpre };
     if takes_packed(precision) {
-        // dpost (N×C) = dout (N×OC) · W (OC×C), then dpre = dpost·gelu'(pre) tile by tile.
         let (a, b) = (Strided { data: dout, rs: oc, cs: 1 }, Strided { data: weight, rs: c, cs: 1 });
-        let then = Then::GeluBackward { x: pre, dx: dpre };
         packed_gemm::gemm_epilogue(precision, (n, oc, c), a, b, (None, then), dpost, c);
     } else {
-        dpost.fill(0.0);
-        sgemm(precision, n, oc, c, dout, (oc, 1), weight, (c, 1), 1.0, dpost, c);
-        dpre.fill(0.0);
-        crate::gelu::backward(dpre, pre, dpost);
+        sgemm(precision, n, oc, c, dout, (oc, 1), weight, (c, 1), 0.0, dpost, c);
+        then.as_pass(dpost);
     }
     if let Some((dweight, dbias)) = dweights {
         backward_in(precision, None, dweight, Some(dbias), dout, post, weight, c, oc);

@@ -39,6 +39,20 @@ impl Then<'_> {
         }
     }
 
+    /// The step as one pass over the whole of `c` (rows contiguous), for the products that have no
+    /// epilogue: the same values as tile by tile (the GELU's backward into zeros, so but for a zero's sign).
+    pub fn as_pass(self, c: &[f32]) {
+        match self {
+            Then::Nothing => {}
+            Then::Gelu(out) => gelu::forward(&mut out[..c.len()], c),
+            Then::GeluBackward { x, dx } => {
+                let dx = &mut dx[..c.len()];
+                dx.fill(0.0);
+                gelu::backward(dx, &x[..c.len()], c);
+            }
+        }
+    }
+
     /// The step on `c_row`, the finished values at offset `at` of this block's C.
     pub(super) fn apply(&mut self, at: usize, c_row: &[f32]) {
         let n = c_row.len();
