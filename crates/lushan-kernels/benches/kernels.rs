@@ -378,7 +378,7 @@ fn packed_gemm_one_thread(rng: &mut Rng) {
         let mut times = Vec::new();
         for precision in Precision::ALL {
             let f = time(&format!("forward {precision:<4} {label} {n}×{c}×{oc}"), flops, || {
-                matmul::forward_in(precision, &mut out, &x, &w, None, c, oc)
+                matmul::forward_in(precision, &mut out, &x, &w[..], None, c, oc)
             });
             let b = time(&format!("backward {precision:<4} {label} {n}×{c}×{oc}"), 2.0 * flops, || {
                 matmul::backward_in(precision, Some(&mut dx), &mut dw, None, &dout, &x, &w, c, oc)

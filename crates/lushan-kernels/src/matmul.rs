@@ -6,7 +6,7 @@
 //! [`forward_naive`] and [`backward_naive`] are the plain loops the optimised path is tested against.
 
 use crate::fits;
-use crate::packed_gemm::{self, Kernel, Precision, Strided, Then};
+use crate::packed_gemm::{self, Kernel, PackedB, Precision, Strided, Then};
 use rayon::prelude::*;
 
 /// Rows of the output handed to one single-threaded GEMM call. Splitting the output rows over rayon
@@ -49,6 +49,42 @@ fn takes_packed(precision: Precision) -> bool {
             packed_gemm::runs(Kernel::Avx512, Precision::F32)
                 && std::env::var("LUSHAN_F32_GEMM").as_deref() != Ok("matrixmultiply")
         })
+}
+
+/// Whether [`forward_in`]'s product in `precision` takes [`packed_gemm`], so that its weight can be packed
+/// beforehand ([`pack_forward`]).
+pub fn packs_weights(precision: Precision) -> bool {
+    takes_packed(precision)
+}
+
+/// A linear layer's weight `(OC, C)` as its forward product reads it: the values, and optionally the
+/// product's operand `Wᵀ` packed beforehand ([`pack_forward`]) — packed once per optimizer step for every
+/// pass that reads the same weights, instead of once per product.
+#[derive(Clone, Copy)]
+pub struct Weight<'a> {
+    pub values: &'a [f32],
+    pub packed: Option<&'a PackedB>,
+}
+
+impl<'a> From<&'a [f32]> for Weight<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        Self { values, packed: None }
+    }
+}
+
+/// `Wᵀ` of a `(OC, C)` weight packed for [`forward_in`]'s product in `precision`; `None` where that product
+/// does not take [`packed_gemm`] (f32 on a CPU without AVX-512 F).
+pub fn pack_forward(precision: Precision, weight: &[f32], c: usize, oc: usize) -> Option<PackedB> {
+    assert_eq!(Some(weight.len()), oc.checked_mul(c), "matmul: weight shape");
+    // Wᵀ[k][j] = W[j·C + k] → strides (1, C), as the forward product reads it.
+    takes_packed(precision).then(|| PackedB::new(precision, (c, oc), Strided { data: weight, rs: 1, cs: c }))
+}
+
+/// `W` of a `(OC, C)` weight packed for the input-gradient product `dinp += dout·W` in `precision` (the
+/// output layer's, shared by its chunks of rows); `None` as for [`pack_forward`].
+pub fn pack_input_gradient(precision: Precision, weight: &[f32], c: usize, oc: usize) -> Option<PackedB> {
+    assert_eq!(Some(weight.len()), oc.checked_mul(c), "matmul: weight shape");
+    takes_packed(precision).then(|| PackedB::new(precision, (oc, c), Strided { data: weight, rs: c, cs: 1 }))
 }
 
 /// [`sgemm`] in f32 through matrixmultiply, its output rows (or, short and wide, its columns) split over
@@ -194,16 +230,16 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
 /// [`forward`] with the product in `precision` (bias added in f32). Up to [`crate::gemv::MAX_ROWS`] rows
 /// take the f32 matrix-vector path whatever the precision: there the weights' bytes, not the arithmetic,
 /// bound the time.
-pub fn forward_in(
+pub fn forward_in<'w>(
     precision: Precision,
     out: &mut [f32],
     inp: &[f32],
-    weight: &[f32],
+    weight: impl Into<Weight<'w>>,
     bias: Option<&[f32]>,
     c: usize,
     oc: usize,
 ) {
-    forward_then(precision, out, inp, weight, bias, Then::Nothing, c, oc);
+    forward_then(precision, out, inp, weight.into(), bias, Then::Nothing, c, oc);
 }
 
 /// [`forward_in`] and then `then` on its output: in the packed GEMM's epilogue (the bias too, as each tile
@@ -213,7 +249,7 @@ fn forward_then(
     precision: Precision,
     out: &mut [f32],
     inp: &[f32],
-    weight: &[f32],
+    Weight { values: weight, packed }: Weight<'_>,
     bias: Option<&[f32]>,
     then: Then<'_>,
     c: usize,
@@ -229,7 +265,13 @@ fn forward_then(
     }
     // out (N×OC) = inp (N×C) · Wᵀ (C×OC); Wᵀ[k][j] = W[j·C + k] → strides (1, C).
     if takes_packed(precision) {
-        let (a, b) = (Strided { data: inp, rs: c, cs: 1 }, Strided { data: weight, rs: 1, cs: c });
+        let a = Strided { data: inp, rs: c, cs: 1 };
+        if let Some(packed) = packed {
+            assert!(packed.shape() == (c, oc), "matmul: the packed weight is not this layer's Wᵀ");
+            assert!(packed.precision() == precision, "matmul: the packed weight is in another precision");
+            return packed_gemm::gemm_packed(n, a, packed, (0.0, bias, then), out, oc);
+        }
+        let b = Strided { data: weight, rs: 1, cs: c };
         return packed_gemm::gemm_epilogue(precision, (n, c, oc), a, b, (bias, then), out, oc);
     }
     let beta = match bias {
@@ -250,17 +292,17 @@ fn forward_then(
 /// # Shapes
 /// `pre`, `out`: (N, OC), `inp`: (N, C), `weight`: (OC, C), `bias`: (OC).
 #[allow(clippy::too_many_arguments)]
-pub fn forward_gelu_in(
+pub fn forward_gelu_in<'w>(
     precision: Precision,
     (pre, out): (&mut [f32], &mut [f32]),
     inp: &[f32],
-    weight: &[f32],
+    weight: impl Into<Weight<'w>>,
     bias: Option<&[f32]>,
     c: usize,
     oc: usize,
 ) {
     assert_eq!(out.len(), pre.len(), "matmul: GELU output shape");
-    forward_then(precision, pre, inp, weight, bias, Then::Gelu(out), c, oc);
+    forward_then(precision, pre, inp, weight.into(), bias, Then::Gelu(out), c, oc);
 }
 
 /// `out += inp·Wᵀ` (no bias): adds a second product onto an output, as a LoRA adapter adds
@@ -568,7 +610,7 @@ mod tests {
             let w = random_f32(&mut rng, oc * c, 1.0);
             let b = random_f32(&mut rng, oc, 1.0);
             let (mut pre, mut post) = (vec![0.0; n * oc], vec![0.0; n * oc]);
-            forward_gelu_in(Precision::F32, (&mut pre, &mut post), &x, &w, Some(&b), c, oc);
+            forward_gelu_in(Precision::F32, (&mut pre, &mut post), &x, &w[..], Some(&b), c, oc);
             let (mut want_pre, mut want_post) = (vec![0.0; n * oc], vec![0.0; n * oc]);
             forward(&mut want_pre, &x, &w, Some(&b), c, oc);
             crate::gelu::forward(&mut want_post, &want_pre);
@@ -605,6 +647,49 @@ mod tests {
                 } else {
                     assert!(dw.iter().chain(&db).all(|&v| v == 0.5), "frozen weights' gradients untouched");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_weight_packed_beforehand_gives_the_layers_values_bit_for_bit() {
+        let mut rng = Rng::new(17);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for precision in Precision::ALL {
+            for (n, c, oc) in [(3, 16, 64), (70, 24, 96), (130, 600, 33)] {
+                let x = random_f32(&mut rng, n * c, 1.0);
+                let w = random_f32(&mut rng, oc * c, 1.0);
+                let b = random_f32(&mut rng, oc, 1.0);
+                let Some(packed) = pack_forward(precision, &w, c, oc) else {
+                    assert!(!packs_weights(precision), "{precision}: the packed route packs its weights");
+                    continue;
+                };
+                let weight = Weight { values: &w, packed: Some(&packed) };
+                let (mut got, mut want) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+                forward_in(precision, &mut got, &x, weight, Some(&b), c, oc);
+                forward_in(precision, &mut want, &x, &w[..], Some(&b), c, oc);
+                assert_eq!(bits(&got), bits(&want), "{precision} n{n}: forward");
+                if n > GEMV_MAX_ROWS {
+                    // The product reads the packed copy, not the values beside it.
+                    let other = random_f32(&mut rng, oc * c, 1.0);
+                    let stale = Weight { values: &other, packed: Some(&packed) };
+                    let mut from_packed = vec![0.0; n * oc];
+                    forward_in(precision, &mut from_packed, &x, stale, Some(&b), c, oc);
+                    assert_eq!(bits(&from_packed), bits(&want), "{precision} n{n}: the packed copy is read");
+                }
+                let (mut pre, mut post) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+                let (mut want_pre, mut want_post) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+                forward_gelu_in(precision, (&mut pre, &mut post), &x, weight, Some(&b), c, oc);
+                forward_gelu_in(precision, (&mut want_pre, &mut want_post), &x, &w[..], Some(&b), c, oc);
+                assert_eq!((bits(&pre), bits(&post)), (bits(&want_pre), bits(&want_post)), "{precision} n{n}: GELU");
+                // The input-gradient layout, as the output layer's chunks use it: dx += dy·W.
+                let input_grad = pack_input_gradient(precision, &w, c, oc).expect("the same route packs both");
+                let dy = random_f32(&mut rng, n * oc, 1.0);
+                let (mut dx, mut want_dx) = (vec![0.5; n * c], vec![0.5; n * c]);
+                let dy_rows = Strided { data: &dy, rs: oc, cs: 1 };
+                packed_gemm::gemm_packed(n, dy_rows, &input_grad, (1.0, None, Then::Nothing), &mut dx, c);
+                backward_input_in(precision, &mut want_dx, &dy, &w, c, oc);
+                assert_eq!(bits(&dx), bits(&want_dx), "{precision} n{n}: input gradient");
             }
         }
     }

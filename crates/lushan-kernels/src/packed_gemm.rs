@@ -379,6 +379,16 @@ impl PackedB {
         (self.k, self.n)
     }
 
+    /// The precision its words hold.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes its packed words take.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.words.as_slice())
+    }
+
     /// The panels of columns `j0..j0+nc` (`j0` a multiple of [`NR`]) in the k-block starting at `k0`.
     fn panels(&self, k0: usize, j0: usize, nc: usize) -> &[u32] {
         let kc_max = kc_max(self.precision);
@@ -409,13 +419,21 @@ thread_local! {
 }
 
 /// `C = A·B + beta·C` with B packed beforehand ([`PackedB`], whose precision it takes), on the fastest
-/// microkernel this CPU has.
+/// microkernel this CPU has; with `bias` and `then` as [`gemm_with`]'s epilogue. The values are those of
+/// [`gemm_with`] on the unpacked B bit for bit (the same blocks, in the same order).
 ///
 /// # Shapes
-/// A: `(m, k)`; B: `(k, n)` = `b.shape()`; C: `(m, n)`, rows `rsc` apart.
-pub fn gemm_packed(m: usize, a: Strided<'_>, b: &PackedB, beta: f32, c: &mut [f32], rsc: usize) {
+/// A: `(m, k)`; B: `(k, n)` = `b.shape()`; bias: `(n)`; C and `then`'s matrices: `(m, n)`, rows `rsc` apart.
+pub fn gemm_packed(
+    m: usize,
+    a: Strided<'_>,
+    b: &PackedB,
+    (beta, bias, then): (f32, Option<&[f32]>, Then<'_>),
+    c: &mut [f32],
+    rsc: usize,
+) {
     let (k, n) = b.shape();
-    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), (beta, None, Then::Nothing), c, rsc);
+    multiply(b.kernel, b.precision, (m, k, n), a, BSource::Packed(b), (beta, bias, then), c, rsc);
 }
 
 /// Where a product's B comes from: packed block by block as it goes, or packed beforehand.

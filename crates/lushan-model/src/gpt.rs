@@ -5,16 +5,17 @@
 
 use crate::activations::{Activations, BlockSeeds, LayerActs, LoraShape, Scratch};
 use crate::adapter_pass::{self, Adapter};
+use crate::block_pass::{BlockPass, linear_backward};
 use crate::config::{Head, ModelConfig, PositionEncoding};
 use crate::error::{ModelError, Result};
 use crate::grad_buckets::{self, OnGradsFinal};
 use crate::head::{self, LossGradient};
 use crate::intervene::{self, Edit, Site};
 use crate::lora::{Lora, LoraTarget};
-use crate::params::{Layer, ParamKind, ParamLayout, init_gpt2};
-use crate::weights::{self, PackedWeights, Weights};
+use crate::params::{ParamKind, ParamLayout, init_gpt2};
+use crate::step_weights::StepWeights;
+use crate::weights::PackedWeights;
 use lushan_kernels::crossentropy::IGNORE_INDEX;
-use lushan_kernels::packed_gemm::Precision;
 use lushan_kernels::{attention, dropout, encoder, flash_attention, gelu, layernorm, matmul, residual, rng::Rng};
 
 /// Whether dropout is active. Training mode carries the seed its masks are drawn from.
@@ -158,7 +159,7 @@ impl Gpt {
         mode: Mode,
     ) -> Result<Option<f32>> {
         acts.clean_layers = 0;
-        let loss = self.run_forward(acts, inputs, targets, mode, &[], 0, None)?;
+        let loss = self.run_forward(acts, inputs, targets, mode, &[], 0, (None, None))?;
         if mode == Mode::Eval {
             // A pass that ran the last block on the counted rows only left the final stream incomplete.
             acts.clean_layers = self.config.n_layer + usize::from(!acts.last_block_rows_only);
@@ -198,15 +199,16 @@ impl Gpt {
         let resume_from = if clean == 0 { None } else { Some(start) };
         acts.clean_layers = 0;
         let resume = resume_from.map_or(0, |s| s + 1);
-        let loss = self.run_forward(acts, inputs, targets, Mode::Eval, edits, resume, None)?;
+        let loss = self.run_forward(acts, inputs, targets, Mode::Eval, edits, resume, (None, None))?;
         let complete = self.config.n_layer + usize::from(!acts.last_block_rows_only);
         acts.clean_layers = edits.iter().map(first_dirty_stream).min().unwrap_or(complete).min(complete);
         Ok(loss)
     }
 
     /// The forward pass behind [`forward`](Self::forward), [`forward_edited`](Self::forward_edited) and
-    /// [`forward_backward`](Self::forward_backward) (which passes the head's `gradient`). `resume` is 0 for
-    /// a whole pass, or `1 + l` to start at layer `l` over residual streams already in `acts`.
+    /// [`forward_backward_packed`](Self::forward_backward_packed) (which passes the head's `gradient`, and
+    /// the step's packed weights when it has them). `resume` is 0 for a whole pass, or `1 + l` to start at
+    /// layer `l` over residual streams already in `acts`.
     #[allow(clippy::too_many_arguments)]
     fn run_forward(
         &self,
@@ -216,7 +218,7 @@ impl Gpt {
         mode: Mode,
         edits: &[Edit],
         resume: usize,
-        gradient: Option<LossGradient<'_>>,
+        (gradient, step): (Option<LossGradient<'_>>, Option<&StepWeights<'_>>),
     ) -> Result<Option<f32>> {
         let (b, t) = (acts.b, acts.t);
         let cfg = &self.config;
@@ -296,7 +298,7 @@ impl Gpt {
                 dropout::forward(encoded, emb_mask, &scratch.branch, cfg.dropout, rng.next_u64());
             }
         }
-        let pass = BlockPass { mode, edits, b, t, attention_maps, last_block_rows_only, counted_rows, precision };
+        let pass = BlockPass { mode, edits, b, t, attention_maps, last_block_rows_only, counted_rows, precision, step };
         let mut block_seeds = BlockSeeds { dropout: seeds, lora: lora_seeds };
         for l in first_layer..cfg.n_layer {
             let (before, rest) = layers.split_at_mut(l);
@@ -339,17 +341,17 @@ impl Gpt {
                 _ => kept_targets.copy_from_slice(targets),
             }
         }
-        let project: head::Project = match mode {
-            _ if last_block_rows_only => weights::forward_rows,
-            Mode::Train { .. } => weights::forward_gemm,
-            Mode::Eval => weights::forward,
+        let project = match mode {
+            _ if last_block_rows_only => head::Project::Rows,
+            Mode::Train { .. } => head::Project::Training,
+            Mode::Eval => head::Project::Inference,
         };
-        Ok(self.head_pass(acts, targets.is_some(), project, gradient, false))
+        Ok(self.head_pass(acts, targets.is_some(), project, (gradient, step), false))
     }
 
     /// One transformer block's forward, `a.residual3 = block(x)` with every buffer its backward reads kept in
     /// `a`; the forward of a whole pass and a checkpointed block's recomputation in the backward. Returns
-    /// false when it stopped after the attention for a reader of counted rows only (`last_block_on_rows`).
+    /// false when it stopped after the attention for a reader of counted rows only (`head::last_block_on_rows`).
     fn block_forward(
         &self,
         a: &mut LayerActs,
@@ -364,7 +366,7 @@ impl Gpt {
         let (c, nh, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_epsilon);
         let w = self.layout.split(&self.params).layer(l);
         layernorm::forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, w.ln1_w, w.ln1_b, c, eps);
-        pass.linear(&mut a.qkv, &a.ln1, self.matrix(ParamKind::QkvW, l), Some(w.qkv_b), c, 3 * c);
+        pass.linear(&mut a.qkv, &a.ln1, self.weight(ParamKind::QkvW, l, pass), Some(w.qkv_b), c, 3 * c);
         if let Some(ad) = self.adapter(LoraTarget::Qkv, l, mode) {
             let [h, ..] = &mut a.lora_hidden;
             let [m, ..] = &mut a.lora_mask;
@@ -379,10 +381,10 @@ impl Gpt {
             intervene::apply(edits, Site::HeadZ { layer: l, head }, &mut a.atty, cfg, b, t);
         }
         if pass.last_block_rows_only && l + 1 == cfg.n_layer {
-            last_block_on_rows(a, x, &w, edits, pass.counted_rows, scratch, cfg, l, t);
+            head::last_block_on_rows(a, x, &w, edits, pass.counted_rows, scratch, cfg, l, t);
             return false;
         }
-        let proj = self.matrix(ParamKind::AttnProjW, l);
+        let proj = self.weight(ParamKind::AttnProjW, l, pass);
         pass.linear(&mut scratch.branch, &a.atty, proj, Some(w.attn_proj_b), c, c);
         if let Some(ad) = self.adapter(LoraTarget::AttnProj, l, mode) {
             let [_, h, ..] = &mut a.lora_hidden;
@@ -405,7 +407,7 @@ impl Gpt {
             c,
             eps,
         );
-        let fc = self.matrix(ParamKind::FcW, l);
+        let fc = self.weight(ParamKind::FcW, l, pass);
         if let Some(ad) = self.adapter(LoraTarget::Fc, l, mode) {
             // The adapter adds onto the pre-activation, so the GELU waits for it.
             pass.linear(&mut a.fch, &a.ln2, fc, Some(w.fc_b), c, 4 * c);
@@ -416,7 +418,7 @@ impl Gpt {
         } else {
             pass.linear_gelu((&mut a.fch, &mut a.fch_gelu), &a.ln2, fc, Some(w.fc_b), c, 4 * c);
         }
-        let proj = self.matrix(ParamKind::FcProjW, l);
+        let proj = self.weight(ParamKind::FcProjW, l, pass);
         pass.linear(&mut scratch.branch, &a.fch_gelu, proj, Some(w.fc_proj_b), 4 * c, c);
         if let Some(ad) = self.adapter(LoraTarget::FcProj, l, mode) {
             let [.., h] = &mut a.lora_hidden;
@@ -478,12 +480,12 @@ impl Gpt {
         assert!(self.packed.is_none(), "backward needs f32 weights: the forward refuses training mode without them");
         let logits_kept = !acts.logits.is_empty();
         let gradient = LossGradient { grads: &mut *grads, loss_scale };
-        let project: head::Project = match mode {
-            Mode::Train { .. } => weights::forward_gemm,
-            Mode::Eval => weights::forward,
+        let project = match mode {
+            Mode::Train { .. } => head::Project::Training,
+            Mode::Eval => head::Project::Inference,
         };
-        self.head_pass(acts, true, project, Some(gradient), logits_kept);
-        self.backward_from_head(acts, grads, mode, on_final);
+        self.head_pass(acts, true, project, (Some(gradient), None), logits_kept);
+        self.backward_from_head(acts, grads, mode, on_final, None);
     }
 
     /// Forward and backward of one training batch, **accumulating** `loss_scale ×` the gradient of its mean
@@ -509,7 +511,40 @@ impl Gpt {
         loss_scale: f32,
         on_final: OnGradsFinal<'_>,
     ) -> Result<f32> {
+        self.forward_backward_packed(acts, inputs, targets, mode, (grads, loss_scale), on_final, None)
+    }
+
+    /// [`Gpt::forward_backward`] with this optimizer step's weights packed beforehand ([`Gpt::pack_for_step`]):
+    /// every linear layer's forward product, a checkpointed block's recomputation and the output layer's
+    /// chunks read the packed copies instead of packing the weights again. The same values bit for bit.
+    ///
+    /// # Errors
+    /// As [`Gpt::forward_backward`], and [`ModelError::InvalidConfig`] for packs made from another model or
+    /// for another precision than the buffers'.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_packed(
+        &self,
+        acts: &mut Activations,
+        inputs: &[u32],
+        targets: &[u32],
+        mode: Mode,
+        (grads, loss_scale): (&mut [f32], f32),
+        on_final: OnGradsFinal<'_>,
+        step: Option<&StepWeights<'_>>,
+    ) -> Result<f32> {
         self.require_f32("training")?;
+        if let Some(step) = step {
+            let reason = if !step.belongs_to(self) {
+                "they were packed from another model's weights"
+            } else if step.precision() != acts.precision {
+                "they were packed for another precision than the training buffers'"
+            } else {
+                ""
+            };
+            if !reason.is_empty() {
+                return Err(ModelError::InvalidConfig { field: "packed weights", reason: reason.into() });
+            }
+        }
         if grads.len() != self.num_trainable() {
             return Err(ModelError::InvalidConfig {
                 field: "gradient buffer",
@@ -517,14 +552,21 @@ impl Gpt {
             });
         }
         let gradient = LossGradient { grads: &mut *grads, loss_scale };
-        let loss = self.run_forward(acts, inputs, Some(targets), mode, &[], 0, Some(gradient))?;
-        self.backward_from_head(acts, grads, mode, on_final);
+        let loss = self.run_forward(acts, inputs, Some(targets), mode, &[], 0, (Some(gradient), step))?;
+        self.backward_from_head(acts, grads, mode, on_final, step);
         Ok(loss.unwrap_or(f32::NAN))
     }
 
     /// The backward below the output layer, from the gradient of the final norm's output in `scratch.dln`
-    /// (left by [`Gpt::head_pass`]).
-    fn backward_from_head(&self, acts: &mut Activations, grads: &mut [f32], mode: Mode, on_final: OnGradsFinal<'_>) {
+    /// (left by [`Gpt::head_pass`]); a checkpointed block's recomputation reads `step`'s packed weights.
+    fn backward_from_head(
+        &self,
+        acts: &mut Activations,
+        grads: &mut [f32],
+        mode: Mode,
+        on_final: OnGradsFinal<'_>,
+        step: Option<&StepWeights<'_>>,
+    ) {
         let cfg = &self.config;
         let (b, t, c, nh) = (acts.b, acts.t, cfg.n_embd, cfg.n_head);
         let attention_maps = acts.keeps_attention_maps();
@@ -539,6 +581,7 @@ impl Gpt {
             last_block_rows_only: false,
             counted_rows: &[],
             precision,
+            step,
         };
         let dropout_on = matches!(mode, Mode::Train { .. }) && cfg.dropout > 0.0;
         let p = self.layout.split(&self.params);
@@ -699,117 +742,5 @@ impl Gpt {
     /// Trainable flag per kind, for optimisers (the sinusoidal table is fixed).
     pub fn trainable(&self, kind: ParamKind) -> bool {
         kind.trainable(&self.config)
-    }
-}
-
-/// What every block of one forward pass shares (see [`Gpt::block_forward`]).
-#[derive(Clone, Copy)]
-struct BlockPass<'a> {
-    mode: Mode,
-    edits: &'a [Edit],
-    b: usize,
-    t: usize,
-    /// Keep the attention probabilities (else their log-sum-exp: training buffers).
-    attention_maps: bool,
-    last_block_rows_only: bool,
-    counted_rows: &'a [usize],
-    /// The linear layers' matrix products.
-    precision: Precision,
-}
-
-impl BlockPass<'_> {
-    /// A linear layer `out = inp·Wᵀ + b`: a training pass takes the packed GEMM in the run's precision
-    /// ([`weights::forward_in`]); an inference pass with `f32` products the inference kernels
-    /// ([`weights::forward`]), whose rows are the same bits at every row count, as in cached decoding.
-    fn linear(&self, out: &mut [f32], inp: &[f32], w: Weights<'_>, bias: Option<&[f32]>, c: usize, oc: usize) {
-        match self.mode {
-            Mode::Eval if self.precision == Precision::F32 => weights::forward(out, inp, w, bias, c, oc),
-            _ => weights::forward_in(self.precision, out, inp, w, bias, c, oc),
-        }
-    }
-
-    /// [`Self::linear`] and then GELU, `pre = inp·Wᵀ + b` (kept for the backward pass) and `out =
-    /// gelu(pre)`: where the layer takes the packed GEMM (training, f32 weights), the GELU runs in the
-    /// product's epilogue on each finished tile ([`matmul::forward_gelu_in`]) — the same values.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_gelu(
-        &self,
-        (pre, out): (&mut [f32], &mut [f32]),
-        inp: &[f32],
-        w: Weights<'_>,
-        bias: Option<&[f32]>,
-        c: usize,
-        oc: usize,
-    ) {
-        match (self.mode, w) {
-            (Mode::Train { .. }, Weights::F32(weight)) => {
-                matmul::forward_gelu_in(self.precision, (pre, out), inp, weight, bias, c, oc)
-            }
-            _ => {
-                self.linear(pre, inp, w, bias, c, oc);
-                gelu::forward(out, pre);
-            }
-        }
-    }
-}
-
-/// Backward of a linear layer `y = x·Wᵀ + b`, **accumulating** `dx += dy·W` and, unless the weights are
-/// frozen (`None`), `dW += dyᵀ·x` and `db += Σ dy`.
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    precision: Precision,
-    dx: &mut [f32],
-    dweights: Option<(&mut [f32], &mut [f32])>,
-    dy: &[f32],
-    x: &[f32],
-    w: &[f32],
-    c: usize,
-    oc: usize,
-) {
-    match dweights {
-        Some((dw, db)) => matmul::backward_in(precision, Some(dx), dw, Some(db), dy, x, w, c, oc),
-        None => matmul::backward_input_in(precision, dx, dy, w, c, oc),
-    }
-}
-
-/// The last block past its attention (the head outputs `a.atty`, already edited) for `rows` only, for a
-/// forward whose reader needs only those rows' logits: the output projection, the MLP and both residual
-/// adds run on the gathered rows, and their results are scattered into the block's output stream
-/// `a.residual3`. Its other rows, and the first rows of the block's later buffers (which hold the compact
-/// rows), are left stale. Eval mode, no adapters.
-#[allow(clippy::too_many_arguments)]
-fn last_block_on_rows(
-    a: &mut LayerActs,
-    x: &[f32],
-    w: &Layer<&[f32]>,
-    edits: &[Edit],
-    rows: &[usize],
-    scratch: &mut Scratch,
-    cfg: &ModelConfig,
-    layer: usize,
-    t: usize,
-) {
-    let (c, k, eps) = (cfg.n_embd, rows.len(), cfg.layer_norm_epsilon);
-    let (gathered, branch) = (&mut scratch.branch2[..k * c], &mut scratch.branch[..k * c]);
-    head::gather_rows(gathered, &a.atty, rows.iter().copied(), c);
-    // Row by row (`forward_rows`): each counted row's result does not depend on how many rows are counted,
-    // so a batched sweep reads exactly what each variant's own pass gives.
-    weights::forward_rows(branch, gathered, Weights::F32(w.attn_proj_w), Some(w.attn_proj_b), c, c);
-    intervene::apply_rows(edits, Site::AttnOut { layer }, branch, rows, cfg, t);
-    head::gather_rows(gathered, x, rows.iter().copied(), c);
-    let residual2 = &mut a.residual2[..k * c];
-    let (ln2, mean, rstd) = (&mut a.ln2[..k * c], &mut a.ln2_mean[..k], &mut a.ln2_rstd[..k]);
-    layernorm::forward_residual((residual2, ln2), mean, rstd, (gathered, branch), w.ln2_w, w.ln2_b, c, eps);
-    let (fch, fch_gelu) = (&mut a.fch[..k * 4 * c], &mut a.fch_gelu[..k * 4 * c]);
-    weights::forward_rows(fch, ln2, Weights::F32(w.fc_w), Some(w.fc_b), c, 4 * c);
-    gelu::forward(fch_gelu, fch);
-    weights::forward_rows(branch, fch_gelu, Weights::F32(w.fc_proj_w), Some(w.fc_proj_b), 4 * c, c);
-    intervene::apply_rows(edits, Site::MlpOut { layer }, branch, rows, cfg, t);
-    for (i, &r) in rows.iter().enumerate() {
-        let out = &mut a.residual3[r * c..(r + 1) * c];
-        out.iter_mut()
-            .zip(&residual2[i * c..(i + 1) * c])
-            .zip(&branch[i * c..(i + 1) * c])
-            .for_each(|((o, x), y)| *o = x + y);
     }
 }

@@ -14,14 +14,20 @@
 //! gradient never exist whole — only inspection buffers keep every row's logits, for their readers.
 
 use crate::activations::Activations;
+use crate::activations::{LayerActs, Scratch};
 use crate::config::Head;
+use crate::config::ModelConfig;
 use crate::gpt::Gpt;
+use crate::intervene::{self, Edit, Site};
 use crate::lora::Lora;
+use crate::params::Layer;
 use crate::params::ParamKind;
+use crate::step_weights::{HeadPacks, StepWeights};
 use lushan_kernels::crossentropy::{self, IGNORE_INDEX};
 use lushan_kernels::matmul;
-use lushan_kernels::packed_gemm::{self, PackedB, Precision, Strided};
-use lushan_kernels::weights::Weights;
+use lushan_kernels::packed_gemm::{self, PackedB, Precision, Strided, Then};
+use lushan_kernels::weights::{self, Weights};
+use lushan_kernels::{gelu, layernorm};
 
 /// A training pass's gradient buffer (the model's trainable layout) and the weight of this batch's mean
 /// loss in it (gradient accumulation over k micro-batches passes `1/k`).
@@ -41,7 +47,7 @@ impl Gpt {
         acts: &mut Activations,
         targets: bool,
         project: Project,
-        gradient: Option<LossGradient<'_>>,
+        (gradient, step): (Option<LossGradient<'_>>, Option<&StepWeights<'_>>),
         logits_ready: bool,
     ) -> Option<f32> {
         let cfg = &self.config;
@@ -95,7 +101,10 @@ impl Gpt {
             chunk_dlosses: &mut s.head_dlosses,
             losses: row_losses,
         };
-        let mean = pass(inp, weight, (project, precision), targets.then_some(&kept[..]), gradient, bufs, c, width);
+        // The step's packs hold the language model's embedding (a classifier's score head is not packed).
+        let packs = step.and_then(StepWeights::head).filter(|_| matches!(cfg.head, Head::LanguageModel));
+        let products = Products { project, precision, packs };
+        let mean = pass(inp, weight, products, targets.then_some(&kept[..]), gradient, bufs, c, width);
         if let Some(rows) = rows {
             if has_gradient {
                 scatter_add_rows(&mut s.dln, &s.dhead_in, row_indices(rows), c);
@@ -180,9 +189,36 @@ pub fn chunk_rows(width: usize) -> usize {
     (HEAD_CHUNK_BYTES / (4 * width.max(1))).max(1)
 }
 
-/// `out = inp · Wᵀ` without bias: [`weights::forward`], or [`weights::forward_rows`] (row by row) for
-/// explain's sweeps, whose rows must not depend on how many are projected.
-pub(crate) type Project = fn(&mut [f32], &[f32], Weights<'_>, Option<&[f32]>, usize, usize);
+/// How the output layer computes `out = inp · Wᵀ` (no bias) in f32.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Project {
+    /// The inference kernels ([`weights::forward`]): each row the same bits at every row count.
+    Inference,
+    /// Row by row ([`weights::forward_rows`]), for explain's sweeps, whose rows must not depend on how many
+    /// are projected.
+    Rows,
+    /// A training pass's GEMM ([`weights::forward_gemm`]), whose weight may be packed beforehand.
+    Training,
+}
+
+impl Project {
+    fn run(self, out: &mut [f32], inp: &[f32], w: Weights<'_>, c: usize, width: usize) {
+        let project = match self {
+            Project::Inference => weights::forward,
+            Project::Rows => weights::forward_rows,
+            Project::Training => weights::forward_gemm,
+        };
+        project(out, inp, w, None, c, width)
+    }
+}
+
+/// How [`pass`] computes its products: `project` for the logits inspection buffers keep, the training
+/// products in `precision`, reading the step's packed weight when given.
+pub(crate) struct Products<'a> {
+    pub project: Project,
+    pub precision: Precision,
+    pub packs: Option<&'a HeadPacks>,
+}
 
 /// The gradient a training pass takes through the output layer at once, chunk by chunk.
 pub(crate) struct HeadGradient<'a> {
@@ -220,7 +256,8 @@ pub(crate) struct HeadBuffers<'a> {
 /// `dinp += dz·W`. No more than one chunk's (rows, width) values exist at a time unless `bufs.logits` keeps
 /// them all. Returns the mean loss over counted targets; `None` without targets (logits only).
 ///
-/// The chunks' products run in `precision` when the weight is `f32` (training, evaluation in training);
+/// The chunks' products run in `precision` when the weight is `f32` (training, evaluation in training),
+/// reading the weight packed beforehand when several chunks share it (`products.packs`, or packed here);
 /// `project` computes the logits `bufs.logits` keeps (inspection), always in f32.
 ///
 /// # Shapes
@@ -229,7 +266,7 @@ pub(crate) struct HeadBuffers<'a> {
 pub(crate) fn pass(
     inp: &[f32],
     weight: Weights<'_>,
-    (project, precision): (Project, Precision),
+    Products { project, precision, packs }: Products<'_>,
     targets: Option<&[u32]>,
     mut gradient: Option<HeadGradient<'_>>,
     bufs: HeadBuffers<'_>,
@@ -239,21 +276,32 @@ pub(crate) fn pass(
     let HeadBuffers { logits, logits_ready, chunk_z, chunk_p, chunk_dlosses, losses } = bufs;
     let rows = inp.len() / c;
     if !logits.is_empty() && !logits_ready {
-        project(logits, inp, weight, None, c, width);
+        project.run(logits, inp, weight, c, width);
     }
     let targets = targets?;
     let counted = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     let dloss = gradient.as_ref().map_or(0.0, |g| g.loss_scale / counted.max(1) as f32);
     let chunk = (chunk_z.len() / width.max(1)).max(1);
-    // Reduced-precision products over several chunks pack the weight once for all of them: as Wᵀ for the
-    // logits and, with a gradient, as W for the input gradient.
-    let prepacked = match weight {
-        Weights::F32(w) if precision != Precision::F32 && logits.is_empty() && rows > chunk => {
-            let forward = PackedB::new(precision, (c, width), Strided { data: w, rs: 1, cs: c });
-            let input_grad =
-                gradient.is_some().then(|| PackedB::new(precision, (width, c), Strided { data: w, rs: c, cs: 1 }));
-            Some((forward, input_grad))
+    // Products over several chunks read the weight packed once for all of them — the step's packs, or packed
+    // here: as Wᵀ for the logits and, with a gradient, as W for the input gradient.
+    // A pass of its own packs only reduced-precision operands: in f32 the two packed copies (the whole
+    // embedding twice, 300 MB at GPT-2's size) measured no faster than packing block by block as the chunks
+    // go (2026-12-03, 124M B1·T1024), and they would cost a long-context run that memory.
+    let packed_here = match weight {
+        Weights::F32(w) if packs.is_none() && logits.is_empty() && rows > chunk && precision != Precision::F32 => {
+            matmul::pack_forward(precision, w, c, width).map(|forward| {
+                let input_grad = gradient.as_ref().and_then(|_| matmul::pack_input_gradient(precision, w, c, width));
+                (forward, input_grad)
+            })
         }
+        _ => None,
+    };
+    let prepacked: Option<(&PackedB, Option<&PackedB>)> = match (packs, &packed_here) {
+        // (f32 products other than a training pass's take the inference kernels, which read no packs.)
+        (Some(p), _) if logits.is_empty() && (precision != Precision::F32 || project == Project::Training) => {
+            Some((&p.forward, Some(&p.input_grad)))
+        }
+        (_, Some((forward, input_grad))) => Some((forward, input_grad.as_ref())),
         _ => None,
     };
     for start in (0..rows).step_by(chunk) {
@@ -261,15 +309,17 @@ pub(crate) fn pass(
         let (n, cols, ins) = (end - start, start * width..end * width, start * c..end * c);
         let (z_buf, p) = (&mut chunk_z[..n * width], &mut chunk_p[..n * width]);
         let z: &[f32] = if logits.is_empty() {
-            match (weight, &prepacked) {
-                (_, Some((forward, _))) => {
-                    let x = Strided { data: &inp[ins.clone()], rs: c, cs: 1 };
-                    packed_gemm::gemm_packed(n, x, forward, 0.0, z_buf, width)
+            match (weight, prepacked) {
+                (Weights::F32(values), Some((forward, _))) => {
+                    // Through the layer's routing (a chunk of a few rows takes the matrix-vector kernel), so
+                    // a packed weight changes no value.
+                    let w = matmul::Weight { values, packed: Some(forward) };
+                    matmul::forward_in(precision, z_buf, &inp[ins.clone()], w, None, c, width)
                 }
                 (Weights::F32(w), None) if precision != Precision::F32 => {
                     matmul::forward_in(precision, z_buf, &inp[ins.clone()], w, None, c, width)
                 }
-                _ => project(z_buf, &inp[ins.clone()], weight, None, c, width),
+                _ => project.run(z_buf, &inp[ins.clone()], weight, c, width),
             }
             z_buf
         } else {
@@ -281,7 +331,7 @@ pub(crate) fn pass(
             let dinp = &mut g.dinp[ins.clone()];
             let dlosses = &mut chunk_dlosses[..n];
             backward(
-                (precision, prepacked.as_ref().and_then(|(_, input_grad)| input_grad.as_ref())),
+                (precision, prepacked.and_then(|(_, input_grad)| input_grad)),
                 dinp,
                 g.dweight.as_deref_mut(),
                 z_buf,
@@ -331,7 +381,8 @@ fn backward(
     match (dweight, input_grad) {
         (dweight, Some(packed)) => {
             let rows = dinp.len() / c;
-            packed_gemm::gemm_packed(rows, Strided { data: dlogits, rs: width, cs: 1 }, packed, 1.0, dinp, c);
+            let dlogits_rows = Strided { data: dlogits, rs: width, cs: 1 };
+            packed_gemm::gemm_packed(rows, dlogits_rows, packed, (1.0, None, Then::Nothing), dinp, c);
             if let Some(dweight) = dweight {
                 matmul::backward_in(precision, None, dweight, None, dlogits, inp, weight, c, width);
             }
@@ -340,6 +391,48 @@ fn backward(
             matmul::backward_in(precision, Some(dinp), dweight, None, dlogits, inp, weight, c, width)
         }
         (None, None) => matmul::backward_input_in(precision, dinp, dlogits, weight, c, width),
+    }
+}
+
+/// The last block past its attention (the head outputs `a.atty`, already edited) for `rows` only, for a
+/// forward whose reader needs only those rows' logits: the output projection, the MLP and both residual
+/// adds run on the gathered rows, and their results are scattered into the block's output stream
+/// `a.residual3`. Its other rows, and the first rows of the block's later buffers (which hold the compact
+/// rows), are left stale. Eval mode, no adapters.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn last_block_on_rows(
+    a: &mut LayerActs,
+    x: &[f32],
+    w: &Layer<&[f32]>,
+    edits: &[Edit],
+    rows: &[usize],
+    scratch: &mut Scratch,
+    cfg: &ModelConfig,
+    layer: usize,
+    t: usize,
+) {
+    let (c, k, eps) = (cfg.n_embd, rows.len(), cfg.layer_norm_epsilon);
+    let (gathered, branch) = (&mut scratch.branch2[..k * c], &mut scratch.branch[..k * c]);
+    gather_rows(gathered, &a.atty, rows.iter().copied(), c);
+    // Row by row (`forward_rows`): each counted row's result does not depend on how many rows are counted,
+    // so a batched sweep reads exactly what each variant's own pass gives.
+    weights::forward_rows(branch, gathered, Weights::F32(w.attn_proj_w), Some(w.attn_proj_b), c, c);
+    intervene::apply_rows(edits, Site::AttnOut { layer }, branch, rows, cfg, t);
+    gather_rows(gathered, x, rows.iter().copied(), c);
+    let residual2 = &mut a.residual2[..k * c];
+    let (ln2, mean, rstd) = (&mut a.ln2[..k * c], &mut a.ln2_mean[..k], &mut a.ln2_rstd[..k]);
+    layernorm::forward_residual((residual2, ln2), mean, rstd, (gathered, branch), w.ln2_w, w.ln2_b, c, eps);
+    let (fch, fch_gelu) = (&mut a.fch[..k * 4 * c], &mut a.fch_gelu[..k * 4 * c]);
+    weights::forward_rows(fch, ln2, Weights::F32(w.fc_w), Some(w.fc_b), c, 4 * c);
+    gelu::forward(fch_gelu, fch);
+    weights::forward_rows(branch, fch_gelu, Weights::F32(w.fc_proj_w), Some(w.fc_proj_b), 4 * c, c);
+    intervene::apply_rows(edits, Site::MlpOut { layer }, branch, rows, cfg, t);
+    for (i, &r) in rows.iter().enumerate() {
+        let out = &mut a.residual3[r * c..(r + 1) * c];
+        out.iter_mut()
+            .zip(&residual2[i * c..(i + 1) * c])
+            .zip(&branch[i * c..(i + 1) * c])
+            .for_each(|((o, x), y)| *o = x + y);
     }
 }
 
@@ -389,7 +482,7 @@ mod tests {
         let loss = pass(
             inp,
             Weights::F32(w),
-            (lushan_kernels::weights::forward, Precision::F32),
+            Products { project: Project::Inference, precision: Precision::F32, packs: None },
             Some(targets),
             Some(gradient),
             bufs,

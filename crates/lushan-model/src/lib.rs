@@ -5,6 +5,7 @@
 
 pub mod activations;
 mod adapter_pass;
+mod block_pass;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod intervene;
 pub mod lora;
 pub mod params;
 pub mod sampling;
+pub mod step_weights;
 pub mod weights;
 
 pub use activations::Activations;
@@ -36,4 +38,5 @@ pub use intervene::{Edit, Knockout, Patch, Site};
 pub use lora::{Lora, LoraConfig, LoraLayout, LoraTarget};
 pub use params::{ParamKind, ParamLayout};
 pub use sampling::{Sampler, Sampling};
+pub use step_weights::StepWeights;
 pub use weights::{DType, PackedWeights};

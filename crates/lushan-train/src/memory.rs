@@ -40,6 +40,9 @@ pub struct RunShape {
     pub model_loaded: bool,
     /// `--checkpoint-activations`: each layer keeps its block's output only, one block's buffers are shared.
     pub checkpoint_blocks: bool,
+    /// A step of several micro-batches holds its weights packed once for all of them
+    /// ([`crate::parallel::packs_per_step`]): about one more copy of the weights.
+    pub step_packs: bool,
 }
 
 impl RunShape {
@@ -60,6 +63,7 @@ impl RunShape {
             frozen_base: false,
             model_loaded: false,
             checkpoint_blocks: false,
+            step_packs: false,
         }
     }
 }
@@ -68,7 +72,8 @@ impl RunShape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
     pub parameters: u64,
-    /// The weights themselves (counted unless already loaded).
+    /// The weights themselves (counted unless already loaded), and their copy packed for a step's products
+    /// when a step runs several passes.
     pub weights: u64,
     /// Gradients, AdamW's two moments and the copies a checkpoint save makes.
     pub optimizer: u64,
@@ -159,7 +164,8 @@ pub fn estimate(s: &RunShape) -> Option<MemoryEstimate> {
     let parameters = parameter_count(s)?;
     let (b, t, l, h, c) = (s.batch_size as u64, s.seq_len as u64, s.n_layer as u64, s.n_head as u64, s.n_embd as u64);
     let rows = product(&[b, t])?;
-    let weights = if s.model_loaded { 0 } else { product(&[parameters, F32])? };
+    let copies = u64::from(!s.model_loaded) + u64::from(s.step_packs);
+    let weights = product(&[parameters, copies, F32])?;
     // The fixed position table needs neither a gradient nor moments, the frozen LoRA base neither.
     let trainable = match (s.frozen_base, s.sinusoidal) {
         (true, _) => 0,
@@ -285,6 +291,7 @@ pub fn check_memory_of_rank(
     let params = parameter_count(&shape).and_then(|p| usize::try_from(p).ok()).unwrap_or(usize::MAX);
     let replicas = crate::parallel::choose_replicas(config.data_parallel, params, config.batch_size);
     shape.replica_grads = if replicas > 1 { replicas } else { 0 } + if ranks > 1 { 2 } else { 0 };
+    shape.step_packs = crate::parallel::packs_per_step(config.gradient_accumulation_steps, params);
     check_fits(&shape, available_memory()).map(|_| ())
 }
 
@@ -323,6 +330,11 @@ mod tests {
         let kept = estimate(&long).unwrap().activations;
         long.checkpoint_blocks = false;
         assert!(kept < estimate(&long).unwrap().activations, "checkpointing keeps less");
+        // Weights packed once for a step of several passes: one more copy of them.
+        let mut packed = tiny();
+        packed.step_packs = true;
+        let (with, without) = (estimate(&packed).unwrap(), estimate(&tiny()).unwrap());
+        assert_eq!(with.weights, 2 * without.weights, "{with:?}");
         let mut overflowing = tiny();
         (overflowing.n_layer, overflowing.n_embd) = (usize::MAX, usize::MAX);
         let message = check_fits(&overflowing, None).unwrap_err().to_string();

@@ -9,7 +9,7 @@
 use crate::error::{Result, TrainError};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
 use lushan_model::activations::{LoraShape, TrainingMemory};
-use lushan_model::{Activations, Gpt, Mode, ModelConfig, OnGradsFinal};
+use lushan_model::{Activations, Gpt, Mode, ModelConfig, OnGradsFinal, StepWeights};
 use rayon::prelude::*;
 
 /// Models up to this many parameters are split across cores by batch; larger ones by kernel.
@@ -20,6 +20,16 @@ struct Replica {
     /// Gradient buffer of this replica (empty for a lone replica, which writes the caller's buffer).
     grads: Vec<f32>,
     pool: Option<rayon::ThreadPool>,
+}
+
+/// Whether a step of `micro_batches` micro-batches of a model of `num_params` parameters packs its weights
+/// once for all its passes ([`BatchRunner::pack_for_step`]): with several micro-batches, for models past
+/// [`DATA_PARALLEL_MAX_PARAMS`]. Packing each weight as a product needs it costs the same as packing it once
+/// when a step runs one pass, without holding a second copy; and a small model's weights stay in cache,
+/// where the packed copy beside them measured slower than packing per product (nanoGPT's CPU
+/// configuration: 0.82–0.93× with it, GPT-2 124M: 1.08×; docs/performance.md).
+pub fn packs_per_step(micro_batches: usize, num_params: usize) -> bool {
+    micro_batches > 1 && num_params > DATA_PARALLEL_MAX_PARAMS
 }
 
 /// Buffers for batches of up to (B, T) split over replicas. Batches may be smaller than that — task batches
@@ -111,6 +121,15 @@ impl BatchRunner {
         self.replicas.len()
     }
 
+    /// `model`'s weights packed once for an optimizer step of `micro_batches` micro-batches through this
+    /// runner ([`Gpt::pack_for_step`]) where [`packs_per_step`] says so: every pass of the step then reads
+    /// the same packed copy. A checkpointed run of one micro-batch, which recomputes its blocks, keeps its
+    /// memory rather than saving that repacking.
+    pub fn pack_for_step<'m>(&self, model: &'m Gpt, micro_batches: usize) -> Option<StepWeights<'m>> {
+        let precision = self.replicas.first()?.acts.precision();
+        if packs_per_step(micro_batches, model.num_params()) { model.pack_for_step(precision) } else { None }
+    }
+
     /// Forward and backward of one full (B, T) batch; see [`BatchRunner::forward_backward_shaped`].
     pub fn forward_backward(
         &mut self,
@@ -139,16 +158,18 @@ impl BatchRunner {
         dropout_seed: u64,
         grads: &mut [f32],
     ) -> Result<f32> {
-        self.forward_backward_hooked(model, inputs, targets, (b, t), loss_scale, dropout_seed, grads, &mut |_| {})
+        let hook: OnGradsFinal<'_> = &mut |_| {};
+        self.forward_backward_hooked((model, None), inputs, targets, (b, t), loss_scale, dropout_seed, grads, hook)
     }
 
     /// [`BatchRunner::forward_backward_shaped`], handing each bucket of `grads` to `on_final` once it is
     /// final ([`Gpt::backward_with`]) — with a single replica only: several replicas' gradients are
-    /// complete only after their sum at the end, so then nothing is handed over.
+    /// complete only after their sum at the end, so then nothing is handed over. With `step`, the model's
+    /// weights packed for this optimizer step ([`Gpt::pack_for_step`]), every replica reads them.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward_hooked(
         &mut self,
-        model: &Gpt,
+        (model, step): (&Gpt, Option<&StepWeights<'_>>),
         inputs: &[u32],
         targets: &[u32],
         (b, t): (usize, usize),
@@ -160,7 +181,16 @@ impl BatchRunner {
         if let [single] = self.replicas.as_mut_slice() {
             let mode = Mode::Train { dropout_seed };
             single.acts.reshape(b, t)?;
-            return Ok(model.forward_backward(&mut single.acts, inputs, targets, mode, grads, loss_scale, on_final)?);
+            let acts = &mut single.acts;
+            return Ok(model.forward_backward_packed(
+                acts,
+                inputs,
+                targets,
+                mode,
+                (grads, loss_scale),
+                on_final,
+                step,
+            )?);
         }
         for r in &mut self.replicas {
             if r.grads.len() != grads.len() {
@@ -171,7 +201,8 @@ impl BatchRunner {
             let mode = Mode::Train { dropout_seed: dropout_seed.wrapping_add(i as u64) };
             // Zeroed before the forward, which already accumulates the output layer's gradient.
             replica_grads.fill(0.0);
-            Ok(model.forward_backward(acts, x, y, mode, replica_grads, loss_scale * share, &mut |_| {})?)
+            let gradient = (replica_grads, loss_scale * share);
+            Ok(model.forward_backward_packed(acts, x, y, mode, gradient, &mut |_| {}, step)?)
         })?;
         // Fixed order of addition: results do not depend on scheduling.
         const CHUNK: usize = 1 << 14;
@@ -268,6 +299,14 @@ impl BatchRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_large_models_with_several_micro_batches_pack_their_weights_per_step() {
+        let large = DATA_PARALLEL_MAX_PARAMS + 1;
+        assert!(packs_per_step(4, large));
+        assert!(!packs_per_step(1, large), "one pass packs as it goes");
+        assert!(!packs_per_step(4, DATA_PARALLEL_MAX_PARAMS), "a small model's weights stay in cache");
+    }
 
     fn batch(b: usize, t: usize, v: u32) -> (Vec<u32>, Vec<u32>) {
         let tokens: Vec<u32> = (0..b * t + 1).map(|i| (i as u32 * 7 + 3) % v).collect();

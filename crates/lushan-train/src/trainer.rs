@@ -432,6 +432,7 @@ impl Trainer {
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
         let mut tokens = 0usize;
+        let step = self.runner.pack_for_step(&self.model, k);
         for micro in 0..k {
             if ranks == 1 && stop.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -464,7 +465,7 @@ impl Trainer {
             let loss = crate::distributed::micro_batch(
                 &mut self.group,
                 &mut self.runner,
-                &self.model,
+                (&self.model, step.as_ref()),
                 slice,
                 t,
                 (1.0 / k as f32, dropout_seed),

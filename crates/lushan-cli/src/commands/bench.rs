@@ -172,9 +172,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut tokens = vec![0u32; b * t + 1];
     let threads = rayon::current_num_threads();
     let writer = rank == 0;
+    let k = config.gradient_accumulation_steps;
+    // Whether each step packs the weights once for all its micro-batches (as `lushan train` decides).
+    let step_packs = lushan_train::parallel::packs_per_step(k, model.num_params())
+        && lushan_kernels::matmul::packs_weights(config.precision.0);
     if writer {
         println!(
-            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps, attention {}{}, products {}",
+            "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps, attention {}{}, products {}{}",
             args.preset,
             model.num_params(),
             config.gradient_accumulation_steps,
@@ -185,24 +189,27 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             if args.attention_maps { "keeping the T×T probabilities" } else { "tiled (log-sum-exp kept)" },
             if config.checkpoint_activations { ", blocks checkpointed" } else { "" },
             lushan_kernels::packed_gemm::describe(config.precision.0),
+            if step_packs { ", weights packed once per step" } else { "" },
         );
     }
     // Per timed step: its time, and its gradient sums' time in flight and time not hidden (CommStats).
     let (mut times, mut in_flight_times, mut exposed_times) = (Vec::new(), Vec::new(), Vec::new());
     let mut comm_bytes = 0u64;
-    let k = config.gradient_accumulation_steps;
     for i in 0..args.warmup + args.steps {
         let start = Instant::now();
         let before = group.stats();
         grads.fill(0.0);
+        let step = runner.pack_for_step(&model, k);
         for micro in 0..k {
             tokens.iter_mut().for_each(|x| *x = rng.below(vocab_size as u64) as u32);
             let seed = rng.next_u64().wrapping_add((rank * runner.replicas()) as u64);
             let (inputs, targets) = (&tokens[..b * t], &tokens[1..]);
             let mine = RankSlice::of(rank, ranks, inputs, targets, (b, t));
             let scaling = (1.0 / k as f32, seed);
-            micro_batch(&mut group, &mut runner, &model, mine, t, scaling, &mut grads, micro + 1 == k)?;
+            let model = (&model, step.as_ref());
+            micro_batch(&mut group, &mut runner, model, mine, t, scaling, &mut grads, micro + 1 == k)?;
         }
+        drop(step);
         clip_grad_norm(&mut grads, config.grad_clip);
         opt.update(&mut model, &grads, config.learning_rate, &hp);
         if i >= args.warmup {
@@ -291,7 +298,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "allreduce_ms": in_flight * 1e3, "allreduce_exposed_ms": exposed * 1e3, "allreduce_bytes": comm_bytes,
             "overlap": overlap,
             "batch_size": b, "block_size": t, "peak_rss_mib": peak_rss,
-            "checkpoint_activations": config.checkpoint_activations, "precision": config.precision.0.name(), "attention_maps": args.attention_maps})
+            "checkpoint_activations": config.checkpoint_activations, "precision": config.precision.0.name(), "attention_maps": args.attention_maps, "step_packs": step_packs})
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -310,7 +317,7 @@ fn measure_gemm_ceiling(precision: Precision) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..8 {
         let start = Instant::now();
-        lushan_kernels::matmul::forward_in(precision, &mut out, &a, &w, None, n, n);
+        lushan_kernels::matmul::forward_in(precision, &mut out, &a, &w[..], None, n, n);
         best = best.min(start.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best

@@ -223,13 +223,21 @@ fn a_b_packed_beforehand_gives_the_same_product_as_packing_as_it_goes() {
             let bv = Strided { data: &b, rs: if b_t { 1 } else { n }, cs: if b_t { k } else { 1 } };
             let packed = PackedB::new(precision, (k, n), bv);
             assert_eq!(packed.shape(), (k, n));
-            for beta in [0.0, 1.0] {
+            let bias = random_f32(&mut rng, n, 1.0);
+            for (beta, bias) in [(0.0, None), (1.0, None), (0.0, Some(&bias[..])), (0.5, Some(&bias[..]))] {
                 let c0 = random_f32(&mut rng, m * n, 1.0);
                 let (mut once, mut each) = (c0.clone(), c0.clone());
-                gemm_packed(m, av, &packed, beta, &mut once, n);
-                gemm(precision, (m, k, n), av, bv, beta, &mut each, n);
-                assert!(once == each, "{precision} m{m} k{k} n{n} beta {beta}");
+                gemm_packed(m, av, &packed, (beta, bias, Then::Nothing), &mut once, n);
+                let kernel = kernel(precision);
+                gemm_with(kernel, precision, (m, k, n), av, bv, (beta, bias, Then::Nothing), &mut each, n);
+                assert!(once == each, "{precision} m{m} k{k} n{n} beta {beta} bias {}", bias.is_some());
             }
+            // The epilogue runs on a packed B's tiles as on any: GELU of the biased product.
+            let (mut pre_once, mut pre_each) = (vec![0.0; m * n], vec![0.0; m * n]);
+            let (mut out_once, mut out_each) = (vec![0.0; m * n], vec![0.0; m * n]);
+            gemm_packed(m, av, &packed, (0.0, Some(&bias), Then::Gelu(&mut out_once)), &mut pre_once, n);
+            gemm_epilogue(precision, (m, k, n), av, bv, (Some(&bias), Then::Gelu(&mut out_each)), &mut pre_each, n);
+            assert!(pre_once == pre_each && out_once == out_each, "{precision} m{m} k{k} n{n}: GELU epilogue");
         }
     }
 }

@@ -14,7 +14,7 @@
 use super::{Group, RankSlice};
 use crate::error::{Result, TrainError};
 use crate::parallel::BatchRunner;
-use lushan_model::{Gpt, GradSegment, OnGradsFinal};
+use lushan_model::{Gpt, GradSegment, OnGradsFinal, StepWeights};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -122,7 +122,7 @@ fn check_tiling(buckets: &[Vec<Range<usize>>], len: usize) -> Result<()> {
 pub fn micro_batch(
     group: &mut Group,
     runner: &mut BatchRunner,
-    model: &Gpt,
+    (model, step): (&Gpt, Option<&StepWeights<'_>>),
     slice: Option<RankSlice<'_>>,
     t: usize,
     (loss_scale, dropout_seed): (f32, u64),
@@ -133,7 +133,7 @@ pub fn micro_batch(
         let Some(s) = slice else { return Ok(None) };
         let scale = loss_scale * s.share;
         runner
-            .forward_backward_hooked(model, s.inputs, s.targets, (s.b, t), scale, dropout_seed, grads, on_final)
+            .forward_backward_hooked((model, step), s.inputs, s.targets, (s.b, t), scale, dropout_seed, grads, on_final)
             .map(Some)
     };
     if !last || group.size() == 1 {
