@@ -118,6 +118,12 @@ fn main() {
         f32_gemm_side_by_side(&mut rng);
         return;
     }
+    // `cargo bench -p lushan-kernels --bench kernels -- pack`: packing GPT-2 124M's weights as the forward
+    // products read them (Wᵀ: the transposing pack), as one `PackedB` each.
+    if std::env::args().any(|a| a == "pack") {
+        transposing_pack(&mut rng);
+        return;
+    }
     // `cargo bench -p lushan-kernels --bench kernels -- gemm`: one thread, matrixmultiply against the packed
     // AVX-512 kernels (f32 and bf16) at training shapes.
     if std::env::args().any(|a| a == "gemm") {
@@ -392,6 +398,19 @@ fn packed_gemm_one_thread(rng: &mut Rng) {
 /// A linear layer's three f32 products, `out = x·Wᵀ`, `dx = dout·W`, `dW = doutᵀ·x`, through
 /// matrixmultiply (`gemm_serial` on row blocks, as `matmul` splits them) and through `packed_gemm`, the two
 /// alternated in rounds so both see the same machine; prints each side's best of each round and the ratio.
+fn transposing_pack(rng: &mut Rng) {
+    use lushan_kernels::packed_gemm::{PackedB, Precision, Strided};
+    println!("-- packing Wᵀ of a (n, k) weight, f32, {} threads", rayon::current_num_threads());
+    for (label, n, k) in [("qkv", 2304, 768), ("fc", 3072, 768), ("fc_proj", 768, 3072), ("wte", 50257, 768)] {
+        let w = random(n * k, rng);
+        let best = time(&format!("{label} Wᵀ {k}×{n}"), 0.0, || {
+            std::hint::black_box(PackedB::new(Precision::F32, (k, n), Strided { data: &w, rs: 1, cs: k }));
+        });
+        // Each value read once and written once (4 bytes each way).
+        println!("{:<48} {:>9.1} GB/s", "", (8 * n * k) as f64 / best / 1e9);
+    }
+}
+
 fn f32_gemm_side_by_side(rng: &mut Rng) {
     use lushan_kernels::packed_gemm::{self, Precision, Strided};
     println!("-- f32 training products, {} threads: matrixmultiply vs packed AVX-512", rayon::current_num_threads());

@@ -192,19 +192,8 @@ fn pack(
             }
         }
         Precision::F32 if ks == 1 => {
-            // k contiguous (a weight read as Wᵀ, or A's rows): a transpose, done in blocks of 16 steps so
-            // each row's reads are whole cache lines and the block's writes stay in L1.
-            const BLOCK: usize = 16;
-            for s0 in (0..steps).step_by(BLOCK) {
-                let n = BLOCK.min(steps - s0);
-                let block = &mut dst[s0 * width..][..n * width];
-                for x in 0..valid {
-                    let src = &data[(x0 + x) * xs + k0 + s0..][..n];
-                    for (s, v) in src.iter().enumerate() {
-                        block[s * width + x] = v.to_bits();
-                    }
-                }
-            }
+            // k contiguous (a weight read as Wᵀ, or A's rows): a transpose.
+            transpose::transpose_rows(dst, data, xs, (x0, valid), (k0, steps), width);
         }
         Precision::F32 => {
             let rows = row_slices(data, xs, ks, (x0, valid), (k0, kc));
@@ -728,3 +717,4 @@ mod epilogue;
 mod microkernel;
 #[cfg(test)]
 mod tests;
+mod transpose;
