@@ -533,17 +533,15 @@ impl Gpt {
         step: Option<&StepWeights<'_>>,
     ) -> Result<f32> {
         self.require_f32("training")?;
-        if let Some(step) = step {
-            let reason = if !step.belongs_to(self) {
-                "they were packed from another model's weights"
-            } else if step.precision() != acts.precision {
-                "they were packed for another precision than the training buffers'"
-            } else {
-                ""
-            };
-            if !reason.is_empty() {
-                return Err(ModelError::InvalidConfig { field: "packed weights", reason: reason.into() });
+        let mismatch = match step {
+            Some(s) if !s.belongs_to(self) => Some("they were packed from another model's weights"),
+            Some(s) if s.precision() != acts.precision => {
+                Some("they were packed for another precision than the training buffers'")
             }
+            _ => None,
+        };
+        if let Some(reason) = mismatch {
+            return Err(ModelError::InvalidConfig { field: "packed weights", reason: reason.into() });
         }
         if grads.len() != self.num_trainable() {
             return Err(ModelError::InvalidConfig {

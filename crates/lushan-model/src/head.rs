@@ -13,15 +13,12 @@
 //! training pass its gradient at once, so a language model's (rows, V) logits, probabilities and logit
 //! gradient never exist whole — only inspection buffers keep every row's logits, for their readers.
 
-use crate::activations::Activations;
-use crate::activations::{LayerActs, Scratch};
-use crate::config::Head;
-use crate::config::ModelConfig;
+use crate::activations::{Activations, LayerActs, Scratch};
+use crate::config::{Head, ModelConfig};
 use crate::gpt::Gpt;
 use crate::intervene::{self, Edit, Site};
 use crate::lora::Lora;
-use crate::params::Layer;
-use crate::params::ParamKind;
+use crate::params::{Layer, ParamKind};
 use crate::step_weights::{HeadPacks, StepWeights};
 use lushan_kernels::crossentropy::{self, IGNORE_INDEX};
 use lushan_kernels::matmul;
