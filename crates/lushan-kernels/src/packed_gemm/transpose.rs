@@ -2,6 +2,7 @@
 //! the rows of A): `dst[s·width + x] = data[(x0 + x)·xs + k0 + s]`. With AVX-512 F, 16 × 16 blocks are
 //! transposed in registers (16 row loads, 64 shuffles, 16 stores) instead of one scalar store per value.
 
+#[cfg(target_arch = "x86_64")]
 use super::{Kernel, Precision, runs};
 
 /// Writes `dst[s·width + x] = data[(x0 + x)·xs + k0 + s]` as f32 bits for `x < valid`, `s < steps`; the
