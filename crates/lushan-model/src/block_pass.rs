@@ -38,8 +38,9 @@ pub(crate) struct BlockPass<'a> {
 
 impl BlockPass<'_> {
     /// A linear layer `out = inp·Wᵀ + b`: a training pass takes the packed GEMM in the run's precision
-    /// ([`weights::forward_in`]), reading the step's packed `Wᵀ` when it has one; an inference pass with `f32` products the inference kernels
-    /// ([`weights::forward`]), whose rows are the same bits at every row count, as in cached decoding.
+    /// ([`weights::forward_in`]), reading the step's packed `Wᵀ` when it has one; an inference pass with
+    /// `f32` products the inference kernels ([`weights::forward`]), whose rows are the same bits at every
+    /// row count, as in cached decoding.
     pub(crate) fn linear(
         &self,
         out: &mut [f32],

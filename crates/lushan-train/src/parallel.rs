@@ -8,6 +8,7 @@
 
 use crate::error::{Result, TrainError};
 use lushan_kernels::crossentropy::IGNORE_INDEX;
+use lushan_kernels::matmul;
 use lushan_model::activations::{LoraShape, TrainingMemory};
 use lushan_model::{Activations, Gpt, Mode, ModelConfig, OnGradsFinal, StepWeights};
 use rayon::prelude::*;
@@ -127,7 +128,14 @@ impl BatchRunner {
     /// memory rather than saving that repacking.
     pub fn pack_for_step<'m>(&self, model: &'m Gpt, micro_batches: usize) -> Option<StepWeights<'m>> {
         let precision = self.replicas.first()?.acts.precision();
-        if packs_per_step(micro_batches, model.num_params()) { model.pack_for_step(precision) } else { None }
+        if self.packs_for_step(model, micro_batches) { model.pack_for_step(precision) } else { None }
+    }
+
+    /// Whether [`BatchRunner::pack_for_step`] packs `model`'s f32 weights for a step of `micro_batches`:
+    /// [`packs_per_step`], on a CPU whose products in this runner's precision take the packed GEMM.
+    pub fn packs_for_step(&self, model: &Gpt, micro_batches: usize) -> bool {
+        let packed_gemm = self.replicas.first().is_some_and(|r| matmul::packs_weights(r.acts.precision()));
+        packed_gemm && packs_per_step(micro_batches, model.num_params())
     }
 
     /// Forward and backward of one full (B, T) batch; see [`BatchRunner::forward_backward_shaped`].

@@ -174,8 +174,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let writer = rank == 0;
     let k = config.gradient_accumulation_steps;
     // Whether each step packs the weights once for all its micro-batches (as `lushan train` decides).
-    let step_packs = lushan_train::parallel::packs_per_step(k, model.num_params())
-        && lushan_kernels::matmul::packs_weights(config.precision.0);
+    let step_packs = runner.packs_for_step(&model, k);
     if writer {
         println!(
             "bench train: {:?} preset, {} params, B={b} T={t} accum={}, {} × {threads} threads, {} data-parallel replica(s) per rank, {} warm-up + {} timed steps, attention {}{}, products {}{}",
